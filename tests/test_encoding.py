@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from zimage_serve.loader import load_text_encoder
+from zimage_serve.encoding import PromptEncoder
+
+PROMPTS = ["a cat", "a much longer prompt about a dog riding a red bicycle in the rain, watercolor",
+           "ünïcødé ✓ 日本語のプロンプト", "x"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_source):
+    model, tok = load_text_encoder(tiny_source, torch.device("cpu"), torch.float32)
+    return PromptEncoder(model, tok)
+
+
+def test_last_layer_is_not_loaded_or_run(encoder, tiny_source):
+    from zimage_serve.sources import config_of
+
+    assert len(encoder.model.layers) == config_of(tiny_source, "text_encoder")["num_hidden_layers"] - 1
+    assert isinstance(encoder.model.norm, torch.nn.Identity)
+
+
+def test_equal_to_the_pipelines_encode_prompt(encoder, stock_pipe):
+    ours = encoder.encode(list(PROMPTS))
+    ref, _ = stock_pipe.encode_prompt(list(PROMPTS), device="cpu", do_classifier_free_guidance=False)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_pads_to_longest_not_512(encoder):
+    batch = encoder.tokenizer([encoder._chat(p) for p in PROMPTS[:2]], padding="longest", return_tensors="pt")
+    assert batch.input_ids.shape[1] == max(encoder.count_tokens(p) for p in PROMPTS[:2]) < 512
+
+
+def test_alone_equals_in_batch(encoder):
+    together = encoder.encode(PROMPTS)
+    for p, t in zip(PROMPTS, together):
+        torch.testing.assert_close(encoder.encode([p])[0], t, rtol=1e-5, atol=1e-5)
+    assert encoder.encode([]) == []

@@ -1,0 +1,76 @@
+"""The engine against stock diffusers ZImagePipeline on the same tiny checkpoint, pixel for pixel."""
+
+import pytest
+import torch
+
+from conftest import max_pixel_diff, stock_image
+from zimage_serve.engine import Engine, Job
+from zimage_serve.planner import GiB, Workload, make_plan
+from zimage_serve.sizes import sizes_of
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_source):
+    e = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(128, 128, 4)))
+    e.set_progress(False)
+    return e
+
+
+def test_one_image_equals_stock(engine, stock_pipe):
+    emb = engine.encode(["a cat in the rain"])[0]
+    ours = engine.generate([Job(emb, seed=7, width=64, height=96)]).images[0]
+    assert ours.size == (64, 96)
+    assert max_pixel_diff(ours, stock_image(stock_pipe, "a cat in the rain", 7, 64, 96)) <= 1
+
+
+def test_batch_keeps_each_seed_and_equals_stock(engine, stock_pipe):
+    prompts = ["a cat", "a lighthouse on a cliff at dusk, oil painting", "a cat", "x"]
+    embs = engine.encode(prompts)
+    jobs = [Job(e, seed=s, width=64, height=64) for e, s in zip(embs, [1, 2, 3, 4])]
+    jobs.append(Job(embs[0], seed=5, width=48, height=64))  # another shape: its own batch
+    result = engine.generate(jobs)
+    assert sorted(result.batch_sizes) == [1, 4]
+    for job, prompt, image in zip(jobs, prompts + ["a cat"], result.images):
+        assert max_pixel_diff(image, stock_image(stock_pipe, prompt, job.seed, job.width, job.height)) <= 1
+    assert max_pixel_diff(result.images[0], result.images[2]) > 0  # same prompt, other seed
+
+
+def test_max_batch_splits(engine):
+    emb = engine.encode(["a cat"])[0]
+    result = engine.generate([Job(emb, seed=s, width=64, height=64) for s in range(6)])
+    assert result.batch_sizes == [4, 2] and len(result.images) == 6
+
+
+def test_guidance_with_negative_prompt_equals_stock(engine, stock_pipe):
+    pos, neg = engine.encode(["a cat", "blurry"])
+    ours = engine.generate([Job(pos, seed=3, width=64, height=64, steps=4, guidance_scale=2.0, negative_embeds=neg)])
+    ref = stock_image(stock_pipe, "a cat", 3, 64, 64, steps=4, guidance_scale=2.0, negative_prompt="blurry")
+    assert max_pixel_diff(ours.images[0], ref) <= 1
+
+
+@pytest.mark.parametrize("policy", ["resident", "offload", "sequential"])
+def test_every_plan_kind_loads_and_generates_the_same_image(tiny_source, stock_pipe, policy):
+    """GPU plans followed on CPU: the same hooks (model offload, group offload) with the CPU as 'GPU'."""
+    plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy=policy)
+    assert plan.kind == policy
+    engine = Engine.load(tiny_source, plan, device="cpu", dtype="float32")
+    engine.set_progress(False)
+    emb = engine.encode(["a cat"])[0]
+    image = engine.generate([Job(emb, seed=11, width=64, height=64)]).images[0]
+    assert max_pixel_diff(image, stock_image(stock_pipe, "a cat", 11, 64, 64)) <= 1
+    if policy == "sequential":
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+        assert _is_group_offload_enabled(engine.pipe.transformer)
+    if policy == "offload":
+        assert engine.loaded.hooks
+
+
+def test_without_text_encoder_needs_embeddings(tiny_source):
+    plan = make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1))
+    engine = Engine.load(tiny_source, plan, with_text_encoder=False)
+    assert engine.encoder is None
+    with pytest.raises(RuntimeError, match="without a text encoder"):
+        engine.encode(["a cat"])
+    emb = torch.randn(5, 32)
+    assert engine.generate([Job(emb, seed=1, width=64, height=64)]).images[0].size == (64, 64)

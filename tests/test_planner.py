@@ -1,0 +1,78 @@
+import pytest
+
+from zimage_serve.errors import PlanError
+from zimage_serve.planner import GiB, Z_IMAGE_TURBO, ModelSizes, Workload, make_plan
+
+GPU_GIB = [8, 12, 16, 24, 40, 80]
+SIZES = [(512, 512), (1024, 1024), (1536, 1536), (2048, 2048)]
+
+
+def test_official_sizes_match_the_real_classes_on_meta_device():
+    from zimage_serve.checkpoint import meta_tensors
+
+    counted = ModelSizes.from_tensors(meta_tensors("full"), 3840, 2560, Z_IMAGE_TURBO.origin)
+    assert counted == Z_IMAGE_TURBO
+    assert 6.1e9 < Z_IMAGE_TURBO.transformer_params < 6.2e9  # the 6.15B DiT
+
+
+@pytest.mark.parametrize("gib", GPU_GIB)
+@pytest.mark.parametrize("size", SIZES)
+def test_auto_plan_fits_its_budget_or_says_why(gib, size):
+    w = Workload(*size, batch=1)
+    try:
+        plan = make_plan(Z_IMAGE_TURBO, gib * GiB, w)
+    except PlanError as e:
+        assert f"{gib:.2f} GiB free" in str(e) and "needs" in str(e)
+        assert gib <= 8 and size[0] >= 2048
+        return
+    assert plan.peak_gib <= gib
+    assert plan.device == "cuda" and plan.dtype == "bfloat16"
+    assert plan.workload == w
+
+
+def test_plans_get_faster_with_more_memory():
+    kinds = [make_plan(Z_IMAGE_TURBO, g * GiB, Workload()).kind for g in GPU_GIB]
+    assert kinds == ["sequential", "sequential", "resident", "resident", "resident", "resident"]
+    assert make_plan(Z_IMAGE_TURBO, 16 * GiB).text_encoder == "cpu"
+    big = make_plan(Z_IMAGE_TURBO, 80 * GiB)
+    assert (big.text_encoder, big.encode_on) == ("gpu", "gpu")
+
+
+def test_sixteen_gib_card_serves_1024_resident_with_cpu_encoder():
+    plan = make_plan(Z_IMAGE_TURBO, 16 * GiB, Workload(1024, 1024, 1))
+    assert (plan.kind, plan.transformer, plan.vae, plan.encode_on) == ("resident", "gpu", "gpu", "cpu")
+    assert plan.peak_gib < 16
+
+
+def test_streamed_plan_is_small():
+    plan = make_plan(Z_IMAGE_TURBO, 8 * GiB, Workload(1024, 1024, 1))
+    assert plan.transformer == "stream" and plan.weights_on_gpu_gib < 1.0
+
+
+def test_forced_policies():
+    assert make_plan(Z_IMAGE_TURBO, 80 * GiB, policy="sequential").kind == "sequential"
+    assert make_plan(Z_IMAGE_TURBO, 80 * GiB, policy="offload").transformer == "offload"
+    assert make_plan(Z_IMAGE_TURBO, 80 * GiB, encode_on="cpu").text_encoder == "cpu"
+    with pytest.raises(PlanError, match=r"no resident plan fits 12.00 GiB.*needs 14\.\d\d GiB"):
+        make_plan(Z_IMAGE_TURBO, 12 * GiB, policy="resident")
+    with pytest.raises(PlanError, match="unknown policy"):
+        make_plan(Z_IMAGE_TURBO, 80 * GiB, policy="fast")
+
+
+def test_batch_and_resolution_raise_the_estimate():
+    small = make_plan(Z_IMAGE_TURBO, 80 * GiB, Workload(512, 512, 1), encode_on="cpu")
+    big = make_plan(Z_IMAGE_TURBO, 80 * GiB, Workload(1024, 1024, 8), encode_on="cpu")
+    assert big.activations_gib > small.activations_gib
+
+
+def test_no_gpu_means_cpu_float32():
+    plan = make_plan(Z_IMAGE_TURBO, None)
+    assert (plan.device, plan.dtype, plan.kind, plan.encode_on) == ("cpu", "float32", "cpu", "cpu")
+    assert "no GPU" in plan.describe()
+
+
+def test_plan_is_immutable_and_serializable():
+    plan = make_plan(Z_IMAGE_TURBO, 24 * GiB)
+    with pytest.raises(Exception):
+        plan.kind = "x"
+    assert plan.to_dict()["workload"] == {"width": 1024, "height": 1024, "batch": 1}

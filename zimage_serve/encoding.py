@@ -1,0 +1,44 @@
+"""Prompt encoding as its own batched step: prompts in, variable-length embeddings out.
+
+Gives what ``ZImagePipeline.encode_prompt`` gives (hidden_states[-2] of the Qwen3 encoder, masked
+to the prompt's tokens) with less work: a batch is padded to its longest prompt, not to 512 tokens
+(the encoder is causal and pads on the right, so the prompt's tokens see the same context), and the
+last decoder layer, whose output is unused, is not run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_SEQUENCE_LENGTH = 512
+
+
+class PromptEncoder:
+    def __init__(self, model: torch.nn.Module, tokenizer, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_sequence_length = max_sequence_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _chat(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True, enable_thinking=True)
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(self._chat(prompt)).input_ids)
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        """One [tokens, hidden] tensor per prompt, on the encoder's device, in its dtype."""
+        if not prompts:
+            return []
+        batch = self.tokenizer([self._chat(p) for p in prompts], padding="longest", truncation=True,
+                               max_length=self.max_sequence_length, return_tensors="pt")
+        device = self.device
+        mask = batch.attention_mask.to(device).bool()
+        hidden = self.model(input_ids=batch.input_ids.to(device), attention_mask=mask).last_hidden_state
+        mask = mask.to(hidden.device)  # an offloaded encoder runs elsewhere than its parameters rest
+        return [hidden[i][mask[i]] for i in range(len(prompts))]

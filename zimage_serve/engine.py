@@ -1,0 +1,143 @@
+"""The engine: a loaded Z-Image model that turns embeddings (or prompts) into images, in batches.
+
+Seeds are the stock pipeline's: seed s is exactly the initial noise that ``ZImagePipeline`` draws
+with ``generator=torch.Generator("cpu").manual_seed(s)``, so any image can be reproduced with plain
+diffusers. Jobs of the same shape (size, steps, guidance) share one transformer batch; each keeps
+its own seed. The VAE decodes one image at a time, which bounds its memory whatever the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import torch
+
+from .encoding import PromptEncoder
+from .loader import Loaded, load
+from .planner import Plan, Workload, make_plan
+from .sources import ModelSource
+
+log = logging.getLogger("zimage_serve")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to make from prompt embeddings."""
+
+    embeds: torch.Tensor  # [tokens, hidden]
+    seed: int
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    guidance_scale: float = 0.0
+    negative_embeds: torch.Tensor | None = None
+
+    @property
+    def shape_key(self) -> tuple:
+        return (self.width, self.height, self.steps, float(self.guidance_scale))
+
+
+@dataclass
+class Result:
+    images: list  # PIL images, in the order of the jobs
+    seconds: dict = field(default_factory=dict)  # denoise, decode
+    batch_sizes: list = field(default_factory=list)
+
+
+def gpu_free_bytes(device: str | None = None) -> int | None:
+    """Free memory of the current CUDA device, or None when we run on CPU."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return free
+
+
+def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
+                          device: str | None = None) -> Plan:
+    from .sizes import sizes_of
+
+    return make_plan(sizes_of(source), gpu_free_bytes(device), workload, policy, encode_on)
+
+
+class Engine:
+    def __init__(self, source: ModelSource, plan: Plan, loaded: Loaded, max_batch: int | None = None):
+        self.source, self.plan, self.loaded = source, plan, loaded
+        self.pipe = loaded.pipe
+        self.max_batch = max_batch or plan.workload.batch
+        self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
+
+    @classmethod
+    def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, **overrides) -> "Engine":
+        log.info("model %s\n%s", source.label, plan.describe())
+        return cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    def set_progress(self, enabled: bool) -> None:
+        self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
+
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        if self.encoder is None:
+            raise RuntimeError("this engine was loaded without a text encoder: pass embeddings")
+        return self.encoder.encode(prompts)
+
+    def _noise(self, job: Job) -> torch.Tensor:
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        return self.pipe.prepare_latents(1, self.pipe.transformer.in_channels, job.height, job.width,
+                                         torch.float32, self.device, generator)
+
+    def _embeds(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t.to(self.device, self.loaded.dtype, non_blocking=True) for t in tensors]
+
+    @torch.inference_mode()
+    def generate(self, jobs: list[Job]) -> Result:
+        """Images for ``jobs``, grouped into transformer batches of equal shape (at most max_batch)."""
+        result = Result(images=[None] * len(jobs), seconds={"denoise": 0.0, "decode": 0.0})
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].shape_key)
+        for _, group in groupby(order, key=lambda i: jobs[i].shape_key):
+            group = list(group)
+            for start in range(0, len(group), self.max_batch):
+                idx = group[start:start + self.max_batch]
+                for i, image in zip(idx, self._run([jobs[i] for i in idx], result)):
+                    result.images[i] = image
+                result.batch_sizes.append(len(idx))
+        return result
+
+    def _run(self, jobs: list[Job], result: Result) -> list:
+        j0 = jobs[0]
+        cfg = j0.guidance_scale > 0
+        negative = None
+        if cfg:
+            if any(j.negative_embeds is None for j in jobs):
+                raise ValueError("guidance_scale > 0 needs negative_embeds (the encoding of the negative prompt, '' by default)")
+            negative = self._embeds([j.negative_embeds for j in jobs])
+        t0 = time.perf_counter()
+        latents = self.pipe(
+            prompt_embeds=self._embeds([j.embeds for j in jobs]), negative_prompt_embeds=negative,
+            latents=torch.cat([self._noise(j) for j in jobs]), height=j0.height, width=j0.width,
+            num_inference_steps=j0.steps, guidance_scale=j0.guidance_scale, output_type="latent",
+        ).images
+        self._sync()
+        t1 = time.perf_counter()
+        images = [self._decode(latents[i:i + 1]) for i in range(len(jobs))]
+        for hook in self.loaded.hooks:
+            hook.offload()
+        self._sync()
+        result.seconds["denoise"] += t1 - t0
+        result.seconds["decode"] += time.perf_counter() - t1
+        return images
+
+    def _decode(self, latents: torch.Tensor):
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

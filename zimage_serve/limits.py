@@ -1,0 +1,72 @@
+"""Parsing and bounds shared by the CLI, the HTTP API and the batch job (no torch here)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidInput
+
+SIZE_MULTIPLE = 16  # the VAE's 8x times the DiT's 2x2 patches
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a request may ask for; the service's config sets these."""
+
+    min_side: int = 64
+    max_side: int = 2048
+    max_steps: int = 50
+    max_images: int = 8
+    max_prompt_chars: int = 10_000
+    max_seed: int = 2**63 - 1
+
+
+def check_dimension(value: int, name: str, bounds: Bounds = Bounds(), param: str | None = None) -> int:
+    if value % SIZE_MULTIPLE or not bounds.min_side <= value <= bounds.max_side:
+        raise InvalidInput(f"{name} must be a multiple of {SIZE_MULTIPLE} between {bounds.min_side} and "
+                           f"{bounds.max_side}, got {value}", param=param or name)
+    return value
+
+
+def parse_size(text: str, bounds: Bounds = Bounds(), param: str = "size") -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), checked against ``bounds``."""
+    m = re.fullmatch(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*", text or "")
+    if not m:
+        raise InvalidInput(f"{param} must look like 1024x1024 (WIDTHxHEIGHT), got {text!r}", param=param)
+    w, h = int(m.group(1)), int(m.group(2))
+    check_dimension(w, f"{param} width", bounds, param)
+    check_dimension(h, f"{param} height", bounds, param)
+    return w, h
+
+
+def check_steps(steps: int, bounds: Bounds = Bounds()) -> int:
+    if not 1 <= steps <= bounds.max_steps:
+        raise InvalidInput(f"steps must be between 1 and {bounds.max_steps}, got {steps}", param="num_inference_steps")
+    return steps
+
+
+def check_prompt(prompt: str, bounds: Bounds = Bounds(), param: str = "prompt") -> str:
+    if not prompt or not prompt.strip():
+        raise InvalidInput(f"{param} must not be empty", param=param)
+    if len(prompt) > bounds.max_prompt_chars:
+        raise InvalidInput(f"{param} is {len(prompt)} characters; the limit is {bounds.max_prompt_chars}", param=param)
+    if "\x00" in prompt:
+        raise InvalidInput(f"{param} contains a NUL character", param=param)
+    return prompt
+
+
+def check_seed(seed: int, bounds: Bounds = Bounds()) -> int:
+    if not 0 <= seed <= bounds.max_seed:
+        raise InvalidInput(f"seed must be between 0 and {bounds.max_seed}, got {seed}", param="seed")
+    return seed
+
+
+def parse_bytes(text: str) -> int:
+    """'24GiB', '16 GB', '8g' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidInput(f"memory size must look like 24GiB or 16GB, got {text!r}", param="vram")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

@@ -1,0 +1,108 @@
+"""Loads a checkpoint following a Plan, component by component.
+
+Each component goes straight from the safetensors files to where the plan puts it (``device_map``),
+converted to the serving dtype tensor by tensor on the way, so the peak never holds a second full
+copy in host memory and the GPU never holds more than the plan budgeted. Safetensors only, never
+remote code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .planner import Plan
+from .sources import ModelSource
+
+log = logging.getLogger("zimage_serve")
+
+
+@dataclass
+class Loaded:
+    """The pipeline (without text encoder: prompts arrive as embeddings) and, if asked, the encoder."""
+
+    pipe: object  # diffusers.ZImagePipeline
+    text_model: torch.nn.Module | None
+    tokenizer: object | None
+    device: torch.device
+    dtype: torch.dtype
+    hooks: list = field(default_factory=list)  # model-level offload hooks, offloaded after each batch
+    seconds: dict = field(default_factory=dict)
+
+
+def _target(placement: str, device: torch.device) -> str | torch.device:
+    """Where a component's weights are first loaded."""
+    return device if placement == "gpu" else "cpu"
+
+
+def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dtype):
+    """Qwen3 text encoder without its last decoder layer and final norm: only hidden_states[-2] is used.
+
+    The last layer's weights are never read. Returns (model, tokenizer).
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = source.path / "text_encoder"
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    config.num_hidden_layers -= 1
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the skipped last layer's weights are "unexpected" by design
+    try:
+        model = AutoModel.from_pretrained(path, config=config, dtype=dtype, device_map={"": str(device)},
+                                          use_safetensors=True, trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
+    model.norm = torch.nn.Identity()
+    model.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source.path / "tokenizer", trust_remote_code=False)
+    return model, tokenizer
+
+
+def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
+         with_text_encoder: bool = True) -> Loaded:
+    """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    dev = torch.device(device or plan.device)
+    dt = getattr(torch, dtype or plan.dtype)
+    seconds = {}
+    t0 = time.perf_counter()
+    transformer = ZImageTransformer2DModel.from_pretrained(
+        source.path, subfolder="transformer", dtype=dt, device_map={"": str(_target(plan.transformer, dev))},
+        use_safetensors=True)
+    seconds["transformer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vae = AutoencoderKL.from_pretrained(source.path, subfolder="vae", dtype=dt,
+                                        device_map={"": str(_target(plan.vae, dev))}, use_safetensors=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source.path, subfolder="scheduler")
+    seconds["vae"] = time.perf_counter() - t0
+    text_model = tokenizer = None
+    if with_text_encoder:
+        t0 = time.perf_counter()
+        te_device = dev if plan.text_encoder == "gpu" else torch.device("cpu")
+        # on CPU the encoder keeps the serving dtype's precision only where the host is fast at it
+        text_model, tokenizer = load_text_encoder(source, te_device, dt)
+        seconds["text_encoder"] = time.perf_counter() - t0
+    for m in (transformer, vae):
+        m.eval().requires_grad_(False)
+    hooks = []
+    if plan.transformer == "stream":
+        transformer.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"), offload_type="block_level",
+                                         num_blocks_per_group=1, use_stream=dev.type == "cuda", record_stream=dev.type == "cuda",
+                                         non_blocking=dev.type == "cuda")
+    if plan.transformer == "offload":
+        from accelerate import cpu_offload_with_hook
+
+        prev = None
+        for m in ([text_model] if text_model is not None and plan.text_encoder == "offload" else []) + [transformer]:
+            _, prev = cpu_offload_with_hook(m, dev, prev_module_hook=prev)
+            hooks.append(prev)
+    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+    log.info("loaded %s: %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds)

@@ -1,0 +1,168 @@
+"""VRAM-aware staging: decide where each component lives before a byte of weights is loaded.
+
+Pure arithmetic on component sizes (from safetensors headers, or the official configs when no
+weights are at hand), the serving dtype, the GPU's free memory and a workload envelope. The
+result is a small immutable :class:`Plan`; ``loader.load`` follows it component by component.
+
+Placements: ``gpu`` (resident), ``cpu``, ``offload`` (model-level: lives in host memory, moved
+whole to the GPU for its forward and back), ``stream`` (block-level group offloading with CUDA
+streams: one block group on the GPU while the next is prefetched).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from .errors import PlanError
+
+GiB = 2**30
+POLICIES = ("auto", "resident", "offload", "sequential")
+ENCODE_CHOICES = ("auto", "cpu", "gpu")
+MAX_TEXT_TOKENS = 512
+RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
+VAE_BYTES_PER_PIXEL_BF16 = 2600  # VAE decoder peak activations, one image at a time (calibrated on an H100 at 1024²)
+TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference
+_BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
+_TE_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameter counts the planner needs; ``origin`` says where they came from."""
+
+    transformer_params: int
+    transformer_block_params: int  # the largest repeated block (unit of streamed offload)
+    transformer_blocks: int
+    transformer_dim: int
+    text_encoder_params: int  # what is run: every layer but the last (its output is unused)
+    text_hidden: int
+    vae_params: int
+    origin: str
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, transformer_dim: int, text_hidden: int, origin: str) -> "ModelSizes":
+        """Sizes from {component: {tensor name: (dtype, numel)}} (safetensors headers or a meta model)."""
+        blocks: dict[str, int] = {}
+        for name, (_, n) in tensors["transformer"].items():
+            m = _BLOCK.match(name)
+            if m:
+                blocks[m.group(1)] = blocks.get(m.group(1), 0) + n
+        te = tensors["text_encoder"]
+        layers = [int(m.group(1)) for m in map(_TE_LAYER.match, te) if m]
+        last = max(layers) if layers else -1
+        te_run = sum(n for name, (_, n) in te.items() if not (_TE_LAYER.match(name) and int(_TE_LAYER.match(name).group(1)) == last))
+        return cls(
+            transformer_params=sum(n for _, n in tensors["transformer"].values()),
+            transformer_block_params=max(blocks.values(), default=0),
+            transformer_blocks=len(blocks),
+            transformer_dim=transformer_dim,
+            text_encoder_params=te_run,
+            text_hidden=text_hidden,
+            vae_params=sum(n for _, n in tensors["vae"].values()),
+            origin=origin,
+        )
+
+
+# Z-Image-Turbo's official configs, counted on the meta device (tests/test_planner.py checks them).
+Z_IMAGE_TURBO = ModelSizes(
+    transformer_params=6_154_908_736, transformer_block_params=180_910_336, transformer_blocks=34,
+    transformer_dim=3840, text_encoder_params=3_921_537_280, text_hidden=2560, vae_params=83_819_683,
+    origin="official Z-Image-Turbo config",
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The largest request a replica must serve: it bounds activation memory."""
+
+    width: int = 1024
+    height: int = 1024
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each component lives and where prompts are encoded; sizes in GiB."""
+
+    device: str  # "cuda" or "cpu"
+    dtype: str  # "bfloat16" or "float32"
+    policy: str  # what was asked for
+    kind: str  # "resident", "offload", "sequential", or "cpu"
+    transformer: str
+    vae: str
+    text_encoder: str
+    encode_on: str  # "cpu" or "gpu"
+    budget_gib: float | None
+    peak_gib: float
+    weights_on_gpu_gib: float
+    activations_gib: float
+    workload: Workload
+    origin: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        w = self.workload
+        memory = (f"  memory        est. peak {self.peak_gib:.2f} GiB = weights {self.weights_on_gpu_gib:.2f} + activations "
+                  f"{self.activations_gib:.2f} + reserve {RESERVE_BYTES / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
+                  if self.budget_gib is not None else "  memory        no GPU: everything runs on the CPU in float32")
+        return "\n".join([
+            f"plan: {self.kind} on {self.device} ({self.dtype}), policy {self.policy}; sizes from {self.origin}",
+            f"  transformer   {self.transformer}",
+            f"  vae           {self.vae}",
+            f"  text encoder  {self.text_encoder} (prompts encoded on {self.encode_on})",
+            f"  envelope      {w.width}x{w.height}, batch {w.batch}",
+            memory,
+        ])
+
+
+def _candidates(s: ModelSizes, w: Workload, bpe: int):
+    """(kind, placements, weights on GPU, activations) in order of speed, fastest first."""
+    T, TE, V = s.transformer_params * bpe, s.text_encoder_params * bpe, s.vae_params * bpe
+    tokens = (w.width // 16) * (w.height // 16) + MAX_TEXT_TOKENS
+    act_t = w.batch * tokens * s.transformer_dim * bpe * TRANSFORMER_ACT_FACTOR
+    act_v = w.width * w.height * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2
+    act_te = w.batch * MAX_TEXT_TOKENS * s.text_hidden * bpe * TRANSFORMER_ACT_FACTOR
+    block = s.transformer_block_params * bpe
+    non_block = T - s.transformer_blocks * block
+    yield "resident", ("gpu", "gpu", "gpu", "gpu"), T + V + TE, max(act_t, act_v, act_te)
+    yield "resident", ("gpu", "gpu", "cpu", "cpu"), T + V, max(act_t, act_v)
+    # model-level offload: the text encoder and the transformer take turns on the GPU; the small VAE stays
+    big = max([(TE, act_te), (T, act_t)], key=lambda p: p[0] + p[1])
+    yield "offload", ("offload", "gpu", "offload", "gpu"), big[0] + V, max(big[1], act_v)
+    # streamed: two block groups (current + prefetched) plus what is not in a block
+    yield "sequential", ("stream", "gpu", "cpu", "cpu"), non_block + 2 * block + V, max(act_t, act_v)
+
+
+def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
+              policy: str = "auto", encode_on: str = "auto") -> Plan:
+    """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU).
+
+    Raises PlanError, with the numbers, when the policy asked for can't fit.
+    """
+    if policy not in POLICIES:
+        raise PlanError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if encode_on not in ENCODE_CHOICES:
+        raise PlanError(f"unknown encode_on {encode_on!r}; choose one of {', '.join(ENCODE_CHOICES)}")
+    if free_bytes is None:
+        return Plan(device="cpu", dtype="float32", policy=policy, kind="cpu", transformer="cpu", vae="cpu",
+                    text_encoder="cpu", encode_on="cpu", budget_gib=None,
+                    peak_gib=0.0, weights_on_gpu_gib=0.0, activations_gib=0.0, workload=workload, origin=sizes.origin)
+    tried = []
+    for kind, (tr, vae, te, enc), weights, act in _candidates(sizes, workload, bpe=2):
+        if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
+            continue
+        peak = weights + act + RESERVE_BYTES
+        tried.append(f"{kind} (text encoder {te}) needs {peak / GiB:.2f} GiB")
+        if peak <= free_bytes:
+            return Plan(device="cuda", dtype="bfloat16", policy=policy, kind=kind, transformer=tr, vae=vae,
+                        text_encoder=te, encode_on=enc, budget_gib=round(free_bytes / GiB, 2),
+                        peak_gib=round(peak / GiB, 2), weights_on_gpu_gib=round(weights / GiB, 2),
+                        activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin)
+    if not tried:
+        raise PlanError(f"policy {policy!r} can't encode prompts on the {encode_on.upper()}; use encode_on auto")
+    w = workload
+    raise PlanError(f"no {policy} plan fits {free_bytes / GiB:.2f} GiB free for {w.width}x{w.height} batch {w.batch}: "
+                    + "; ".join(tried) + ". Use a smaller size or batch, or policy sequential")
