@@ -1,0 +1,165 @@
+"""The HTTP API: thin FastAPI routes over ImageService, one error shape, auth, body cap, CORS.
+
+Routes: POST /v1/images/generations (OpenAI Images API), POST /generate (image bytes), GET
+/v1/models, GET /healthz (alive), GET /readyz (a generator has loaded; reports its plan).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import metrics
+from .protocol import ErrorResponse, GenerateRequest, ImagesRequest, ImagesResponse, error_body
+from .service import ApiError, ImageService
+
+log = logging.getLogger("zimage_serve")
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+def _body_schema(model) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 503, 504)}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class _Guard:
+    """ASGI middleware: API keys (constant-time compare) and the body-size cap, before any parsing."""
+
+    def __init__(self, app, keys: tuple[str, ...], max_body: int):
+        self.app, self.keys, self.max_body = app, tuple(k.encode() for k in keys), max_body
+
+    def _authorized(self, headers: dict) -> bool:
+        token = headers.get(b"authorization", b"")
+        token = token[7:].strip() if token[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        ok = False
+        for key in self.keys:  # compare with every key: time doesn't tell which matched
+            ok |= hmac.compare_digest(token, key)
+        return ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        start = time.perf_counter()
+        if self.keys and path not in OPEN_PATHS and scope.get("method") != "OPTIONS" and not self._authorized(headers):
+            e = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", type="authentication_error",
+                         code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await self._reply(scope, receive, send, e, path)
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            e = ApiError(413, f"request body over {self.max_body} bytes", code="body_too_large")
+            return await self._reply(scope, receive, send, e, path)
+
+        received = 0
+
+        async def capped_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge()
+            return message
+
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, send_status)
+        except _TooLarge:
+            e = ApiError(413, f"request body over {self.max_body} bytes", code="body_too_large")
+            await error_response(e)(scope, receive, send)
+            status["code"] = 413
+        metrics.count_request(_route(path), status["code"])
+        log.debug("%s %s %d %.3fs", scope.get("method"), path, status["code"], time.perf_counter() - start)
+
+    async def _reply(self, scope, receive, send, e: ApiError, path: str):
+        await error_response(e)(scope, receive, send)
+        metrics.count_request(_route(path), e.status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _route(path: str) -> str:
+    known = {"/v1/images/generations", "/generate", "/v1/models", "/healthz", "/readyz"}
+    return path if path in known else "other"
+
+
+async def _json(request: Request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+
+
+def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI:
+    config = service.config
+    app = FastAPI(title="zimage-serve", version="0.1.0",
+                  description="Z-Image-Turbo text-to-image, OpenAI Images API compatible.")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return JSONResponse(error_body(str(e.detail), code=kind), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal error", type="server_error", code="internal"), status_code=500)
+
+    @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_ERRORS,
+              openapi_extra=_body_schema(ImagesRequest))
+    async def images(request: Request):
+        return JSONResponse(await service.images(await _json(request)))
+
+    @app.post("/generate", responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **_ERRORS},
+              response_class=Response, openapi_extra=_body_schema(GenerateRequest))
+    async def generate(request: Request):
+        data, headers = await service.generate(await _json(request))
+        return Response(content=data, media_type=headers.pop("content-type"), headers=headers)
+
+    @app.get("/v1/models", responses=_ERRORS)
+    async def models():
+        return {"object": "list", "data": [{"id": config.served_model_name, "object": "model", "created": 0,
+                                            "owned_by": "zimage-serve"}]}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "No generator replica has loaded."}})
+    async def readyz():
+        ready, info = await service.readiness()
+        return JSONResponse(info, status_code=200 if ready else 503)
+
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed"])
+    app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes)
+    return app

@@ -1,0 +1,99 @@
+"""The application's one config: validated from ``build_app(args)`` / serve_config.yaml's ``args``.
+
+Every field is described; unknown fields are refused, so a typo in a YAML file fails the deploy
+instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .limits import Bounds, parse_size
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingOptions(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 lets the deployment scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Most replicas; for generators, at most the cluster's GPUs.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default: min_replicas).")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Requests in flight per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(10.0, ge=0, description="Load must stay high this long before adding a replica.")
+    downscale_delay_s: float = Field(120.0, ge=0, description="Load must stay low this long before removing a replica.")
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often replicas report load to the autoscaler.")
+    look_back_period_s: float = Field(10.0, gt=0, description="Window over which load is averaged.")
+
+    def to_serve(self) -> dict:
+        d = self.model_dump(exclude_none=True)
+        return d
+
+
+class EncoderOptions(_Strict):
+    max_batch_size: int = Field(8, ge=1, le=256, description="Prompts encoded in one forward pass.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="How long a batch waits to fill.")
+    cache_size: int = Field(4096, ge=0, description="Prompt embeddings kept (LRU, keyed by prompt and model revision).")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per encoder replica.")
+    threads: int | None = Field(None, ge=1, description="torch threads per encoder replica (default: num_cpus, at least 1).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one encoder replica accepts at once.")
+    autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Encoder replica scaling.")
+
+
+class GeneratorOptions(_Strict):
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per replica; default 1 when the Ray cluster has GPUs, else 0.")
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved per generator replica.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica sees a GPU.")
+    policy: Literal["auto", "resident", "offload", "sequential"] = Field("auto", description="Staging policy (see `zimage-serve plan`).")
+    encode_on: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where prompts are encoded: the CPU encoders, the generator's GPU, or as the plan decides.")
+    plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
+    max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, le=5, description="How long a batch waits to fill.")
+    max_ongoing_requests: int = Field(8, ge=1, description="Images one replica accepts at once (>= max_batch_size).")
+    max_queued_requests: int = Field(64, ge=-1, description="Images waiting for a replica before 503 (-1: unbounded).")
+    graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
+    health_check_period_s: float = Field(10, gt=0, description="How often the replica's GPU is checked.")
+    autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Generator replica scaling.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError("generator.max_ongoing_requests must be >= generator.max_batch_size")
+        parse_size(self.plan_size, Bounds(max_side=8192), param="plan_size")
+        return self
+
+
+class AppConfig(_Strict):
+    model: str = Field("auto", description="'tiny', a local diffusers directory, or a hub id; 'auto': the hub model on a GPU, else tiny.")
+    served_model_name: str = Field("z-image-turbo", description="The name /v1/models reports and requests may give.")
+    default_size: str = Field("1024x1024", description="Size when a request says 'auto' or gives none.")
+    default_steps: int = Field(8, ge=1, description="Steps when a request gives none (Turbo: 8).")
+    min_side: int = Field(64, ge=16, description="Smallest width or height accepted.")
+    max_side: int = Field(2048, ge=16, description="Largest width or height accepted.")
+    max_steps: int = Field(50, ge=1, description="Most steps a request may ask for.")
+    max_images: int = Field(8, ge=1, le=128, description="Most images (n) in one request.")
+    max_prompt_chars: int = Field(10_000, ge=1, description="Longest prompt accepted, in characters.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger gets 413.")
+    request_timeout_s: float = Field(600, gt=0, description="Longest a request may wait for its images before 504.")
+    api_keys_file: str | None = Field(None, description="File with API keys, one per line (also: ZIMAGE_API_KEYS, ZIMAGE_API_KEYS_FILE).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
+    png_compress_level: int = Field(1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small.")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After seconds sent with 503.")
+    ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (CPU, light).")
+    encoder: EncoderOptions = Field(default_factory=EncoderOptions, description="The CPU prompt encoders.")
+    generator: GeneratorOptions = Field(default_factory=GeneratorOptions, description="The GPU generators.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must be <= max_side")
+        parse_size(self.default_size, self.bounds, param="default_size")
+        return self
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(min_side=self.min_side, max_side=self.max_side, max_steps=self.max_steps,
+                      max_images=self.max_images, max_prompt_chars=self.max_prompt_chars)

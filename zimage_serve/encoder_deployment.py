@@ -1,0 +1,100 @@
+"""PromptEncoder: the CPU deployment that batches text-encoder work across concurrent requests.
+
+Concurrent calls are grouped by ``@serve.batch`` into one forward pass (padded to the batch's longest
+prompt). Embeddings are cached (LRU keyed by prompt and model revision), and a prompt already being
+encoded is waited for, not encoded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+
+from ray import serve
+
+from . import metrics
+from .app_config import AppConfig
+
+log = logging.getLogger("zimage_serve")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+@serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+class PromptEncoderDeployment:
+    def __init__(self, config: dict):
+        import torch
+
+        from .encoding import PromptEncoder
+        from .loader import load_text_encoder
+        from .sources import resolve
+
+        self.config = AppConfig.model_validate(config)
+        opts = self.config.encoder
+        torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
+        self.source = resolve(self.config.model)
+        # bf16 only where the CPU is fast at it (AMX); elsewhere float32 (and exact against stock)
+        dtype = torch.bfloat16 if _cpu_has_fast_bf16() and not self.source.random_weights else torch.float32
+        model, tokenizer = load_text_encoder(self.source, torch.device("cpu"), dtype)
+        self.encoder = PromptEncoder(model, tokenizer)
+        self.cache: OrderedDict[tuple, object] = OrderedDict()
+        self.inflight: dict[tuple, asyncio.Future] = {}
+        self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
+        self._encode_batch.set_max_batch_size(opts.max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+        log.info("PromptEncoder ready: %s, %s, %d threads", self.source.label, dtype, torch.get_num_threads())
+
+    async def encode(self, prompt: str):
+        """Embeddings of one prompt: a CPU tensor [tokens, hidden]."""
+        key = (self.source.revision, prompt)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            self.stats["hits"] += 1
+            metrics.count_cache("hit")
+            return self.cache[key]
+        if key in self.inflight:
+            self.stats["hits"] += 1
+            metrics.count_cache("inflight")
+            return await asyncio.shield(self.inflight[key])
+        self.stats["misses"] += 1
+        metrics.count_cache("miss")
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            embeds = await self._encode_batch(prompt)
+            future.set_result(embeds)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved: waiters get it through shield
+            raise
+        finally:
+            del self.inflight[key]
+        if self.config.encoder.cache_size:
+            self.cache[key] = embeds
+            while len(self.cache) > self.config.encoder.cache_size:
+                self.cache.popitem(last=False)
+        return embeds
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _encode_batch(self, prompts: list[str]):
+        t0 = time.perf_counter()
+        embeds = await asyncio.to_thread(self.encoder.encode, prompts)
+        metrics.observe_stage("encode", time.perf_counter() - t0)
+        metrics.observe_batch("encode", len(prompts))
+        self.stats["batches"].append(len(prompts))
+        del self.stats["batches"][:-1000]
+        return [e.float().clone() for e in embeds]
+
+    async def info(self) -> dict:
+        """Counters for tests and operators: cache hits/misses, recent batch sizes."""
+        return {"model": self.source.spec, "revision": self.source.revision, **self.stats,
+                "cache_entries": len(self.cache)}

@@ -1,0 +1,159 @@
+"""Generator: one GPU per replica, the engine loaded with the staging plan for that GPU.
+
+Concurrent calls are grouped by ``@serve.batch``; the engine puts images of the same shape and
+steps into one transformer batch, each with its own seed. Images are encoded (PNG/JPEG/WebP) here,
+on the replica, so only compressed bytes travel back. A model that can't load leaves the replica
+alive and not ready, with the reason, rather than crash-looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ray import serve
+
+from . import metrics
+from .app_config import AppConfig
+from .errors import Overloaded, ZImageError
+
+log = logging.getLogger("zimage_serve")
+
+
+class NotReady(ZImageError):
+    """The replica has no model loaded (the reason is the message)."""
+
+
+@serve.deployment(name="Generator", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
+                  graceful_shutdown_timeout_s=120, health_check_period_s=10)
+class GeneratorDeployment:
+    def __init__(self, config: dict):
+        from .engine import Engine, gpu_free_bytes, plan_for_this_machine
+        from .limits import Bounds, parse_size
+        from .planner import Workload
+        from .sources import resolve
+
+        self.config = AppConfig.model_validate(config)
+        opts = self.config.generator
+        self.engine, self.reason, self.batches = None, None, []
+        self._generate_batch.set_max_batch_size(opts.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+        device = None if opts.device == "auto" else opts.device
+        try:
+            t0 = time.perf_counter()
+            source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
+            workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
+            plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
+            self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu")
+            self.engine.set_progress(False)
+            self.load_seconds = time.perf_counter() - t0
+            metrics.set_plan(plan)
+            log.info("Generator ready in %.1fs: %s\n%s", self.load_seconds, source.label, plan.describe())
+        except ZImageError as e:
+            self.reason = str(e)
+            log.error("Generator not ready: %s", e)
+
+    def check_health(self) -> None:
+        """Fails when the GPU is unusable (Serve then replaces the replica)."""
+        if self.engine is not None and self.engine.device.type == "cuda":
+            import torch
+
+            torch.ones(1, device=self.engine.device).add_(1).item()
+
+    async def info(self) -> dict:
+        """Readiness, the plan in force, and where this replica runs."""
+        if self.engine is None:
+            return {"ready": False, "reason": self.reason}
+        e = self.engine
+        gpu = None
+        if e.device.type == "cuda":
+            import torch
+
+            gpu = {"name": torch.cuda.get_device_name(e.device),
+                   "memory_gib": round(torch.cuda.get_device_properties(e.device).total_memory / 2**30, 1),
+                   "peak_allocated_gib": round(torch.cuda.max_memory_allocated(e.device) / 2**30, 2)}
+        return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
+                "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": gpu,
+                "load_seconds": round(self.load_seconds, 2), "batches": self.batches[-200:]}
+
+    async def generate(self, embeds, negative_embeds, params: dict) -> dict:
+        """One image. ``embeds`` come from the PromptEncoder (Serve resolves its response here),
+        or are None with ``params["prompt"]`` set when this replica encodes on its GPU."""
+        if self.engine is None:
+            raise NotReady(f"the model is not loaded: {self.reason}")
+        return await self._generate_batch((embeds, negative_embeds, params))
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def _generate_batch(self, items: list[tuple]) -> list[dict]:
+        start = time.time()
+        for _, _, params in items:
+            metrics.observe_stage("queue", max(0.0, start - params.get("enqueued_at", start)))
+        results = await asyncio.to_thread(self._run, items)
+        self.batches.append(len(items))
+        del self.batches[:-1000]
+        return results
+
+    def _run(self, items: list[tuple]) -> list[dict]:
+        from .engine import Job
+        from .imaging import encode_image
+
+        engine = self.engine
+        prompts = [p["prompt"] for e, _, p in items if e is None]
+        negatives = [p.get("negative_prompt") or "" for e, n, p in items if e is None and p["guidance_scale"] > 0]
+        encoded = iter(engine.encode(prompts + negatives)) if prompts else iter(())
+        own = [next(encoded) for _ in prompts]
+        own_neg = [next(encoded) for _ in negatives]
+        jobs, i, j = [], 0, 0
+        for embeds, negative, p in items:
+            if embeds is None:
+                embeds, i = own[i], i + 1
+                if p["guidance_scale"] > 0:
+                    negative, j = own_neg[j], j + 1
+            jobs.append(Job(embeds=embeds, seed=p["seed"], width=p["width"], height=p["height"], steps=p["steps"],
+                            guidance_scale=p["guidance_scale"], negative_embeds=negative))
+        result = self._generate_with_oom_fallback(jobs)
+        t0 = time.perf_counter()
+        out = []
+        for (_, _, p), image in zip(items, result.images):
+            data = encode_image(image, p["output_format"], self.config.png_compress_level, p.get("quality"))
+            out.append({"image": data, "seed": p["seed"], "batch_size": len(items),
+                        "seconds": dict(result.seconds)})
+        encode_s = time.perf_counter() - t0
+        metrics.observe_stage("denoise", result.seconds["denoise"])
+        metrics.observe_stage("decode", result.seconds["decode"])
+        metrics.observe_stage("image_encode", encode_s)
+        metrics.observe_batch("generate", len(items))
+        metrics.count_images(engine.source.spec, len(items))
+        if engine.device.type == "cuda":
+            import torch
+
+            metrics.set_peak_vram(torch.cuda.max_memory_allocated(engine.device))
+        for o in out:
+            o["seconds"]["image_encode"] = encode_s
+        return out
+
+    def _generate_with_oom_fallback(self, jobs):
+        """On CUDA out-of-memory: free, retry one image at a time, then give up with Overloaded (503)."""
+        import torch
+
+        try:
+            return self.engine.generate(jobs)
+        except torch.OutOfMemoryError:
+            log.warning("out of GPU memory for a batch of %d; retrying one by one", len(jobs))
+        torch.cuda.empty_cache()
+        try:
+            from .engine import Result
+
+            merged = Result(images=[], seconds={"denoise": 0.0, "decode": 0.0})
+            for job in jobs:
+                r = self.engine.generate([job])
+                merged.images += r.images
+                for k, v in r.seconds.items():
+                    merged.seconds[k] += v
+            return merged
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise Overloaded("out of GPU memory for this request; retry later or ask for a smaller size") from None

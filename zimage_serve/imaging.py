@@ -1,0 +1,22 @@
+"""Image encoding for responses: part of the latency, so the defaults favour speed."""
+
+from __future__ import annotations
+
+import io
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def encode_image(image, fmt: str = "png", png_compress_level: int = 1, quality: int | None = None) -> bytes:
+    """PIL image -> bytes. PNG level 1 is several times faster than PIL's default 6 at 1024² for
+    slightly larger files; jpeg/webp use ``quality`` (default 90)."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, format="PNG", compress_level=png_compress_level)
+    elif fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality or 90)
+    elif fmt == "webp":
+        image.save(buf, format="WEBP", quality=quality or 90, method=0)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return buf.getvalue()

@@ -1,0 +1,206 @@
+"""ImageService: what the HTTP routes do, as a plain class (no HTTP, no Serve).
+
+It validates requests against the config's bounds, assigns seeds, fans a request's n images out to
+the generator (each image its own call, so the generator's batcher can group them), and maps every
+failure to an :class:`ApiError` with a status, the one error shape's fields, and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from pydantic import ValidationError
+
+from .app_config import AppConfig
+from .errors import InvalidInput, Overloaded, ZImageError
+from .imaging import MEDIA_TYPES
+from .limits import check_dimension, check_prompt, check_steps, parse_size
+from .protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse, error_body
+
+log = logging.getLogger("zimage_serve")
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: dict = field(default_factory=dict)
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def validation_error(e: ValidationError) -> ApiError:
+    """The first pydantic error as a 400 naming its field."""
+    err = e.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    if err.get("type") == "extra_forbidden":
+        return ApiError(400, f"unknown field {param!r}", param=param, code="unknown_field")
+    if err.get("type") == "model_type":
+        return ApiError(400, "the request body must be a JSON object", code="invalid_body")
+    msg = err.get("msg", "invalid value")
+    return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
+
+
+# (embeds, negative_embeds, params) -> awaitable result dict; embeds may be a pending encoder response
+Generate = Callable[[Any, Any, dict], Awaitable[dict]]
+Encode = Callable[[str], Any]
+
+
+class ImageService:
+    def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
+                 generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool]):
+        self.config = config
+        self._encode, self._generate, self._info = encode, generate, generator_info
+        self._is_retryable = is_retryable
+        self._encode_on_gpu: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
+
+    # ---- requests -> params -------------------------------------------------------------------
+
+    def _params(self, req, width: int, height: int) -> dict:
+        b = self.config.bounds
+        try:
+            check_prompt(req.prompt, b)
+            if req.negative_prompt:
+                check_prompt(req.negative_prompt, b, param="negative_prompt")
+            steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
+        except InvalidInput as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
+        seed = req.seed if req.seed is not None else random.randrange(2**31)
+        quality = getattr(req, "output_compression", None)
+        return {"prompt": req.prompt, "negative_prompt": req.negative_prompt or "", "seed": seed, "width": width,
+                "height": height, "steps": steps, "guidance_scale": float(req.guidance_scale),
+                "output_format": req.output_format, "quality": quality}
+
+    def _size(self, text: str, param: str = "size") -> tuple[int, int]:
+        if text == "auto":
+            text = self.config.default_size
+        try:
+            return parse_size(text, self.config.bounds, param=param)
+        except InvalidInput as e:
+            raise ApiError(400, str(e), param=param, code="invalid_value") from None
+
+    def parse_images(self, body: Any) -> tuple[ImagesRequest, dict]:
+        try:
+            req = ImagesRequest.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        if req.response_format == "url":
+            raise ApiError(400, "response_format 'url' is not supported: images are not stored; use b64_json",
+                           param="response_format", code="unsupported_value")
+        if req.model not in (None, self.config.served_model_name):
+            raise ApiError(400, f"model {req.model!r} is not served here; this server serves "
+                                f"{self.config.served_model_name!r}", param="model", code="model_not_found")
+        if req.n > self.config.max_images:
+            raise ApiError(400, f"n must be at most {self.config.max_images}, got {req.n}", param="n", code="invalid_value")
+        return req, self._params(req, *self._size(req.size))
+
+    def parse_generate(self, body: Any) -> tuple[GenerateRequest, dict]:
+        try:
+            req = GenerateRequest.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        try:
+            width = check_dimension(req.width, "width", self.config.bounds)
+            height = check_dimension(req.height, "height", self.config.bounds)
+        except InvalidInput as e:
+            raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
+        return req, self._params(req, width, height)
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    async def _gpu_encodes(self) -> bool:
+        if self._encode_on_gpu is None:
+            try:
+                info = await asyncio.wait_for(self._info(), timeout=5)
+            except Exception:
+                return False
+            if not info.get("ready"):
+                return False
+            self._encode_on_gpu = info["plan"]["encode_on"] == "gpu"
+        return self._encode_on_gpu
+
+    async def _images(self, params: dict, n: int) -> list[dict]:
+        enqueued = time.time()
+        gpu = await self._gpu_encodes()
+        embeds = negative = None
+        if not gpu:
+            embeds = self._encode(params["prompt"])
+            if params["guidance_scale"] > 0:
+                negative = self._encode(params["negative_prompt"])
+        calls = [{**params, "seed": params["seed"] + i, "enqueued_at": enqueued} for i in range(n)]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(self._one(embeds, negative, p) for p in calls)),
+                                          timeout=self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the images were not ready within {self.config.request_timeout_s:g}s",
+                           type="timeout_error", code="timeout") from None
+
+    async def _one(self, embeds, negative, params: dict) -> dict:
+        for attempt in (1, 2):
+            try:
+                return await self._generate(embeds, negative, params)
+            except ApiError:
+                raise
+            except Overloaded as e:
+                raise self.unavailable(str(e)) from None
+            except InvalidInput as e:
+                raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
+            except ZImageError as e:
+                raise self.unavailable(str(e)) from None
+            except BaseException as e:
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                if self._is_retryable(e) and attempt == 1:
+                    log.warning("generator call failed (%s); retrying once", type(e).__name__)
+                    continue
+                mapped = self.map_backend_error(e)
+                if mapped is None:
+                    log.exception("generation failed")
+                    raise ApiError(500, "internal error while generating", type="server_error", code="internal") from None
+                raise mapped from None
+        raise AssertionError("unreachable")
+
+    def unavailable(self, message: str) -> ApiError:
+        return ApiError(503, message, type="server_error", code="unavailable",
+                        headers={"Retry-After": str(self.config.retry_after_s)})
+
+    def map_backend_error(self, e: BaseException) -> ApiError | None:
+        """Serve's own errors: a full queue, a dead or missing replica -> 503 with Retry-After."""
+        name = type(e).__name__
+        if "BackPressure" in name:
+            return ApiError(503, "the server is at capacity (queue full); retry later", type="server_error",
+                            code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+        if self._is_retryable(e) or "Unavailable" in name:
+            return self.unavailable("a generator replica failed; retry later")
+        return None
+
+    async def images(self, body: Any) -> dict:
+        req, params = self.parse_images(body)
+        results = await self._images(params, req.n)
+        return ImagesResponse(
+            created=int(time.time()), output_format=req.output_format, size=f"{params['width']}x{params['height']}",
+            seed=params["seed"], model=self.config.served_model_name,
+            data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results],
+        ).model_dump(exclude_none=True)
+
+    async def generate(self, body: Any) -> tuple[bytes, dict]:
+        req, params = self.parse_generate(body)
+        (result,) = await self._images(params, 1)
+        return result["image"], {"content-type": MEDIA_TYPES[req.output_format], "x-seed": str(result["seed"])}
+
+    async def readiness(self) -> tuple[bool, dict]:
+        try:
+            info = await asyncio.wait_for(self._info(), timeout=5)
+        except Exception as e:
+            return False, {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+        return bool(info.get("ready")), info
