@@ -64,3 +64,51 @@ def cli():
                               timeout=timeout, env=dict(os.environ))
 
     return run
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_cluster():
+    """A real local Ray cluster with Serve's HTTP proxy; 4 logical GPUs to exercise num_gpus placement."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=16, num_gpus=4, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def tiny_app_config(tiny_path, **overrides) -> dict:
+    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching."""
+    config = {
+        "model": str(tiny_path), "default_size": "64x64", "max_side": 256, "max_images": 4,
+        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1},
+        "generator": {"num_gpus": 0, "max_batch_size": 4, "batch_wait_timeout_s": 0.2, "plan_size": "256x256"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config[key] = {**config.get(key, {}), **value}
+        else:
+            config[key] = value
+    return config
+
+
+def deploy(serve_cluster: str, name: str, config: dict) -> str:
+    """Deploy the real application under /name and return its base URL."""
+    from ray import serve
+
+    from zimage_serve.app import build_app
+
+    serve.run(build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
+    return f"{serve_cluster}/{name}"

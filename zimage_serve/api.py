@@ -52,7 +52,9 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        path = scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # an application deployed under a route prefix
+            path = path[len(root):] or "/"
         start = time.perf_counter()
         if self.keys and path not in OPEN_PATHS and scope.get("method") != "OPTIONS" and not self._authorized(headers):
             e = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", type="authentication_error",

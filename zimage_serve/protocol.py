@@ -64,8 +64,8 @@ class ImagesRequest(_Common):
 class GenerateRequest(_Common):
     """``POST /generate``: one image, returned as bytes."""
 
-    width: int = Field(1024, ge=16, le=16384, description="Width in pixels, a multiple of 16.")
-    height: int = Field(1024, ge=16, le=16384, description="Height in pixels, a multiple of 16.")
+    width: int | None = Field(None, ge=16, le=16384, description="Width in pixels, a multiple of 16 (default: the server's).")
+    height: int | None = Field(None, ge=16, le=16384, description="Height in pixels, a multiple of 16 (default: the server's).")
 
 
 class ImageData(BaseModel):

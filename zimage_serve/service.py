@@ -63,6 +63,12 @@ class ImageService:
         self._encode, self._generate, self._info = encode, generate, generator_info
         self._is_retryable = is_retryable
         self._encode_on_gpu: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
+        # Admission: images in flight or queued from this ingress replica. Serve's own max_queued_requests
+        # is checked before a request's embeddings resolve, so a burst waiting on the encoder slips past it.
+        g = config.generator
+        self.max_pending = -1 if g.max_queued_requests < 0 else (
+            g.max_ongoing_requests * g.autoscaling.max_replicas + g.max_queued_requests) // config.ingress_replicas
+        self.pending = 0
 
     # ---- requests -> params -------------------------------------------------------------------
 
@@ -109,9 +115,10 @@ class ImageService:
             req = GenerateRequest.model_validate(body)
         except ValidationError as e:
             raise validation_error(e) from None
+        default_w, default_h = self._size("auto")
         try:
-            width = check_dimension(req.width, "width", self.config.bounds)
-            height = check_dimension(req.height, "height", self.config.bounds)
+            width = check_dimension(req.width or default_w, "width", self.config.bounds)
+            height = check_dimension(req.height or default_h, "height", self.config.bounds)
         except InvalidInput as e:
             raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
         return req, self._params(req, width, height)
@@ -130,6 +137,15 @@ class ImageService:
         return self._encode_on_gpu
 
     async def _images(self, params: dict, n: int) -> list[dict]:
+        if self.max_pending >= 0 and self.pending + n > self.max_pending:
+            raise self.queue_full()
+        self.pending += n
+        try:
+            return await self._admitted(params, n)
+        finally:
+            self.pending -= n
+
+    async def _admitted(self, params: dict, n: int) -> list[dict]:
         enqueued = time.time()
         gpu = await self._gpu_encodes()
         embeds = negative = None
@@ -174,12 +190,15 @@ class ImageService:
         return ApiError(503, message, type="server_error", code="unavailable",
                         headers={"Retry-After": str(self.config.retry_after_s)})
 
+    def queue_full(self) -> ApiError:
+        return ApiError(503, "the server is at capacity (queue full); retry later", type="server_error",
+                        code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+
     def map_backend_error(self, e: BaseException) -> ApiError | None:
         """Serve's own errors: a full queue, a dead or missing replica -> 503 with Retry-After."""
         name = type(e).__name__
         if "BackPressure" in name:
-            return ApiError(503, "the server is at capacity (queue full); retry later", type="server_error",
-                            code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+            return self.queue_full()
         if self._is_retryable(e) or "Unavailable" in name:
             return self.unavailable("a generator replica failed; retry later")
         return None

@@ -1,0 +1,178 @@
+"""The application on real Ray Serve with real HTTP: the tiny checkpoint on CPU, no mocks."""
+
+import asyncio
+import base64
+import io
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+from ray import serve
+
+from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config
+
+
+@pytest.fixture(scope="module")
+def app_url(serve_cluster, tiny_path):
+    config = tiny_app_config(tiny_path, generator={"num_gpus": 1})
+    return deploy(serve_cluster, "main", config)
+
+
+def _png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_openai_client_end_to_end(app_url, stock_pipe):
+    client = openai.OpenAI(base_url=f"{app_url}/v1", api_key="unused")
+    r = client.images.generate(prompt="a red fox", size="64x64", n=2, extra_body={"seed": 5})
+    assert len(r.data) == 2
+    assert [d.model_extra["seed"] for d in r.data] == [5, 6]
+    for d, seed in zip(r.data, (5, 6)):
+        image = _png(base64.b64decode(d.b64_json))
+        assert image.size == (64, 64)
+        assert max_pixel_diff(image, stock_image(stock_pipe, "a red fox", seed, 64, 64)) <= 1
+    assert [m.id for m in client.models.list().data] == ["z-image-turbo"]
+
+
+def test_openai_client_without_seed_gets_a_random_one_reported(app_url):
+    client = openai.OpenAI(base_url=f"{app_url}/v1", api_key="unused")
+    r = client.images.generate(prompt="a red fox", size="64x64")
+    assert isinstance(r.model_extra["seed"], int) and r.data[0].model_extra["seed"] == r.model_extra["seed"]
+
+
+def test_generate_returns_the_stock_image_as_png(app_url, stock_pipe):
+    r = httpx.post(f"{app_url}/generate", json={"prompt": "a blue boat", "width": 96, "height": 64, "seed": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-seed"] == "3"
+    assert max_pixel_diff(_png(r.content), stock_image(stock_pipe, "a blue boat", 3, 96, 64)) <= 1
+
+
+@pytest.mark.parametrize("fmt, media", [("jpeg", "image/jpeg"), ("webp", "image/webp")])
+def test_other_formats(app_url, fmt, media):
+    r = httpx.post(f"{app_url}/generate", json={"prompt": "a cat", "width": 64, "height": 64, "output_format": fmt}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == media
+    assert Image.open(io.BytesIO(r.content)).format == fmt.upper()
+
+
+def test_concurrent_requests_batch_and_keep_their_seeds(app_url, stock_pipe):
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(
+                client.post(f"{app_url}/generate", json={"prompt": f"prompt {i % 3}", "width": 64, "height": 64, "seed": 100 + i})
+                for i in range(8)))
+
+    responses = asyncio.run(go())
+    assert all(r.status_code == 200 for r in responses)
+    assert [int(r.headers["x-seed"]) for r in responses] == list(range(100, 108))
+    for i in (0, 5):
+        assert max_pixel_diff(_png(responses[i].content), stock_image(stock_pipe, f"prompt {i % 3}", 100 + i, 64, 64)) <= 1
+    info = serve.get_deployment_handle("Generator", app_name="main").info.remote().result()
+    assert max(info["batches"]) > 1
+    enc = serve.get_deployment_handle("PromptEncoder", app_name="main").info.remote().result()
+    assert max(enc["batches"]) > 1 or enc["hits"] > 0
+
+
+def test_embedding_cache_hits(app_url):
+    enc = serve.get_deployment_handle("PromptEncoder", app_name="main")
+    before = enc.info.remote().result()
+    for _ in range(2):
+        assert httpx.post(f"{app_url}/generate", json={"prompt": "cache me", "width": 64, "height": 64}, timeout=60).status_code == 200
+    after = enc.info.remote().result()
+    assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
+
+
+def test_generator_replica_gets_its_own_gpu_and_reports_its_plan(app_url):
+    r = httpx.get(f"{app_url}/readyz", timeout=30)
+    assert r.status_code == 200
+    info = r.json()
+    assert info["ready"] and info["random_weights"] and info["plan"]["kind"] == "cpu"
+    assert info["cuda_visible_devices"] not in (None, "")  # Ray assigned one logical GPU
+    assert httpx.get(f"{app_url}/healthz").json() == {"status": "ok"}
+
+
+BAD = [
+    ("/v1/images/generations", {"prompt": "x", "size": "100x100"}, "size"),
+    ("/v1/images/generations", {"prompt": "x", "size": "4096x4096"}, "size"),
+    ("/v1/images/generations", {"prompt": "x", "size": "big"}, "size"),
+    ("/v1/images/generations", {"prompt": "x", "n": 0}, "n"),
+    ("/v1/images/generations", {"prompt": "x", "n": 5}, "n"),
+    ("/v1/images/generations", {"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+    ("/v1/images/generations", {"prompt": "x", "num_inference_steps": 51}, "num_inference_steps"),
+    ("/v1/images/generations", {"prompt": ""}, "prompt"),
+    ("/v1/images/generations", {"prompt": "   "}, "prompt"),
+    ("/v1/images/generations", {"prompt": 5}, "prompt"),
+    ("/v1/images/generations", {"prompt": "x", "n": "two"}, "n"),
+    ("/v1/images/generations", {"prompt": "x", "seed": -1}, "seed"),
+    ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "response_format"),
+    ("/v1/images/generations", {"prompt": "x", "model": "dall-e-3"}, "model"),
+    ("/v1/images/generations", {"prompt": "x", "output_format": "gif"}, "output_format"),
+    ("/v1/images/generations", {}, "prompt"),
+    ("/generate", {"prompt": "x", "width": 65}, "width"),
+    ("/generate", {"prompt": "x", "height": 4096}, "height"),
+    ("/generate", {"prompt": "x", "colour": "red"}, "colour"),
+    ("/generate", {"prompt": "x", "guidance_scale": "lots"}, "guidance_scale"),
+    ("/generate", [1, 2], None),
+]
+
+
+@pytest.mark.parametrize("path, body, param", BAD)
+def test_bad_input_gets_400_naming_the_field(app_url, path, body, param):
+    r = httpx.post(f"{app_url}{path}", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param and error["message"]
+
+
+def test_malformed_json_and_oversized_body(app_url):
+    r = httpx.post(f"{app_url}/generate", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(f"{app_url}/generate", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    r = httpx.post(f"{app_url}/generate", json={"prompt": "x" * 2_000_000}, timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_unknown_route_and_method_use_the_error_shape(app_url):
+    r = httpx.get(f"{app_url}/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{app_url}/generate")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_api_keys(serve_cluster, tiny_path, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text("# ops\nsecret-one\nsecret-two\n")
+    url = deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(keys)))
+    body = {"prompt": "x", "width": 64, "height": 64}
+    assert httpx.post(f"{url}/generate", json=body, timeout=60).status_code == 401
+    r = httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60)
+    assert r.status_code == 401 and "secret" not in r.text and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer secret-two"}, timeout=60).status_code == 200
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="secret-one")
+    assert client.images.generate(prompt="x", size="64x64").data[0].b64_json
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope").images.generate(prompt="x", size="64x64")
+    serve.delete("secure")
+
+
+def test_full_queue_answers_503_with_retry_after(serve_cluster, tiny_path):
+    url = deploy(serve_cluster, "small", tiny_app_config(tiny_path, generator={
+        "max_batch_size": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "batch_wait_timeout_s": 0}))
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(
+                client.post(f"{url}/generate", json={"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 40,
+                                                     "seed": i}) for i in range(12)))
+
+    responses = asyncio.run(go())
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"].isdigit() and r.json()["error"]["code"] == "queue_full"
+    serve.delete("small")
