@@ -1,0 +1,51 @@
+"""`zimage-serve serve` as a new user runs it: a real process, real Ray, real HTTP, then SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import free_port
+
+
+def test_serve_command_serves_then_shuts_down_cleanly(tiny_path, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")
+    env = dict(os.environ, RAY_ADDRESS="")  # its own local cluster
+    proc = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, open(tmp_path / "serve.log").read()[-3000:]
+            time.sleep(1)
+        r = httpx.post(f"{url}/generate", json={"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "seed": 1},
+                       timeout=120)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert httpx.get(f"{url}/readyz", timeout=10).json()["random_weights"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        output = open(tmp_path / "serve.log").read()
+        assert "curl" in output and "shutting down" in output
+        assert "random test weights" in output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_serve_with_a_bad_config_fails_in_one_line(tmp_path, cli):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications:\n  - import_path: zimage_serve.app:build_app\n    args: {modle: tiny}\n")
+    r = cli("serve", "--config", str(bad))
+    assert r.returncode == 2 and "invalid zimage-serve config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("serve", "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "can't read --config" in r.stderr
