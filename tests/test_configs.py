@@ -49,5 +49,6 @@ def test_unknown_fields_are_refused_and_every_field_is_described():
 
 
 def test_auto_model_without_gpus_is_tiny():
-    config = resolved_config({})
+    config = resolved_config({}, cluster_gpus=0)
     assert config.model == "tiny" and config.generator.num_gpus == 0
+    assert resolved_config({"model": "tiny"}, cluster_gpus=2).generator.num_gpus == 1

@@ -35,13 +35,13 @@ def _autoscaling(opts) -> dict:
     return a
 
 
-def resolved_config(args: dict | AppConfig | None) -> AppConfig:
+def resolved_config(args: dict | AppConfig | None, cluster_gpus: float | None = None) -> AppConfig:
     """Validate ``args`` and settle the choices that depend on the cluster (model 'auto', GPUs per replica)."""
     try:
         config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     except ValidationError as e:
         raise ValueError(f"invalid zimage-serve config: {e}") from None
-    gpus = _cluster_gpus()
+    gpus = _cluster_gpus() if cluster_gpus is None else cluster_gpus
     updates = {}
     if config.model == "auto":
         from .sources import DEFAULT_HUB_ID, _cached_hub

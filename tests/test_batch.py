@@ -1,0 +1,133 @@
+"""The batch job on local Ray with the tiny checkpoint: images, manifest, resume, kill -9, bad files."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+
+import pytest
+from PIL import Image
+
+from conftest import max_pixel_diff, stock_image
+from zimage_serve.batch import run
+from zimage_serve.errors import ZImageError
+from zimage_serve.prompts_file import PromptsFileError, read_prompts
+
+
+def _prompts(path, n, size="64x64"):
+    lines = [json.dumps({"id": f"img-{i:03d}", "prompt": f"prompt number {i % 7}", "seed": 1000 + i, "size": size})
+             for i in range(n)]
+    lines.append(json.dumps({"id": "../../escape", "prompt": "a bird", "seed": 5, "size": size}))
+    path.write_text("\n".join(lines) + "\n")
+    return n + 1
+
+
+def _args(prompts, out, **kw):
+    return Namespace(prompts=str(prompts), out=str(out), model="tiny", size="64x64", steps=8, seed=0, batch_size=4,
+                     gpus="1", format="png", policy="auto", **kw)
+
+
+def _check_output(out, expected: int):
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ids = [m["id"] for m in manifest]
+    assert len(ids) == len(set(ids)) == expected
+    images = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    assert images == sorted(m["file"] for m in manifest)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    for m in manifest:
+        assert hashlib.sha256((out / m["file"]).read_bytes()).hexdigest() == m["sha256"]
+        assert "/" not in m["file"]
+    return {m["id"]: m for m in manifest}
+
+
+def test_batch_generates_every_prompt_equal_to_stock_and_resumes(serve_cluster, tiny_path, tmp_path, stock_pipe):
+    prompts = tmp_path / "prompts.jsonl"
+    n = _prompts(prompts, 30)
+    out = tmp_path / "out"
+    assert run(_args(prompts, out)) == 0
+    manifest = _check_output(out, n)
+    m = manifest["img-003"]
+    assert (m["seed"], m["size"], m["steps"]) == (1003, "64x64", 8)
+    image = Image.open(out / m["file"]).convert("RGB")
+    assert max_pixel_diff(image, stock_image(stock_pipe, "prompt number 3", 1003, 64, 64)) <= 1
+    assert manifest["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
+    assert not (tmp_path / "escape.png").exists()
+    # a rerun does nothing; a longer file does only the new lines
+    before = (out / "manifest.jsonl").read_text()
+    assert run(_args(prompts, out)) == 0
+    assert (out / "manifest.jsonl").read_text() == before
+    with open(prompts, "a") as f:
+        f.write(json.dumps({"id": "late", "prompt": "a late prompt", "size": "64x64"}) + "\n")
+    assert run(_args(prompts, out)) == 0
+    assert set(_check_output(out, n + 1)) == set(manifest) | {"late"}
+
+
+def test_plain_text_prompts_get_line_number_ids(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("a cat\n\na dog\n")
+    items = read_prompts(p)
+    assert [(i.id, i.prompt, i.seed) for i in items] == [("line-000001", "a cat", 1), ("line-000003", "a dog", 3)]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "line 2: duplicate id 'a' (first on line 1)"),
+    ('{"id": "", "prompt": "x"}\n', "line 1: id must be a non-empty"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "x", "size": "100x100"}\n', "line 2: size width must be a multiple of 16"),
+    ('{"id": "a", "prompt": "x"}\n{not json\n', "line 2: not valid JSON"),
+    ('{"id": "a", "prompt": ""}\n', "line 1: prompt must not be empty"),
+    ('{"id": "a", "prompt": "x", "steps": 0}\n', "line 1: steps must be between"),
+    ('{"id": "a", "prompt": "x", "colour": 1}\n', "line 1: unknown field(s) colour"),
+    ('{"id": "a", "prompt": "x", "seed": "one"}\n', "line 1: seed must be an integer"),
+    ("\n\n", "no prompts"),
+])
+def test_bad_prompt_files_are_rejected_with_line_numbers(tmp_path, content, message):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(PromptsFileError) as e:
+        read_prompts(p)
+    assert message in str(e.value)
+
+
+def test_bad_file_exits_nonzero_before_any_model_loads(cli, tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n{"id": "b", "prompt": "z", "size": "7x7"}\n')
+    t0 = time.monotonic()
+    r = cli("batch", "--prompts", str(p), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and time.monotonic() - t0 < 30
+    assert "line 2: duplicate id" in r.stderr and "line 3: size" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+    with pytest.raises(ZImageError, match="--gpus"):
+        ok = tmp_path / "ok.txt"
+        ok.write_text("a cat\n")
+        run(Namespace(**{**vars(_args(ok, tmp_path / "o")), "gpus": "x"}))
+
+
+def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    n = _prompts(prompts, 40, size="256x256")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "zimage_serve.batch", "--prompts", str(prompts), "--out", str(out), "--model", "tiny",
+           "--batch-size", "2", "--gpus", "1", "--steps", "20"]
+    env = dict(os.environ, RAY_ADDRESS="")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(manifest.read_text().splitlines())
+    assert 0 < done < n, "the run was not killed midway"
+    with open(manifest, "a") as f:
+        f.write('{"id": "img-000", "prompt": "torn')  # a torn last line, as a kill during a write leaves
+    (out / ".tmp-deadbeef-img-999.png").write_bytes(b"partial")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{n - done} to generate" in r.stderr or f"{n - done + 1} to generate" in r.stderr
+    _check_output(out, n)

@@ -1,0 +1,185 @@
+"""Distributed batch generation as a Ray job (Ray Data), also ``zimage-serve batch``.
+
+    ray job submit --working-dir . -- python -m zimage_serve.batch --prompts prompts.jsonl --out /data/out
+
+Stages: a CPU stage encodes prompts in batches; a GPU actor pool (one GPU per actor, as many
+actors as GPUs, or a MIN-MAX range on an autoscaling cluster) generates with the engine and its
+staging plan, items sorted so batches share a shape. Each image is written atomically by the
+actor; the driver appends its manifest line. A rerun into the same directory does only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+
+import numpy as np
+
+from .batch_output import OutputDir, write_atomic
+from .errors import ZImageError
+from .prompts_file import Item, read_prompts
+
+log = logging.getLogger("zimage_serve")
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+class EncodeStage:
+    """Ray Data CPU stage: prompts -> embeddings (float32 arrays [tokens, hidden])."""
+
+    def __init__(self, model: str):
+        import torch
+
+        from .encoding import PromptEncoder
+        from .loader import load_text_encoder
+        from .sources import resolve
+
+        self.encoder = PromptEncoder(*load_text_encoder(resolve(model), torch.device("cpu"), torch.float32))
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = list(batch["prompt"])
+        guided = [i for i, g in enumerate(batch["guidance_scale"]) if g > 0]
+        embeds = self.encoder.encode(prompts + [str(batch["negative_prompt"][i]) for i in guided])
+        arrays = [e.float().numpy() for e in embeds]
+        negative = [np.zeros((0, arrays[0].shape[1]), np.float32)] * len(prompts)
+        for k, i in enumerate(guided):
+            negative[i] = arrays[len(prompts) + k]
+        out = dict(batch)
+        out["embeds"] = _objects(arrays[: len(prompts)])
+        out["negative_embeds"] = _objects(negative)
+        return out
+
+
+def _objects(arrays: list) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+class GenerateStage:
+    """Ray Data GPU stage: embeddings -> images written atomically into the output directory."""
+
+    def __init__(self, model: str, out_dir: str, fmt: str, batch_size: int, policy: str, max_side: int):
+        from .engine import Engine, plan_for_this_machine
+        from .loader import load
+        from .planner import Workload
+        from .sources import resolve
+
+        source = resolve(model)
+        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
+        self.engine = Engine(source, plan, load(source, plan, with_text_encoder=False), max_batch=batch_size)
+        self.engine.set_progress(False)
+        self.out = OutputDir(out_dir)
+        self.fmt = fmt
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from .engine import Job
+        from .imaging import encode_image
+
+        n = len(batch["id"])
+        tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
+        jobs = [Job(embeds=tensor(batch["embeds"][i]), seed=int(batch["seed"][i]),
+                    width=int(batch["width"][i]), height=int(batch["height"][i]), steps=int(batch["steps"][i]),
+                    guidance_scale=float(batch["guidance_scale"][i]),
+                    negative_embeds=tensor(batch["negative_embeds"][i]) if batch["guidance_scale"][i] > 0 else None)
+                for i in range(n)]
+        t0 = time.perf_counter()
+        result = self.engine.generate(jobs)
+        seconds = (time.perf_counter() - t0) / n
+        rows = {"file": [], "sha256": [], "seconds": []}
+        for i, image in enumerate(result.images):
+            data = encode_image(image, self.fmt)
+            name = f"{batch['stem'][i]}.{EXTENSIONS[self.fmt]}"
+            write_atomic(self.out.path, name, data)
+            rows["file"].append(name)
+            rows["sha256"].append(hashlib.sha256(data).hexdigest())
+            rows["seconds"].append(round(seconds, 4))
+        return {"id": batch["id"], "prompt": batch["prompt"], "seed": batch["seed"],
+                "size": np.array([f"{w}x{h}" for w, h in zip(batch["width"], batch["height"])]),
+                "steps": batch["steps"], **{k: np.array(v) for k, v in rows.items()}}
+
+
+def parse_actors(gpus: str | None) -> tuple[int, int] | None:
+    """--gpus N or MIN-MAX -> (min, max) generator actors; None: one per GPU of the cluster."""
+    if not gpus:
+        return None
+    try:
+        lo, _, hi = gpus.partition("-")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise ZImageError(f"--gpus must be N or MIN-MAX, got {gpus!r}") from None
+    if not 1 <= lo <= hi:
+        raise ZImageError(f"--gpus must be N or MIN-MAX with 1 <= MIN <= MAX, got {gpus!r}")
+    return lo, hi
+
+
+def run(args) -> int:
+    items = read_prompts(args.prompts, args.size, args.steps, args.seed)  # every line checked, before Ray
+    actors = parse_actors(args.gpus)
+    if args.batch_size < 1:
+        raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = OutputDir(args.out)
+    done = out.recover()
+    todo = sorted((i for i in items if i.id not in done), key=lambda i: (i.width, i.height, i.steps, i.guidance_scale))
+    print(f"{len(items)} prompts: {len(items) - len(todo)} already done in {out.path}, {len(todo)} to generate",
+          file=sys.stderr, flush=True)
+    if not todo:
+        return 0
+
+    import ray
+    from tqdm import tqdm
+
+    from .sources import resolve
+
+    source = resolve(args.model, gpu=False)
+    if source.random_weights:
+        print(f"model {source.label}", file=sys.stderr)
+    ray.init(logging_level=logging.WARNING, ignore_reinit_error=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    lo, hi = actors or (max(1, cluster_gpus),) * 2
+    concurrency = lo if lo == hi else (lo, hi)
+    gpus_per_actor = 1.0 if cluster_gpus else 0.0
+    model = str(source.path)
+    max_side = max(max(i.width, i.height) for i in todo)
+    rows = [{**i.to_dict(), "stem": i.stem} for i in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // args.batch_size))
+    ds = ds.map_batches(EncodeStage, fn_constructor_args=(model,), batch_size=8, concurrency=1, num_cpus=1,
+                        batch_format="numpy")
+    ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, str(out.path), args.format, args.batch_size,
+                                                            args.policy, max_side),
+                        batch_size=args.batch_size, concurrency=concurrency, num_gpus=gpus_per_actor,
+                        num_cpus=1, batch_format="numpy")
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr)
+    count = 0
+    for row in ds.iter_rows():
+        out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]), "size": str(row["size"]),
+                    "steps": int(row["steps"]), "file": str(row["file"]), "sha256": str(row["sha256"]),
+                    "seconds": float(row["seconds"])})
+        count += 1
+        bar.update(1)
+        bar.set_postfix(img_per_s=f"{count / (time.perf_counter() - t0):.2f}")
+    bar.close()
+    print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
+          f"manifest: {out.manifest}", file=sys.stderr)
+    return 0
+
+
+def main_from_args(args) -> int:
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

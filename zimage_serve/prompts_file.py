@@ -1,0 +1,136 @@
+"""Reading and checking a batch job's prompts file, all of it, before any model is loaded.
+
+JSONL: one object a line with ``id``, ``prompt`` and optional ``seed``, ``size``, ``steps``,
+``negative_prompt``, ``guidance_scale``. Plain text: one prompt a line, ids from line numbers.
+Every problem is reported with its line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import InvalidInput, ZImageError
+from .limits import Bounds, check_prompt, check_seed, check_steps, parse_size
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale"}
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    negative_prompt: str = ""
+    guidance_scale: float = 0.0
+    line: int = 0
+
+    @property
+    def stem(self) -> str:
+        """The image's file name without extension: the id when it is a safe file name, else a hash.
+
+        Never a path: no separators, no '..', nothing outside the output directory."""
+        if SAFE_ID.match(self.id) and not self.id.startswith(".") and ".." not in self.id:
+            return self.id
+        return "id-" + hashlib.sha256(self.id.encode()).hexdigest()[:24]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PromptsFileError(ZImageError):
+    def __init__(self, path: str, problems: list[str]):
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        super().__init__(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(shown))
+        self.problems = problems
+
+
+def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base_seed: int = 0,
+                 bounds: Bounds = Bounds()) -> list[Item]:
+    """All items of the file, or PromptsFileError listing every bad line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ZImageError(f"can't read prompts file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ZImageError(f"prompts file {path} is not UTF-8 text") from None
+    lines = text.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    jsonl = first.startswith("{")
+    default_w, default_h = parse_size(size, bounds)
+    items, problems, seen = [], [], {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = _record(raw, number, jsonl)
+            item = Item(
+                id=record["id"], prompt=check_prompt(record["prompt"], bounds),
+                seed=check_seed(_int(record.get("seed", base_seed + number), "seed"), bounds),
+                width=default_w, height=default_h, steps=check_steps(_int(record.get("steps", steps), "steps"), bounds),
+                negative_prompt=_str(record.get("negative_prompt", ""), "negative_prompt"),
+                guidance_scale=_float(record.get("guidance_scale", 0.0), "guidance_scale"), line=number)
+            if "size" in record:
+                w, h = parse_size(_str(record["size"], "size"), bounds)
+                item = Item(**{**item.to_dict(), "width": w, "height": h})
+        except InvalidInput as e:
+            problems.append(f"line {number}: {e}")
+            continue
+        if item.id in seen:
+            problems.append(f"line {number}: duplicate id {item.id!r} (first on line {seen[item.id]})")
+            continue
+        seen[item.id] = number
+        items.append(item)
+    if not items and not problems:
+        problems.append("no prompts")
+    if problems:
+        raise PromptsFileError(str(path), problems)
+    return items
+
+
+def _record(raw: str, number: int, jsonl: bool) -> dict:
+    if not jsonl:
+        return {"id": f"line-{number:06d}", "prompt": raw.strip()}
+    try:
+        record = json.loads(raw)
+    except ValueError as e:
+        raise InvalidInput(f"not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise InvalidInput("each line must be a JSON object")
+    unknown = set(record) - FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(FIELDS))}")
+    if "id" not in record or "prompt" not in record:
+        raise InvalidInput("needs both 'id' and 'prompt'")
+    rid = record["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        raise InvalidInput("id must be a non-empty string or integer")
+    if not isinstance(record["prompt"], str):
+        raise InvalidInput("prompt must be a string")
+    return {**record, "id": str(rid).strip()}
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 30:
+        raise InvalidInput(f"{name} must be a number between 0 and 30, got {value!r}")
+    return float(value)
+
+
+def _str(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {value!r}")
+    return value
