@@ -1,0 +1,76 @@
+"""cluster/ manifests against the real schemas: KubeRay's CRDs and Ray's cluster-launcher schema."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
+
+
+def strict(schema):
+    """The CRD's openAPIV3Schema with unknown fields refused, as `kubectl apply --validate=strict` does."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if "properties" in out and not schema.get("x-kubernetes-preserve-unknown-fields") \
+                and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    return schema
+
+
+def crd_schema(kind: str) -> dict:
+    path = CRDS / f"ray.io_{kind}.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    crd = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}
+    return schema
+
+
+@pytest.mark.parametrize("manifest, kind", [("rayservice.yaml", "rayservices"), ("rayjob.yaml", "rayjobs")])
+def test_kuberay_manifests_validate_against_the_crds(manifest, kind):
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / manifest).read_text())
+    jsonschema.validate(doc, crd_schema(kind))
+
+
+def test_strict_validation_catches_a_typo():
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["maxReplica"] = 8
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, crd_schema("rayservices"))
+
+
+def test_rayservice_serves_serve_config_yaml_verbatim():
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    assert yaml.safe_load(doc["spec"]["serveConfigV2"]) == yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+
+
+def test_generators_get_one_gpu_per_pod_and_autoscale():
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    spec = doc["spec"]["rayClusterConfig"]
+    assert spec["enableInTreeAutoscaling"] is True
+    (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu-generators"]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1" and gpu["minReplicas"] < gpu["maxReplicas"]
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["args"]["generator"]["num_gpus"] == 1
+    env = gpu["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MODELSCOPE_CACHE", "value": "/models/modelscope"} in env
+
+
+def test_launcher_yaml_validates_against_rays_schema():
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    doc = yaml.safe_load((ROOT / "cluster" / "launcher" / "zimage-cluster.yaml").read_text())
+    jsonschema.validate(doc, schema)
+    gpu = doc["available_node_types"]["gpu_generator"]
+    assert gpu["min_workers"] < gpu["max_workers"]
