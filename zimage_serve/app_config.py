@@ -50,6 +50,10 @@ class GeneratorOptions(_Strict):
     encode_on: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where prompts are encoded: the CPU encoders, the generator's GPU, or as the plan decides.")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
+    compile: bool = Field(True, description="Regional torch.compile of the transformer on GPU (cached on disk).")
+    attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
+    fp8: bool = Field(False, description="Dynamic float8 Linear layers (torchao, Ada/Hopper); faster, slightly different images.")
+    warmup: bool = Field(True, description="Run the model once before reporting ready (compiles at plan_size).")
     max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")
     batch_wait_timeout_s: float = Field(0.02, ge=0, le=5, description="How long a batch waits to fill.")
     max_ongoing_requests: int = Field(8, ge=1, description="Images one replica accepts at once (>= max_batch_size).")

@@ -68,11 +68,28 @@ class Engine:
         self.pipe = loaded.pipe
         self.max_batch = max_batch or plan.workload.batch
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
+        self.speedups: dict = {}
 
     @classmethod
-    def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, **overrides) -> "Engine":
+    def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
+             **overrides) -> "Engine":
+        """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments."""
         log.info("model %s\n%s", source.label, plan.describe())
-        return cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
+        engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
+        if speedups and engine.device.type == "cuda":
+            from .accel import accelerate
+
+            engine.speedups = accelerate(engine.pipe.transformer, **speedups)
+        return engine
+
+    def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2) -> float:
+        """Run the model once per batch size (compiles, autotunes, fills caches); returns seconds."""
+        t0 = time.perf_counter()
+        hidden = self.pipe.transformer.config.cap_feat_dim
+        for n in batch_sizes:
+            embeds = torch.zeros(16, hidden)
+            self.generate([Job(embeds, seed=i, width=width, height=height, steps=steps) for i in range(n)])
+        return time.perf_counter() - t0
 
     @property
     def device(self) -> torch.device:

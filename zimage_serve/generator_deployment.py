@@ -46,8 +46,16 @@ class GeneratorDeployment:
             source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
             workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
             plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
-            self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu")
+            from .config import environment
+
+            speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
+                        "cache_dir": str(environment().cache_dir / "compile")}
+            self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
+            if opts.warmup and self.engine.device.type == "cuda":
+                sizes = sorted({1, min(2, opts.max_batch_size)})
+                log.info("warming up at %s, batch %s: %.1fs", opts.plan_size, sizes,
+                         self.engine.warmup(workload.width, workload.height, sizes))
             self.load_seconds = time.perf_counter() - t0
             metrics.set_plan(plan)
             log.info("Generator ready in %.1fs: %s\n%s", self.load_seconds, source.label, plan.describe())
@@ -77,7 +85,7 @@ class GeneratorDeployment:
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": gpu,
-                "load_seconds": round(self.load_seconds, 2), "batches": self.batches[-200:]}
+                "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:]}
 
     async def generate(self, embeds, negative_embeds, params: dict) -> dict:
         """One image. ``embeds`` come from the PromptEncoder (Serve resolves its response here),

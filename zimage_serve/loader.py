@@ -71,6 +71,10 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
 
     dev = torch.device(device or plan.device)
     dt = getattr(torch, dtype or plan.dtype)
+    if dev.type == "cuda":  # diffusers reads shards in parallel threads (its HF_ENABLE_PARALLEL_LOADING)
+        import diffusers.models.modeling_utils as modeling_utils
+
+        modeling_utils.HF_ENABLE_PARALLEL_LOADING = True
     seconds = {}
     t0 = time.perf_counter()
     transformer = ZImageTransformer2DModel.from_pretrained(
@@ -83,10 +87,9 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source.path, subfolder="scheduler")
     seconds["vae"] = time.perf_counter() - t0
     text_model = tokenizer = None
-    if with_text_encoder:
+    if with_text_encoder:  # not in a thread beside the others: from_pretrained's meta-device patching is global
         t0 = time.perf_counter()
         te_device = dev if plan.text_encoder == "gpu" else torch.device("cpu")
-        # on CPU the encoder keeps the serving dtype's precision only where the host is fast at it
         text_model, tokenizer = load_text_encoder(source, te_device, dt)
         seconds["text_encoder"] = time.perf_counter() - t0
     for m in (transformer, vae):

@@ -1,0 +1,64 @@
+"""GPU speed-ups applied to a loaded transformer: regional torch.compile (with a persistent
+compile cache so new replicas skip most of the compile), an attention backend, and opt-in FP8.
+
+Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger("zimage_serve")
+
+
+def use_compile_cache(cache_dir: str) -> None:
+    """Persist Inductor/AOT caches on disk (a shared volume in a cluster): a new replica reuses the
+    compiled kernels instead of compiling again. Must run before the first compile."""
+    os.makedirs(cache_dir, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
+    """torchao dynamic float8 (rowwise scales) on Linear layers at least ``min_features`` wide (Hopper+).
+
+    Returns how many layers were converted. Raises RuntimeError when torchao or the GPU can't."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as e:
+        raise RuntimeError(f"fp8 needs torchao ({e})") from None
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise RuntimeError("fp8 needs an Ada or Hopper GPU (compute capability 8.9+)")
+    count = 0
+
+    def wide_linear(module, _name):
+        nonlocal count
+        ok = isinstance(module, torch.nn.Linear) and min(module.in_features, module.out_features) >= min_features
+        count += ok
+        return ok
+
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=wide_linear)
+    return count
+
+
+def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
+               cache_dir: str | None = None) -> dict:
+    """Apply the speed-ups in place; returns what was applied (for logs and /readyz)."""
+    applied = {}
+    if attention_backend:
+        transformer.set_attention_backend(attention_backend)
+        applied["attention_backend"] = attention_backend
+    if fp8:
+        applied["fp8_linear_layers"] = quantize_fp8(transformer)
+    if compile:
+        if cache_dir:
+            use_compile_cache(cache_dir)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        transformer.compile_repeated_blocks(fullgraph=True)
+        applied["compile"] = "regional (repeated blocks)"
+    log.info("transformer speed-ups: %s", applied or "none")
+    return applied
