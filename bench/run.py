@@ -1,0 +1,303 @@
+"""GPU benchmark of zimage-serve against stock diffusers, side by side on one machine.
+
+Run on the GPU machine (see BENCHMARKS.md for the exact device commands); each step stays well
+under 10 minutes and writes $OUT/<step>.json:
+
+    python bench/run.py build stock engine     # checkpoint, stock diffusers, the engine in-process
+    python bench/run.py coldstart http         # process start to first image; the Serve app over HTTP
+    python bench/run.py offload fp8            # streamed-offload plan; opt-in FP8
+    python bench/report.py results/*.json      # (here) -> bench/results/latest.json and BENCHMARKS.md
+
+Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+OUT.mkdir(parents=True, exist_ok=True)
+CKPT = Path(os.environ.get("ZIMAGE_FULL_CKPT", "/tmp/zfull"))
+os.environ.setdefault("ZIMAGE_CACHE_DIR", "/tmp/zimage-cache")
+PROMPT = ("A cute cyberpunk cat with mechanical implants sitting on a neon-lit rooftop at night, "
+          "rain reflections, 8k high definition, cinematic lighting, detailed fur texture")
+SIZE = 1024
+
+
+def save(step: str, **results) -> None:
+    results["step"] = step
+    (OUT / f"{step}.json").write_text(json.dumps(results, indent=2))
+    print("RESULT", json.dumps(results), flush=True)
+
+
+def timed(fn, reps=5, warm=1):
+    import torch
+
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def build():
+    from zimage_serve.checkpoint import write_checkpoint
+
+    t = time.time()
+    if not (CKPT / "model_index.json").exists():
+        write_checkpoint(CKPT, "full", device="cuda")
+    save("build", seconds=round(time.time() - t, 1), bytes=int(subprocess.run(
+        ["du", "-sb", str(CKPT)], capture_output=True, text=True).stdout.split()[0]))
+
+
+def stock():
+    """The shared stock-diffusers script, unchanged, on the same checkpoint in the same run."""
+    env = dict(os.environ, ZIMAGE_FULL_CKPT=str(CKPT), OUT=str(OUT))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "stock_baseline.py"), "stock", "staged"], env=env, check=False)
+    rows = [json.loads(line) for line in (OUT / "baseline.jsonl").read_text().splitlines()]
+    save("stock", rows=rows)
+
+
+def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4):
+    from zimage_serve.engine import Engine, plan_for_this_machine
+    from zimage_serve.planner import Workload
+    from zimage_serve.sources import resolve
+
+    source = resolve(str(CKPT))
+    plan = plan_for_this_machine(source, Workload(SIZE, SIZE, batch), policy, encode_on)
+    engine = Engine.load(source, plan, speedups={"compile": compile, "fp8": fp8,
+                                                 "cache_dir": os.environ["ZIMAGE_CACHE_DIR"] + "/compile"})
+    engine.set_progress(False)
+    return engine
+
+
+def _latents(engine, embeds, steps=8, n=1, size=SIZE):
+    import torch
+
+    from zimage_serve.engine import Job
+
+    jobs = [Job(embeds, seed=i, width=size, height=size, steps=steps) for i in range(n)]
+    return engine.pipe(prompt_embeds=engine._embeds([j.embeds for j in jobs]),
+                       latents=torch.cat([engine._noise(j) for j in jobs]), height=size, width=size,
+                       num_inference_steps=steps, guidance_scale=0.0, output_type="latent").images
+
+
+def engine_step():
+    """The engine in-process: resident plan, prompts on CPU, regional compile."""
+    import torch
+
+    from zimage_serve.engine import Job
+    from zimage_serve.imaging import encode_image
+
+    torch.set_num_threads(os.cpu_count())
+    t0 = time.time()
+    engine = _engine(compile=False)
+    load_s = time.time() - t0
+    embeds = engine.encode([PROMPT])[0]
+    eager_denoise = timed(lambda: _latents(engine, embeds), reps=3)
+    t0 = time.time()
+    from zimage_serve.accel import accelerate
+
+    accelerate(engine.pipe.transformer, compile=True, cache_dir=os.environ["ZIMAGE_CACHE_DIR"] + "/compile")
+    _latents(engine, embeds)
+    torch.cuda.synchronize()
+    compile_s = time.time() - t0
+    denoise = timed(lambda: _latents(engine, embeds))
+    torch.cuda.reset_peak_memory_stats()
+    job = Job(embeds, seed=1, width=SIZE, height=SIZE)
+    gen = timed(lambda: engine.generate([job]))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    reserved = torch.cuda.max_memory_reserved() / 2**30
+    image = engine.generate([job]).images[0]
+    png = {lvl: statistics.median([_t(lambda: encode_image(image, "png", lvl)) for _ in range(3)]) for lvl in (1, 6)}
+    png_bytes = {lvl: len(encode_image(image, "png", lvl)) for lvl in (1, 6)}
+    te = [_t(lambda: engine.encode([PROMPT])) for _ in range(3)]
+    e2e = timed(lambda: encode_image(engine.generate([Job(engine.encode([PROMPT])[0], 1, SIZE, SIZE)]).images[0], "png", 1))
+    batch4 = timed(lambda: engine.generate([Job(embeds, seed=i, width=SIZE, height=SIZE) for i in range(4)]), reps=3)
+    prompts = [f"{PROMPT} variation {i}" for i in range(8)]
+    te8 = statistics.median([_t(lambda: engine.encode(prompts)) for _ in range(3)])
+    te1 = statistics.median([_t(lambda: engine.encode(prompts[:1])) for _ in range(3)])
+    save("engine", load_s=round(load_s, 1), plan=engine.plan.to_dict(), eager_denoise_s=round(eager_denoise, 3),
+         compile_first_call_s=round(compile_s, 1), denoise_s=round(denoise, 3), generate_s=round(gen, 3),
+         e2e_s=round(e2e, 3), peak_vram_gib=round(peak, 2), reserved_vram_gib=round(reserved, 2),
+         png_s=png, png_bytes=png_bytes, te_cpu_one_s=round(min(te), 3), batch4_per_image_s=round(batch4 / 4, 3),
+         te_cpu_batch8_per_prompt_s=round(te8 / 8, 3), te_cpu_batch1_s=round(te1, 3),
+         cpu_text_encoder_prompts_per_s=round(8 / te8, 2), text_tokens=int(embeds.shape[0]))
+
+
+def _t(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def coldstart():
+    """Process start to first image, page cache warm: without compile, and with compile twice
+    (cold then warm compile cache, as a new replica sees it)."""
+    import shutil
+
+    results = {}
+    cache = Path(os.environ["ZIMAGE_CACHE_DIR"]) / "compile-cold"
+    shutil.rmtree(cache, ignore_errors=True)
+    for name, compile in (("eager", False), ("compile_cold_cache", True), ("compile_warm_cache", True)):
+        env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(int(compile)),
+                   ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache))
+        r = subprocess.run([sys.executable, __file__, "_first_image"], env=env, capture_output=True, text=True)
+        line = [x for x in r.stdout.splitlines() if x.startswith("FIRST")]
+        results[name] = json.loads(line[0][5:]) if line else {"error": r.stderr[-800:]}
+    save("coldstart", **results)
+
+
+def _first_image():
+    t0 = float(os.environ["BENCH_T0"])
+    from zimage_serve.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.imaging import encode_image
+    from zimage_serve.planner import Workload
+    from zimage_serve.sources import resolve
+
+    source = resolve(str(CKPT))
+    plan = plan_for_this_machine(source, Workload(SIZE, SIZE, 1), "auto", "cpu")
+    engine = Engine.load(source, plan, speedups={"compile": os.environ["BENCH_COMPILE"] == "1",
+                                                 "cache_dir": os.environ["BENCH_CACHE"]})
+    engine.set_progress(False)
+    t_loaded = time.time() - t0
+    image = engine.generate([Job(engine.encode([PROMPT])[0], 1, SIZE, SIZE)]).images[0]
+    encode_image(image, "png", 1)
+    print("FIRST" + json.dumps({"first_image_s": round(time.time() - t0, 1), "loaded_s": round(t_loaded, 1),
+                                "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}}), flush=True)
+
+
+def http():
+    """The Serve app over HTTP: one request in flight (prompts never cached), then saturation."""
+    import asyncio
+
+    import aiohttp
+    import ray
+    from ray import serve
+
+    from zimage_serve.app import build_app
+
+    config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}",
+              "encoder": {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
+              "generator": {"num_gpus": 1, "encode_on": "cpu", "max_batch_size": 4, "max_ongoing_requests": 8,
+                            "max_queued_requests": 256, "batch_wait_timeout_s": 0.01}}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    t0 = time.time()
+    serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
+    deploy_s = time.time() - t0
+    url = "http://127.0.0.1:8000/generate"
+
+    async def one(session, i):
+        t = time.perf_counter()
+        async with session.post(url, json={"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i}) as r:
+            await r.read()
+            assert r.status == 200, r.status
+        return time.perf_counter() - t
+
+    async def run():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+            for i in range(3):
+                await one(s, i)
+            single = [await one(s, 100 + i) for i in range(20)]
+            n, conc = 48, 16
+            sem = asyncio.Semaphore(conc)
+
+            async def limited(i):
+                async with sem:
+                    return await one(s, 1000 + i)
+
+            t = time.perf_counter()
+            lat = await asyncio.gather(*(limited(i) for i in range(n)))
+            return single, n / (time.perf_counter() - t), lat
+
+    single, throughput, sat = asyncio.run(run())
+    single.sort()
+    info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
+    save("http", deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
+         p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
+         throughput_img_s=round(throughput, 3), saturation_p50_s=round(statistics.median(sat), 3),
+         batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+    serve.shutdown()
+    ray.shutdown()
+
+
+def offload():
+    """The streamed-offload plan (and model-level offload) against resident, eager, same run."""
+    import gc
+
+    import torch
+
+    from zimage_serve.engine import Job
+
+    results = {}
+    for policy in ("resident", "sequential"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        engine = _engine(policy=policy, compile=False, batch=1)
+        embeds = engine.encode([PROMPT])[0]
+        job = Job(embeds, seed=1, width=SIZE, height=SIZE)
+        torch.cuda.reset_peak_memory_stats()
+        lat = timed(lambda: engine.generate([job]), reps=3)
+        results[policy] = {"latency_s": round(lat, 3), "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                           "plan_estimate_gib": engine.plan.peak_gib, "plan": engine.plan.kind}
+        del engine, embeds, job
+        gc.collect()
+    results["latency_ratio"] = round(results["sequential"]["latency_s"] / results["resident"]["latency_s"], 2)
+    save("offload", **results)
+
+
+def fp8():
+    """Opt-in FP8 (torchao dynamic float8, rowwise) vs bf16, both regionally compiled."""
+    import numpy as np
+    import torch
+
+    from zimage_serve.accel import accelerate
+    from zimage_serve.engine import Job
+
+    engine = _engine(compile=True, batch=1)
+    embeds = engine.encode([PROMPT])[0]
+    _latents(engine, embeds)
+    bf16 = timed(lambda: _latents(engine, embeds), reps=3)
+    ref = np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    t = time.time()
+    torch._dynamo.reset()
+    accelerate(engine.pipe.transformer, compile=True, fp8=True)
+    _latents(engine, embeds)
+    compile_s = time.time() - t
+    f8 = timed(lambda: _latents(engine, embeds), reps=3)
+    out = np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    mse = float(((out - ref) ** 2).mean())
+    save("fp8", bf16_denoise_s=round(bf16, 3), fp8_denoise_s=round(f8, 3), speedup=round(bf16 / f8, 2),
+         fp8_compile_s=round(compile_s, 1), pixel_mean_abs_diff=round(float(np.abs(out - ref).mean()), 2),
+         psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else None)
+
+
+STEPS = {"build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+         "http": http, "offload": offload, "fp8": fp8}
+
+if __name__ == "__main__":
+    for step in sys.argv[1:]:
+        t = time.time()
+        try:
+            STEPS[step]()
+        except Exception as e:  # keep going: one failed step must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            save(step, error=repr(e)[:500])
+        print(f"step {step} took {time.time() - t:.1f}s", flush=True)
