@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 
 from ray import serve
@@ -38,6 +39,7 @@ class GeneratorDeployment:
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
+        self._gpu = threading.Lock()
         self._generate_batch.set_max_batch_size(opts.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
         device = None if opts.device == "auto" else opts.device
@@ -94,19 +96,23 @@ class GeneratorDeployment:
             raise NotReady(f"the model is not loaded: {self.reason}")
         return await self._generate_batch((embeds, negative_embeds, params))
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    # Two batches may be in flight: while one encodes its images (CPU), the next runs on the GPU.
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
     async def _generate_batch(self, items: list[tuple]) -> list[dict]:
         start = time.time()
         for _, _, params in items:
             metrics.observe_stage("queue", max(0.0, start - params.get("enqueued_at", start)))
-        results = await asyncio.to_thread(self._run, items)
+        result = await asyncio.to_thread(self._on_gpu, items)
         self.batches.append(len(items))
         del self.batches[:-1000]
-        return results
+        return await asyncio.to_thread(self._encode_images, items, result)
 
-    def _run(self, items: list[tuple]) -> list[dict]:
+    def _on_gpu(self, items: list[tuple]):
+        with self._gpu:
+            return self._denoise(items)
+
+    def _denoise(self, items: list[tuple]):
         from .engine import Job
-        from .imaging import encode_image
 
         engine = self.engine
         prompts = [p["prompt"] for e, _, p in items if e is None]
@@ -122,7 +128,12 @@ class GeneratorDeployment:
                     negative, j = own_neg[j], j + 1
             jobs.append(Job(embeds=embeds, seed=p["seed"], width=p["width"], height=p["height"], steps=p["steps"],
                             guidance_scale=p["guidance_scale"], negative_embeds=negative))
-        result = self._generate_with_oom_fallback(jobs)
+        return self._generate_with_oom_fallback(jobs)
+
+    def _encode_images(self, items: list[tuple], result) -> list[dict]:
+        from .imaging import encode_image
+
+        engine = self.engine
         t0 = time.perf_counter()
         out = []
         for (_, _, p), image in zip(items, result.images):
