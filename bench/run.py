@@ -153,6 +153,8 @@ def coldstart():
     cache = Path(os.environ["ZIMAGE_CACHE_DIR"]) / "compile-cold"
     shutil.rmtree(cache, ignore_errors=True)
     for name, compile in (("eager", False), ("compile_cold_cache", True), ("compile_warm_cache", True)):
+        if os.environ.get("BENCH_QUICK") and name == "compile_cold_cache":
+            continue
         env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(int(compile)),
                    ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache))
         r = subprocess.run([sys.executable, __file__, "_first_image"], env=env, capture_output=True, text=True)
@@ -163,24 +165,31 @@ def coldstart():
 
 def _first_image():
     t0 = float(os.environ["BENCH_T0"])
+    marks = {"python_started": time.time() - t0}
     from zimage_serve.engine import Engine, Job, plan_for_this_machine
     from zimage_serve.imaging import encode_image
     from zimage_serve.planner import Workload
     from zimage_serve.sources import resolve
 
+    marks["imports"] = time.time() - t0
     source = resolve(str(CKPT))
+    marks["resolved"] = time.time() - t0
     plan = plan_for_this_machine(source, Workload(SIZE, SIZE, 1), "auto", "cpu")
+    marks["planned"] = time.time() - t0
     engine = Engine.load(source, plan, speedups={"compile": os.environ["BENCH_COMPILE"] == "1",
                                                  "cache_dir": os.environ["BENCH_CACHE"]})
     engine.set_progress(False)
-    t_loaded = time.time() - t0
-    image = engine.generate([Job(engine.encode([PROMPT])[0], 1, SIZE, SIZE)]).images[0]
+    marks["loaded"] = time.time() - t0
+    embeds = engine.encode([PROMPT])[0]
+    marks["encoded"] = time.time() - t0
+    image = engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0]
+    marks["generated"] = time.time() - t0
     encode_image(image, "png", 1)
-    print("FIRST" + json.dumps({"first_image_s": round(time.time() - t0, 1), "loaded_s": round(t_loaded, 1),
+    print("FIRST" + json.dumps({"first_image_s": round(time.time() - t0, 1), "marks_s": {k: round(v, 1) for k, v in marks.items()},
                                 "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}}), flush=True)
 
 
-def http():
+def http(encode_on="cpu"):
     """The Serve app over HTTP: one request in flight (prompts never cached), then saturation."""
     import asyncio
 
@@ -192,7 +201,7 @@ def http():
 
     config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}",
               "encoder": {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
-              "generator": {"num_gpus": 1, "encode_on": "cpu", "max_batch_size": 4, "max_ongoing_requests": 8,
+              "generator": {"num_gpus": 1, "encode_on": encode_on, "max_batch_size": 4, "max_ongoing_requests": 8,
                             "max_queued_requests": 256, "batch_wait_timeout_s": 0.01}}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
@@ -228,7 +237,7 @@ def http():
     single, throughput, sat = asyncio.run(run())
     single.sort()
     info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
-    save("http", deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
+    save("http" if encode_on == "cpu" else f"http_{encode_on}", deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
          p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
          throughput_img_s=round(throughput, 3), saturation_p50_s=round(statistics.median(sat), 3),
          batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
@@ -288,7 +297,7 @@ def fp8():
 
 
 STEPS = {"build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
-         "http": http, "offload": offload, "fp8": fp8}
+         "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8}
 
 if __name__ == "__main__":
     for step in sys.argv[1:]:

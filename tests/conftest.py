@@ -93,7 +93,7 @@ def tiny_app_config(tiny_path, **overrides) -> dict:
     """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching."""
     config = {
         "model": str(tiny_path), "default_size": "64x64", "max_side": 256, "max_images": 4,
-        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1},
+        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1, "dtype": "float32"},
         "generator": {"num_gpus": 0, "max_batch_size": 4, "batch_wait_timeout_s": 0.2, "plan_size": "256x256"},
     }
     for key, value in overrides.items():

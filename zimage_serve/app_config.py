@@ -38,6 +38,8 @@ class EncoderOptions(_Strict):
     cache_size: int = Field(4096, ge=0, description="Prompt embeddings kept (LRU, keyed by prompt and model revision).")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per encoder replica.")
     threads: int | None = Field(None, ge=1, description="torch threads per encoder replica (default: num_cpus, at least 1).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 where the CPU has AMX (several times faster), else float32.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one encoder replica accepts at once.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Encoder replica scaling.")
 

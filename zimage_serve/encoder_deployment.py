@@ -43,7 +43,10 @@ class PromptEncoderDeployment:
         torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
         self.source = resolve(self.config.model)
         # bf16 only where the CPU is fast at it (AMX); elsewhere float32 (and exact against stock)
-        dtype = torch.bfloat16 if _cpu_has_fast_bf16() and not self.source.random_weights else torch.float32
+        if opts.dtype == "auto":
+            dtype = torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+        else:
+            dtype = getattr(torch, opts.dtype)
         model, tokenizer = load_text_encoder(self.source, torch.device("cpu"), dtype)
         self.encoder = PromptEncoder(model, tokenizer)
         self.cache: OrderedDict[tuple, object] = OrderedDict()
