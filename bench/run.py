@@ -138,6 +138,21 @@ def engine_step():
          cpu_text_encoder_prompts_per_s=round(8 / te8, 2), text_tokens=int(embeds.shape[0]))
 
 
+def engine_gpu():
+    """In-process end to end with the text encoder on the GPU (the same placement as http_gpu)."""
+    import torch
+
+    from zimage_serve.engine import Job
+    from zimage_serve.imaging import encode_image
+
+    engine = _engine(encode_on="gpu", compile=True, batch=1)
+    run = lambda: encode_image(engine.generate([Job(engine.encode([f"{PROMPT} {time.time()}"])[0], 1, SIZE, SIZE)]).images[0], "png", 1)
+    run()
+    e2e = timed(run, reps=7)
+    enc = timed(lambda: engine.encode([PROMPT]), reps=5)
+    save("engine_gpu", e2e_s=round(e2e, 3), te_gpu_s=round(enc, 4), plan=engine.plan.to_dict())
+
+
 def _t(fn):
     t = time.perf_counter()
     fn()
@@ -297,7 +312,7 @@ def fp8():
 
 
 STEPS = {"build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
-         "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8}
+         "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu}
 
 if __name__ == "__main__":
     for step in sys.argv[1:]:
