@@ -112,3 +112,9 @@ def deploy(serve_cluster: str, name: str, config: dict) -> str:
 
     serve.run(build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
     return f"{serve_cluster}/{name}"
+
+
+@pytest.fixture(scope="session")
+def app_url(serve_cluster, tiny_path):
+    """The main test application (one logical GPU for its generator), deployed once under /main."""
+    return deploy(serve_cluster, "main", tiny_app_config(tiny_path, generator={"num_gpus": 1}))

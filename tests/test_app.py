@@ -13,10 +13,6 @@ from ray import serve
 from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config
 
 
-@pytest.fixture(scope="module")
-def app_url(serve_cluster, tiny_path):
-    config = tiny_app_config(tiny_path, generator={"num_gpus": 1})
-    return deploy(serve_cluster, "main", config)
 
 
 def _png(data: bytes) -> Image.Image:

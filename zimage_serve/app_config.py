@@ -63,6 +63,7 @@ class GeneratorOptions(_Strict):
     graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
     health_check_period_s: float = Field(10, gt=0, description="How often the replica's GPU is checked.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Generator replica scaling.")
+    inject_oom: int = Field(0, ge=0, description="Fault injection for tests: the next N batch attempts raise CUDA out-of-memory.")
 
     @model_validator(mode="after")
     def _check(self):

@@ -17,6 +17,7 @@ from ray import serve
 
 from . import metrics
 from .app_config import AppConfig
+from .errors import NotReady, ZImageError
 
 log = logging.getLogger("zimage_serve")
 
@@ -41,7 +42,16 @@ class PromptEncoderDeployment:
         self.config = AppConfig.model_validate(config)
         opts = self.config.encoder
         torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
-        self.source = resolve(self.config.model)
+        self.cache: OrderedDict[tuple, object] = OrderedDict()
+        self.inflight: dict[tuple, asyncio.Future] = {}
+        self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
+        self.reason = None
+        try:
+            self.source = resolve(self.config.model)
+        except ZImageError as e:  # stay up and say why (the generator reports it in /readyz), no crash loop
+            self.source, self.reason = None, str(e)
+            log.error("PromptEncoder not ready: %s", e)
+            return
         # bf16 only where the CPU is fast at it (AMX); elsewhere float32 (and exact against stock)
         if opts.dtype == "auto":
             dtype = torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
@@ -49,15 +59,14 @@ class PromptEncoderDeployment:
             dtype = getattr(torch, opts.dtype)
         model, tokenizer = load_text_encoder(self.source, torch.device("cpu"), dtype)
         self.encoder = PromptEncoder(model, tokenizer)
-        self.cache: OrderedDict[tuple, object] = OrderedDict()
-        self.inflight: dict[tuple, asyncio.Future] = {}
-        self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
         self._encode_batch.set_max_batch_size(opts.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
         log.info("PromptEncoder ready: %s, %s, %d threads", self.source.label, dtype, torch.get_num_threads())
 
     async def encode(self, prompt: str):
         """Embeddings of one prompt: a CPU tensor [tokens, hidden]."""
+        if self.source is None:
+            raise NotReady(f"the model is not loaded: {self.reason}")
         key = (self.source.revision, prompt)
         if key in self.cache:
             self.cache.move_to_end(key)
@@ -99,5 +108,7 @@ class PromptEncoderDeployment:
 
     async def info(self) -> dict:
         """Counters for tests and operators: cache hits/misses, recent batch sizes."""
-        return {"model": self.source.spec, "revision": self.source.revision, **self.stats,
+        if self.source is None:
+            return {"ready": False, "reason": self.reason, **self.stats}
+        return {"ready": True, "model": self.source.spec, "revision": self.source.revision, **self.stats,
                 "cache_entries": len(self.cache)}

@@ -23,3 +23,7 @@ class PlanError(ZImageError):
 
 class Overloaded(ZImageError):
     """Temporarily unable to serve (queue full, out of memory after retries); retry later."""
+
+
+class NotReady(ZImageError):
+    """A replica has no model loaded (the message says why); served as 503."""

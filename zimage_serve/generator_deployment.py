@@ -18,13 +18,9 @@ from ray import serve
 
 from . import metrics
 from .app_config import AppConfig
-from .errors import Overloaded, ZImageError
+from .errors import NotReady, Overloaded, ZImageError
 
 log = logging.getLogger("zimage_serve")
-
-
-class NotReady(ZImageError):
-    """The replica has no model loaded (the reason is the message)."""
 
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
@@ -40,6 +36,7 @@ class GeneratorDeployment:
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
         self._gpu = threading.Lock()
+        self._inject_oom = opts.inject_oom
         self._generate_batch.set_max_batch_size(opts.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
         device = None if opts.device == "auto" else opts.device
@@ -154,12 +151,20 @@ class GeneratorDeployment:
             o["seconds"]["image_encode"] = encode_s
         return out
 
+    def _engine_generate(self, jobs):
+        import torch
+
+        if self._inject_oom > 0:
+            self._inject_oom -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected for a test)")
+        return self.engine.generate(jobs)
+
     def _generate_with_oom_fallback(self, jobs):
         """On CUDA out-of-memory: free, retry one image at a time, then give up with Overloaded (503)."""
         import torch
 
         try:
-            return self.engine.generate(jobs)
+            return self._engine_generate(jobs)
         except torch.OutOfMemoryError:
             log.warning("out of GPU memory for a batch of %d; retrying one by one", len(jobs))
         torch.cuda.empty_cache()
@@ -168,7 +173,7 @@ class GeneratorDeployment:
 
             merged = Result(images=[], seconds={"denoise": 0.0, "decode": 0.0})
             for job in jobs:
-                r = self.engine.generate([job])
+                r = self._engine_generate([job])
                 merged.images += r.images
                 for k, v in r.seconds.items():
                     merged.seconds[k] += v

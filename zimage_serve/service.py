@@ -51,6 +51,13 @@ def validation_error(e: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
 
 
+def _message(e: BaseException) -> str:
+    """The user-facing message of our error, also when Ray wrapped it (RayTaskError keeps it as .cause)."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:
+        e = e.cause
+    return str(e.args[0]) if e.args else str(e)
+
+
 # (embeds, negative_embeds, params) -> awaitable result dict; embeds may be a pending encoder response
 Generate = Callable[[Any, Any, dict], Awaitable[dict]]
 Encode = Callable[[str], Any]
@@ -148,36 +155,42 @@ class ImageService:
     async def _admitted(self, params: dict, n: int) -> list[dict]:
         enqueued = time.time()
         gpu = await self._gpu_encodes()
-        embeds = negative = None
-        if not gpu:
-            embeds = self._encode(params["prompt"])
-            if params["guidance_scale"] > 0:
-                negative = self._encode(params["negative_prompt"])
+        encoded = None if gpu else self._encodings(params)
         calls = [{**params, "seed": params["seed"] + i, "enqueued_at": enqueued} for i in range(n)]
         try:
-            return await asyncio.wait_for(asyncio.gather(*(self._one(embeds, negative, p) for p in calls)),
+            return await asyncio.wait_for(asyncio.gather(*(self._one(encoded, params, p) for p in calls)),
                                           timeout=self.config.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, f"the images were not ready within {self.config.request_timeout_s:g}s",
                            type="timeout_error", code="timeout") from None
 
-    async def _one(self, embeds, negative, params: dict) -> dict:
+    def _encodings(self, params: dict) -> tuple:
+        """Pending encoder responses (prompt, and the negative prompt when guidance is on)."""
+        negative = self._encode(params["negative_prompt"]) if params["guidance_scale"] > 0 else None
+        return self._encode(params["prompt"]), negative
+
+    async def _one(self, encoded, params: dict, call: dict) -> dict:
         for attempt in (1, 2):
+            embeds, negative = encoded if encoded is not None else (None, None)
             try:
-                return await self._generate(embeds, negative, params)
+                return await self._generate(embeds, negative, call)
             except ApiError:
                 raise
             except Overloaded as e:
-                raise self.unavailable(str(e)) from None
+                raise self.unavailable(_message(e)) from None
             except InvalidInput as e:
-                raise ApiError(400, str(e), param=e.param, code="invalid_value") from None
+                raise ApiError(400, _message(e), param=e.param, code="invalid_value") from None
             except ZImageError as e:
-                raise self.unavailable(str(e)) from None
-            except BaseException as e:
-                if isinstance(e, asyncio.CancelledError):
-                    raise
+                raise self.unavailable(_message(e)) from None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
                 if self._is_retryable(e) and attempt == 1:
-                    log.warning("generator call failed (%s); retrying once", type(e).__name__)
+                    # a generator or encoder replica died: generation is idempotent for a seed, so retry once,
+                    # encoding again (the failed encoder response can't be reused)
+                    log.warning("a replica failed mid-request (%s); retrying once", type(e).__name__)
+                    if encoded is not None:
+                        encoded = self._encodings(params)
                     continue
                 mapped = self.map_backend_error(e)
                 if mapped is None:

@@ -1,0 +1,177 @@
+"""Faults and hostile input on the real app: replica deaths under load, injected OOM, a model that
+can't load, CORS, keys in logs, property tests and schemathesis against the OpenAPI schema."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ray import serve
+
+from conftest import deploy, tiny_app_config
+from zimage_serve.app_config import AppConfig
+from zimage_serve.service import ApiError, ImageService
+
+BODY = {"prompt": "fault tolerance", "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def fault_url(serve_cluster, tiny_path):
+    return deploy(serve_cluster, "faults", tiny_app_config(
+        tiny_path, cors_origins=["https://app.example"], generator={"inject_oom": 3, "max_batch_size": 1}))
+
+
+def test_injected_oom_is_retried_then_503_and_the_replica_stays_healthy(fault_url):
+    # budget 3: request 1 fails its batch and its single retry (503); request 2 fails once, then succeeds
+    r1 = httpx.post(f"{fault_url}/generate", json=BODY, timeout=60)
+    assert r1.status_code == 503 and r1.headers["retry-after"].isdigit()
+    assert "out of GPU memory" in r1.json()["error"]["message"]
+    r2 = httpx.post(f"{fault_url}/generate", json=BODY, timeout=60)
+    assert r2.status_code == 200
+    assert httpx.get(f"{fault_url}/readyz", timeout=30).status_code == 200
+    assert httpx.post(f"{fault_url}/generate", json=BODY, timeout=60).status_code == 200
+
+
+def test_cors_only_when_configured(fault_url, serve_cluster, tiny_path):
+    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(f"{fault_url}/generate", headers=headers)
+    assert r.headers.get("access-control-allow-origin") == "https://app.example"
+    r = httpx.options(f"{fault_url}/generate", headers={**headers, "Origin": "https://evil.example"})
+    assert r.headers.get("access-control-allow-origin") is None
+
+
+def _load(url, stop, codes, errors):
+    with httpx.Client(timeout=120) as c:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                codes.append(c.post(f"{url}/generate", json={**BODY, "seed": i}).status_code)
+            except httpx.HTTPError as e:  # a connection error would be a lost request
+                errors.append(repr(e))
+
+
+@pytest.mark.parametrize("deployment", ["Generator", "PromptEncoder"])
+def test_killing_a_replica_under_load_loses_nothing(serve_cluster, tiny_path, deployment):
+    app = f"kill{deployment.lower()}"
+    url = deploy(serve_cluster, app, tiny_app_config(tiny_path))
+    handle = serve.get_deployment_handle(deployment, app_name=app)
+    pid = handle.info.remote().result()["pid"]
+    stop, codes, errors = threading.Event(), [], []
+    threads = [threading.Thread(target=_load, args=(url, stop, codes, errors)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    before = len(codes)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    recovered = None
+    while time.monotonic() - killed_at < 120:
+        try:
+            if handle.info.remote().result(timeout_s=5)["pid"] != pid:
+                recovered = time.monotonic() - killed_at
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert recovered is not None, "Serve did not replace the killed replica"
+    assert not errors, errors[:3]
+    assert set(codes) <= {200, 503}, set(codes)  # retried once, or a clean 503; never a 500
+    assert codes[before:].count(200) > 0
+    serve.delete(app)
+
+
+def test_a_model_that_cannot_load_keeps_the_app_not_ready_with_the_reason(serve_cluster, tiny_path):
+    url = deploy(serve_cluster, "broken", tiny_app_config(tiny_path, model="/no/such/checkpoint"))
+    r = httpx.get(f"{url}/readyz", timeout=30)
+    assert r.status_code == 503
+    assert r.json()["ready"] is False and "/no/such/checkpoint" in r.json()["reason"]
+    r = httpx.post(f"{url}/generate", json=BODY, timeout=60)
+    assert r.status_code == 503 and "not loaded" in r.json()["error"]["message"]
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    serve.delete("broken")
+
+
+def test_api_keys_never_reach_the_logs(serve_cluster):
+    import ray
+
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    leaked = [p.name for p in logs.glob("*") if p.is_file() and b"secret-one" in p.read_bytes()]
+    assert not leaked
+
+
+# ---- property tests of request validation (no HTTP: the plain service class) ----------------
+
+async def _never(*a, **k):
+    raise AssertionError("validation must not reach the backends")
+
+SERVICE = ImageService(AppConfig(max_side=256, default_size="128x128"), encode=_never, generate=_never, generator_info=_never,
+                       is_retryable=lambda e: False)
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                    max_leaves=8)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "prompt": st.text(max_size=200) | JSON, "size": st.from_regex(r"\d{1,5}x\d{1,5}", fullmatch=True) | JSON,
+    "width": st.integers(-10, 5000) | JSON, "height": st.integers(-10, 5000), "n": st.integers(-2, 200),
+    "seed": st.integers(-(2**64), 2**64), "num_inference_steps": st.integers(-5, 2000),
+    "guidance_scale": st.floats(allow_nan=True) | JSON, "output_format": st.sampled_from(["png", "jpeg", "gif", 3]),
+    "negative_prompt": st.text(max_size=50)})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=FIELDS | JSON)
+def test_validation_gives_params_within_bounds_or_a_400(body):
+    for parse in (SERVICE.parse_images, SERVICE.parse_generate):
+        try:
+            _, params = parse(body)
+        except ApiError as e:
+            assert e.status == 400 and e.message
+            continue
+        assert 64 <= params["width"] <= 256 and params["width"] % 16 == 0
+        assert 64 <= params["height"] <= 256 and params["height"] % 16 == 0
+        assert 1 <= params["steps"] <= 50 and 0 <= params["seed"] < 2**63
+        assert params["prompt"].strip() and "\x00" not in params["prompt"]
+
+
+@pytest.mark.parametrize("prompt", ["\x00bad", "\u202e\u200b" * 10, "a" * 100_000, "emoji 🎨" * 100])
+def test_hostile_prompts(prompt):
+    body = {"prompt": prompt}
+    try:
+        _, params = SERVICE.parse_images(body)
+        assert params["prompt"] == prompt
+    except ApiError as e:
+        assert e.status == 400 and e.param == "prompt"
+
+
+def test_schemathesis_finds_no_500_and_no_schema_violation(app_url):
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{app_url}/openapi.json")
+    schema.config.base_url = app_url
+    failures = []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+        strategy = operation.as_strategy()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def check(case):
+            response = case.call(timeout=60)
+            try:
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+            except Exception as e:  # collect, to report every operation
+                failures.append(f"{operation.label}: {str(e)[:300]}")
+
+        check()
+    assert not failures, failures[:5]
