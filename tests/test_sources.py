@@ -101,3 +101,13 @@ def test_neither_directory_nor_hub_id():
 def test_header_reader_counts_tensors(tiny_path):
     tensors = read_safetensors_header(tiny_path / "vae" / "diffusion_pytorch_model.safetensors")
     assert tensors["decoder.conv_out.bias"] == ("F32", 3)
+
+
+def test_remote_code_is_never_trusted_and_pickles_never_loaded():
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "zimage_serve"
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "trust_remote_code=True" not in text, source
+        assert "use_safetensors=False" not in text and "torch.load(" not in text, source

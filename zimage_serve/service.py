@@ -231,8 +231,9 @@ class ImageService:
         return result["image"], {"content-type": MEDIA_TYPES[req.output_format], "x-seed": str(result["seed"])}
 
     async def readiness(self) -> tuple[bool, dict]:
+        """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images."""
         try:
             info = await asyncio.wait_for(self._info(), timeout=5)
         except Exception as e:
-            return False, {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
-        return bool(info.get("ready")), info
+            info = {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+        return bool(info.get("ready")), {**info, "pending_images": self.pending, "max_pending_images": self.max_pending}
