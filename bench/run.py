@@ -153,6 +153,37 @@ def engine_gpu():
     save("engine_gpu", e2e_s=round(e2e, 3), te_gpu_s=round(enc, 4), plan=engine.plan.to_dict())
 
 
+def vram():
+    """Peak VRAM of the resident plan (prompts on CPU), plain and with tiled VAE decoding."""
+    import numpy as np
+    import torch
+
+    from zimage_serve.engine import Job
+
+    t = time.time()
+    import diffusers  # noqa: F401  (import cost, for the cold-start breakdown)
+    from diffusers import ZImagePipeline  # noqa: F401
+    import_s = time.time() - t
+    engine = _engine(compile=False, batch=1)
+    embeds = engine.encode([PROMPT])[0]
+    job = Job(embeds, seed=1, width=SIZE, height=SIZE)
+    out = {"diffusers_import_s": round(import_s, 1)}
+    images = {}
+    for tiled in (False, True):
+        if tiled:
+            engine.pipe.vae.enable_tiling()
+        engine.generate([job])
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        lat = timed(lambda: engine.generate([job]), reps=3)
+        images[tiled] = np.asarray(engine.generate([job]).images[0], dtype=np.float32)
+        out["tiled" if tiled else "plain"] = {"peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                                              "generate_s": round(lat, 3)}
+    out["tiled_mean_abs_pixel_diff"] = round(float(np.abs(images[True] - images[False]).mean()), 2)
+    out["tiled_max_abs_pixel_diff"] = int(np.abs(images[True] - images[False]).max())
+    save("vram", **out)
+
+
 def _t(fn):
     t = time.perf_counter()
     fn()
@@ -312,7 +343,7 @@ def fp8():
 
 
 STEPS = {"build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
-         "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu}
+         "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
 if __name__ == "__main__":
     for step in sys.argv[1:]:

@@ -44,9 +44,9 @@ def resolved_config(args: dict | AppConfig | None, cluster_gpus: float | None = 
     gpus = _cluster_gpus() if cluster_gpus is None else cluster_gpus
     updates = {}
     if config.model == "auto":
-        from .sources import DEFAULT_HUB_ID, _cached_hub
+        from .sources import DEFAULT_HUB_ID, cached_hub
 
-        updates["model"] = DEFAULT_HUB_ID if gpus and _cached_hub(DEFAULT_HUB_ID) else "tiny"
+        updates["model"] = DEFAULT_HUB_ID if gpus and cached_hub(DEFAULT_HUB_ID) else "tiny"
         if updates["model"] == "tiny":
             log.warning("model 'auto': serving the embedded tiny checkpoint (random test weights: images are noise)")
     if config.generator.num_gpus is None:

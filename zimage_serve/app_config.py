@@ -28,8 +28,7 @@ class AutoscalingOptions(_Strict):
     look_back_period_s: float = Field(10.0, gt=0, description="Window over which load is averaged.")
 
     def to_serve(self) -> dict:
-        d = self.model_dump(exclude_none=True)
-        return d
+        return self.model_dump(exclude_none=True)
 
 
 class EncoderOptions(_Strict):
@@ -55,6 +54,7 @@ class GeneratorOptions(_Strict):
     compile: bool = Field(True, description="Regional torch.compile of the transformer on GPU (cached on disk).")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
     fp8: bool = Field(False, description="Dynamic float8 Linear layers (torchao, Ada/Hopper); faster, slightly different images.")
+    vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")
     warmup: bool = Field(True, description="Run the model once before reporting ready (compiles at plan_size).")
     max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")
     batch_wait_timeout_s: float = Field(0.02, ge=0, le=5, description="How long a batch waits to fill.")

@@ -133,9 +133,9 @@ def _plan(args) -> int:
     if args.batch < 1:
         raise ZImageError(f"--batch must be at least 1, got {args.batch}")
     if args.model == DEFAULT_HUB_ID:
-        from .sources import _cached_hub
+        from .sources import cached_hub
 
-        cached = _cached_hub(DEFAULT_HUB_ID)
+        cached = cached_hub(DEFAULT_HUB_ID)
         sizes = sizes_of(resolve(DEFAULT_HUB_ID) if cached else None)
     else:
         sizes = sizes_of(resolve(args.model))

@@ -48,7 +48,10 @@ class Result:
 
 
 def gpu_free_bytes(device: str | None = None) -> int | None:
-    """Free memory of the current CUDA device, or None when we run on CPU."""
+    """Free memory of the current CUDA device, or None when we run on CPU (or ZIMAGE_DEVICE=cpu)."""
+    from .config import environment
+
+    device = device or environment().device
     if device == "cpu" or not torch.cuda.is_available():
         return None
     free, _ = torch.cuda.mem_get_info()

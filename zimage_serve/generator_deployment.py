@@ -51,6 +51,8 @@ class GeneratorDeployment:
                         "cache_dir": str(environment().cache_dir / "compile")}
             self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
+            if opts.vae_tiling:
+                self.engine.pipe.vae.enable_tiling()
             if opts.warmup and self.engine.device.type == "cuda":
                 sizes = sorted({1, min(2, opts.max_batch_size)})
                 log.info("warming up at %s, batch %s: %.1fs", opts.plan_size, sizes,

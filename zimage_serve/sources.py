@@ -53,7 +53,7 @@ def resolve(spec: str, gpu: bool = False) -> ModelSource:
     if not spec:
         raise ModelSourceError("no model given: pass --model tiny, a local directory, or a hub id")
     if spec == "auto":
-        cached = _cached_hub(DEFAULT_HUB_ID) if gpu else None
+        cached = cached_hub(DEFAULT_HUB_ID) if gpu else None
         if cached is not None:
             return _validate(DEFAULT_HUB_ID, cached)
         log.warning("no GPU or no cached %s: serving the embedded tiny checkpoint (random test weights: "
@@ -84,7 +84,7 @@ def ensure_tiny() -> Path:
 _PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken", "RANDOM_TEST_WEIGHTS"]
 
 
-def _cached_hub(model_id: str) -> Path | None:
+def cached_hub(model_id: str) -> Path | None:
     from modelscope import snapshot_download  # imported here: only hub ids need it
 
     try:
@@ -95,7 +95,7 @@ def _cached_hub(model_id: str) -> Path | None:
 
 def _from_hub(model_id: str) -> Path:
     env = environment()
-    cached = _cached_hub(model_id)
+    cached = cached_hub(model_id)
     if cached is not None:
         return cached
     from modelscope import snapshot_download
