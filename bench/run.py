@@ -160,10 +160,9 @@ def vram():
 
     from zimage_serve.engine import Job
 
-    t = time.time()
-    import diffusers  # noqa: F401  (import cost, for the cold-start breakdown)
-    from diffusers import ZImagePipeline  # noqa: F401
-    import_s = time.time() - t
+    import_s = float(subprocess.run([sys.executable, "-c", "import time; t = time.time(); "
+                                     "from diffusers import ZImagePipeline, AutoencoderKL; import transformers; "
+                                     "print(time.time() - t)"], capture_output=True, text=True).stdout.strip() or -1)
     engine = _engine(compile=False, batch=1)
     embeds = engine.encode([PROMPT])[0]
     job = Job(embeds, seed=1, width=SIZE, height=SIZE)
@@ -171,7 +170,7 @@ def vram():
     images = {}
     for tiled in (False, True):
         if tiled:
-            engine.pipe.vae.enable_tiling()
+            engine.enable_vae_tiling(512)
         engine.generate([job])
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -98,6 +98,14 @@ class Engine:
     def device(self) -> torch.device:
         return self.loaded.device
 
+    def enable_vae_tiling(self, tile: int = 512) -> None:
+        """Decode in overlapping tiles of ``tile`` pixels (diffusers' tiled decode; its default tile is the
+        VAE's sample_size, 1024, which never tiles a 1024² image)."""
+        vae = self.pipe.vae
+        vae.enable_tiling()
+        vae.tile_sample_min_size = tile
+        vae.tile_latent_min_size = tile // (2 ** (len(vae.config.block_out_channels) - 1))
+
     def set_progress(self, enabled: bool) -> None:
         self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
 

@@ -52,7 +52,7 @@ class GeneratorDeployment:
             self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
             if opts.vae_tiling:
-                self.engine.pipe.vae.enable_tiling()
+                self.engine.enable_vae_tiling()
             if opts.warmup and self.engine.device.type == "cuda":
                 sizes = sorted({1, min(2, opts.max_batch_size)})
                 log.info("warming up at %s, batch %s: %.1fs", opts.plan_size, sizes,
