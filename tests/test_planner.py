@@ -76,3 +76,25 @@ def test_plan_is_immutable_and_serializable():
     with pytest.raises(Exception):
         plan.kind = "x"
     assert plan.to_dict()["workload"] == {"width": 1024, "height": 1024, "batch": 1}
+
+
+def test_tight_budgets_turn_on_tiled_vae_decoding_before_offloading():
+    plan = make_plan(Z_IMAGE_TURBO, 14 * GiB, Workload(1024, 1024, 1))
+    assert (plan.kind, plan.vae_tiling) == ("resident", True) and plan.peak_gib <= 14
+    assert "tiled decode" in plan.describe()
+    assert not make_plan(Z_IMAGE_TURBO, 16 * GiB).vae_tiling
+    assert not make_plan(Z_IMAGE_TURBO, 8 * GiB).vae_tiling  # streamed, and the untiled decode still fits
+    with pytest.raises(PlanError, match="tiled VAE"):
+        make_plan(Z_IMAGE_TURBO, 12 * GiB, policy="resident")
+
+
+def test_a_tiled_plan_loads_and_decodes_in_tiles(tiny_source):
+    from zimage_serve.engine import Engine
+    from zimage_serve.sizes import sizes_of
+
+    sizes = sizes_of(tiny_source)
+    plan = make_plan(sizes, 80 * GiB, Workload(1024, 1024, 1))
+    tight = make_plan(sizes, int((plan.peak_gib - 0.001) * GiB), Workload(1024, 1024, 1))
+    assert tight.vae_tiling or tight.kind != "resident"
+    engine = Engine.load(tiny_source, tight, device="cpu", dtype="float32", with_text_encoder=False)
+    assert engine.pipe.vae.use_tiling == tight.vae_tiling

@@ -79,6 +79,8 @@ class Engine:
         """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments."""
         log.info("model %s\n%s", source.label, plan.describe())
         engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
+        if plan.vae_tiling:
+            engine.enable_vae_tiling()
         if speedups and engine.device.type == "cuda":
             from .accel import accelerate
 

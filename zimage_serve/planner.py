@@ -22,6 +22,7 @@ ENCODE_CHOICES = ("auto", "cpu", "gpu")
 MAX_TEXT_TOKENS = 512
 RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
 VAE_BYTES_PER_PIXEL_BF16 = 2600  # VAE decoder peak activations, one image at a time (calibrated on an H100 at 1024²)
+VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
 TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
 _TE_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
@@ -93,6 +94,7 @@ class Plan:
     vae: str
     text_encoder: str
     encode_on: str  # "cpu" or "gpu"
+    vae_tiling: bool  # decode in tiles (less memory) because the budget needs it
     budget_gib: float | None
     peak_gib: float
     weights_on_gpu_gib: float
@@ -111,7 +113,7 @@ class Plan:
         return "\n".join([
             f"plan: {self.kind} on {self.device} ({self.dtype}), policy {self.policy}; sizes from {self.origin}",
             f"  transformer   {self.transformer}",
-            f"  vae           {self.vae}",
+            f"  vae           {self.vae}{' (tiled decode)' if self.vae_tiling else ''}",
             f"  text encoder  {self.text_encoder} (prompts encoded on {self.encode_on})",
             f"  envelope      {w.width}x{w.height}, batch {w.batch}",
             memory,
@@ -127,13 +129,18 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int):
     act_te = w.batch * MAX_TEXT_TOKENS * s.text_hidden * bpe * TRANSFORMER_ACT_FACTOR
     block = s.transformer_block_params * bpe
     non_block = T - s.transformer_blocks * block
-    yield "resident", ("gpu", "gpu", "gpu", "gpu"), T + V + TE, max(act_t, act_v, act_te)
-    yield "resident", ("gpu", "gpu", "cpu", "cpu"), T + V, max(act_t, act_v)
+    act_tile = min(act_v, VAE_TILE * VAE_TILE * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2)
+    yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te)
+    yield "resident", ("gpu", "gpu", "cpu", "cpu", False), T + V, max(act_t, act_v)
+    if act_tile < act_v:  # tiled VAE decode: a little slower, much less memory at large sizes
+        yield "resident", ("gpu", "gpu", "cpu", "cpu", True), T + V, max(act_t, act_tile)
     # model-level offload: the text encoder and the transformer take turns on the GPU; the small VAE stays
     big = max([(TE, act_te), (T, act_t)], key=lambda p: p[0] + p[1])
-    yield "offload", ("offload", "gpu", "offload", "gpu"), big[0] + V, max(big[1], act_v)
+    for tiled in (False, True):
+        yield "offload", ("offload", "gpu", "offload", "gpu", tiled), big[0] + V, max(big[1], act_tile if tiled else act_v)
     # streamed: two block groups (current + prefetched) plus what is not in a block
-    yield "sequential", ("stream", "gpu", "cpu", "cpu"), non_block + 2 * block + V, max(act_t, act_v)
+    for tiled in (False, True):
+        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), non_block + 2 * block + V, max(act_t, act_tile if tiled else act_v)
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
@@ -148,17 +155,17 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
         raise PlanError(f"unknown encode_on {encode_on!r}; choose one of {', '.join(ENCODE_CHOICES)}")
     if free_bytes is None:
         return Plan(device="cpu", dtype="float32", policy=policy, kind="cpu", transformer="cpu", vae="cpu",
-                    text_encoder="cpu", encode_on="cpu", budget_gib=None,
+                    text_encoder="cpu", encode_on="cpu", vae_tiling=False, budget_gib=None,
                     peak_gib=0.0, weights_on_gpu_gib=0.0, activations_gib=0.0, workload=workload, origin=sizes.origin)
     tried = []
-    for kind, (tr, vae, te, enc), weights, act in _candidates(sizes, workload, bpe=2):
+    for kind, (tr, vae, te, enc, tiled), weights, act in _candidates(sizes, workload, bpe=2):
         if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
             continue
         peak = weights + act + RESERVE_BYTES
-        tried.append(f"{kind} (text encoder {te}) needs {peak / GiB:.2f} GiB")
+        tried.append(f"{kind} (text encoder {te}{', tiled VAE' if tiled else ''}) needs {peak / GiB:.2f} GiB")
         if peak <= free_bytes:
             return Plan(device="cuda", dtype="bfloat16", policy=policy, kind=kind, transformer=tr, vae=vae,
-                        text_encoder=te, encode_on=enc, budget_gib=round(free_bytes / GiB, 2),
+                        text_encoder=te, encode_on=enc, vae_tiling=tiled, budget_gib=round(free_bytes / GiB, 2),
                         peak_gib=round(peak / GiB, 2), weights_on_gpu_gib=round(weights / GiB, 2),
                         activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin)
     if not tried:
