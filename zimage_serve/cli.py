@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the Ray Serve application (HTTP API)")
     s.add_argument("--config", default=None, help="a serve config YAML (default: built-in, for this machine)")
     s.add_argument("--model", default=None, help="overrides the config's model")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_int, default=8000)
+    s.add_argument("--host", default=None, help="default: the config's http_options.host, else 127.0.0.1")
+    s.add_argument("--port", type=_int, default=None, help="default: the config's http_options.port, else 8000")
 
     b = sub.add_parser("batch", help="generate images for a prompts file with Ray Data")
     b.add_argument("--prompts", required=True, help="JSONL (id, prompt, seed, size, steps, negative_prompt) or text")

@@ -59,8 +59,8 @@ def serve_main(args) -> int:
     app_args, http = load_serve_config(args.config) if args.config else ({}, {})
     if args.model:
         app_args["model"] = args.model
-    host = args.host if args.host != "127.0.0.1" or "host" not in http else http["host"]
-    port = args.port if args.port != 8000 or "port" not in http else int(http["port"])
+    host = args.host or http.get("host") or "127.0.0.1"  # the command line wins over the config file
+    port = args.port or int(http.get("port") or 8000)
     try:
         resolved_config(app_args)  # fail fast, before Ray starts, on a bad config
     except ValueError as e:
