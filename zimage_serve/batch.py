@@ -62,13 +62,12 @@ class GenerateStage:
 
     def __init__(self, model: str, out_dir: str, fmt: str, batch_size: int, policy: str, max_side: int):
         from .engine import Engine, plan_for_this_machine
-        from .loader import load
         from .planner import Workload
         from .sources import resolve
 
         source = resolve(model)
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
-        self.engine = Engine(source, plan, load(source, plan, with_text_encoder=False), max_batch=batch_size)
+        self.engine = Engine.load(source, plan, with_text_encoder=False)  # batches of at most plan.workload.batch
         self.engine.set_progress(False)
         self.out = OutputDir(out_dir)
         self.fmt = fmt
@@ -169,10 +168,6 @@ def run(args) -> int:
     print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
           f"manifest: {out.manifest}", file=sys.stderr)
     return 0
-
-
-def main_from_args(args) -> int:
-    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .serve_main import serve_main as run
     elif args.command == "batch":
-        from .batch import main_from_args as run
+        from .batch import run
     else:
         run = commands[args.command]
     try:

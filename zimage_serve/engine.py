@@ -66,10 +66,10 @@ def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str =
 
 
 class Engine:
-    def __init__(self, source: ModelSource, plan: Plan, loaded: Loaded, max_batch: int | None = None):
+    def __init__(self, source: ModelSource, plan: Plan, loaded: Loaded):
         self.source, self.plan, self.loaded = source, plan, loaded
         self.pipe = loaded.pipe
-        self.max_batch = max_batch or plan.workload.batch
+        self.max_batch = plan.workload.batch  # the batch the plan budgeted memory for
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
 

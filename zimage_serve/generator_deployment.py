@@ -113,18 +113,16 @@ class GeneratorDeployment:
     def _denoise(self, items: list[tuple]):
         from .engine import Job
 
-        engine = self.engine
-        prompts = [p["prompt"] for e, _, p in items if e is None]
-        negatives = [p.get("negative_prompt") or "" for e, n, p in items if e is None and p["guidance_scale"] > 0]
-        encoded = iter(engine.encode(prompts + negatives)) if prompts else iter(())
-        own = [next(encoded) for _ in prompts]
-        own_neg = [next(encoded) for _ in negatives]
-        jobs, i, j = [], 0, 0
+        texts = []  # what this replica encodes itself (plans that encode on the GPU): prompt, then negative
+        for embeds, _, p in items:
+            if embeds is None:
+                texts += [p["prompt"]] + ([p.get("negative_prompt") or ""] if p["guidance_scale"] > 0 else [])
+        encoded = iter(self.engine.encode(texts) if texts else [])
+        jobs = []
         for embeds, negative, p in items:
             if embeds is None:
-                embeds, i = own[i], i + 1
-                if p["guidance_scale"] > 0:
-                    negative, j = own_neg[j], j + 1
+                embeds = next(encoded)
+                negative = next(encoded) if p["guidance_scale"] > 0 else None
             jobs.append(Job(embeds=embeds, seed=p["seed"], width=p["width"], height=p["height"], steps=p["steps"],
                             guidance_scale=p["guidance_scale"], negative_embeds=negative))
         return self._generate_with_oom_fallback(jobs)
