@@ -192,3 +192,14 @@ def test_metrics_reach_rays_prometheus_endpoint(app_url):
     missing = [w for w in wanted if w not in text]
     assert not missing, missing
     assert 'stage="denoise"' in text and 'kind="cpu"' in text
+
+
+def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_pipe):
+    """encode_on: gpu — prompts go to the generator, which encodes them itself (here on its CPU)."""
+    url = deploy(serve_cluster, "selfencode", tiny_app_config(tiny_path, generator={"encode_on": "gpu"}))
+    r = httpx.post(f"{url}/generate", json={"prompt": "a green tram", "width": 64, "height": 64, "seed": 9}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert max_pixel_diff(_png(r.content), stock_image(stock_pipe, "a green tram", 9, 64, 64)) <= 1
+    info = serve.get_deployment_handle("Generator", app_name="selfencode").info.remote().result()
+    assert info["plan"]["encode_on"] == "gpu"
+    serve.delete("selfencode")

@@ -98,3 +98,7 @@ def test_a_tiled_plan_loads_and_decodes_in_tiles(tiny_source):
     assert tight.vae_tiling or tight.kind != "resident"
     engine = Engine.load(tiny_source, tight, device="cpu", dtype="float32", with_text_encoder=False)
     assert engine.pipe.vae.use_tiling == tight.vae_tiling
+
+
+def test_cpu_plan_can_encode_in_the_generator():
+    assert make_plan(Z_IMAGE_TURBO, None, encode_on="gpu").encode_on == "gpu"

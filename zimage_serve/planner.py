@@ -155,7 +155,8 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
         raise PlanError(f"unknown encode_on {encode_on!r}; choose one of {', '.join(ENCODE_CHOICES)}")
     if free_bytes is None:
         return Plan(device="cpu", dtype="float32", policy=policy, kind="cpu", transformer="cpu", vae="cpu",
-                    text_encoder="cpu", encode_on="cpu", vae_tiling=False, budget_gib=None,
+                    text_encoder="cpu", encode_on="gpu" if encode_on == "gpu" else "cpu",  # "gpu": in the generator
+                    vae_tiling=False, budget_gib=None,
                     peak_gib=0.0, weights_on_gpu_gib=0.0, activations_gib=0.0, workload=workload, origin=sizes.origin)
     tried = []
     for kind, (tr, vae, te, enc, tiled), weights, act in _candidates(sizes, workload, bpe=2):
