@@ -1,5 +1,5 @@
-"""GPU speed-ups applied to a loaded transformer: regional torch.compile (with a persistent
-compile cache so new replicas skip most of the compile), an attention backend, and opt-in FP8.
+"""GPU speed-ups applied to a loaded transformer: fused projections, regional torch.compile (with a
+persistent compile cache so new replicas skip most of the compile), an attention backend, and opt-in FP8.
 
 Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
 """
@@ -46,9 +46,15 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
 
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
-               cache_dir: str | None = None) -> dict:
-    """Apply the speed-ups in place; returns what was applied (for logs and /readyz)."""
+               fuse: bool = True, cache_dir: str | None = None) -> dict:
+    """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
+
+    ``fuse`` needs a resident transformer (all weights on the GPU, no offload hooks)."""
     applied = {}
+    if fuse:
+        from .fusion import fuse_projections
+
+        applied["fused_blocks"] = fuse_projections(transformer)
     if attention_backend:
         transformer.set_attention_backend(attention_backend)
         applied["attention_backend"] = attention_backend

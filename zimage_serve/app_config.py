@@ -52,6 +52,7 @@ class GeneratorOptions(_Strict):
         "auto", description="Where prompts are encoded: the CPU encoders, the generator's GPU, or as the plan decides.")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
     compile: bool = Field(True, description="Regional torch.compile of the transformer on GPU (cached on disk).")
+    fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
     fp8: bool = Field(False, description="Dynamic float8 Linear layers (torchao, Ada/Hopper); faster, slightly different images.")
     vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")

@@ -84,7 +84,8 @@ class Engine:
         if speedups and engine.device.type == "cuda":
             from .accel import accelerate
 
-            engine.speedups = accelerate(engine.pipe.transformer, **speedups)
+            resident = plan.transformer == "gpu"  # fusing rewrites weights, which offload hooks hold copies of
+            engine.speedups = accelerate(engine.pipe.transformer, **{**speedups, "fuse": speedups.get("fuse", True) and resident})
         return engine
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2) -> float:

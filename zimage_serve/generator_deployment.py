@@ -48,7 +48,7 @@ class GeneratorDeployment:
             from .config import environment
 
             speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
-                        "cache_dir": str(environment().cache_dir / "compile")}
+                        "fuse": opts.fuse_projections, "cache_dir": str(environment().cache_dir / "compile")}
             self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
             if opts.vae_tiling:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .lean_vae import lean_decoder
 from .planner import Plan
 from .sources import ModelSource
 
@@ -84,6 +85,7 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
     t0 = time.perf_counter()
     vae = AutoencoderKL.from_pretrained(source.path, subfolder="vae", dtype=dt,
                                         device_map={"": str(_target(plan.vae, dev))}, use_safetensors=True)
+    vae_changes = lean_decoder(vae)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source.path, subfolder="scheduler")
     seconds["vae"] = time.perf_counter() - t0
     text_model = tokenizer = None
@@ -107,5 +109,5 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
             _, prev = cpu_offload_with_hook(m, dev, prev_module_hook=prev)
             hooks.append(prev)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    log.info("loaded %s: %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    log.info("loaded %s: %s; VAE decoder %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
     return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds)

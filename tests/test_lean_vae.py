@@ -1,0 +1,33 @@
+"""The lean VAE decoder: the same image as diffusers' decoder, with smaller intermediates."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from zimage_serve.lean_vae import lean_decoder, upsample_conv_in_bands
+
+
+@pytest.mark.parametrize("h,w,band", [(7, 5, 40), (8, 8, 1), (3, 9, 10_000), (5, 4, 64)])
+def test_banded_upsample_conv_equals_the_whole(h, w, band):
+    g = torch.Generator().manual_seed(h * w)
+    x = torch.randn(2, 3, h, w, generator=g)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(upsample_conv_in_bands(x, conv, band_elements=band), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lean_decoder_decodes_the_same_image(tiny_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_path, subfolder="vae", dtype=torch.float32).eval()
+    z = torch.randn(1, vae.config.latent_channels, 24, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = vae.decode(z).sample
+        changed = lean_decoder(vae, band_elements=512)  # several bands at this small size
+        interpolated_rows = []
+        interpolate = F.interpolate
+        monkeypatch.setattr(F, "interpolate", lambda x, **kw: interpolated_rows.append(x.shape[2]) or interpolate(x, **kw))
+        got = vae.decode(z).sample
+    assert changed["inplace_silu"] > 0 and changed["banded_upsamplers"] == len(vae.config.block_out_channels) - 1
+    assert len(interpolated_rows) > changed["banded_upsamplers"] and max(interpolated_rows) < z.shape[2]  # in bands
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
