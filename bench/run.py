@@ -71,14 +71,14 @@ def stock():
     save("stock", rows=rows)
 
 
-def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4):
+def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4, fuse=True):
     from zimage_serve.engine import Engine, plan_for_this_machine
     from zimage_serve.planner import Workload
     from zimage_serve.sources import resolve
 
     source = resolve(str(CKPT))
     plan = plan_for_this_machine(source, Workload(SIZE, SIZE, batch), policy, encode_on)
-    engine = Engine.load(source, plan, speedups={"compile": compile, "fp8": fp8,
+    engine = Engine.load(source, plan, speedups={"compile": compile, "fp8": fp8, "fuse": fuse,
                                                  "cache_dir": os.environ["ZIMAGE_CACHE_DIR"] + "/compile"})
     engine.set_progress(False)
     return engine
@@ -138,6 +138,81 @@ def engine_step():
          cpu_text_encoder_prompts_per_s=round(8 / te8, 2), text_tokens=int(embeds.shape[0]))
 
 
+def _profile_step(engine, embeds) -> dict:
+    """GPU time per kernel family over one 1-step denoise (a transformer call), in ms, and its wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    _latents(engine, embeds, steps=1)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        _latents(engine, embeds, steps=1)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    kernels = [e for e in prof.key_averages() if str(getattr(e, "device_type", "")).endswith("CUDA")
+               and (getattr(e, "device_time_total", 0) or getattr(e, "self_device_time_total", 0))]
+    families = {"gemm": 0.0, "attention": 0.0, "triton (fused elementwise)": 0.0, "other": 0.0}
+    for e in kernels:
+        k = e.key.lower()
+        fam = ("attention" if any(x in k for x in ("flash", "fmha", "attention", "sdpa", "cudnn")) else
+               "gemm" if any(x in k for x in ("gemm", "sm90", "cutlass", "nvjet", "matmul", "xmma")) else
+               "triton (fused elementwise)" if "triton" in k else "other")
+        families[fam] += e.device_time_total / 1000
+    top = sorted(((e.key[:90], round(e.device_time_total / 1000, 2)) for e in kernels), key=lambda x: -x[1])[:15]
+    return {"wall_ms": round(wall * 1000, 1), "kernel_ms": {k: round(v, 1) for k, v in families.items()}, "top": top}
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # a measurement aid must not lose the step's figures
+        return {"error": repr(e)[:300]}
+
+
+def fusion():
+    """What each denoise speed-up gives, in one process: eager, regional compile, + fused projections,
+    + max-autotune GEMMs; the GPU time per kernel family; the image difference fused vs unfused."""
+    import numpy as np
+    import torch
+
+    from zimage_serve.accel import accelerate
+    from zimage_serve.engine import Job
+
+    engine = _engine(compile=False, batch=1, fuse=False)
+    embeds = engine.encode([PROMPT])[0]
+    image = lambda: np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    out = {"eager_denoise_s": round(timed(lambda: _latents(engine, embeds), reps=3), 3)}
+    cache = os.environ["ZIMAGE_CACHE_DIR"] + "/compile"
+    accelerate(engine.pipe.transformer, compile=True, fuse=False, cache_dir=cache)
+    t = time.time()
+    _latents(engine, embeds)
+    out["compile_first_call_s"] = round(time.time() - t, 1)
+    out["compiled_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+    out["compiled_profile"] = _safe(_profile_step, engine, embeds)
+    ref = image()
+    torch._dynamo.reset()
+    accelerate(engine.pipe.transformer, compile=True, fuse=True, cache_dir=cache)
+    t = time.time()
+    _latents(engine, embeds)
+    out["fused_compile_first_call_s"] = round(time.time() - t, 1)
+    out["fused_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+    out["fused_profile"] = _safe(_profile_step, engine, embeds)
+    fused = image()
+    out["fused_vs_unfused_mean_abs_pixel_diff"] = round(float(np.abs(fused - ref).mean()), 3)
+    out["fused_vs_unfused_max_abs_pixel_diff"] = int(np.abs(fused - ref).max())
+    save("fusion", **out)
+    if os.environ.get("BENCH_AUTOTUNE", "1") == "1":
+        torch._dynamo.reset()
+        accelerate(engine.pipe.transformer, compile=True, fuse=False, compile_mode="max-autotune-no-cudagraphs",
+                   cache_dir=cache)
+        t = time.time()
+        _latents(engine, embeds)
+        out["autotune_compile_first_call_s"] = round(time.time() - t, 1)
+        out["fused_autotune_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+        save("fusion", **out)
+
+
 def engine_gpu():
     """In-process end to end with the text encoder on the GPU (the same placement as http_gpu)."""
     import torch
@@ -154,9 +229,11 @@ def engine_gpu():
 
 
 def vram():
-    """Peak VRAM of the resident plan (prompts on CPU), plain and with tiled VAE decoding."""
+    """Peak VRAM of the resident plan (prompts on CPU): the lean decoder (default), diffusers' own
+    decoder, and tiled decoding; each one's generate time and its pixel difference from the lean one."""
     import numpy as np
     import torch
+    from diffusers import AutoencoderKL
 
     from zimage_serve.engine import Job
 
@@ -168,18 +245,25 @@ def vram():
     job = Job(embeds, seed=1, width=SIZE, height=SIZE)
     out = {"diffusers_import_s": round(import_s, 1)}
     images = {}
-    for tiled in (False, True):
-        if tiled:
+    lean_vae = engine.pipe.vae
+    for name in ("plain", "stock_decoder", "tiled"):
+        if name == "stock_decoder":  # diffusers' own decoder in the lean one's place (which leaves the GPU)
+            lean_vae.to("cpu")
+            engine.pipe.vae = AutoencoderKL.from_pretrained(CKPT, subfolder="vae", dtype=torch.bfloat16).to("cuda").eval()
+        if name == "tiled":
+            engine.pipe.vae = lean_vae.to("cuda")
+            torch.cuda.empty_cache()
             engine.enable_vae_tiling(512)
         engine.generate([job])
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         lat = timed(lambda: engine.generate([job]), reps=3)
-        images[tiled] = np.asarray(engine.generate([job]).images[0], dtype=np.float32)
-        out["tiled" if tiled else "plain"] = {"peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                                              "generate_s": round(lat, 3)}
-    out["tiled_mean_abs_pixel_diff"] = round(float(np.abs(images[True] - images[False]).mean()), 2)
-    out["tiled_max_abs_pixel_diff"] = int(np.abs(images[True] - images[False]).max())
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        images[name] = np.asarray(engine.generate([job]).images[0], dtype=np.float32)
+        out[name] = {"peak_vram_gib": round(peak, 2), "generate_s": round(lat, 3)}
+        if name != "plain":
+            out[name]["mean_abs_pixel_diff_vs_plain"] = round(float(np.abs(images[name] - images["plain"]).mean()), 3)
+            out[name]["max_abs_pixel_diff_vs_plain"] = int(np.abs(images[name] - images["plain"]).max())
     save("vram", **out)
 
 
@@ -341,7 +425,7 @@ def fp8():
          psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else None)
 
 
-STEPS = {"build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+STEPS = {"fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
 
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
-               fuse: bool = True, cache_dir: str | None = None) -> dict:
+               fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
 
     ``fuse`` needs a resident transformer (all weights on the GPU, no offload hooks)."""
@@ -64,7 +64,7 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         if cache_dir:
             use_compile_cache(cache_dir)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        transformer.compile_repeated_blocks(fullgraph=True)
-        applied["compile"] = "regional (repeated blocks)"
+        transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
+        applied["compile"] = f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"
     log.info("transformer speed-ups: %s", applied or "none")
     return applied
