@@ -400,7 +400,8 @@ def offload():
 
 
 def fp8():
-    """Opt-in FP8 (torchao dynamic float8, rowwise) vs bf16, both regionally compiled."""
+    """Opt-in FP8 (fp8.py: e4m3 weights and activations, rowwise scales) vs bf16, both fused and
+    regionally compiled, in one process: compile time, denoise, image difference, weights' memory."""
     import numpy as np
     import torch
 
@@ -411,21 +412,83 @@ def fp8():
     embeds = engine.encode([PROMPT])[0]
     _latents(engine, embeds)
     bf16 = timed(lambda: _latents(engine, embeds), reps=3)
-    ref = np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    image = lambda: np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    ref = image()
+    bf16_gib = torch.cuda.memory_allocated() / 2**30
     t = time.time()
     torch._dynamo.reset()
-    accelerate(engine.pipe.transformer, compile=True, fp8=True)
+    applied = accelerate(engine.pipe.transformer, compile=True, fp8=True, cache_dir=os.environ["ZIMAGE_CACHE_DIR"] + "/compile")
     _latents(engine, embeds)
     compile_s = time.time() - t
     f8 = timed(lambda: _latents(engine, embeds), reps=3)
-    out = np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    latents = _latents(engine, embeds)
+    out = image()
     mse = float(((out - ref) ** 2).mean())
-    save("fp8", bf16_denoise_s=round(bf16, 3), fp8_denoise_s=round(f8, 3), speedup=round(bf16 / f8, 2),
-         fp8_compile_s=round(compile_s, 1), pixel_mean_abs_diff=round(float(np.abs(out - ref).mean()), 2),
-         psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else None)
+    save("fp8", implementation="zimage_serve.fp8 (torch._scaled_mm, rowwise)", fp8_linear_layers=applied.get("fp8_linear_layers"),
+         bf16_denoise_s=round(bf16, 3), fp8_denoise_s=round(f8, 3), speedup=round(bf16 / f8, 2),
+         fp8_compile_s=round(compile_s, 1), nan_latents=int(torch.isnan(latents).sum()),
+         pixel_mean_abs_diff=round(float(np.abs(out - ref).mean()), 2), psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else None,
+         allocated_gib_bf16=round(bf16_gib, 2), allocated_gib_fp8=round(torch.cuda.memory_allocated() / 2**30, 2))
 
 
-STEPS = {"fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+def probe():
+    """Diagnostics: where imports spend their time; where the VAE decode peaks (transient GiB per module)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from zimage_serve.lean_vae import lean_decoder
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "from diffusers import AutoencoderKL, ZImagePipeline, "
+                        "ZImageTransformer2DModel; from transformers import AutoModel, AutoTokenizer"],
+                       capture_output=True, text=True)
+    rows = []
+    for line in r.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), int(parts[0].split(":")[1]), parts[2].rstrip()))
+    total = max((c for c, _, _ in rows), default=0)
+    out = {"import_total_s": round(sum(c for c, _, n in rows if not n.startswith("  ")) / 1e6, 2),
+           "top_self_ms": [(n.strip(), round(s / 1000)) for _, s, n in sorted(rows, key=lambda x: -x[1])[:25]],
+           "top_cumulative_ms": [(n, round(c / 1000)) for c, _, n in sorted(rows, key=lambda x: -x[0])[:40]],
+           "max_cumulative_s": round(total / 1e6, 2)}
+    vae = AutoencoderKL.from_pretrained(CKPT, subfolder="vae", dtype=torch.bfloat16).to("cuda").eval()
+    lean_decoder(vae)
+    dec = vae.decoder
+    peaks = []
+    base = {}
+
+    def pre(name):
+        def hook(module, args):
+            torch.cuda.synchronize()
+            base[name] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        return hook
+
+    def post(name):
+        def hook(module, args, output):
+            torch.cuda.synchronize()
+            peaks.append((name, round((torch.cuda.max_memory_allocated() - base[name]) / 2**30, 3)))
+        return hook
+
+    for name, m in dec.named_modules():
+        if name.count(".") <= 3 and name and not isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)):
+            m.register_forward_pre_hook(pre(name))
+            m.register_forward_hook(post(name))
+    z = torch.randn(1, vae.config.latent_channels, 128, 128, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        vae.decode(z)
+        peaks.clear()
+        torch.cuda.synchronize()
+        weights = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        vae.decode(z)
+        torch.cuda.synchronize()
+    out["vae_decode_transient_gib"] = round((torch.cuda.max_memory_allocated() - weights) / 2**30, 3)
+    out["vae_module_transient_gib"] = sorted(peaks, key=lambda x: -x[1])[:25]
+    save("probe", **out)
+
+
+STEPS = {"probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
 if __name__ == "__main__":

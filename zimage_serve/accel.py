@@ -23,26 +23,14 @@ def use_compile_cache(cache_dir: str) -> None:
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
 
-def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
-    """torchao dynamic float8 (rowwise scales) on Linear layers at least ``min_features`` wide (Hopper+).
+def quantize_fp8(transformer: torch.nn.Module) -> int:
+    """FP8 rowwise matmuls on the wide Linear layers (see fp8.py); raises RuntimeError when the GPU can't."""
+    from .fp8 import quantize_linears, supported
 
-    Returns how many layers were converted. Raises RuntimeError when torchao or the GPU can't."""
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as e:
-        raise RuntimeError(f"fp8 needs torchao ({e})") from None
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise RuntimeError("fp8 needs an Ada or Hopper GPU (compute capability 8.9+)")
-    count = 0
-
-    def wide_linear(module, _name):
-        nonlocal count
-        ok = isinstance(module, torch.nn.Linear) and min(module.in_features, module.out_features) >= min_features
-        count += ok
-        return ok
-
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=wide_linear)
-    return count
+    why_not = supported()
+    if why_not:
+        raise RuntimeError(why_not)
+    return quantize_linears(transformer)
 
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,

@@ -54,7 +54,7 @@ class GeneratorOptions(_Strict):
     compile: bool = Field(True, description="Regional torch.compile of the transformer on GPU (cached on disk).")
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
-    fp8: bool = Field(False, description="Dynamic float8 Linear layers (torchao, Ada/Hopper); faster, slightly different images.")
+    fp8: bool = Field(False, description="FP8 (e4m3, rowwise scales) matmuls in the wide Linear layers (Ada/Hopper); faster, different images.")
     vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")
     warmup: bool = Field(True, description="Run the model once before reporting ready (compiles at plan_size).")
     max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")
