@@ -471,7 +471,8 @@ def probe():
         return hook
 
     for name, m in dec.named_modules():
-        if name.count(".") <= 3 and name and not isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)):
+        if type(m).__name__ in ("ResnetBlock2D", "Attention", "_BandedUpsample", "Upsample2D") or name in (
+                "conv_in", "conv_norm_out", "conv_out"):
             m.register_forward_pre_hook(pre(name))
             m.register_forward_hook(post(name))
     z = torch.randn(1, vae.config.latent_channels, 128, 128, device="cuda", dtype=torch.bfloat16)
