@@ -43,3 +43,22 @@ def test_fp8_on_a_machine_without_a_gpu_is_refused():
 
     with pytest.raises(RuntimeError, match="fp8 needs a CUDA GPU"):
         quantize_fp8(torch.nn.Linear(2048, 2048))
+
+
+def test_fp8_blocks_of_the_real_transformer_stay_close(tiny_path):
+    from diffusers import ZImageTransformer2DModel
+
+    from zimage_serve.fusion import fuse_projections
+
+    model = ZImageTransformer2DModel.from_pretrained(tiny_path, subfolder="transformer", dtype=torch.bfloat16).eval()
+    g = torch.Generator().manual_seed(0)
+    latents = [torch.randn(16, 1, 4, 4, generator=g).bfloat16()]
+    caption = [torch.randn(7, 32, generator=g).bfloat16()]
+    with torch.inference_mode():
+        ref = model(latents, torch.tensor([0.5]), caption, return_dict=False)[0][0].float()
+        fuse_projections(model)
+        blocks = [m for m in model.modules() if type(m).__name__ in model._repeated_blocks]
+        assert sum(quantize_linears(b, min_features=16) for b in blocks) >= len(blocks)
+        out = model(latents, torch.tensor([0.5]), caption, return_dict=False)[0][0].float()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.1 * ref.abs().mean()
