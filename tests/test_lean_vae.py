@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from zimage_serve.lean_vae import lean_decoder, upsample_conv_in_bands
+from zimage_serve.lean_vae import conv_in_bands, lean_decoder, upsample_conv_in_bands
 
 
 @pytest.mark.parametrize("h,w,band", [(7, 5, 40), (8, 8, 1), (3, 9, 10_000), (5, 4, 64)])
@@ -14,6 +14,14 @@ def test_banded_upsample_conv_equals_the_whole(h, w, band):
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     torch.testing.assert_close(upsample_conv_in_bands(x, conv, band_elements=band), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("h,w,band", [(7, 5, 30), (8, 8, 1), (3, 9, 10_000), (6, 4, 24)])
+def test_banded_conv_equals_the_whole(h, w, band):
+    g = torch.Generator().manual_seed(h + w)
+    x = torch.randn(1, 3, h, w, generator=g)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+    torch.testing.assert_close(conv_in_bands(x, conv, band_elements=band), conv(x), rtol=1e-5, atol=1e-6)
 
 
 def test_lean_decoder_decodes_the_same_image(tiny_path, monkeypatch):
@@ -29,5 +37,6 @@ def test_lean_decoder_decodes_the_same_image(tiny_path, monkeypatch):
         monkeypatch.setattr(F, "interpolate", lambda x, **kw: interpolated_rows.append(x.shape[2]) or interpolate(x, **kw))
         got = vae.decode(z).sample
     assert changed["inplace_silu"] > 0 and changed["banded_upsamplers"] == len(vae.config.block_out_channels) - 1
+    assert changed["banded_convs"] > 2 * len(vae.decoder.up_blocks)
     assert len(interpolated_rows) > changed["banded_upsamplers"] and max(interpolated_rows) < z.shape[2]  # in bands
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

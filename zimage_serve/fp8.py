@@ -2,7 +2,7 @@
 
 Each weight is stored once in float8 e4m3 with one scale per output row; each activation row is
 scaled and cast on the fly; ``torch._scaled_mm`` multiplies with both scales applied and writes
-bf16. Everything is plain tensors, so regional torch.compile traces one block and reuses it for
+bf16 (with Hopper's fast accumulation, as torchao's float8 inference does by default). Everything is plain tensors, so regional torch.compile traces one block and reuses it for
 all of them (and fuses the activation cast into the preceding RMSNorm/modulation kernel). torchao's
 float8 tensor subclass gives the same arithmetic but took 207 s to compile here (BENCHMARKS.md).
 """
@@ -39,7 +39,7 @@ class Float8Linear(nn.Module):
         x8, x_scale = quantize_rows(rows)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         out = torch._scaled_mm(x8, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=bias,
-                               out_dtype=x.dtype)
+                               out_dtype=x.dtype, use_fast_accum=True)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

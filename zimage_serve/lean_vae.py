@@ -5,9 +5,11 @@ Decoding a 1024² image is the moment of peak VRAM on a resident plan: at full r
 
 - SiLU in place after each GroupNorm of the decoder (the normalised tensor has no other reader),
   so a resnet holds two full-size activations instead of three;
-- each nearest-neighbour x2 upsample + 3x3 conv runs in bands of rows, so the 4x-sized upsampled
-  tensor never exists whole. A 3x3 conv of a band needs one row of the neighbours on each side,
-  which the band takes along: the result is the same convolution, not a tiled approximation.
+- each 3x3 conv on a large activation runs in bands of rows, and so does each nearest-neighbour
+  x2 upsample + conv, so neither the 4x-sized upsampled tensor nor a full-size cuDNN workspace
+  ever exists. A 3x3 conv of a band needs one row of the neighbours on each side, which the band
+  takes along: the result is the same convolution, not a tiled approximation (GroupNorm, which
+  needs whole-image statistics, is left as it is).
 """
 
 from __future__ import annotations
@@ -19,11 +21,36 @@ from torch.nn import functional as F
 BAND_ELEMENTS = 1 << 26  # upsampled elements per band (128 MiB in bf16)
 
 
+def _band_rows(x: torch.Tensor, band_elements: int, scale: int = 1) -> int:
+    b, c, _, w = x.shape
+    return max(1, band_elements // max(1, b * c * scale * scale * w))
+
+
+def _conv_band(band: torch.Tensor, conv: nn.Conv2d, top: bool, bottom: bool) -> torch.Tensor:
+    """A band that carries one halo row on each inner side; image edges get the conv's zero padding."""
+    band = F.pad(band, (0, 0, int(top), int(bottom))) if top or bottom else band
+    return F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
+
+
+def conv_in_bands(x: torch.Tensor, conv: nn.Conv2d, band_elements: int = BAND_ELEMENTS) -> torch.Tensor:
+    """``conv(x)`` for a 3x3, stride 1, padding 1 conv, computed in bands of rows."""
+    h = x.shape[2]
+    rows = _band_rows(x, band_elements)
+    if rows >= h:
+        return conv(x)
+    out = x.new_empty(x.shape[0], conv.out_channels, h, x.shape[3])
+    for start in range(0, h, rows):
+        stop = min(h, start + rows)
+        band = x[:, :, max(start - 1, 0):min(stop + 1, h)]
+        out[:, :, start:stop] = _conv_band(band, conv, start == 0, stop == h)
+    return out
+
+
 def upsample_conv_in_bands(x: torch.Tensor, conv: nn.Conv2d, band_elements: int = BAND_ELEMENTS) -> torch.Tensor:
     """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3x3, stride 1, padding 1 conv,
     computed in bands of input rows."""
     b, c, h, w = x.shape
-    rows = max(1, band_elements // max(1, b * c * 4 * w))
+    rows = _band_rows(x, band_elements, scale=2)
     if rows >= h:
         return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     out = x.new_empty(b, conv.out_channels, 2 * h, 2 * w)
@@ -32,21 +59,32 @@ def upsample_conv_in_bands(x: torch.Tensor, conv: nn.Conv2d, band_elements: int 
         lo, hi = max(start - 1, 0), min(stop + 1, h)
         up = F.interpolate(x[:, :, lo:hi], scale_factor=2.0, mode="nearest")
         # up holds upsampled rows [2lo, 2hi); the band's outputs need rows [2start-1, 2stop+1), zero outside the image
-        pad_top = 1 if start == 0 else 0
-        pad_bottom = 1 if stop == h else 0
-        first = 2 * start - 1 - 2 * lo + pad_top
-        up = F.pad(up, (0, 0, pad_top, pad_bottom))[:, :, first:first + 2 * (stop - start) + 2]
-        out[:, :, 2 * start:2 * stop] = F.conv2d(up, conv.weight, conv.bias, padding=(0, 1))
+        first = 2 * start - 1 - 2 * lo  # -1 at the top edge: that row is the zero padding
+        up = up[:, :, max(first, 0):first + 2 * (stop - start) + 2]
+        out[:, :, 2 * start:2 * stop] = _conv_band(up, conv, start == 0, stop == h)
     return out
 
 
+def _is_same_3x3(conv) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
 def _is_plain_upsampler(module: nn.Module) -> bool:
-    conv = getattr(module, "conv", None)
     return (getattr(module, "interpolate", False) and getattr(module, "use_conv", False)
             and not getattr(module, "use_conv_transpose", True) and getattr(module, "norm", None) is None
-            and getattr(module, "name", None) == "conv" and isinstance(conv, nn.Conv2d)
-            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+            and getattr(module, "name", None) == "conv" and _is_same_3x3(getattr(module, "conv", None)))
+
+
+class _BandedConv2d(nn.Module):
+    """A 3x3 'same' conv (same weights, same result) run in bands of rows on large inputs."""
+
+    def __init__(self, conv: nn.Conv2d, band_elements: int):
+        super().__init__()
+        self.conv, self.band_elements = conv, band_elements
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_in_bands(x, self.conv, self.band_elements)
 
 
 class _BandedUpsample(nn.Module):
@@ -69,7 +107,7 @@ def lean_decoder(vae: nn.Module, band_elements: int = BAND_ELEMENTS) -> dict:
     from diffusers.models.resnet import ResnetBlock2D
 
     decoder = vae.decoder
-    changed = {"inplace_silu": 0, "banded_upsamplers": 0}
+    changed = {"inplace_silu": 0, "banded_upsamplers": 0, "banded_convs": 0}
     for module in decoder.modules():
         if isinstance(module, ResnetBlock2D) and module.time_emb_proj is None and type(module.nonlinearity) is nn.SiLU:
             module.nonlinearity = nn.SiLU(inplace=True)
@@ -83,4 +121,11 @@ def lean_decoder(vae: nn.Module, band_elements: int = BAND_ELEMENTS) -> dict:
             if _is_plain_upsampler(up):
                 ups[i] = _BandedUpsample(up, band_elements)
                 changed["banded_upsamplers"] += 1
+    for parent in list(decoder.modules()):
+        if isinstance(parent, _BandedUpsample):
+            continue
+        for name, child in list(parent.named_children()):
+            if _is_same_3x3(child):
+                setattr(parent, name, _BandedConv2d(child, band_elements))
+                changed["banded_convs"] += 1
     return changed
