@@ -339,7 +339,7 @@ def http(encode_on="cpu", fp8=False):
     config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}",
               "encoder": {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
               "generator": {"num_gpus": 1, "encode_on": encode_on, "fp8": fp8, "max_batch_size": 4, "max_ongoing_requests": 8,
-                            "max_queued_requests": 256, "batch_wait_timeout_s": 0.01}}
+                            "max_queued_requests": 256, "batch_wait_timeout_s": 0.005}}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
@@ -381,6 +381,50 @@ def http(encode_on="cpu", fp8=False):
          p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
          throughput_img_s=round(throughput, 3), saturation_p50_s=round(statistics.median(sat), 3),
          batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+    serve.shutdown()
+    ray.shutdown()
+
+
+def overhead():
+    """Serving overhead, interleaved: the Serve app (prompts encoded on the GPU) and the engine in-process
+    (the same placement) loaded side by side on one GPU, one image at a time, alternating, so both see
+    the same machine at the same moment. Ratio of the medians: HTTP end to end over in-process end to end."""
+    import urllib.request
+
+    import ray
+    from ray import serve
+
+    from zimage_serve.app import build_app
+    from zimage_serve.engine import Job
+    from zimage_serve.imaging import encode_image
+
+    config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}", "encoder": {"num_cpus": 1, "cache_size": 0},
+              "generator": {"num_gpus": 1, "encode_on": "gpu", "max_batch_size": 4, "max_ongoing_requests": 8}}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
+    engine = _engine(encode_on="gpu", compile=True, batch=1)
+
+    def in_process(i):
+        return encode_image(engine.generate([Job(engine.encode([f"{PROMPT} #{i} {time.time()}"])[0], i, SIZE, SIZE)]).images[0], "png", 1)
+
+    def over_http(i):
+        body = json.dumps({"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i}).encode()
+        req = urllib.request.Request("http://127.0.0.1:8000/generate", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return r.read()
+
+    for i in range(3):
+        in_process(i), over_http(i)
+    local, remote = [], []
+    for i in range(15):
+        local.append(_t(lambda: in_process(100 + i)))
+        remote.append(_t(lambda: over_http(100 + i)))
+    p50_local, p50_http = statistics.median(local), statistics.median(remote)
+    save("overhead", in_process_p50_s=round(p50_local, 3), http_p50_s=round(p50_http, 3),
+         overhead_ratio=round(p50_http / p50_local - 1, 4), in_process=[round(x, 3) for x in local],
+         http=[round(x, 3) for x in remote])
     serve.shutdown()
     ray.shutdown()
 
@@ -500,7 +544,7 @@ def probe():
     save("probe", **out)
 
 
-STEPS = {"probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+STEPS = {"overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 

@@ -96,7 +96,7 @@ class GeneratorDeployment:
         return await self._generate_batch((embeds, negative_embeds, params))
 
     # Two batches may be in flight: while one encodes its images (CPU), the next runs on the GPU.
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _generate_batch(self, items: list[tuple]) -> list[dict]:
         start = time.time()
         for _, _, params in items:
