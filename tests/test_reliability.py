@@ -175,3 +175,21 @@ def test_schemathesis_finds_no_500_and_no_schema_violation(app_url):
 
         check()
     assert not failures, failures[:5]
+
+
+def test_a_replica_death_wrapped_by_serve_is_retried():
+    """Serve's router wraps an encoder's death seen by the generator in a RayServeException (its cause)."""
+    import ray.exceptions as rex
+    from ray.serve.exceptions import RayServeException
+
+    from zimage_serve.ingress_deployment import _retryable
+
+    try:
+        try:
+            raise rex.ActorDiedError()
+        except rex.ActorDiedError as cause:
+            raise RayServeException("an upstream actor died before finishing a dependent task") from cause
+    except RayServeException as e:
+        wrapped = e
+    assert _retryable(wrapped) and _retryable(rex.ActorDiedError())
+    assert not _retryable(RayServeException("bad request")) and not _retryable(ValueError("x"))

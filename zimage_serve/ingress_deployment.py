@@ -14,11 +14,20 @@ log = logging.getLogger("zimage_serve")
 
 
 def _retryable(e: BaseException) -> bool:
-    """A replica died or vanished mid-request: generation is idempotent for a seed, so retry once."""
+    """A replica died or vanished mid-request: generation is idempotent for a seed, so retry once.
+
+    Serve may wrap the death: when the encoder dies while the generator waits on its response, the
+    router raises a RayServeException ("an upstream actor died") caused by the ActorDiedError."""
     import ray.exceptions as rex
 
-    return isinstance(e, (rex.ActorDiedError, rex.ActorUnavailableError, rex.RayActorError, rex.WorkerCrashedError,
-                          rex.NodeDiedError))
+    dead = (rex.ActorDiedError, rex.ActorUnavailableError, rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError)
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, dead):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
