@@ -1,12 +1,14 @@
 """GPU benchmark of zimage-serve against stock diffusers, side by side on one machine.
 
-Run on the GPU machine (see BENCHMARKS.md for the exact device commands); each step stays well
-under 10 minutes and writes $OUT/<step>.json:
+Run on the GPU machine (BENCHMARKS.md has the exact device commands of each run); each step stays
+well under 10 minutes and writes $OUT/<step>.json:
 
-    python bench/run.py build stock engine     # checkpoint, stock diffusers, the engine in-process
-    python bench/run.py coldstart http         # process start to first image; the Serve app over HTTP
-    python bench/run.py offload fp8            # streamed-offload plan; opt-in FP8
-    python bench/report.py results/*.json      # (here) -> bench/results/latest.json and BENCHMARKS.md
+    python bench/run.py build stock engine       # checkpoint, stock diffusers, the engine in-process
+    python bench/run.py fusion fp8 vram probe    # denoise step by step; FP8 vs bf16; VAE memory; imports
+    python bench/run.py coldstart                # process start to first image
+    python bench/run.py http_gpu http http_fp8   # the Serve app over HTTP (p50, throughput)
+    python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
+    python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
 Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
 """
@@ -184,32 +186,27 @@ def fusion():
     image = lambda: np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
     out = {"eager_denoise_s": round(timed(lambda: _latents(engine, embeds), reps=3), 3)}
     cache = os.environ["ZIMAGE_CACHE_DIR"] + "/compile"
-    accelerate(engine.pipe.transformer, compile=True, fuse=False, cache_dir=cache)
-    t = time.time()
-    _latents(engine, embeds)
-    out["compile_first_call_s"] = round(time.time() - t, 1)
-    out["compiled_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+
+    def compiled(prefix: str, denoise_key: str, **speedups) -> None:
+        """Recompile with ``speedups``; record the first call (compile) and the steady denoise."""
+        torch._dynamo.reset()
+        accelerate(engine.pipe.transformer, compile=True, cache_dir=cache, **speedups)
+        t = time.time()
+        _latents(engine, embeds)
+        out[f"{prefix}compile_first_call_s"] = round(time.time() - t, 1)
+        out[denoise_key] = round(timed(lambda: _latents(engine, embeds)), 3)
+
+    compiled("", "compiled_denoise_s", fuse=False)
     out["compiled_profile"] = _safe(_profile_step, engine, embeds)
     ref = image()
-    torch._dynamo.reset()
-    accelerate(engine.pipe.transformer, compile=True, fuse=True, cache_dir=cache)
-    t = time.time()
-    _latents(engine, embeds)
-    out["fused_compile_first_call_s"] = round(time.time() - t, 1)
-    out["fused_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+    compiled("fused_", "fused_denoise_s", fuse=True)
     out["fused_profile"] = _safe(_profile_step, engine, embeds)
     fused = image()
     out["fused_vs_unfused_mean_abs_pixel_diff"] = round(float(np.abs(fused - ref).mean()), 3)
     out["fused_vs_unfused_max_abs_pixel_diff"] = int(np.abs(fused - ref).max())
     save("fusion", **out)
     if os.environ.get("BENCH_AUTOTUNE", "1") == "1":
-        torch._dynamo.reset()
-        accelerate(engine.pipe.transformer, compile=True, fuse=False, compile_mode="max-autotune-no-cudagraphs",
-                   cache_dir=cache)
-        t = time.time()
-        _latents(engine, embeds)
-        out["autotune_compile_first_call_s"] = round(time.time() - t, 1)
-        out["fused_autotune_denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+        compiled("autotune_", "fused_autotune_denoise_s", compile_mode="max-autotune-no-cudagraphs")
         save("fusion", **out)
 
 
