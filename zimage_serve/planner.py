@@ -21,7 +21,11 @@ POLICIES = ("auto", "resident", "offload", "sequential")
 ENCODE_CHOICES = ("auto", "cpu", "gpu")
 MAX_TEXT_TOKENS = 512
 RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
-VAE_BYTES_PER_PIXEL_BF16 = 2600  # VAE decoder peak activations, one image at a time (calibrated on an H100 at 1024²)
+# VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
+# (BENCHMARKS.md): the lean decoder (lean_vae.py) 1.76 GiB -> 1900 B/px with 5% margin; tiled decode
+# 0.6 GiB (one 512² tile plus the whole image's blending) -> 2600 B per pixel of a tile.
+VAE_BYTES_PER_PIXEL_BF16 = 1900
+VAE_TILE_BYTES_PER_PIXEL_BF16 = 2600
 VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
 TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
@@ -129,7 +133,7 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int):
     act_te = w.batch * MAX_TEXT_TOKENS * s.text_hidden * bpe * TRANSFORMER_ACT_FACTOR
     block = s.transformer_block_params * bpe
     non_block = T - s.transformer_blocks * block
-    act_tile = min(act_v, VAE_TILE * VAE_TILE * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2)
+    act_tile = min(act_v, VAE_TILE * VAE_TILE * VAE_TILE_BYTES_PER_PIXEL_BF16 * bpe // 2)
     yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te)
     yield "resident", ("gpu", "gpu", "cpu", "cpu", False), T + V, max(act_t, act_v)
     if act_tile < act_v:  # tiled VAE decode: a little slower, much less memory at large sizes
