@@ -28,7 +28,7 @@ def _prompts(path, n, size="64x64"):
 
 def _args(prompts, out, **kw):
     return Namespace(prompts=str(prompts), out=str(out), model="tiny", size="64x64", steps=8, seed=0, batch_size=4,
-                     gpus="1", format="png", policy="auto", **kw)
+                     gpus="1", format="png", policy="auto", compile=True, fp8=False, **kw)
 
 
 def _check_output(out, expected: int):
@@ -131,3 +131,12 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{n - done} to generate" in r.stderr or f"{n - done + 1} to generate" in r.stderr
     _check_output(out, n)
+
+
+def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():
+    from zimage_serve.cli import _parser
+
+    args = _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o"])
+    assert args.compile is True and args.fp8 is False
+    args = _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o", "--no-compile", "--fp8"])
+    assert args.compile is False and args.fp8 is True

@@ -60,14 +60,18 @@ def _objects(arrays: list) -> np.ndarray:
 class GenerateStage:
     """Ray Data GPU stage: embeddings -> images written atomically into the output directory."""
 
-    def __init__(self, model: str, out_dir: str, fmt: str, batch_size: int, policy: str, max_side: int):
+    def __init__(self, model: str, out_dir: str, fmt: str, batch_size: int, policy: str, max_side: int,
+                 compile: bool = True, fp8: bool = False):
+        from .config import environment
         from .engine import Engine, plan_for_this_machine
         from .planner import Workload
         from .sources import resolve
 
         source = resolve(model)
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
-        self.engine = Engine.load(source, plan, with_text_encoder=False)  # batches of at most plan.workload.batch
+        speedups = {"compile": compile, "fp8": fp8, "cache_dir": str(environment().cache_dir / "compile")}  # GPU only
+        # batches of at most plan.workload.batch
+        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups=speedups)
         self.engine.set_progress(False)
         self.out = OutputDir(out_dir)
         self.fmt = fmt
@@ -151,7 +155,7 @@ def run(args) -> int:
     ds = ds.map_batches(EncodeStage, fn_constructor_args=(model,), batch_size=8, concurrency=1, num_cpus=1,
                         batch_format="numpy")
     ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, str(out.path), args.format, args.batch_size,
-                                                            args.policy, max_side),
+                                                            args.policy, max_side, args.compile, args.fp8),
                         batch_size=args.batch_size, concurrency=concurrency, num_gpus=gpus_per_actor,
                         num_cpus=1, batch_format="numpy")
     t0 = time.perf_counter()
