@@ -84,8 +84,12 @@ class Engine:
         if speedups and engine.device.type == "cuda":
             from .accel import accelerate
 
-            resident = plan.transformer == "gpu"  # fusing rewrites weights, which offload hooks hold copies of
-            engine.speedups = accelerate(engine.pipe.transformer, **{**speedups, "fuse": speedups.get("fuse", True) and resident})
+            speedups = dict(speedups)
+            if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
+                if speedups.get("fp8"):
+                    log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
+                speedups.update(fuse=False, fp8=False)
+            engine.speedups = accelerate(engine.pipe.transformer, **speedups)
         return engine
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2) -> float:
