@@ -39,7 +39,8 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
                fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
 
-    ``fuse`` needs a resident transformer (all weights on the GPU, no offload hooks)."""
+    ``fuse`` needs a resident transformer (all weights on the GPU, no offload hooks). ``cache_dir``
+    defaults to ZIMAGE_CACHE_DIR/compile."""
     applied = {}
     if fuse:
         from .fusion import fuse_projections
@@ -51,8 +52,9 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
     if fp8:
         applied["fp8_linear_layers"] = quantize_fp8(transformer)
     if compile:
-        if cache_dir:
-            use_compile_cache(cache_dir)
+        from .config import environment
+
+        use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"

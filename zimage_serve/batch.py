@@ -62,16 +62,14 @@ class GenerateStage:
 
     def __init__(self, model: str, out_dir: str, fmt: str, batch_size: int, policy: str, max_side: int,
                  compile: bool = True, fp8: bool = False):
-        from .config import environment
         from .engine import Engine, plan_for_this_machine
         from .planner import Workload
         from .sources import resolve
 
         source = resolve(model)
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
-        speedups = {"compile": compile, "fp8": fp8, "cache_dir": str(environment().cache_dir / "compile")}  # GPU only
-        # batches of at most plan.workload.batch
-        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups=speedups)
+        # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
+        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8})
         self.engine.set_progress(False)
         self.out = OutputDir(out_dir)
         self.fmt = fmt

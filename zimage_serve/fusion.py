@@ -16,6 +16,8 @@ Results equal the unfused model's up to float rounding (tested on the tiny model
 from __future__ import annotations
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_z_image import FeedForward, ZSingleStreamAttnProcessor
 from torch import nn
 from torch.nn import functional as F
 
@@ -34,8 +36,6 @@ class FusedAttnProcessor:
     _parallel_config = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         query, key, value = attn.to_qkv(hidden_states).unflatten(-1, (3, attn.heads, -1)).unbind(-3)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
@@ -84,8 +84,6 @@ def fuse_projections(transformer: nn.Module) -> int:
     """Fuse every Z-Image block of ``transformer`` in place; returns how many blocks were fused.
 
     Call on a resident model (weights on one device, no offload hooks), before compiling or quantizing."""
-    from diffusers.models.transformers.transformer_z_image import FeedForward, ZSingleStreamAttnProcessor
-
     count = 0
     for block in transformer.modules():
         attn, ff = getattr(block, "attention", None), getattr(block, "feed_forward", None)

@@ -45,10 +45,8 @@ class GeneratorDeployment:
             source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
             workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
             plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
-            from .config import environment
-
             speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
-                        "fuse": opts.fuse_projections, "cache_dir": str(environment().cache_dir / "compile")}
+                        "fuse": opts.fuse_projections}
             self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
             if opts.vae_tiling:
