@@ -41,6 +41,9 @@ def test_generate_returns_the_stock_image_as_png(app_url, stock_pipe):
     r = httpx.post(f"{app_url}/generate", json={"prompt": "a blue boat", "width": 96, "height": 64, "seed": 3}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png" and r.headers["x-seed"] == "3"
+    stages = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert {"queue", "denoise", "decode", "image_encode", "generator", "ingress"} <= set(stages)
+    assert float(stages["generator"]) <= float(stages["ingress"]) and float(stages["denoise"]) > 0
     assert max_pixel_diff(_png(r.content), stock_image(stock_pipe, "a blue boat", 3, 96, 64)) <= 1
 
 

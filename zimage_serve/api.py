@@ -162,6 +162,6 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed"])
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
     app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes)
     return app

@@ -97,12 +97,16 @@ class GeneratorDeployment:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _generate_batch(self, items: list[tuple]) -> list[dict]:
         start = time.time()
-        for _, _, params in items:
-            metrics.observe_stage("queue", max(0.0, start - params.get("enqueued_at", start)))
+        queued = [max(0.0, start - params.get("enqueued_at", start)) for _, _, params in items]
+        for q in queued:
+            metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._on_gpu, items)
         self.batches.append(len(items))
         del self.batches[:-1000]
-        return await asyncio.to_thread(self._encode_images, items, result)
+        out = await asyncio.to_thread(self._encode_images, items, result)
+        for o, q in zip(out, queued):  # what the ingress reports in its Server-Timing header
+            o["seconds"].update(queue=q, generator=time.time() - start)
+        return out
 
     def _on_gpu(self, items: list[tuple]):
         with self._gpu:
@@ -115,7 +119,9 @@ class GeneratorDeployment:
         for embeds, _, p in items:
             if embeds is None:
                 texts += [p["prompt"]] + ([p.get("negative_prompt") or ""] if p["guidance_scale"] > 0 else [])
+        t0 = time.perf_counter()
         encoded = iter(self.engine.encode(texts) if texts else [])
+        encode_s = time.perf_counter() - t0
         jobs = []
         for embeds, negative, p in items:
             if embeds is None:
@@ -123,7 +129,10 @@ class GeneratorDeployment:
                 negative = next(encoded) if p["guidance_scale"] > 0 else None
             jobs.append(Job(embeds=embeds, seed=p["seed"], width=p["width"], height=p["height"], steps=p["steps"],
                             guidance_scale=p["guidance_scale"], negative_embeds=negative))
-        return self._generate_with_oom_fallback(jobs)
+        result = self._generate_with_oom_fallback(jobs)
+        if texts:
+            result.seconds["text_encode"] = encode_s
+        return result
 
     def _encode_images(self, items: list[tuple], result) -> list[dict]:
         from .imaging import encode_image

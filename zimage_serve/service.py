@@ -63,6 +63,14 @@ Generate = Callable[[Any, Any, dict], Awaitable[dict]]
 Encode = Callable[[str], Any]
 
 
+def server_timing(seconds: dict) -> str:
+    """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: queue (admitted
+    at the ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the
+    GPU), denoise and decode (the batch's), image_encode, generator (the batch, start to end) and ingress
+    (this request at the ingress, start to end)."""
+    return ", ".join(f"{name};dur={1000 * s:.1f}" for name, s in seconds.items())
+
+
 class ImageService:
     def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool]):
@@ -226,9 +234,12 @@ class ImageService:
         ).model_dump(exclude_none=True)
 
     async def generate(self, body: Any) -> tuple[bytes, dict]:
+        start = time.perf_counter()
         req, params = self.parse_generate(body)
         (result,) = await self._images(params, 1)
-        return result["image"], {"content-type": MEDIA_TYPES[req.output_format], "x-seed": str(result["seed"])}
+        timing = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
+        return result["image"], {"content-type": MEDIA_TYPES[req.output_format], "x-seed": str(result["seed"]),
+                                 "server-timing": server_timing(timing)}
 
     async def readiness(self) -> tuple[bool, dict]:
         """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images."""
