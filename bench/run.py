@@ -8,6 +8,7 @@ well under 10 minutes and writes $OUT/<step>.json:
     python bench/run.py coldstart                # process start to first image
     python bench/run.py http_gpu http http_fp8   # the Serve app over HTTP (p50, throughput)
     python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
+    python bench/run.py graphs                   # CUDA graphs over the compiled block stacks
     python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
 Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
@@ -73,14 +74,14 @@ def stock():
     save("stock", rows=rows)
 
 
-def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4, fuse=True):
+def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4, fuse=True, cuda_graphs=False):
     from zimage_serve.engine import Engine, plan_for_this_machine
     from zimage_serve.planner import Workload
     from zimage_serve.sources import resolve
 
     source = resolve(str(CKPT))
     plan = plan_for_this_machine(source, Workload(SIZE, SIZE, batch), policy, encode_on)
-    engine = Engine.load(source, plan, speedups={"compile": compile, "fp8": fp8, "fuse": fuse,
+    engine = Engine.load(source, plan, speedups={"compile": compile, "fp8": fp8, "fuse": fuse, "cuda_graphs": cuda_graphs,
                                                  "cache_dir": os.environ["ZIMAGE_CACHE_DIR"] + "/compile"})
     engine.set_progress(False)
     return engine
@@ -208,6 +209,57 @@ def fusion():
     if os.environ.get("BENCH_AUTOTUNE", "1") == "1":
         compiled("autotune_", "fused_autotune_denoise_s", compile_mode="max-autotune-no-cudagraphs")
         save("fusion", **out)
+
+
+def _gil_hog(stop):
+    """A Python thread that keeps asking for the GIL, as a Serve replica's event loop and Ray's threads do."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+
+
+def graphs():
+    """CUDA graphs over the compiled, fused block stacks (graphs.py) against the same model without,
+    in one process: denoise, the same with a GIL-hungry Python thread running, GPU idle per denoise,
+    and the image difference."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from zimage_serve.engine import Job
+    from zimage_serve.graphs import use_cuda_graphs
+
+    engine = _engine(compile=True, batch=1)
+    embeds = engine.encode([PROMPT])[0]
+    image = lambda: np.asarray(engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0], dtype=np.float32)
+    out = {}
+
+    def measure(prefix):
+        _latents(engine, embeds)
+        out[f"{prefix}denoise_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+        stop = threading.Event()
+        hog = threading.Thread(target=_gil_hog, args=(stop,), daemon=True)
+        hog.start()
+        out[f"{prefix}denoise_with_gil_thread_s"] = round(timed(lambda: _latents(engine, embeds)), 3)
+        stop.set()
+        hog.join()
+        out[f"{prefix}profile"] = _safe(_profile_step, engine, embeds)
+
+    measure("")
+    ref = image()
+    t = time.time()
+    out["graphed_blocks"] = use_cuda_graphs(engine.pipe.transformer)
+    _latents(engine, embeds)
+    out["capture_first_call_s"] = round(time.time() - t, 2)
+    measure("graphs_")
+    got = image()
+    out["graphs_vs_none_mean_abs_pixel_diff"] = round(float(np.abs(got - ref).mean()), 4)
+    out["graphs_vs_none_max_abs_pixel_diff"] = int(np.abs(got - ref).max())
+    out["captures"] = sum(getattr(engine.pipe.transformer, n).captures for n in ("noise_refiner", "context_refiner", "layers"))
+    out["speedup"] = round(out["denoise_s"] / out["graphs_denoise_s"], 3)
+    out["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    save("graphs", **out)
 
 
 def engine_gpu():
@@ -396,32 +448,47 @@ def overhead():
     from zimage_serve.imaging import encode_image
 
     config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}", "encoder": {"num_cpus": 1, "cache_size": 0},
-              "generator": {"num_gpus": 1, "encode_on": "gpu", "max_batch_size": 4, "max_ongoing_requests": 8}}
-    engine = _engine(encode_on="gpu", compile=True, batch=1)  # first: a replica's allocator keeps what it touched
+              "generator": {"num_gpus": 1, "encode_on": "gpu", "max_batch_size": 4, "max_ongoing_requests": 8,
+                            "num_cpus": float(os.environ.get("BENCH_GENERATOR_CPUS", 1))}}
+    engine = _engine(encode_on="gpu", compile=True, batch=1, cuda_graphs=True)  # first: a replica's allocator keeps what it touched
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
 
+    stages_local, stages_http = [], []
+
     def in_process(i):
-        return encode_image(engine.generate([Job(engine.encode([f"{PROMPT} #{i} {time.time()}"])[0], i, SIZE, SIZE)]).images[0], "png", 1)
+        t0 = time.perf_counter()
+        embeds = engine.encode([f"{PROMPT} #{i} {time.time()}"])[0]
+        t1 = time.perf_counter()
+        result = engine.generate([Job(embeds, i, SIZE, SIZE)])
+        t2 = time.perf_counter()
+        encode_image(result.images[0], "png", 1)
+        stages_local.append({"text_encode": t1 - t0, **result.seconds, "image_encode": time.perf_counter() - t2})
 
     def over_http(i):
         body = json.dumps({"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i}).encode()
         req = urllib.request.Request("http://127.0.0.1:8000/generate", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=600) as r:
-            return r.read()
+            r.read()
+            timing = r.headers["Server-Timing"]
+        stages_http.append({k: float(v) / 1000 for k, v in (part.split(";dur=") for part in timing.split(", "))})
 
     for i in range(3):
         in_process(i), over_http(i)
+    stages_local.clear(), stages_http.clear()
     local, remote = [], []
     for i in range(15):
         local.append(_t(lambda: in_process(100 + i)))
         remote.append(_t(lambda: over_http(100 + i)))
+        stages_http[-1]["client"] = remote[-1]
     p50_local, p50_http = statistics.median(local), statistics.median(remote)
+    median = lambda rows: {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}
     save("overhead", in_process_p50_s=round(p50_local, 3), http_p50_s=round(p50_http, 3),
          overhead_ratio=round(p50_http / p50_local - 1, 4), in_process=[round(x, 3) for x in local],
-         http=[round(x, 3) for x in remote])
+         http=[round(x, 3) for x in remote], in_process_stages_p50_s=median(stages_local),
+         http_stages_p50_s=median(stages_http), generator_num_cpus=config["generator"].get("num_cpus", 1))
     serve.shutdown()
     ray.shutdown()
 
@@ -541,7 +608,7 @@ def probe():
     save("probe", **out)
 
 
-STEPS = {"overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+STEPS = {"graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 

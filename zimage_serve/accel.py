@@ -36,11 +36,12 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
 
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
-               fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None) -> dict:
+               fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None,
+               cuda_graphs: bool = False) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
 
-    ``fuse`` needs a resident transformer (all weights on the GPU, no offload hooks). ``cache_dir``
-    defaults to ZIMAGE_CACHE_DIR/compile."""
+    ``fuse`` and ``cuda_graphs`` need a resident transformer (all weights on the GPU, no offload hooks).
+    ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile."""
     applied = {}
     if fuse:
         from .fusion import fuse_projections
@@ -58,5 +59,9 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"
+    if cuda_graphs:
+        from .graphs import use_cuda_graphs
+
+        applied["cuda_graph_blocks"] = use_cuda_graphs(transformer)
     log.info("transformer speed-ups: %s", applied or "none")
     return applied

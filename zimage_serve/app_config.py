@@ -53,6 +53,7 @@ class GeneratorOptions(_Strict):
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
     compile: bool = Field(True, description="Regional torch.compile of the transformer on GPU (cached on disk).")
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
+    cuda_graphs: bool = Field(True, description="On a resident GPU plan with memory to spare: each block stack replays as a CUDA graph per shape.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
     fp8: bool = Field(False, description="FP8 (e4m3, rowwise scales) matmuls in the wide Linear layers (Ada/Hopper); faster, different images.")
     vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")

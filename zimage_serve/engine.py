@@ -21,6 +21,9 @@ from .planner import Plan, Workload, make_plan
 from .sources import ModelSource
 
 log = logging.getLogger("zimage_serve")
+# CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
+# activations apart from the rest: a plan needs this much headroom, plus its activations, to use them.
+GRAPH_HEADROOM_GIB = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,17 +91,24 @@ class Engine:
             if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
                 if speedups.get("fp8"):
                     log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
-                speedups.update(fuse=False, fp8=False)
+                speedups.update(fuse=False, fp8=False, cuda_graphs=False)
+            headroom = (plan.budget_gib or 0) - plan.peak_gib
+            if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
+                log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
+                speedups["cuda_graphs"] = False
             engine.speedups = accelerate(engine.pipe.transformer, **speedups)
         return engine
 
-    def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2) -> float:
-        """Run the model once per batch size (compiles, autotunes, fills caches); returns seconds."""
+    def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
+        """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs);
+        returns seconds. Two prompt lengths make torch.compile build its dynamic-shape kernels here, not on
+        the first request whose prompt length differs."""
         t0 = time.perf_counter()
         hidden = self.pipe.transformer.config.cap_feat_dim
         for n in batch_sizes:
-            embeds = torch.zeros(16, hidden)
-            self.generate([Job(embeds, seed=i, width=width, height=height, steps=steps) for i in range(n)])
+            for tokens in caption_tokens:
+                embeds = torch.zeros(tokens, hidden)
+                self.generate([Job(embeds, seed=i, width=width, height=height, steps=steps) for i in range(n)])
         return time.perf_counter() - t0
 
     @property

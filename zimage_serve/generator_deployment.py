@@ -46,7 +46,7 @@ class GeneratorDeployment:
             workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
             plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
             speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
-                        "fuse": opts.fuse_projections}
+                        "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
             self.engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
             self.engine.set_progress(False)
             if opts.vae_tiling:
