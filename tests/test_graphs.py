@@ -25,6 +25,7 @@ def test_graphed_stacks_give_the_same_output(transformer, fuse, caption_tokens):
     blocks = sum(len(getattr(transformer, name)) for name in STACKS)
     assert use_cuda_graphs(graphed) == blocks
     assert all(isinstance(getattr(graphed, name), GraphedBlocks) for name in STACKS)
+    assert not isinstance(graphed.context_refiner, GraphedBlocks)
     torch.testing.assert_close(_forward(graphed, caption_tokens=caption_tokens),
                                _forward(reference, caption_tokens=caption_tokens), rtol=0, atol=0)
 
