@@ -74,3 +74,15 @@ def test_without_text_encoder_needs_embeddings(tiny_source):
         engine.encode(["a cat"])
     emb = torch.randn(5, 32)
     assert engine.generate([Job(emb, seed=1, width=64, height=64)]).images[0].size == (64, 64)
+
+
+def test_images_are_converted_like_diffusers_postprocess():
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    from zimage_serve.engine import _to_pil
+
+    for dtype in (torch.float32, torch.bfloat16):
+        decoded = (torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(0)) * 1.3).to(dtype)
+        expected = VaeImageProcessor(vae_scale_factor=16).postprocess(decoded, output_type="pil")[0]
+        assert np.array_equal(np.asarray(_to_pil(decoded)), np.asarray(expected))
