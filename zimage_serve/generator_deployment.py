@@ -1,8 +1,9 @@
 """Generator: one GPU per replica, the engine loaded with the staging plan for that GPU.
 
-Concurrent calls are grouped by ``@serve.batch``; the engine puts images of the same shape and
-steps into one transformer batch, each with its own seed. Images are encoded (PNG/JPEG/WebP) here,
-on the replica, so only compressed bytes travel back. A model that can't load leaves the replica
+Concurrent calls are grouped by ``@serve.batch``, one batch at a time, formed when the GPU is free;
+the engine puts images of the same shape and steps into one transformer batch, each with its own
+seed. Each image is encoded (PNG/JPEG/WebP) here, on the replica, after its batch and while the next
+one runs, so only compressed bytes travel back. A model that can't load leaves the replica
 alive and not ready, with the reason, rather than crash-looping.
 """
 
@@ -91,22 +92,28 @@ class GeneratorDeployment:
         or are None with ``params["prompt"]`` set when this replica encodes on its GPU."""
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
-        return await self._generate_batch((embeds, negative_embeds, params))
+        start = time.time()
+        image, seconds = await self._generate_batch((embeds, negative_embeds, params))
+        # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
+        t0 = time.perf_counter()
+        data = await asyncio.to_thread(self._encode_image, image, params)
+        seconds["image_encode"] = time.perf_counter() - t0
+        metrics.observe_stage("image_encode", seconds["image_encode"])
+        seconds["generator"] = time.time() - start  # what the ingress reports in its Server-Timing header
+        return {"image": data, "seed": params["seed"], "batch_size": seconds.pop("batch_size"), "seconds": seconds}
 
-    # Two batches may be in flight: while one encodes its images (CPU), the next runs on the GPU.
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
-    async def _generate_batch(self, items: list[tuple]) -> list[dict]:
+    # One batch at a time: a batch forms when the GPU is free, from everything queued by then.
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=1)
+    async def _generate_batch(self, items: list[tuple]) -> list[tuple]:
+        """(PIL image, seconds) per item: the GPU part (prompt encoding on plans that do it there, denoise, decode)."""
         start = time.time()
         queued = [max(0.0, start - params.get("enqueued_at", start)) for _, _, params in items]
         for q in queued:
             metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._on_gpu, items)
-        self.batches.append(len(items))
-        del self.batches[:-1000]
-        out = await asyncio.to_thread(self._encode_images, items, result)
-        for o, q in zip(out, queued):  # what the ingress reports in its Server-Timing header
-            o["seconds"].update(queue=q, generator=time.time() - start)
-        return out
+        self._record_batch(result, len(items))
+        return [(image, {**result.seconds, "queue": q, "batch_size": len(items)})
+                for image, q in zip(result.images, queued)]
 
     def _on_gpu(self, items: list[tuple]):
         with self._gpu:
@@ -134,29 +141,22 @@ class GeneratorDeployment:
             result.seconds["text_encode"] = encode_s
         return result
 
-    def _encode_images(self, items: list[tuple], result) -> list[dict]:
+    def _encode_image(self, image, params: dict) -> bytes:
         from .imaging import encode_image
 
-        engine = self.engine
-        t0 = time.perf_counter()
-        out = []
-        for (_, _, p), image in zip(items, result.images):
-            data = encode_image(image, p["output_format"], self.config.png_compress_level, p.get("quality"))
-            out.append({"image": data, "seed": p["seed"], "batch_size": len(items),
-                        "seconds": dict(result.seconds)})
-        encode_s = time.perf_counter() - t0
+        return encode_image(image, params["output_format"], self.config.png_compress_level, params.get("quality"))
+
+    def _record_batch(self, result, size: int) -> None:
+        self.batches.append(size)
+        del self.batches[:-1000]
         metrics.observe_stage("denoise", result.seconds["denoise"])
         metrics.observe_stage("decode", result.seconds["decode"])
-        metrics.observe_stage("image_encode", encode_s)
-        metrics.observe_batch("generate", len(items))
-        metrics.count_images(engine.source.spec, len(items))
-        if engine.device.type == "cuda":
+        metrics.observe_batch("generate", size)
+        metrics.count_images(self.engine.source.spec, size)
+        if self.engine.device.type == "cuda":
             import torch
 
-            metrics.set_peak_vram(torch.cuda.max_memory_allocated(engine.device))
-        for o in out:
-            o["seconds"]["image_encode"] = encode_s
-        return out
+            metrics.set_peak_vram(torch.cuda.max_memory_allocated(self.engine.device))
 
     def _engine_generate(self, jobs):
         import torch
