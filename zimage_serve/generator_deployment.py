@@ -1,6 +1,6 @@
 """Generator: one GPU per replica, the engine loaded with the staging plan for that GPU.
 
-Concurrent calls are grouped by ``@serve.batch``, one batch at a time, formed when the GPU is free;
+Concurrent calls are grouped by batcher.GpuBatcher, one batch at a time, formed when the GPU is free;
 the engine puts images of the same shape and steps into one transformer batch, each with its own
 seed. Each image is encoded (PNG/JPEG/WebP) here, on the replica, after its batch and while the next
 one runs, so only compressed bytes travel back. A model that can't load leaves the replica
@@ -19,6 +19,7 @@ from ray import serve
 
 from . import metrics
 from .app_config import AppConfig
+from .batcher import GpuBatcher
 from .errors import NotReady, Overloaded, ZImageError
 
 log = logging.getLogger("zimage_serve")
@@ -38,8 +39,7 @@ class GeneratorDeployment:
         self.engine, self.reason, self.batches = None, None, []
         self._gpu = threading.Lock()
         self._inject_oom = opts.inject_oom
-        self._generate_batch.set_max_batch_size(opts.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+        self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         device = None if opts.device == "auto" else opts.device
         try:
             t0 = time.perf_counter()
@@ -93,7 +93,7 @@ class GeneratorDeployment:
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         start = time.time()
-        image, seconds = await self._generate_batch((embeds, negative_embeds, params))
+        image, seconds = await self._batcher.submit((embeds, negative_embeds, params))
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
         t0 = time.perf_counter()
         data = await asyncio.to_thread(self._encode_image, image, params)
@@ -102,8 +102,6 @@ class GeneratorDeployment:
         seconds["generator"] = time.time() - start  # what the ingress reports in its Server-Timing header
         return {"image": data, "seed": params["seed"], "batch_size": seconds.pop("batch_size"), "seconds": seconds}
 
-    # One batch at a time: a batch forms when the GPU is free, from everything queued by then.
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=1)
     async def _generate_batch(self, items: list[tuple]) -> list[tuple]:
         """(PIL image, seconds) per item: the GPU part (prompt encoding on plans that do it there, denoise, decode)."""
         start = time.time()
