@@ -271,6 +271,41 @@ def graphs():
     save("graphs", **out)
 
 
+def decode():
+    """VAE decode at 1024² (lean decoder, bf16): cuDNN's heuristic conv algorithms against benchmarked ones
+    (torch.backends.cudnn.benchmark), their pixel difference; diffusers' postprocess against engine._to_pil."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from diffusers.image_processor import VaeImageProcessor
+
+    from zimage_serve.engine import _to_pil
+    from zimage_serve.lean_vae import lean_decoder
+
+    vae = AutoencoderKL.from_pretrained(CKPT, subfolder="vae", dtype=torch.bfloat16).to("cuda").eval()
+    lean_decoder(vae)
+    z = torch.randn(1, vae.config.latent_channels, SIZE // 8, SIZE // 8, device="cuda", dtype=torch.bfloat16,
+                    generator=torch.Generator("cuda").manual_seed(0))
+    out = {}
+    with torch.inference_mode():
+        run = lambda: vae.decode(z, return_dict=False)[0]
+        out["decode_s"] = round(timed(run), 4)
+        default = run()
+        torch.backends.cudnn.benchmark = True
+        t = time.time()
+        run()
+        out["benchmark_first_call_s"] = round(time.time() - t, 2)
+        out["decode_cudnn_benchmark_s"] = round(timed(run), 4)
+        tuned = run()
+        torch.backends.cudnn.benchmark = False
+        a, b = (np.asarray(_to_pil(x), dtype=np.int16) for x in (default, tuned))
+        out["benchmark_vs_default_max_abs_pixel_diff"] = int(np.abs(a - b).max())
+        processor = VaeImageProcessor(vae_scale_factor=16)
+        out["diffusers_postprocess_s"] = round(timed(lambda: processor.postprocess(default, output_type="pil")), 4)
+        out["to_pil_on_gpu_s"] = round(timed(lambda: _to_pil(default)), 4)
+    save("decode", **out)
+
+
 def engine_gpu():
     """In-process end to end with the text encoder on the GPU (the same placement as http_gpu)."""
     import torch
@@ -617,7 +652,7 @@ def probe():
     save("probe", **out)
 
 
-STEPS = {"graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+STEPS = {"decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
