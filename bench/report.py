@@ -43,7 +43,8 @@ def summarize(s: dict) -> dict:
         "engine": {
             "denoise_s": eng["denoise_s"], "eager_denoise_s": eng["eager_denoise_s"],
             "denoise_fp8_s": fp8["fp8_denoise_s"],
-            "e2e_s": gpu_e2e, "e2e_cpu_text_encoder_s": eng["e2e_s"], "generate_s": eng["generate_s"],
+            "e2e_s": ov["in_process_p50_s"], "e2e_s_engine_gpu_step": gpu_e2e,
+            "e2e_cpu_text_encoder_s": eng["e2e_s"], "generate_s": eng["generate_s"],
             "cold_start_s": cold["eager"]["first_image_s"],
             "cold_start_our_dependencies_only_s": cold["eager_our_dependencies_only"]["first_image_s"],
             "cold_start_compiled_s": cold["compile_warm_cache"]["first_image_s"],
@@ -75,6 +76,7 @@ def summarize(s: dict) -> dict:
             "throughput_img_s": http_fp8["throughput_img_s"], "p50_cpu_text_encoder_s": http_fp8["p50_s"],
             "throughput_gpu_text_encoder_img_s": http_gpu_fp8["throughput_img_s"],
         },
+        "decode": {k: v for k, v in s["decode"].items() if k not in ("step", "_run")},
         "cuda_graphs": {k: s["graphs"][k] for k in ("denoise_s", "graphs_denoise_s", "speedup", "denoise_512_s",
                                                      "graphs_denoise_512_s", "speedup_512", "graphs_vs_none_max_abs_pixel_diff",
                                                      "denoise_while_pillow_png_s", "denoise_while_ours_png_s")},
@@ -106,7 +108,7 @@ def summarize(s: dict) -> dict:
         "ratios_vs_stock": {
             "denoise_speedup": round(stock_denoise / eng["denoise_s"], 2),
             "denoise_speedup_fp8": round(stock_denoise / fp8["fp8_denoise_s"], 2),
-            "e2e_speedup": round(stock_e2e / gpu_e2e, 2),
+            "e2e_speedup": round(stock_e2e / ov["in_process_p50_s"], 2),
             "http_p50_vs_stock_e2e": round(http_gpu["p50_s"] / stock_e2e, 2),
             "throughput_ratio": round(http["throughput_img_s"] / stock_tput, 2),
             "throughput_ratio_fp8": round(http_fp8["throughput_img_s"] / stock_tput, 2),
@@ -116,6 +118,10 @@ def summarize(s: dict) -> dict:
         "serve_batch_run17": s["_serve_batch"],
         "sources": {k: v["_run"] for k, v in s.items() if not k.startswith("_")},
     }
+
+
+def _stages(seconds: dict) -> str:
+    return ", ".join(f"{name} {value:.3f} s" for name, value in seconds.items())
 
 
 def _met(ok: bool) -> str:
@@ -160,6 +166,7 @@ python3 bench/run.py build graphs overhead          # run15: overhead with Serve
 python3 bench/run.py build graphs http_gpu_fp8 http # run16: graphs at 512², FP8 HTTP p50 (GPU encoding)
 python3 bench/run.py build http_fp8 http            # run17: serve.batch made batches of 1 under load
 python3 bench/run.py build http_fp8 http            # run18: throughput with batcher.GpuBatcher
+python3 bench/run.py build decode overhead          # run19: VAE decode variants; overhead after all changes
 python3 bench/report.py                             # here
 ```
 
@@ -174,14 +181,14 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 |---|---|---|---|---|---|
 | denoise, 8 steps, bf16 (fused projections + regional compile, the default) | {e['denoise_s']} s | {st['denoise_s']} s | {r['denoise_speedup']}x faster | <= 0.65 s | {_met(e['denoise_s'] <= 0.65)} |
 | denoise, 8 steps, FP8 (opt-in `generator.fp8`) | {f['fp8_denoise_s']} s ({f['denoise_speedup']}x the bf16 {f['bf16_denoise_s']} s of its run) | {st['denoise_s']} s | {r['denoise_speedup_fp8']}x faster | <= 0.65 s | {_met(f['fp8_denoise_s'] <= 0.65)} (FP8 only) |
-| end to end in-process, one image (encode on GPU + denoise + decode + PNG) | {e['e2e_s']} s | {st['e2e_s']} s (no PNG) | {r['e2e_speedup']}x faster | | |
+| end to end in-process, one image (encode on GPU + denoise + decode + PNG, {src['overhead']}) | {e['e2e_s']} s | {st['e2e_s']} s (no PNG) | {r['e2e_speedup']}x faster | | |
 | end to end in-process, prompt encoded on the CPU (16 threads) | {e['e2e_cpu_text_encoder_s']} s | | | | |
 | HTTP p50 / p95, one request in flight, prompt never cached, encode on GPU, PNG ({src['overhead']}) | {h['p50_s']} / {h['p95_s']} s | {st['e2e_s']} s | {r['http_p50_vs_stock_e2e']}x the stock time | p50 <= 0.80 s | {_met(h['p50_s'] <= 0.8)} |
 | same, JPEG (`output_format: jpeg`, {src['http_gpu']}, before the parallel PNG and graphs) | {h['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h['p50_jpeg_s'] <= 0.8)} |
 | same with FP8: PNG / JPEG ({src['http_gpu_fp8']}) | {h8['p50_s']} / {h8['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h8['p50_s'] <= 0.8)} (PNG), {_met(h8['p50_jpeg_s'] <= 0.8)} (FP8 + JPEG) |
 | HTTP p50 / p95, prompts encoded by the CPU encoders (8 threads, bf16, {src['http']}) | {h['p50_cpu_text_encoder_s']} / {h['p95_cpu_text_encoder_s']} s | | | | |
 | serving overhead: HTTP p50 over in-process p50, interleaved on one GPU ({src['overhead']}) | {overhead} % ({h['overhead_interleaved']['http_p50_s']} vs {h['overhead_interleaved']['in_process_p50_s']} s) | | | <= 5 % | {_met(h['overhead_ratio'] <= 1.05)} |
-| same, measured one after the other in one run ({src['http_gpu']}) | {seq_overhead} % | | | <= 5 % | {_met(h['overhead_ratio_sequential_same_run'] <= 1.05)} |
+| same, measured one after the other in one run ({src['http_gpu']}, before this session's changes) | {seq_overhead} % | | | <= 5 % | {_met(h['overhead_ratio_sequential_same_run'] <= 1.05)} |
 | throughput at saturation, 16 clients, CPU encoders, bf16 ({src['http']}) | {h['throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
 | same with FP8 ({src['http_fp8']}) | {h8['throughput_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
 | cold start: process start to first image, fp32 hub layout, page cache warm, eager | {e['cold_start_s']} s | {st['load_s']} s to load alone | {r['cold_start_vs_stock_load']}x | <= 20 s | {_met(e['cold_start_s'] <= 20)} |
@@ -198,10 +205,13 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 ## Where the gains come from
 
 - **Serving path ({src['overhead']}, `Server-Timing` of /generate, medians of 15 interleaved requests)**: over HTTP
-  {h['stages_p50_s']}; in-process {h['in_process_stages_p50_s']}. "generator" is the replica's part
+  {_stages(h['stages_p50_s'])}; in-process {_stages(h['in_process_stages_p50_s'])}. "generator" is the replica's part
   (batch start to encoded image), "ingress" adds the encoder/generator hops, "client" the proxy and HTTP.
   PNG encoding (`png.py`: numpy Up filter and zlib in parallel row bands, one joined zlib stream) takes
-  about 0.03 s where Pillow took 0.17 s ({src['engine']}, `png_s`); pixels become uint8 on the GPU.
+  about 0.03 s where Pillow took 0.17 s ({src['engine']}, `png_s`). Pixels become uint8 on the GPU
+  (`engine._to_pil`, diffusers' arithmetic): {s['decode']['to_pil_on_gpu_s']} s instead of {s['decode']['diffusers_postprocess_s']} s for diffusers'
+  postprocess ({src['decode']}). The VAE decode itself is {s['decode']['decode_s']} s; cuDNN benchmark mode changes nothing
+  ({s['decode']['decode_cudnn_benchmark_s']} s), so it stays off.
 - **Batching under load**: `@serve.batch` forms a batch before it waits for a free slot, so with a batch on
   the GPU each arrival became a batch of one (`bench/results/run17/http*.json`: batches of 1 and 2, bf16 {s['serve_batch_run17']['bf16']} img/s,
   FP8 {s['serve_batch_run17']['fp8']}). `batcher.GpuBatcher` forms the batch when the GPU is free: batches of 4 at saturation ({src['http']}).
@@ -265,9 +275,8 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   encoding on the GPU {h['stages_p50_s']['text_encode']} s (Qwen3-4B, eager: launch-bound), PNG {h['stages_p50_s']['image_encode']} s.
 - bf16 throughput {h['throughput_img_s']} img/s against 1.4 (FP8: {h8['throughput_img_s']}): one bf16 image costs about
   0.87 s of GPU time at batch 4 ({src['engine']}), so bf16 is bounded near 1.15 img/s.
-- Not re-measured after the last changes (no device time left): the interleaved overhead and the bf16 HTTP p50
-  ({src['overhead']}) were measured before the GPU-side uint8 conversion and `GpuBatcher`; FP8 p50
-  ({src['http_gpu_fp8']}) before `GpuBatcher` (one request in flight: the batcher changes nothing there).
+- FP8 p50 ({src['http_gpu_fp8']}) was measured before `GpuBatcher` and the GPU-side uint8 conversion (one
+  request in flight: the batcher changes nothing there; the conversion saves about 0.02 s); not re-measured.
 - Real-weight image quality of any mode; the multi-GPU figures of issue 7 (no machine with several GPUs
   was lent).
 """
