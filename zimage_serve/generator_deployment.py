@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 
 from ray import serve
@@ -37,7 +36,6 @@ class GeneratorDeployment:
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
-        self._gpu = threading.Lock()
         self._inject_oom = opts.inject_oom
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         device = None if opts.device == "auto" else opts.device
@@ -108,14 +106,10 @@ class GeneratorDeployment:
         queued = [max(0.0, start - params.get("enqueued_at", start)) for _, _, params in items]
         for q in queued:
             metrics.observe_stage("queue", q)
-        result = await asyncio.to_thread(self._on_gpu, items)
+        result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
         self._record_batch(result, len(items))
         return [(image, {**result.seconds, "queue": q, "batch_size": len(items)})
                 for image, q in zip(result.images, queued)]
-
-    def _on_gpu(self, items: list[tuple]):
-        with self._gpu:
-            return self._denoise(items)
 
     def _denoise(self, items: list[tuple]):
         from .engine import Job
