@@ -1,9 +1,11 @@
 """CUDA graphs for the Z-Image DiT's block stacks: each stack replays as one graph per input shape.
 
 A denoise step runs 34 blocks (2 noise refiners, 2 context refiners, 30 main layers). Compiled, each
-block is a few dozen kernels; launching them costs CPU time, and wherever the CPU falls behind
-(another thread holding the GIL in a Serve replica, Python between steps) the GPU idles. Replaying
-a captured graph launches a whole stack at once.
+block is a few dozen kernels; launching them costs CPU time, and wherever the CPU falls behind the
+GPU idles. Replaying a captured graph launches a whole stack at once. Measured on the H100
+(BENCHMARKS.md): 1.15x the denoise at 512², where a step is short; nothing at 1024², where the GPU is
+the bound. The cost is memory: at batch 4, 1024², a replica peaked 0.7 GiB over its plan's estimate
+(which is why Engine.load keeps them for plans with headroom).
 
 ``use_cuda_graphs(transformer)`` swaps each ``nn.ModuleList`` of blocks for a :class:`GraphedBlocks`
 holding the same modules (same names, same state dict). diffusers' forward iterates the list and
@@ -56,6 +58,11 @@ class GraphedBlocks(nn.ModuleList):
 
     def __iter__(self):
         return iter((self._run,))
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # ModuleList would build another GraphedBlocks with the wrong arguments
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return super().__getitem__(idx)
 
     def _eager(self, x: torch.Tensor, *rest) -> torch.Tensor:
         for block in self._modules.values():
