@@ -67,6 +67,7 @@ def summarize(s: dict) -> dict:
             "stages_p50_s": ov.get("http_stages_p50_s"), "in_process_stages_p50_s": ov.get("in_process_stages_p50_s"),
             "p50_cpu_text_encoder_s": http["p50_s"], "p95_cpu_text_encoder_s": http["p95_s"],
             "throughput_img_s": http["throughput_img_s"], "throughput_gpu_text_encoder_img_s": http_gpu["throughput_img_s"],
+            "replica_peak_gib": http["gpu"]["peak_allocated_gib"], "plan_peak_gib": http["plan"]["peak_gib"],
             "overhead_ratio": round(ov["http_p50_s"] / ov["in_process_p50_s"], 3),
             "overhead_interleaved": {"in_process_p50_s": ov["in_process_p50_s"], "http_p50_s": ov["http_p50_s"]},
             "overhead_ratio_sequential_same_run": round(http_gpu["p50_s"] / gpu_e2e, 3),
@@ -221,7 +222,10 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   change nothing ({s['cuda_graphs']['denoise_s']} -> {s['cuda_graphs']['graphs_denoise_s']} s); at 512² denoise goes
   {s['cuda_graphs']['denoise_512_s']} -> {s['cuda_graphs']['graphs_denoise_512_s']} s ({s['cuda_graphs']['speedup_512']}x). Another thread
   encoding PNGs meanwhile costs nothing measurable ({s['cuda_graphs']['denoise_while_pillow_png_s']} s with Pillow,
-  {s['cuda_graphs']['denoise_while_ours_png_s']} s with png.py). The context refiners stay eager (their capture failed, run14).
+  {s['cuda_graphs']['denoise_while_ours_png_s']} s with png.py). The context refiners stay eager (their capture failed inside
+  cuDNN's execution-plan finalize, run14). The cost is memory: the bf16 replica at batch 4 ({src['http']}) peaked at
+  {h['replica_peak_gib']} GiB allocated against its plan's {h['plan_peak_gib']} GiB estimate, so Engine.load uses graphs only
+  with 1 GiB + the plan's activations of headroom.
 
 - **Denoise, step by step ({src['fusion']}, one process)**: eager {d['eager_s']} s -> regional compile
   (`compile_repeated_blocks(fullgraph=True)` on the 34 repeated blocks: Inductor fuses RMSNorm, adaLN
