@@ -223,9 +223,9 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   {s['cuda_graphs']['denoise_512_s']} -> {s['cuda_graphs']['graphs_denoise_512_s']} s ({s['cuda_graphs']['speedup_512']}x). Another thread
   encoding PNGs meanwhile costs nothing measurable ({s['cuda_graphs']['denoise_while_pillow_png_s']} s with Pillow,
   {s['cuda_graphs']['denoise_while_ours_png_s']} s with png.py). The context refiners stay eager (their capture failed inside
-  cuDNN's execution-plan finalize, run14). The cost is memory: the bf16 replica at batch 4 ({src['http']}) peaked at
-  {h['replica_peak_gib']} GiB allocated against its plan's {h['plan_peak_gib']} GiB estimate, so Engine.load uses graphs only
-  with 1 GiB + the plan's activations of headroom.
+  cuDNN's execution-plan finalize, run14). Graphs keep their captured inputs and outputs: the bf16 replica with graphs at batch 4
+  ({src['http']}) peaked at {h['replica_peak_gib']} GiB allocated against its plan's {h['plan_peak_gib']} GiB estimate (the graphs' share of
+  that was not measured apart), so Engine.load uses graphs only with 1 GiB + the plan's activations of headroom.
 
 - **Denoise, step by step ({src['fusion']}, one process)**: eager {d['eager_s']} s -> regional compile
   (`compile_repeated_blocks(fullgraph=True)` on the 34 repeated blocks: Inductor fuses RMSNorm, adaLN

@@ -4,8 +4,8 @@ A denoise step runs 34 blocks (2 noise refiners, 2 context refiners, 30 main lay
 block is a few dozen kernels; launching them costs CPU time, and wherever the CPU falls behind the
 GPU idles. Replaying a captured graph launches a whole stack at once. Measured on the H100
 (BENCHMARKS.md): 1.15x the denoise at 512², where a step is short; nothing at 1024², where the GPU is
-the bound. The cost is memory: at batch 4, 1024², a replica peaked 0.7 GiB over its plan's estimate
-(which is why Engine.load keeps them for plans with headroom).
+the bound. The cost is memory (a replica with graphs peaked 0.7 GiB over its plan's estimate at batch
+4, 1024²), which is why Engine.load keeps them for plans with headroom.
 
 ``use_cuda_graphs(transformer)`` swaps each ``nn.ModuleList`` of blocks for a :class:`GraphedBlocks`
 holding the same modules (same names, same state dict). diffusers' forward iterates the list and
