@@ -8,7 +8,7 @@ well under 10 minutes and writes $OUT/<step>.json:
     python bench/run.py coldstart                # process start to first image
     python bench/run.py http_gpu http http_fp8   # the Serve app over HTTP (p50, throughput)
     python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
-    python bench/run.py graphs                   # CUDA graphs over the compiled block stacks
+    python bench/run.py graphs decode            # CUDA graphs over the block stacks; VAE decode variants
     python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
 Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
