@@ -229,7 +229,7 @@ def graphs():
     import torch
 
     from zimage_serve.engine import Job
-    from zimage_serve.graphs import use_cuda_graphs
+    from zimage_serve.graphs import STACKS, use_cuda_graphs
 
     engine = _engine(compile=True, batch=1)
     embeds = engine.encode([PROMPT])[0]
@@ -262,8 +262,6 @@ def graphs():
     got = image()
     out["graphs_vs_none_mean_abs_pixel_diff"] = round(float(np.abs(got - ref).mean()), 4)
     out["graphs_vs_none_max_abs_pixel_diff"] = int(np.abs(got - ref).max())
-    from zimage_serve.graphs import STACKS
-
     out["captures"] = sum(getattr(engine.pipe.transformer, n).captures for n in STACKS)
     out["speedup"] = round(out["denoise_s"] / out["graphs_denoise_s"], 3)
     out["speedup_512"] = round(out["denoise_512_s"] / out["graphs_denoise_512_s"], 3)

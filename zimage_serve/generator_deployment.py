@@ -91,25 +91,25 @@ class GeneratorDeployment:
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         start = time.time()
-        image, seconds = await self._batcher.submit((embeds, negative_embeds, params))
+        image, seconds, batch_size = await self._batcher.submit((embeds, negative_embeds, params))
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
         t0 = time.perf_counter()
         data = await asyncio.to_thread(self._encode_image, image, params)
         seconds["image_encode"] = time.perf_counter() - t0
         metrics.observe_stage("image_encode", seconds["image_encode"])
         seconds["generator"] = time.time() - start  # what the ingress reports in its Server-Timing header
-        return {"image": data, "seed": params["seed"], "batch_size": seconds.pop("batch_size"), "seconds": seconds}
+        return {"image": data, "seed": params["seed"], "batch_size": batch_size, "seconds": seconds}
 
     async def _generate_batch(self, items: list[tuple]) -> list[tuple]:
-        """(PIL image, seconds) per item: the GPU part (prompt encoding on plans that do it there, denoise, decode)."""
+        """(PIL image, seconds, batch size) per item: the GPU part (prompt encoding on plans that do it there,
+        denoise, decode)."""
         start = time.time()
         queued = [max(0.0, start - params.get("enqueued_at", start)) for _, _, params in items]
         for q in queued:
             metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
         self._record_batch(result, len(items))
-        return [(image, {**result.seconds, "queue": q, "batch_size": len(items)})
-                for image, q in zip(result.images, queued)]
+        return [(image, {**result.seconds, "queue": q}, len(items)) for image, q in zip(result.images, queued)]
 
     def _denoise(self, items: list[tuple]):
         from .engine import Job

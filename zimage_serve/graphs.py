@@ -53,7 +53,6 @@ class GraphedBlocks(nn.ModuleList):
         super().__init__(list(blocks))
         self._shared, self._max_bytes = shared, max_bytes  # shared["pool"]: the memory pool of all stacks
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
-        self.enabled = True
         self.captures = 0
 
     def __iter__(self):
@@ -71,7 +70,7 @@ class GraphedBlocks(nn.ModuleList):
 
     def _run(self, x: torch.Tensor, *rest) -> torch.Tensor:
         args = (x,) + rest
-        if (not self.enabled or self._shared.get("failed") or not x.is_cuda or torch.is_grad_enabled()
+        if (self._shared.get("failed") or not x.is_cuda or torch.is_grad_enabled()
                 or torch.cuda.is_current_stream_capturing()):
             return self._eager(*args)
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)

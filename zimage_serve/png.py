@@ -22,13 +22,14 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 FILTER_UP = 2
 MIN_BAND_ROWS = 32
+WORKERS = min(8, os.cpu_count() or 1)
 _pool: ThreadPoolExecutor | None = None
 
 
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="png")
+        _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="png")
     return _pool
 
 
@@ -63,7 +64,7 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     if channels not in COLOR_TYPES or not (0 <= level <= 9):
         raise ValueError(f"can't write {channels} channels at level {level} (1, 3 or 4 channels; level 0-9)")
     pixels = np.ascontiguousarray(pixels)
-    bands = max(1, min(2 * _threads()._max_workers, height // MIN_BAND_ROWS))
+    bands = max(1, min(2 * WORKERS, height // MIN_BAND_ROWS))
     edges = [height * i // bands for i in range(bands + 1)]
     parts = list(_threads().map(lambda i: _deflate_band(pixels, edges[i], edges[i + 1], level, i == bands - 1),
                                 range(bands)))
