@@ -1,5 +1,6 @@
 """The engine against stock diffusers ZImagePipeline on the same tiny checkpoint, pixel for pixel."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,26 @@ def test_images_are_converted_like_diffusers_postprocess():
         decoded = (torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(0)) * 1.3).to(dtype)
         expected = VaeImageProcessor(vae_scale_factor=16).postprocess(decoded, output_type="pil")[0]
         assert np.array_equal(np.asarray(_to_pil(decoded)), np.asarray(expected))
+
+
+def test_compiled_decoder_compiles_for_the_plan_size_only(tiny_source, tmp_path):
+    """accel.accelerate_vae with Engine._decode's rule: the plan's size runs compiled (the same image),
+    any other size runs eagerly without compiling again."""
+    import torch._dynamo
+
+    from zimage_serve.accel import accelerate_vae
+
+    plan = make_plan(sizes_of(tiny_source), None, Workload(64, 48, 1))
+    engine = Engine.load(tiny_source, plan)
+    embeds = engine.encode(["a lighthouse"])[0]
+    make = lambda w, h: np.asarray(engine.generate([Job(embeds, 3, w, h, steps=2)]).images[0], dtype=np.int16)
+    eager_plan_size, eager_other = make(64, 48), make(32, 32)
+    torch._dynamo.reset()
+    assert accelerate_vae(engine.pipe.vae, cache_dir=str(tmp_path)) == {"vae_compile": "decoder"}
+    engine.compiled_decoder = True
+    compiled = make(64, 48)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames >= 1
+    assert np.abs(compiled - eager_plan_size).max() <= 2
+    assert np.array_equal(make(32, 32), eager_other)  # eager: bit for bit
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # and nothing compiled for it

@@ -8,6 +8,7 @@ its own seed. The VAE decodes one image at a time, which bounds its memory whate
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from itertools import groupby
 
 import torch
 
+from .accel import compiled_shapes_only
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .planner import Plan, Workload, make_plan
@@ -24,6 +26,9 @@ log = logging.getLogger("zimage_serve")
 # CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
 # activations apart from the rest: a plan needs this much headroom, plus its activations, to use them.
 GRAPH_HEADROOM_GIB = 1.0
+# The compiled VAE decoder's activations peak above the lean eager decoder's: by 0.38 GiB at 1024² on the
+# H100 (bench/results/run20, decode step); this much per megapixel of the plan's size, with a margin.
+VAE_COMPILE_GIB_PER_MPX = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Engine:
         self.max_batch = plan.workload.batch  # the batch the plan budgeted memory for
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
+        self.compiled_decoder = False
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
@@ -96,7 +102,17 @@ class Engine:
             if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
                 log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
                 speedups["cuda_graphs"] = False
+            if speedups.get("cuda_graphs"):
+                headroom -= GRAPH_HEADROOM_GIB + plan.activations_gib
             engine.speedups = accelerate(engine.pipe.transformer, **speedups)
+            vae_extra = VAE_COMPILE_GIB_PER_MPX * plan.workload.width * plan.workload.height / 2**20
+            if speedups.get("compile") and not plan.vae_tiling and headroom >= vae_extra:
+                from .accel import accelerate_vae
+
+                engine.speedups.update(accelerate_vae(engine.pipe.vae, cache_dir=speedups.get("cache_dir")))
+                engine.compiled_decoder = True
+            elif speedups.get("compile"):
+                log.info("VAE decoder stays eager (lean): %.1f GiB of headroom, %.1f needed to compile it", headroom, vae_extra)
         return engine
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
@@ -180,7 +196,11 @@ class Engine:
     def _decode(self, latents: torch.Tensor):
         vae = self.pipe.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(latents, return_dict=False)[0]
+        image_size = tuple(n * 2 ** (len(vae.config.block_out_channels) - 1) for n in latents.shape[-2:])
+        eager_only = self.compiled_decoder and image_size != (self.plan.workload.height, self.plan.workload.width)
+        # A compiled decoder compiles for the plan's size only (at warmup); another size (or a tile) runs eagerly
+        with compiled_shapes_only() if eager_only else contextlib.nullcontext():
+            image = vae.decode(latents, return_dict=False)[0]
         return _to_pil(image, self.pipe.image_processor.config.do_normalize)
 
     def _sync(self) -> None:

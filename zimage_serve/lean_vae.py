@@ -102,6 +102,9 @@ class _BandedUpsample(nn.Module):
         return upsample_conv_in_bands(hidden_states, self.conv, self.band_elements)
 
 
+BANDED_MODULES = (_BandedConv2d, _BandedUpsample)
+
+
 def lean_decoder(vae: nn.Module, band_elements: int = BAND_ELEMENTS) -> dict:
     """Rewrite ``vae.decoder`` in place for inference; returns what changed."""
     from diffusers.models.resnet import ResnetBlock2D
