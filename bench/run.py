@@ -512,7 +512,7 @@ def http(encode_on="cpu", fp8=False):
     config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}",
               "encoder": {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
               "generator": {"num_gpus": 1, "encode_on": encode_on, "fp8": fp8, "max_batch_size": 4, "max_ongoing_requests": 8,
-                            "max_queued_requests": 256, "batch_wait_timeout_s": 0.005}}
+                            "max_queued_requests": 256, "batch_wait_timeout_s": 0}}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"]}})
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})

@@ -59,7 +59,7 @@ class GeneratorOptions(_Strict):
     vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")
     warmup: bool = Field(True, description="Run the model once before reporting ready (compiles at plan_size).")
     max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5, description="How long a batch waits to fill (under load the queue fills it at once).")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=5, description="How long a batch waits to fill. 0: a free GPU starts at once with what is queued (under load the queue fills each batch while the previous one runs).")
     max_ongoing_requests: int = Field(8, ge=1, description="Images one replica accepts at once (>= max_batch_size).")
     max_queued_requests: int = Field(64, ge=-1, description="Images waiting for a replica before 503 (-1: unbounded).")
     graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
