@@ -141,6 +141,27 @@ def engine_step():
          cpu_text_encoder_prompts_per_s=round(8 / te8, 2), text_tokens=int(embeds.shape[0]))
 
 
+def peak():
+    """Peak VRAM of the resident plan with prompts encoded on the CPU as an 80 GB card loads it now: regional
+    compile and the compiled VAE decoder (which Engine.load adds where the plan has headroom); no CUDA graphs,
+    as in the engine step's figure."""
+    import torch
+
+    from zimage_serve.engine import Job
+
+    engine = _engine(compile=True)
+    job = Job(engine.encode([PROMPT])[0], seed=1, width=SIZE, height=SIZE)
+    t = time.time()
+    engine.generate([job])
+    first = time.time() - t
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    result = engine.generate([job])
+    save("peak", peak_vram_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), speedups=engine.speedups,
+         compiled_decoder=engine.compiled_decoder, first_generate_s=round(first, 1),
+         seconds={k: round(v, 4) for k, v in result.seconds.items()}, plan=engine.plan.to_dict())
+
+
 def _profile_step(engine, embeds) -> dict:
     """GPU time per kernel family over one 1-step denoise (a transformer call), in ms, and its wall time."""
     import torch
@@ -732,7 +753,7 @@ def probe():
     save("probe", **out)
 
 
-STEPS = {"te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+STEPS = {"peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
