@@ -1,5 +1,6 @@
-"""GPU speed-ups applied to a loaded transformer: fused projections, regional torch.compile (with a
-persistent compile cache so new replicas skip most of the compile), an attention backend, and opt-in FP8.
+"""GPU speed-ups applied to a loaded pipeline: for the transformer fused projections, regional torch.compile
+(with a persistent compile cache so new replicas skip most of the compile), an attention backend, opt-in
+FP8 and CUDA graphs; for the VAE a compiled decoder.
 
 Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
 """
@@ -41,12 +42,12 @@ def accelerate_vae(vae: torch.nn.Module, *, compile: bool = True, banded_eager: 
     eager GroupNorm at full resolution is much of the decode (0.100 s -> 0.042 s at 1024² on the H100).
 
     Static shapes by default (dynamic ones were slower and still compiled again for a new size, bench
-    run21): decode under :func:`compiled_shapes_only` so that a size never warmed up runs eagerly instead
-    of compiling on a request. ``banded_eager`` keeps lean_vae's banded convolutions out of the graphs
+    run21): Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly,
+    instead of compiling on a request. ``banded_eager`` keeps lean_vae's banded convolutions out of the graphs
     (measured slower, run21)."""
     if not compile:
         return {}
-    _compile_setup(cache_dir)
+    compile_setup(cache_dir)
     if banded_eager:
         from .lean_vae import BANDED_MODULES
 
@@ -63,21 +64,8 @@ def compiled_shapes_only():
     return torch.compiler.set_stance("eager_on_recompile")
 
 
-def accelerate_text_encoder(model: torch.nn.Module, *, compile: bool = True, cache_dir: str | None = None) -> dict:
-    """Regional torch.compile of the text encoder's decoder layers (all share one compiled graph).
-
-    On a GPU a prompt's few dozen tokens leave Qwen3's layers bound by kernel launches: fusing the norms,
-    rotary embedding and activation cuts the launches a layer makes. Shapes are dynamic (prompt lengths vary)."""
-    layers = getattr(model, "layers", None)
-    if not compile or not isinstance(layers, torch.nn.ModuleList):
-        return {}
-    _compile_setup(cache_dir)
-    for layer in layers:
-        layer.compile(dynamic=True, fullgraph=False)
-    return {"text_encoder_compile": f"regional ({len(layers)} layers)"}
-
-
-def _compile_setup(cache_dir: str | None) -> None:
+def compile_setup(cache_dir: str | None) -> None:
+    """The persistent compile cache (ZIMAGE_CACHE_DIR/compile by default) and room for a few shapes per graph."""
     from .config import environment
 
     use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
@@ -102,7 +90,7 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
     if fp8:
         applied["fp8_linear_layers"] = quantize_fp8(transformer)
     if compile:
-        _compile_setup(cache_dir)
+        compile_setup(cache_dir)
         transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"
     if cuda_graphs:
