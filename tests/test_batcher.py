@@ -7,7 +7,7 @@ import pytest
 from zimage_serve.batcher import GpuBatcher
 
 
-def _batcher(sizes, delay=0.05, fail_on=None):
+def _batcher(sizes, delay=0.05, fail_on=None, wait_s=0.01):
     async def run(items):
         sizes.append(len(items))
         await asyncio.sleep(delay)
@@ -15,7 +15,7 @@ def _batcher(sizes, delay=0.05, fail_on=None):
             raise ValueError(f"bad item {fail_on}")
         return [item * 10 for item in items]
 
-    return GpuBatcher(run, max_batch_size=4, wait_s=0.01)
+    return GpuBatcher(run, max_batch_size=4, wait_s=wait_s)
 
 
 def test_a_busy_worker_makes_full_batches_and_results_keep_their_callers():
@@ -46,6 +46,22 @@ def test_a_lone_request_waits_at_most_wait_s():
         return loop.time() - t
 
     assert asyncio.run(go()) < 0.5 and sizes == [1]
+
+
+def test_without_a_wait_a_burst_still_shares_a_batch_and_later_arrivals_fill_the_next():
+    """wait_s=0 (the generator's default): requests that arrive together make one batch; those that
+    arrive while it runs make full batches after it."""
+    sizes = []
+
+    async def go():
+        batcher = _batcher(sizes, wait_s=0)
+        burst = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        later = [asyncio.create_task(batcher.submit(i)) for i in range(3, 8)]
+        return await asyncio.gather(*burst, *later)
+
+    assert asyncio.run(go()) == [i * 10 for i in range(8)]
+    assert sizes == [3, 4, 1]
 
 
 def test_an_error_reaches_every_caller_of_its_batch_and_the_worker_goes_on():
