@@ -110,3 +110,17 @@ def test_compiled_decoder_compiles_for_the_plan_size_only(tiny_source, tmp_path)
     assert np.abs(compiled - eager_plan_size).max() <= 2
     assert np.array_equal(make(32, 32), eager_other)  # eager: bit for bit
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # and nothing compiled for it
+
+
+@pytest.mark.parametrize("spare_gib,graphs,compiled", [(40.0, True, True), (0.5, False, True), (0.0005, False, False)])
+def test_graphs_and_the_compiled_decoder_need_headroom_over_the_plan(tiny_source, tmp_path, spare_gib, graphs, compiled):
+    from zimage_serve.sizes import sizes_of
+
+    workload = Workload(256, 256, 1)  # the compiled decoder asks 0.5 GiB a megapixel: 0.031 GiB here
+    peak = make_plan(sizes_of(tiny_source), 80 * GiB, workload).peak_gib
+    plan = make_plan(sizes_of(tiny_source), int((peak + spare_gib) * GiB), workload)
+    assert plan.kind == "resident"
+    engine = Engine.load(tiny_source, plan, device="cpu", dtype="float32")
+    engine._accelerate({"compile": True, "fuse": False, "cuda_graphs": True, "cache_dir": str(tmp_path)})  # lazy: nothing compiles yet
+    assert engine.compiled_decoder is compiled and ("vae_compile" in engine.speedups) is compiled
+    assert ("cuda_graph_blocks" in engine.speedups) is graphs  # graphs ask 1 GiB + the plan's activations

@@ -16,7 +16,7 @@ from itertools import groupby
 
 import torch
 
-from .accel import compiled_shapes_only
+from .accel import accelerate, accelerate_vae, compiled_shapes_only
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .planner import Plan, Workload, make_plan
@@ -85,35 +85,40 @@ class Engine:
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
              **overrides) -> "Engine":
-        """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments."""
+        """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments (with
+        ``compile``, the VAE decoder is compiled too where the plan has room)."""
         log.info("model %s\n%s", source.label, plan.describe())
         engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
         if plan.vae_tiling:
             engine.enable_vae_tiling()
         if speedups and engine.device.type == "cuda":
-            from .accel import accelerate
+            engine._accelerate(dict(speedups))
+        return engine
 
-            speedups = dict(speedups)
-            if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
-                if speedups.get("fp8"):
-                    log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
-                speedups.update(fuse=False, fp8=False, cuda_graphs=False)
-            headroom = (plan.budget_gib or 0) - plan.peak_gib
-            if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
+    def _accelerate(self, speedups: dict) -> None:
+        """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs, then
+        the compiled VAE decoder, need headroom over the plan's peak."""
+        plan = self.plan
+        if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
+            if speedups.get("fp8"):
+                log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
+            speedups.update(fuse=False, fp8=False, cuda_graphs=False)
+        headroom = (plan.budget_gib or 0) - plan.peak_gib
+        if speedups.get("cuda_graphs"):
+            if headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
                 log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
                 speedups["cuda_graphs"] = False
-            if speedups.get("cuda_graphs"):
+            else:
                 headroom -= GRAPH_HEADROOM_GIB + plan.activations_gib
-            engine.speedups = accelerate(engine.pipe.transformer, **speedups)
-            vae_extra = VAE_COMPILE_GIB_PER_MPX * plan.workload.width * plan.workload.height / 2**20
-            if speedups.get("compile") and not plan.vae_tiling and headroom >= vae_extra:
-                from .accel import accelerate_vae
-
-                engine.speedups.update(accelerate_vae(engine.pipe.vae, cache_dir=speedups.get("cache_dir")))
-                engine.compiled_decoder = True
-            elif speedups.get("compile"):
-                log.info("VAE decoder stays eager (lean): %.1f GiB of headroom, %.1f needed to compile it", headroom, vae_extra)
-        return engine
+        self.speedups = accelerate(self.pipe.transformer, **speedups)
+        if not speedups.get("compile"):
+            return
+        vae_extra = VAE_COMPILE_GIB_PER_MPX * plan.workload.width * plan.workload.height / 2**20
+        if plan.vae_tiling or headroom < vae_extra:
+            log.info("VAE decoder stays eager (lean): %.1f GiB of headroom, %.1f needed to compile it", headroom, vae_extra)
+            return
+        self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
+        self.compiled_decoder = True
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
         """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs);
@@ -197,8 +202,9 @@ class Engine:
         vae = self.pipe.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
         image_size = tuple(n * 2 ** (len(vae.config.block_out_channels) - 1) for n in latents.shape[-2:])
-        eager_only = self.compiled_decoder and image_size != (self.plan.workload.height, self.plan.workload.width)
-        # A compiled decoder compiles for the plan's size only (at warmup); another size (or a tile) runs eagerly
+        # A compiled decoder compiles for the plan's size only (at warmup); another size, or tiles, run eagerly
+        eager_only = self.compiled_decoder and (vae.use_tiling or image_size != (self.plan.workload.height,
+                                                                                 self.plan.workload.width))
         with compiled_shapes_only() if eager_only else contextlib.nullcontext():
             image = vae.decode(latents, return_dict=False)[0]
         return _to_pil(image, self.pipe.image_processor.config.do_normalize)
