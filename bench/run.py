@@ -9,6 +9,7 @@ well under 10 minutes and writes $OUT/<step>.json:
     python bench/run.py http_gpu http http_fp8   # the Serve app over HTTP (p50, throughput)
     python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
     python bench/run.py graphs decode            # CUDA graphs over the block stacks; VAE decode variants
+    python bench/run.py te peak                  # GPU text encoder compiled; peak VRAM with the compiled decoder
     python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
 Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
@@ -331,8 +332,9 @@ def _decode_variant(z, compile=False, lean=True, banded_eager=False, dynamic=Fal
 
 def decode():
     """VAE decode at 1024² (bf16): the lean decoder against diffusers' own, eager and compiled
-    (accel.accelerate_vae), with time, activation peak and pixel difference against the lean NCHW
-    eager default; cuDNN benchmark mode; diffusers' postprocess against engine._to_pil."""
+    (accel.accelerate_vae), with time, activation peak and pixel difference against the lean eager
+    decoder; diffusers' postprocess against engine._to_pil. (run19's version of this step measured
+    cuDNN benchmark mode: no gain.)"""
     import numpy as np
     import torch
     from diffusers.image_processor import VaeImageProcessor
@@ -369,7 +371,8 @@ def decode():
 
 def te():
     """The text encoder on the GPU (bf16, last layer skipped): eager against a regional compile of its
-    decoder layers (measured, not adopted: BENCHMARKS.md), batch 1 and 8, a long and a short prompt; the embeddings' difference."""
+    decoder layers (measured, not adopted: BENCHMARKS.md), batch 1 and 8, a long and a short prompt;
+    the embeddings' difference."""
     import torch
 
     from zimage_serve.accel import compile_setup
