@@ -77,7 +77,7 @@ def summarize(s: dict) -> dict:
             "throughput_img_s": http_fp8["throughput_img_s"], "p50_cpu_text_encoder_s": http_fp8["p50_s"],
             "throughput_gpu_text_encoder_img_s": http_gpu_fp8["throughput_img_s"],
         },
-        "decode": {"variants": {k: v for k, v in s["decode"].items() if isinstance(v, dict)},
+        "decode": {"variants": {k: v for k, v in s["_decode_run21"].items() if isinstance(v, dict)},
                    "variants_run20": {k: v for k, v in s["_decode_run20"].items() if isinstance(v, dict)},
                    "cudnn_benchmark_run19": {k: s["_decode_run19"][k] for k in ("decode_s", "decode_cudnn_benchmark_s")},
                    "diffusers_postprocess_s": s["decode"]["diffusers_postprocess_s"],
@@ -218,7 +218,7 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 | streamed-offload plan (`policy: sequential`): peak VRAM / latency over resident (both eager, {src['offload']}) | {o['peak_vram_gib']} GiB / {o['latency_ratio']}x ({o['sequential_latency_s']} s vs {o['resident_latency_s']} s) | | | < 6 GiB at <= 2x | {_met(o['peak_vram_gib'] < 6 and o['latency_ratio'] <= 2)} |
 | FP8 (own e4m3 rowwise Linear, opt-in), denoise over bf16, same run | {f['fp8_denoise_s']} s vs {f['bf16_denoise_s']} s; PSNR {f['psnr_db_vs_bf16_random_weights']} dB vs bf16 | | {f['denoise_speedup']}x | >= 1.3x | {_met(f['denoise_speedup'] >= 1.3)} |
 | CPU text encoder, bf16 on AMX, 16 threads, batch 8 / batch 1 | {c['batch8_per_prompt_s']} s / {c['batch1_s']} s a prompt ({c['prompts_per_s']} prompts/s) | 0.18 / 0.53 s (shared README, not this run) | | | |
-| VAE decode of one 1024² image, bf16: lean eager / compiled ({src['decode']} and run20) | {dv['lean']['decode_s']} / {dv20['lean_compiled']['decode_s']} s | {dv['diffusers']['decode_s']} s (diffusers' decoder, eager) | {round(dv['diffusers']['decode_s'] / dv20['lean_compiled']['decode_s'], 2)}x | | |
+| VAE decode of one 1024² image, bf16: lean eager / compiled (run21 and run20) | {dv['lean']['decode_s']} / {dv20['lean_compiled']['decode_s']} s | {dv['diffusers']['decode_s']} s (diffusers' decoder, eager) | {round(dv['diffusers']['decode_s'] / dv20['lean_compiled']['decode_s'], 2)}x | | |
 | Qwen3-4B text encoder on the GPU, one prompt of {te['tokens']['long']} tokens: eager / compiled (run20; not adopted, see below) | {te['eager']['long_b1_s']} / {te['compiled']['long_b1_s']} s | | | | |
 
 ## Where the gains come from
@@ -235,13 +235,13 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   each batch while the previous one runs): the queue stage went from {ov22['http_stages_p50_s']['queue']} s (run22, 5 ms wait) to
   {h['stages_p50_s']['queue']} s, the overhead from {round(ov22['overhead_ratio'] * 100, 1)} % to {overhead} %. The text-encode stage varies by about 5 ms
   from run to run (run22: {ov22['http_stages_p50_s']['text_encode']} s over HTTP, {src['overhead']}: {h['stages_p50_s']['text_encode']} s), the size of that difference.
-- **VAE decode (run20, {src['decode']}, `accel.accelerate_vae`)**: eager GroupNorm at full resolution is much of
+- **VAE decode (run20, run21, `accel.accelerate_vae`)**: eager GroupNorm at full resolution is much of
   the decode; compiled, Inductor fuses each GroupNorm with its SiLU and the residual adds: {dv['lean']['decode_s']} s ->
   {dv20['lean_compiled']['decode_s']} s (run20, static shapes; max pixel difference {dv20['lean_compiled']['max_abs_pixel_diff']}/255 on random weights). Measured and
   not used: channels_last ({dv20['lean_channels_last']['decode_s']} s eager: GroupNorm converts the layout back; no gain compiled),
   dynamic shapes ({dv['lean_compiled_whole']['decode_s']} s, and a new size still compiled again for
   {dv['lean_compiled_whole']['first_call_768x640_s']} s), the banded convolutions kept out of the graph ({dv['lean_compiled_banded_eager_static']['decode_s']} s static).
-  A static graph compiles again for each new size ({dv['lean_compiled_banded_eager_static']['first_call_768x640_s']} s in {src['decode']}), so the engine compiles the decoder for
+  A static graph compiles again for each new size ({dv['lean_compiled_banded_eager_static']['first_call_768x640_s']} s in run21), so the engine compiles the decoder for
   the plan's size only (at warmup) and decodes any other size eagerly, under torch.compiler's
   `eager_on_recompile` stance. Its activations peak {round(dv20['lean_compiled']['activation_peak_gib'] - dv20['lean']['activation_peak_gib'], 2)} GiB higher ({dv20['lean_compiled']['activation_peak_gib']} against
   {dv20['lean']['activation_peak_gib']} GiB), so Engine.load compiles it only with 0.5 GiB a megapixel of headroom over the plan.
@@ -329,7 +329,7 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 def main() -> None:
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
-    for run, step in (("run19", "decode"), ("run20", "decode"), ("run22", "overhead")):  # superseded variants
+    for run, step in (("run19", "decode"), ("run20", "decode"), ("run21", "decode"), ("run22", "overhead")):  # variants by run
         steps[f"_{step}_{run}"] = json.loads((RESULTS / run / f"{step}.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
