@@ -296,14 +296,19 @@ def _decode_variant(z, compile=False, lean=True, banded_eager=False, dynamic=Fal
     import torch
     from diffusers import AutoencoderKL
 
-    from zimage_serve.accel import accelerate_vae, compiled_shapes_only
-    from zimage_serve.lean_vae import lean_decoder
+    from zimage_serve.accel import compile_setup, compiled_shapes_only
+    from zimage_serve.lean_vae import BANDED_MODULES, lean_decoder
 
     vae = AutoencoderKL.from_pretrained(CKPT, subfolder="vae", dtype=torch.bfloat16).to("cuda").eval()
     if lean:
         lean_decoder(vae)
-    accelerate_vae(vae, compile=compile, banded_eager=banded_eager, dynamic=dynamic,
-                   cache_dir=os.environ["ZIMAGE_CACHE_DIR"] + "/compile")
+    if compile:  # static and whole is what accel.accelerate_vae does; the rest are the variants it was chosen over
+        compile_setup(os.environ["ZIMAGE_CACHE_DIR"] + "/compile")
+        if banded_eager:  # a graph break around each banded conv, so its memory bound holds
+            for module in vae.decoder.modules():
+                if isinstance(module, BANDED_MODULES):
+                    module.forward = torch.compiler.disable(module.forward, recursive=True)
+        vae.decoder.compile(dynamic=dynamic)
     run = lambda: vae.decode(z, return_dict=False)[0]
     with torch.inference_mode():
         t = time.time()

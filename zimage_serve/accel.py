@@ -36,26 +36,16 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
     return sum(quantize_linears(m, min_features) for m in transformer.modules() if type(m).__name__ in block_types)
 
 
-def accelerate_vae(vae: torch.nn.Module, *, compile: bool = True, banded_eager: bool = False, dynamic: bool = False,
-                   cache_dir: str | None = None) -> dict:
+def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None) -> dict:
     """torch.compile of the VAE decoder: Inductor fuses each GroupNorm with its SiLU and the residual adds;
     eager GroupNorm at full resolution is much of the decode (0.100 s -> 0.042 s at 1024² on the H100).
 
-    Static shapes by default (dynamic ones were slower and still compiled again for a new size, bench
-    run21): Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly,
-    instead of compiling on a request. ``banded_eager`` keeps lean_vae's banded convolutions out of the graphs
-    (measured slower, run21)."""
-    if not compile:
-        return {}
+    Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
+    Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of
+    compiling on a request."""
     compile_setup(cache_dir)
-    if banded_eager:
-        from .lean_vae import BANDED_MODULES
-
-        for module in vae.decoder.modules():
-            if isinstance(module, BANDED_MODULES):
-                module.forward = torch.compiler.disable(module.forward, recursive=True)
-    vae.decoder.compile(dynamic=dynamic)
-    return {"vae_compile": "decoder" + (", dynamic" if dynamic else "") + (", banded convs eager" if banded_eager else "")}
+    vae.decoder.compile(dynamic=False)
+    return {"vae_compile": "decoder"}
 
 
 def compiled_shapes_only():

@@ -136,13 +136,18 @@ class Engine:
     def device(self) -> torch.device:
         return self.loaded.device
 
+    @property
+    def _vae_scale(self) -> int:
+        """Image pixels per latent pixel along a side."""
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
     def enable_vae_tiling(self, tile: int = 512) -> None:
         """Decode in overlapping tiles of ``tile`` pixels (diffusers' tiled decode; its default tile is the
         VAE's sample_size, 1024, which never tiles a 1024² image)."""
         vae = self.pipe.vae
         vae.enable_tiling()
         vae.tile_sample_min_size = tile
-        vae.tile_latent_min_size = tile // (2 ** (len(vae.config.block_out_channels) - 1))
+        vae.tile_latent_min_size = tile // self._vae_scale
 
     def set_progress(self, enabled: bool) -> None:
         self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
@@ -201,7 +206,7 @@ class Engine:
     def _decode(self, latents: torch.Tensor):
         vae = self.pipe.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        image_size = tuple(n * 2 ** (len(vae.config.block_out_channels) - 1) for n in latents.shape[-2:])
+        image_size = tuple(n * self._vae_scale for n in latents.shape[-2:])
         # A compiled decoder compiles for the plan's size only (at warmup); another size, or tiles, run eagerly
         eager_only = self.compiled_decoder and (vae.use_tiling or image_size != (self.plan.workload.height,
                                                                                  self.plan.workload.width))

@@ -66,8 +66,8 @@ Encode = Callable[[str], Any]
 def server_timing(seconds: dict) -> str:
     """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: queue (admitted
     at the ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the
-    GPU), denoise and decode (the batch's), image_encode, generator (the batch, start to end) and ingress
-    (this request at the ingress, start to end)."""
+    GPU), denoise and decode (the batch's), image_encode, generator (this request at its generator replica,
+    arrival to encoded image) and ingress (this request at the ingress, start to end)."""
     return ", ".join(f"{name};dur={1000 * s:.1f}" for name, s in seconds.items())
 
 
