@@ -94,37 +94,53 @@ def _latents(engine, embeds, steps=8, n=1, size=SIZE):
     from zimage_serve.engine import Job
 
     jobs = [Job(embeds, seed=i, width=size, height=size, steps=steps) for i in range(n)]
-    return engine.pipe(prompt_embeds=engine._embeds([j.embeds for j in jobs]),
-                       latents=torch.cat([engine._noise(j) for j in jobs]), height=size, width=size,
-                       num_inference_steps=steps, guidance_scale=0.0, output_type="latent").images
+    with torch.inference_mode():  # as Engine.generate runs (CUDA graphs keep the mode they were captured in)
+        return engine.pipe(prompt_embeds=engine._embeds([j.embeds for j in jobs]),
+                           latents=torch.cat([engine._noise(j) for j in jobs]), height=size, width=size,
+                           num_inference_steps=steps, guidance_scale=0.0, output_type="latent").images
 
 
 def engine_step():
-    """The engine in-process: resident plan, prompts on CPU, regional compile."""
+    """The engine in-process, resident plan, prompts on CPU: eager; then fused projections + regional
+    compile (the peak VRAM figure: lean decoder, eager, no graphs); then as an 80 GB replica serves,
+    with CUDA graphs and the compiled VAE decoder added (denoise, generate, e2e, batch of 4)."""
     import torch
 
+    from zimage_serve.accel import accelerate, accelerate_vae
     from zimage_serve.engine import Job
+    from zimage_serve.graphs import use_cuda_graphs
     from zimage_serve.imaging import encode_image
 
     torch.set_num_threads(os.cpu_count())
+    cache = os.environ["ZIMAGE_CACHE_DIR"] + "/compile"
     t0 = time.time()
-    engine = _engine(compile=False)
+    engine = _engine(compile=False, fuse=False)
     load_s = time.time() - t0
     embeds = engine.encode([PROMPT])[0]
+    job = Job(embeds, seed=1, width=SIZE, height=SIZE)
     eager_denoise = timed(lambda: _latents(engine, embeds), reps=3)
     t0 = time.time()
-    from zimage_serve.accel import accelerate
-
-    accelerate(engine.pipe.transformer, compile=True, cache_dir=os.environ["ZIMAGE_CACHE_DIR"] + "/compile")
+    accelerate(engine.pipe.transformer, compile=True, fuse=True, cache_dir=cache)
     _latents(engine, embeds)
     torch.cuda.synchronize()
     compile_s = time.time() - t0
-    denoise = timed(lambda: _latents(engine, embeds))
+    compiled_denoise = timed(lambda: _latents(engine, embeds))
+    engine.generate([job])
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    job = Job(embeds, seed=1, width=SIZE, height=SIZE)
-    gen = timed(lambda: engine.generate([job]))
+    compiled_generate = timed(lambda: engine.generate([job]))
     peak = torch.cuda.max_memory_allocated() / 2**30
     reserved = torch.cuda.max_memory_reserved() / 2**30
+
+    graphed = use_cuda_graphs(engine.pipe.transformer)  # what Engine._accelerate adds on a card with headroom
+    accelerate_vae(engine.pipe.vae, cache_dir=cache)
+    engine.compiled_decoder = True
+    t0 = time.time()
+    engine.generate([job])
+    served_first_s = time.time() - t0
+    denoise = timed(lambda: _latents(engine, embeds))
+    gen = timed(lambda: engine.generate([job]))
+    seconds = engine.generate([job]).seconds
     image = engine.generate([job]).images[0]
     png = {lvl: statistics.median([_t(lambda: encode_image(image, "png", lvl)) for _ in range(3)]) for lvl in (0, 1, 6)}
     png_bytes = {lvl: len(encode_image(image, "png", lvl)) for lvl in (0, 1, 6)}
@@ -135,7 +151,10 @@ def engine_step():
     te8 = statistics.median([_t(lambda: engine.encode(prompts)) for _ in range(3)])
     te1 = statistics.median([_t(lambda: engine.encode(prompts[:1])) for _ in range(3)])
     save("engine", load_s=round(load_s, 1), plan=engine.plan.to_dict(), eager_denoise_s=round(eager_denoise, 3),
-         compile_first_call_s=round(compile_s, 1), denoise_s=round(denoise, 3), generate_s=round(gen, 3),
+         compile_first_call_s=round(compile_s, 1), compiled_denoise_s=round(compiled_denoise, 3),
+         compiled_generate_s=round(compiled_generate, 3), graphed_blocks=graphed,
+         served_first_generate_s=round(served_first_s, 1), denoise_s=round(denoise, 3), generate_s=round(gen, 3),
+         generate_stages_s={k: round(v, 4) for k, v in seconds.items()},
          e2e_s=round(e2e, 3), peak_vram_gib=round(peak, 2), reserved_vram_gib=round(reserved, 2),
          png_s=png, png_bytes=png_bytes, te_cpu_one_s=round(min(te), 3), batch4_per_image_s=round(batch4 / 4, 3),
          te_cpu_batch8_per_prompt_s=round(te8 / 8, 3), te_cpu_batch1_s=round(te1, 3),
@@ -531,8 +550,28 @@ def _first_image():
                                 "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}}), flush=True)
 
 
+def _steady_rate(done: list[float], skip: int, gap: float = 0.3) -> float:
+    """Answers per second after the warm-up: the answers of one GPU batch arrive together (within ``gap``
+    seconds), so count whole batches, from the end of the one that holds answer number ``skip`` to the end
+    of the last."""
+    batches = []  # [end time, answers]
+    for t in sorted(done):
+        if batches and t - batches[-1][0] < gap:
+            batches[-1] = [t, batches[-1][1] + 1]
+        else:
+            batches.append([t, 1])
+    seen = 0
+    for first, (end, count) in enumerate(batches):
+        seen += count
+        if seen >= skip:
+            break
+    return sum(c for _, c in batches[first + 1:]) / (batches[-1][0] - batches[first][0])
+
+
 def http(encode_on="cpu", fp8=False):
-    """The Serve app over HTTP: one request in flight (prompts never cached; PNG, then JPEG), then saturation."""
+    """The Serve app over HTTP: one request in flight (prompts never cached; PNG, then JPEG), then saturation:
+    64 requests from 16 clients, images/s over all of them and in steady state (whole batches after the
+    first 8 answers: the first batches wait for the CPU encoders to warm up)."""
     import asyncio
 
     import aiohttp
@@ -566,25 +605,28 @@ def http(encode_on="cpu", fp8=False):
                 await one(s, i)
             single = [await one(s, 100 + i) for i in range(20)]
             single_jpeg = sorted([await one(s, 200 + i, "jpeg") for i in range(10)])
-            n, conc = 48, 16
+            n, conc = 64, 16
             sem = asyncio.Semaphore(conc)
+            done = []
 
             async def limited(i):
                 async with sem:
-                    return await one(s, 1000 + i)
+                    latency = await one(s, 1000 + i)
+                    done.append(time.perf_counter())
+                    return latency
 
             t = time.perf_counter()
             lat = await asyncio.gather(*(limited(i) for i in range(n)))
-            return single, single_jpeg, n / (time.perf_counter() - t), lat
+            return single, single_jpeg, n / (time.perf_counter() - t), lat, _steady_rate(done, skip=8)
 
-    single, single_jpeg, throughput, sat = asyncio.run(run())
+    single, single_jpeg, throughput, sat, steady = asyncio.run(run())
     single.sort()
     info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
     step = "http" + ("" if encode_on == "cpu" else f"_{encode_on}") + ("_fp8" if fp8 else "")
     save(step, deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
          jpeg_p50_s=round(statistics.median(single_jpeg), 3),
          p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
-         throughput_img_s=round(throughput, 3), saturation_p50_s=round(statistics.median(sat), 3),
+         throughput_img_s=round(throughput, 3), steady_throughput_img_s=round(steady, 3), saturation_p50_s=round(statistics.median(sat), 3),
          batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
     serve.shutdown()
     ray.shutdown()
@@ -764,7 +806,119 @@ def probe():
     save("probe", **out)
 
 
-STEPS = {"peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+def attn():
+    """Attention alone at the denoiser's shapes (30 heads of 128; 4096 image tokens + a caption padded to
+    32): each SDPA backend on the layouts a block can hand it, and FlexAttention compiled. TFLOP/s
+    counts 4*B*H*S^2*D."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = {"cudnn_version": torch.backends.cudnn.version(), "torch": torch.__version__, "rows": []}
+    heads, dim = 30, 128
+
+    def bench(fn, reps=20):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+
+    def inputs(batch, seq, layout):
+        if layout == "qkv":  # views of one fused projection's output [B, S, 3, H, D]
+            qkv = torch.randn(batch, seq, 3, heads, dim, device="cuda", dtype=torch.bfloat16)
+            return [t.transpose(1, 2) for t in qkv.unbind(2)]
+        if layout == "bshd":  # each [B, S, H, D] contiguous, transposed (what diffusers' native dispatch passes)
+            return [torch.randn(batch, seq, heads, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3)]
+        return [torch.randn(batch, heads, seq, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+
+    backends = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for batch, seq in ((1, 4192), (1, 4128), (1, 4224), (4, 4192)):
+        flops = 4 * batch * heads * seq * seq * dim
+        for layout in ("qkv", "bshd", "bhsd"):
+            q, k, v = inputs(batch, seq, layout)
+            for name, backend in backends.items():
+                def run():
+                    if backend is None:
+                        return F.scaled_dot_product_attention(q, k, v)
+                    with sdpa_kernel([backend]):
+                        return F.scaled_dot_product_attention(q, k, v)
+                try:
+                    ms = bench(run)
+                    out["rows"].append({"batch": batch, "seq": seq, "layout": layout, "backend": name,
+                                        "ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)})
+                except Exception as e:
+                    out["rows"].append({"batch": batch, "seq": seq, "layout": layout, "backend": name, "error": repr(e)[:200]})
+            del q, k, v
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex = torch.compile(flex_attention, dynamic=False)
+            q, k, v = inputs(batch, seq, "bhsd")
+            ms = bench(lambda: flex(q, k, v))
+            diff = (flex(q, k, v).float() - F.scaled_dot_product_attention(q, k, v).float()).abs().max().item()
+            out["rows"].append({"batch": batch, "seq": seq, "layout": "bhsd", "backend": "flex (compiled)",
+                                "ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1), "max_diff_vs_sdpa": diff})
+        except Exception as e:
+            out["rows"].append({"batch": batch, "seq": seq, "backend": "flex (compiled)", "error": repr(e)[:200]})
+    for r in out["rows"]:
+        print(r, flush=True)
+    save("attn", **out)
+
+
+def batch():
+    """The batch job (``python -m zimage_serve.batch``, Ray Data) on one GPU, 40 prompts at 1024²: images/s
+    in steady state (image files' mtimes after the first batch) and whole-job wall time; before it, the
+    prompt-encoding stage alone, as it was (1 thread, float32) and as it is (its default threads, auto dtype)."""
+    import numpy as np
+    import torch
+
+    from zimage_serve.batch import EncodeStage, encoder_cpus
+
+    out = {}
+    rows = lambda n: {"prompt": np.array([f"{PROMPT}, variation {i}" for i in range(n)]), "guidance_scale": np.zeros(n),
+                      "negative_prompt": np.array([""] * n)}
+    # (name, threads, dtype, prompts, warm-up call): the old stage is slow enough (about 0.1 prompt/s) to time once
+    for name, threads, dtype, n, warm in (("encode_stage_before", 1, "float32", 2, False),
+                                          ("encode_stage_now", encoder_cpus(None, os.cpu_count(), 1), "auto", 8, True)):
+        stage = EncodeStage(str(CKPT), threads=threads, dtype=dtype)
+        if warm:
+            stage(rows(n))
+        t = time.perf_counter()
+        stage(rows(n))
+        out[name] = {"threads": threads, "dtype": str(stage.dtype), "prompts": n,
+                     "prompts_per_s": round(n / (time.perf_counter() - t), 3)}
+        print(name, out[name], flush=True)
+        del stage
+    torch.set_num_threads(os.cpu_count())
+    n = 40
+    work = Path("/tmp/batchjob")
+    subprocess.run(["rm", "-rf", str(work)])
+    work.mkdir()
+    (work / "prompts.txt").write_text("".join(f"{PROMPT}, scene {i}\n" for i in range(n)))
+    cmd = [sys.executable, "-m", "zimage_serve.batch", "--prompts", str(work / "prompts.txt"), "--out", str(work / "out"),
+           "--model", str(CKPT), "--size", f"{SIZE}x{SIZE}", "--gpus", "1"]
+    t = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out["job_wall_s"] = round(time.time() - t, 1)
+    out["returncode"] = r.returncode
+    out["stderr_tail"] = r.stderr[-1500:]
+    images = sorted((work / "out").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    out["images"] = len(images)
+    if len(images) > 8:
+        mtimes = [p.stat().st_mtime for p in images]
+        out["steady_img_s"] = round((len(mtimes) - 4) / (mtimes[-1] - mtimes[3]), 3)
+        out["first_image_after_start_s"] = round(mtimes[0] - t, 1)
+    save("batch", **out)
+
+
+STEPS = {"batch": batch, "attn": attn, "peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import max_pixel_diff, stock_image
-from zimage_serve.batch import run
+from zimage_serve.batch import EncodeStage, encoder_cpus, run
 from zimage_serve.errors import ZImageError
 from zimage_serve.prompts_file import PromptsFileError, read_prompts
 
@@ -28,7 +28,8 @@ def _prompts(path, n, size="64x64"):
 
 def _args(prompts, out, **kw):
     return Namespace(prompts=str(prompts), out=str(out), model="tiny", size="64x64", steps=8, seed=0, batch_size=4,
-                     gpus="1", format="png", policy="auto", compile=True, fp8=False, **kw)
+                     gpus="1", format="png", policy="auto", compile=True, fp8=False, encoder_cpus=None,
+                     encoder_dtype="float32", **kw)
 
 
 def _check_output(out, expected: int):
@@ -140,3 +141,34 @@ def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():
     assert args.compile is True and args.fp8 is False
     args = _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o", "--no-compile", "--fp8"])
     assert args.compile is False and args.fp8 is True
+
+
+def test_the_encoder_stage_gets_the_cpus_and_dtype_it_is_given():
+    import numpy as np
+    import torch
+
+    assert encoder_cpus(None, cluster_cpus=16, generator_actors=1) == 7  # the H100 host: 1 GPU, 16 cores
+    assert encoder_cpus(None, cluster_cpus=2, generator_actors=1) == 1
+    assert encoder_cpus(None, cluster_cpus=256, generator_actors=8) == 16
+    assert encoder_cpus(None, cluster_cpus=64, generator_actors=4, node_cpus=8) == 8  # one actor lives on one node
+    assert encoder_cpus(3, cluster_cpus=2, generator_actors=1) == 3
+    threads = torch.get_num_threads()
+    try:
+        batch = {"prompt": np.array(["a red fox", "a lighthouse at dusk, oil painting"]), "guidance_scale": np.zeros(2),
+                 "negative_prompt": np.array(["", ""])}
+        exact = EncodeStage("tiny", threads=1, dtype="float32")
+        assert torch.get_num_threads() == 1 and exact.dtype == torch.float32
+        fast = EncodeStage("tiny", threads=2, dtype="bfloat16")
+        assert torch.get_num_threads() == 2 and fast.dtype == torch.bfloat16
+        for a, b in zip(exact(batch)["embeds"], fast(batch)["embeds"]):
+            assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+            assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bad_encoder_cpus_is_refused_before_ray_starts(tmp_path):
+    ok = tmp_path / "ok.txt"
+    ok.write_text("a cat\n")
+    with pytest.raises(ZImageError, match="--encoder-cpus must be at least 1, got 0"):
+        run(Namespace(**{**vars(_args(ok, tmp_path / "o")), "encoder_cpus": 0}))

@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="on GPU: fused projections, regional torch.compile and a compiled VAE decoder "
                         "(about 55 s per actor on a cold compile cache; the cache is kept)")
     b.add_argument("--fp8", action="store_true", help="on Hopper/Ada GPUs: FP8 matmuls (faster, slightly different images)")
+    b.add_argument("--encoder-cpus", type=_int, default=None,
+                   help="CPUs (and threads) of the prompt encoder (default: half of those the GPU actors leave, 1 to 16)")
+    b.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the prompt encoder's dtype; auto: bfloat16 on CPUs with AMX, else float32 (as serving's encoder)")
     return parser
 
 

@@ -22,20 +22,12 @@ from .errors import NotReady, ZImageError
 log = logging.getLogger("zimage_serve")
 
 
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
 @serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class PromptEncoderDeployment:
     def __init__(self, config: dict):
         import torch
 
-        from .encoding import PromptEncoder
+        from .encoding import PromptEncoder, cpu_encoder_dtype
         from .loader import load_text_encoder
         from .sources import resolve
 
@@ -52,11 +44,7 @@ class PromptEncoderDeployment:
             self.source, self.reason = None, str(e)
             log.error("PromptEncoder not ready: %s", e)
             return
-        # bf16 only where the CPU is fast at it (AMX); elsewhere float32 (and exact against stock)
-        if opts.dtype == "auto":
-            dtype = torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-        else:
-            dtype = getattr(torch, opts.dtype)
+        dtype = cpu_encoder_dtype(opts.dtype)
         model, tokenizer = load_text_encoder(self.source, torch.device("cpu"), dtype)
         self.encoder = PromptEncoder(model, tokenizer)
         self._encode_batch.set_max_batch_size(opts.max_batch_size)

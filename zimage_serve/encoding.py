@@ -13,6 +13,19 @@ import torch
 MAX_SEQUENCE_LENGTH = 512
 
 
+def cpu_encoder_dtype(name: str) -> torch.dtype:
+    """The CPU encoder's dtype: "auto" is bfloat16 where the CPU is fast at it (AMX), else float32 (which
+    matches stock exactly); "float32"/"bfloat16" as named. Serving and the batch job share this choice,
+    so a prompt and seed give the same image from both on one host."""
+    if name != "auto":
+        return getattr(torch, name)
+    try:
+        amx = "amx_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        amx = False
+    return torch.bfloat16 if amx else torch.float32
+
+
 class PromptEncoder:
     def __init__(self, model: torch.nn.Module, tokenizer, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
         self.model = model
