@@ -134,6 +134,7 @@ def summarize(s: dict) -> dict:
         },
         "serve_batch_run17": s["_serve_batch"],
         "http_p50_cpu_encoders_run28": s["_http_run28"]["p50_s"],
+        "batch_job_run27": {k: s["_batch_run27"][k] for k in ("steady_img_s", "first_image_after_start_s")},
         "sources": {k: v["_run"] for k, v in s.items() if not k.startswith("_")},
     }
 
@@ -199,6 +200,7 @@ python3 bench/run.py build stock engine batch       # run26: stock and the engin
 python3 bench/run.py build http batch               # run27: the batch job on one GPU
 python3 bench/run.py build http http_gpu_fp8        # run28: FP8 p50 with the current build
 python3 bench/run.py build http                     # run29: bf16 saturation, steady state counted in whole batches
+python3 bench/run.py build batch                    # run30: the batch job with encoder blocks of one GPU batch
 python3 bench/report.py                             # here
 ```
 
@@ -224,7 +226,7 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 | same, measured one after the other in one run ({src['http_gpu']}, an earlier build) | {seq_overhead} % | | | <= 5 % | {_met(h['overhead_ratio_sequential_same_run'] <= 1.05)} |
 | throughput at saturation, 64 requests from 16 clients, CPU encoders, bf16 ({src['http']}): all requests / steady state (whole batches after the first 8 answers) | {h['throughput_img_s']} / {h['steady_throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x / {r['steady_throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
 | same with FP8 ({src['http_fp8']}, 48 requests) / FP8 with prompts encoded on the GPU ({src['http_gpu_fp8']}, 64 requests) | {h8['throughput_img_s']} / {h8['throughput_gpu_text_encoder_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
-| batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, compile) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
+| batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, a cold compile; {s['batch_job_run27']['first_image_after_start_s']} s in run27, after the http step had filled the compile cache) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
 | the batch job's prompt-encoding stage: as it was ({bj['encode_stage_before']['threads']} thread, float32) / now ({bj['encode_stage_now']['threads']} threads, {bj['encode_stage_now']['dtype'].removeprefix('torch.')}) | {bj['encode_stage_before']['prompts_per_s']} / {bj['encode_stage_now']['prompts_per_s']} prompts/s | | {round(bj['encode_stage_now']['prompts_per_s'] / bj['encode_stage_before']['prompts_per_s'], 1)}x | | |
 | cold start: process start to first image, fp32 hub layout, page cache warm, eager | {e['cold_start_s']} s | {st['load_s']} s to load alone | {r['cold_start_vs_stock_load']}x | <= 20 s | {_met(e['cold_start_s'] <= 20)} |
 | same, only zimage-serve's dependencies importable | {e['cold_start_our_dependencies_only_s']} s | | | <= 20 s | {_met(e['cold_start_our_dependencies_only_s'] <= 20)} |
@@ -323,7 +325,9 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   stage (1 CPU, float32) encoded {bj['encode_stage_before']['prompts_per_s']} prompts/s and would have held one GPU to that rate. It now takes
   half the CPUs the GPU actors leave (7 on this 16-core host, `--encoder-cpus`) and bf16 on AMX CPUs,
   the choice the serving encoders make (`--encoder-dtype`, `encoding.cpu_encoder_dtype`): {bj['encode_stage_now']['prompts_per_s']} prompts/s.
-  The job then generates {bj['steady_img_s']} img/s on one GPU, {r['batch_job_ratio']}x stock's batch of 4.
+  The job then generates {bj['steady_img_s']} img/s on one GPU, {r['batch_job_ratio']}x stock's batch of 4 ({s['batch_job_run27']['steady_img_s']} in run27). The
+  encoder's blocks hold one GPU batch, so the driver's manifest and progress bar advance batch by
+  batch ({src['batch']}); with blocks of 8 they lagged about two batches behind the images written.
 - **Memory** (`lean_vae.py`): the resident plan peaks in the VAE decode, not the transformer (probe,
   {src['probe']}: the first full-resolution resnet and the last upsampler). In-place SiLU after each GroupNorm,
   and every large 3x3 conv (and upsample + conv) run in bands of rows with a one-row halo: the same
@@ -368,6 +372,7 @@ def main() -> None:
     for run, step in (("run19", "decode"), ("run20", "decode"), ("run21", "decode"), ("run22", "overhead")):  # variants by run
         steps[f"_{step}_{run}"] = json.loads((RESULTS / run / f"{step}.json").read_text())
     steps["_http_run28"] = json.loads((RESULTS / "run28" / "http.json").read_text())
+    steps["_batch_run27"] = json.loads((RESULTS / "run27" / "batch.json").read_text())  # encoder blocks of 8
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     summary = summarize(steps)
