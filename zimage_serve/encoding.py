@@ -15,8 +15,8 @@ MAX_SEQUENCE_LENGTH = 512
 
 def cpu_encoder_dtype(name: str) -> torch.dtype:
     """The CPU encoder's dtype: "auto" is bfloat16 where the CPU is fast at it (AMX), else float32 (which
-    matches stock exactly); "float32"/"bfloat16" as named. Serving and the batch job share this choice,
-    so a prompt and seed give the same image from both on one host."""
+    matches stock exactly); "float32"/"bfloat16" as named. The serving encoders and the batch job share
+    this choice, so both encode in the same precision on one host."""
     if name != "auto":
         return getattr(torch, name)
     try:
