@@ -66,6 +66,21 @@ def test_generators_get_one_gpu_per_pod_and_autoscale():
     assert {"name": "MODELSCOPE_CACHE", "value": "/models/modelscope"} in env
 
 
+def test_rayjob_runs_a_valid_batch_command_whose_encoder_fits_its_pod():
+    import shlex
+
+    from zimage_serve.cli import _parser
+
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "zimage_serve.batch"]
+    args = _parser().parse_args(["batch", *argv[3:]])
+    groups = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    (cpu,) = [g for g in groups if g["groupName"] == "cpu-encoders"]
+    pod_cpus = int(cpu["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert args.encoder_cpus is not None and 1 <= args.encoder_cpus < pod_cpus
+
+
 def test_launcher_yaml_validates_against_rays_schema():
     import ray.autoscaler
 
