@@ -510,16 +510,17 @@ def coldstart():
     results = {"not_our_dependencies": NOT_OUR_DEPENDENCIES}
     cache = Path(os.environ["ZIMAGE_CACHE_DIR"]) / "compile-cold"
     shutil.rmtree(cache, ignore_errors=True)
+    # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up)
     for name, compile, hide in (("eager", False, False), ("eager_our_dependencies_only", False, True),
-                                ("compile_cold_cache", True, True), ("compile_warm_cache", True, True)):
-        if os.environ.get("BENCH_QUICK") and name == "compile_cold_cache":
+                                ("served_cold_cache", "served", True), ("served_warm_cache", "served", True)):
+        if os.environ.get("BENCH_QUICK") and name == "served_cold_cache":
             continue
-        env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(int(compile)), BENCH_HIDE=str(int(hide)),
+        env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(compile), BENCH_HIDE=str(int(hide)),
                    ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache))
         r = subprocess.run([sys.executable, __file__, "_first_image"], env=env, capture_output=True, text=True)
         line = [x for x in r.stdout.splitlines() if x.startswith("FIRST")]
         results[name] = json.loads(line[0][5:]) if line else {"error": r.stderr[-800:]}
-    save("coldstart", **results)
+        save("coldstart", **results)  # after each variant: a step cut short keeps what it measured
 
 
 def _first_image():
@@ -533,14 +534,24 @@ def _first_image():
     from zimage_serve.sources import resolve
 
     marks["imports"] = time.time() - t0
+    import diffusers.models.transformers.transformer_z_image  # noqa: F401  (Engine.load would import them: timed apart)
+    import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+
+    marks["imports_diffusers_transformers"] = time.time() - t0
+    served = os.environ["BENCH_COMPILE"] == "served"
     source = resolve(str(CKPT))
     marks["resolved"] = time.time() - t0
-    plan = plan_for_this_machine(source, Workload(SIZE, SIZE, 1), "auto", "cpu")
+    plan = plan_for_this_machine(source, Workload(SIZE, SIZE, 4 if served else 1), "auto", "cpu")
     marks["planned"] = time.time() - t0
-    engine = Engine.load(source, plan, speedups={"compile": os.environ["BENCH_COMPILE"] == "1",
-                                                 "cache_dir": os.environ["BENCH_CACHE"]})
+    speedups = {"compile": served or os.environ["BENCH_COMPILE"] == "1", "cache_dir": os.environ["BENCH_CACHE"]}
+    if served:
+        speedups.update(fuse=True, cuda_graphs=True)
+    engine = Engine.load(source, plan, with_text_encoder=True, speedups=speedups)
     engine.set_progress(False)
     marks["loaded"] = time.time() - t0
+    if served:  # as GeneratorDeployment does before it reports ready
+        engine.warmup(SIZE, SIZE, (1, 2))
+        marks["warmed_up"] = time.time() - t0
     embeds = engine.encode([PROMPT])[0]
     marks["encoded"] = time.time() - t0
     image = engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0]
@@ -918,7 +929,116 @@ def batch():
     save("batch", **out)
 
 
-STEPS = {"batch": batch, "attn": attn, "peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
+class _GpuSampler:
+    """The GPU's SM clock and power every ``period`` seconds (nvidia-smi), each sample tagged with the phase
+    running when it was taken."""
+
+    FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu",
+              "clocks_event_reasons.sw_power_cap", "clocks_event_reasons.hw_slowdown",
+              "clocks_event_reasons.sw_thermal_slowdown")
+
+    def __init__(self, period=0.1):
+        import threading
+
+        self.period, self.phase, self.rows, self._stop = period, "idle", [], threading.Event()
+        fields = self.FIELDS
+        if subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                          capture_output=True).returncode:
+            fields = fields[:5]
+        self.fields = fields
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            phase = self.phase
+            r = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(self.fields)}", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True)
+            if r.returncode == 0 and phase == self.phase:
+                self.rows.append((phase, [x.strip() for x in r.stdout.strip().split(",")]))
+            self._stop.wait(self.period)
+
+    def summary(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        out = {}
+        for phase in dict.fromkeys(p for p, _ in self.rows):
+            rows = [v for p, v in self.rows if p == phase]
+            num = lambda i: [float(v[i]) for v in rows if v[i].replace(".", "", 1).isdigit()]
+            entry = {"samples": len(rows), "sm_clock_mhz_median": statistics.median(num(0)) if num(0) else None,
+                     "sm_clock_mhz_min": min(num(0)) if num(0) else None, "sm_clock_max_mhz": rows[0][1],
+                     "power_w_median": statistics.median(num(2)) if num(2) else None, "power_limit_w": rows[0][3],
+                     "temperature_c_max": max(num(4)) if num(4) else None}
+            for i, name in enumerate(self.fields[5:], 5):
+                entry[name.split(".")[-1] + "_share"] = round(sum(v[i] == "Active" for v in rows) / len(rows), 2)
+            out[phase] = entry
+        return out
+
+
+def _gpu_busy(engine, embeds) -> dict:
+    """One 8-step denoise under the profiler (CUDA activity only, so the CPU side runs as usual): the
+    kernels' busy time against the span from first kernel to last, and the largest idle gaps between kernels."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        _latents(engine, embeds)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    kernels = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                      if e.device_type == DeviceType.CUDA), key=lambda k: k[0])
+    busy, gaps, end, prev = 0.0, [], None, None
+    for start, stop, name in kernels:
+        if end is not None and start > end:
+            gaps.append((start - end, prev, name))
+        if end is None or stop > end:
+            busy += stop - max(start, end if end is not None else start)
+            end, prev = stop, name
+    span = kernels[-1][1] - kernels[0][0]
+    gaps.sort(key=lambda g: -g[0])
+    return {"wall_ms": round(wall * 1000, 1), "span_ms": round(span / 1000, 1), "busy_ms": round(busy / 1000, 1),
+            "idle_ms": round((span - busy) / 1000, 1), "kernels": len(kernels),
+            "gaps_over_50us": sum(g[0] > 50 for g in gaps), "idle_in_gaps_over_50us_ms": round(sum(g[0] for g in gaps if g[0] > 50) / 1000, 1),
+            "largest_gaps": [(round(g[0] / 1000, 3), g[1][:70], g[2][:70]) for g in gaps[:12]]}
+
+
+def timeline():
+    """Where a 1024² denoise's time goes beyond its kernels' sum: how busy the GPU is over the 8 steps, and
+    its SM clock and power meanwhile; the same clock and power under a plain bf16 matmul, the ceiling."""
+    import torch
+
+    out = {}
+    sampler = _GpuSampler()
+    time.sleep(1.0)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for reps, key in ((20, "burst"), (800, "sustained")):  # about 0.03 s, then about 1.4 s of matmuls
+        sampler.phase = f"matmul_{key}"
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        torch.cuda.synchronize()
+        out[f"matmul_8192_{key}_tflops"] = round(2 * 8192**3 * reps / (time.perf_counter() - t) / 1e12, 1)
+    del a, b
+    sampler.phase = "load"
+    engine = _engine(batch=1)  # fused + regional compile, as served (graphs change nothing at 1024², run26)
+    embeds = engine.encode([PROMPT])[0]
+    _latents(engine, embeds)
+    sampler.phase = "idle_after_load"
+    time.sleep(1.0)
+    sampler.phase = "denoise_loop"
+    out["denoise_s"] = round(timed(lambda: _latents(engine, embeds), reps=8), 3)
+    sampler.phase = "profiled"
+    out["busy"] = [_safe(_gpu_busy, engine, embeds) for _ in range(2)]
+    out["per_step_kernels"] = _safe(_profile_step, engine, embeds)
+    out["gpu"] = sampler.summary()
+    save("timeline", **out)
+
+
+STEPS = {"timeline": timeline, "batch": batch, "attn": attn, "peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
          "http": http, "http_gpu": lambda: http("gpu"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 

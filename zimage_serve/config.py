@@ -8,6 +8,7 @@
 | ZIMAGE_API_KEYS | comma-separated API keys; when set (or the file is), every route but /healthz and /readyz needs one |
 | ZIMAGE_API_KEYS_FILE | a file with one API key per line |
 | MODELSCOPE_DOMAIN | the hub host to reach (ModelScope's own variable; default modelscope.cn) |
+| ZIMAGE_WEIGHTS_CACHE | ``1``: keep the transformer converted to bf16 under ZIMAGE_CACHE_DIR/weights (weights_cache.py) |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Environment:
     device: str | None
     api_keys: tuple[str, ...]
     hub_domain: str
+    weights_cache: bool
 
 
 def _api_keys() -> tuple[str, ...]:
@@ -44,4 +46,5 @@ def environment() -> Environment:
         device=device,
         api_keys=_api_keys(),
         hub_domain=os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn"),
+        weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
     )

@@ -3,7 +3,7 @@
 Each component goes straight from the safetensors files to where the plan puts it (``device_map``),
 converted to the serving dtype tensor by tensor on the way, so the peak never holds a second full
 copy in host memory and the GPU never holds more than the plan budgeted. Safetensors only, never
-remote code.
+remote code. With ZIMAGE_WEIGHTS_CACHE=1 the transformer is read from its bf16 copy (weights_cache.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import weights_cache
 from .lean_vae import lean_decoder
 from .planner import Plan
 from .sources import ModelSource
@@ -78,10 +79,16 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
         modeling_utils.HF_ENABLE_PARALLEL_LOADING = True
     seconds = {}
     t0 = time.perf_counter()
+    cached = weights_cache.cache_path(source, str(dt).removeprefix("torch."))
+    from_cache = weights_cache.usable(cached)
     transformer = ZImageTransformer2DModel.from_pretrained(
-        source.path, subfolder="transformer", dtype=dt, device_map={"": str(_target(plan.transformer, dev))},
-        use_safetensors=True)
+        cached if from_cache else source.path / "transformer", dtype=dt,
+        device_map={"": str(_target(plan.transformer, dev))}, use_safetensors=True)
     seconds["transformer"] = time.perf_counter() - t0
+    if cached is not None and not from_cache:
+        t0 = time.perf_counter()
+        weights_cache.save(transformer, cached)
+        seconds["weights_cache_write"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     vae = AutoencoderKL.from_pretrained(source.path, subfolder="vae", dtype=dt,
                                         device_map={"": str(_target(plan.vae, dev))}, use_safetensors=True)

@@ -136,7 +136,7 @@ def read_safetensors_header(path: Path) -> dict:
     return tensors
 
 
-def _weight_files(component_dir: Path) -> list[Path]:
+def weight_files(component_dir: Path) -> list[Path]:
     indexes = sorted(component_dir.glob("*.safetensors.index.json"))
     if indexes:
         try:
@@ -181,7 +181,7 @@ def _validate(spec: str, root: Path) -> ModelSource:
             digest.update(c.read_bytes())
         if component in WEIGHTED:
             tensors[component] = {}
-            for f in _weight_files(cdir):
+            for f in weight_files(cdir):
                 tensors[component].update(read_safetensors_header(f))
                 st = f.stat()
                 digest.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
