@@ -510,17 +510,47 @@ def coldstart():
     results = {"not_our_dependencies": NOT_OUR_DEPENDENCIES}
     cache = Path(os.environ["ZIMAGE_CACHE_DIR"]) / "compile-cold"
     shutil.rmtree(cache, ignore_errors=True)
-    # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up)
-    for name, compile, hide in (("eager", False, False), ("eager_our_dependencies_only", False, True),
-                                ("served_cold_cache", "served", True), ("served_warm_cache", "served", True)):
+    shutil.rmtree(cache.parent / "weights", ignore_errors=True)
+    results["imports"] = _import_times()
+    # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up);
+    # "weights_cache": ZIMAGE_WEIGHTS_CACHE=1, the first run writes the bf16 copy, the next reads it
+    for name, compile, hide, weights in (("eager", False, False, 0), ("eager_our_dependencies_only", False, True, 0),
+                                         ("eager_weights_cache_write", False, True, 1), ("eager_weights_cache", False, True, 1),
+                                         ("served_cold_cache", "served", True, 0), ("served_warm_cache", "served", True, 0)):
         if os.environ.get("BENCH_QUICK") and name == "served_cold_cache":
             continue
         env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(compile), BENCH_HIDE=str(int(hide)),
-                   ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache))
+                   ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache), ZIMAGE_WEIGHTS_CACHE=str(weights))
         r = subprocess.run([sys.executable, __file__, "_first_image"], env=env, capture_output=True, text=True)
         line = [x for x in r.stdout.splitlines() if x.startswith("FIRST")]
         results[name] = json.loads(line[0][5:]) if line else {"error": r.stderr[-800:]}
         save("coldstart", **results)  # after each variant: a step cut short keeps what it measured
+
+
+def _import_times() -> dict:
+    """Seconds to import torch, diffusers' Z-Image model and transformers' Qwen3 in a fresh process, twice as
+    the machine is, then twice with PYTHONPYCACHEPREFIX on a writable directory: whether the image's
+    packages have to compile their bytecode on every start."""
+    import sysconfig
+
+    code = ("import time; t = time.perf_counter(); import torch; t1 = time.perf_counter(); "
+            "import diffusers.models.transformers.transformer_z_image, transformers.models.qwen3.modeling_qwen3; "
+            "print(round(t1 - t, 2), round(time.perf_counter() - t1, 2))")
+    out = {"purelib": sysconfig.get_paths()["purelib"], "dont_write_bytecode": sys.flags.dont_write_bytecode,
+           "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")}
+    for pkg in ("torch", "transformers", "diffusers"):
+        spec = __import__("importlib.util").util.find_spec(pkg)
+        where = Path(spec.origin).parent
+        out[f"{pkg}_dir"] = {"path": str(where), "writable": os.access(where, os.W_OK),
+                             "has_pycache": (where / "__pycache__").is_dir()}
+    for label, extra in (("as_is", {}), ("pycache_prefix", {"PYTHONPYCACHEPREFIX": "/tmp/pycache-prefix"})):
+        for i in (1, 2):
+            env = {k: v for k, v in os.environ.items() if not (extra and k == "PYTHONDONTWRITEBYTECODE")}
+            r = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True, text=True)
+            torch_s, rest_s = (r.stdout.split() + ["nan", "nan"])[:2]
+            out[f"{label}_{i}"] = {"torch_s": float(torch_s), "diffusers_transformers_s": float(rest_s)}
+    print("imports", out, flush=True)
+    return out
 
 
 def _first_image():
@@ -549,16 +579,22 @@ def _first_image():
     engine = Engine.load(source, plan, with_text_encoder=True, speedups=speedups)
     engine.set_progress(False)
     marks["loaded"] = time.time() - t0
+    extra = {}
     if served:  # as GeneratorDeployment does before it reports ready
+        import torch._dynamo.utils
+
         engine.warmup(SIZE, SIZE, (1, 2))
         marks["warmed_up"] = time.time() - t0
+        extra = {"warmup_calls": engine.warmup_calls, "dynamo_stats": dict(torch._dynamo.utils.counters["stats"]),
+                 "caches": {k: v for name in ("inductor", "aot_autograd")
+                                   for k, v in torch._dynamo.utils.counters[name].items() if "cache" in k}}
     embeds = engine.encode([PROMPT])[0]
     marks["encoded"] = time.time() - t0
     image = engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0]
     marks["generated"] = time.time() - t0
     encode_image(image, "png", 1)
     print("FIRST" + json.dumps({"first_image_s": round(time.time() - t0, 1), "marks_s": {k: round(v, 1) for k, v in marks.items()},
-                                "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}}), flush=True)
+                                "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}, **extra}), flush=True)
 
 
 def _steady_rate(done: list[float], skip: int, gap: float = 0.3) -> float:

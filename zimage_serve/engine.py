@@ -81,6 +81,7 @@ class Engine:
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
         self.compiled_decoder = False
+        self.warmup_calls: list = []
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
@@ -126,10 +127,14 @@ class Engine:
         the first request whose prompt length differs."""
         t0 = time.perf_counter()
         hidden = self.pipe.transformer.config.cap_feat_dim
+        self.warmup_calls = []  # (batch, caption tokens, seconds): where a replica's start-up goes
         for n in batch_sizes:
             for tokens in caption_tokens:
+                t = time.perf_counter()
                 embeds = torch.zeros(tokens, hidden)
                 self.generate([Job(embeds, seed=i, width=width, height=height, steps=steps) for i in range(n)])
+                self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)))
+        log.info("warm-up calls (batch, caption tokens, seconds): %s", self.warmup_calls)
         return time.perf_counter() - t0
 
     @property
