@@ -502,9 +502,21 @@ def _t(fn):
 NOT_OUR_DEPENDENCIES = ("peft", "sklearn", "scipy", "torchvision", "narwhals")
 
 
+PYCACHE_PREFIX = "/tmp/pycache-prefix"
+
+
+def _with_bytecode(env: dict) -> dict:
+    """``env`` where Python keeps the bytecode it compiles (under PYCACHE_PREFIX), as in an image made by
+    pip, which compiles it at install. The GPU machine sets PYTHONDONTWRITEBYTECODE and its torch has no
+    bytecode, so as it is every process compiles torch's modules again."""
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return dict(env, PYTHONPYCACHEPREFIX=PYCACHE_PREFIX)
+
+
 def coldstart():
-    """Process start to first image, page cache warm: eager in the machine's environment as it is; eager
-    with only our dependencies importable; with compile, cold then warm compile cache."""
+    """Process start to first image, page cache warm: eager in the machine's environment as it is; then with
+    only our dependencies importable and the bytecode kept (as in our image); with the bf16 weights cache;
+    as a served replica (compile, CUDA graphs, warm-up), cold then warm compile cache."""
     import shutil
 
     results = {"not_our_dependencies": NOT_OUR_DEPENDENCIES}
@@ -512,16 +524,21 @@ def coldstart():
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(cache.parent / "weights", ignore_errors=True)
     results["imports"] = _import_times()
+    subprocess.run([sys.executable, "-c", "import zimage_serve.engine, zimage_serve.loader, diffusers, transformers, "
+                    "accelerate, safetensors"], env=_with_bytecode(os.environ), check=False)  # writes the bytecode
     # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up);
     # "weights_cache": ZIMAGE_WEIGHTS_CACHE=1, the first run writes the bf16 copy, the next reads it
-    for name, compile, hide, weights in (("eager", False, False, 0), ("eager_our_dependencies_only", False, True, 0),
-                                         ("eager_weights_cache_write", False, True, 1), ("eager_weights_cache", False, True, 1),
-                                         ("served_cold_cache", "served", True, 0), ("served_warm_cache", "served", True, 0)):
+    variants = (("eager", False, False, False, 0), ("eager_our_dependencies_only", False, True, False, 0),
+                ("eager_bytecode", False, True, True, 0), ("eager_weights_cache_write", False, True, True, 1),
+                ("eager_weights_cache", False, True, True, 1),
+                ("served_cold_cache", "served", True, True, 0), ("served_warm_cache", "served", True, True, 0))
+    for name, compile, hide, bytecode, weights in variants:
         if os.environ.get("BENCH_QUICK") and name == "served_cold_cache":
             continue
         env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(compile), BENCH_HIDE=str(int(hide)),
                    ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache), ZIMAGE_WEIGHTS_CACHE=str(weights))
-        r = subprocess.run([sys.executable, __file__, "_first_image"], env=env, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, __file__, "_first_image"], env=_with_bytecode(env) if bytecode else env,
+                           capture_output=True, text=True)
         line = [x for x in r.stdout.splitlines() if x.startswith("FIRST")]
         results[name] = json.loads(line[0][5:]) if line else {"error": r.stderr[-800:]}
         save("coldstart", **results)  # after each variant: a step cut short keeps what it measured
@@ -543,10 +560,9 @@ def _import_times() -> dict:
         where = Path(spec.origin).parent
         out[f"{pkg}_dir"] = {"path": str(where), "writable": os.access(where, os.W_OK),
                              "has_pycache": (where / "__pycache__").is_dir()}
-    for label, extra in (("as_is", {}), ("pycache_prefix", {"PYTHONPYCACHEPREFIX": "/tmp/pycache-prefix"})):
+    for label, env in (("as_is", os.environ), ("pycache_prefix", _with_bytecode(os.environ))):
         for i in (1, 2):
-            env = {k: v for k, v in os.environ.items() if not (extra and k == "PYTHONDONTWRITEBYTECODE")}
-            r = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True, text=True)
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
             torch_s, rest_s = (r.stdout.split() + ["nan", "nan"])[:2]
             out[f"{label}_{i}"] = {"torch_s": float(torch_s), "diffusers_transformers_s": float(rest_s)}
     print("imports", out, flush=True)
