@@ -523,7 +523,8 @@ def coldstart():
     cache = Path(os.environ["ZIMAGE_CACHE_DIR"]) / "compile-cold"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(cache.parent / "weights", ignore_errors=True)
-    results["imports"] = _import_times()
+    if os.environ.get("BENCH_IMPORTS", "1") == "1":
+        results["imports"] = _import_times()
     subprocess.run([sys.executable, "-c", "import zimage_serve.engine, zimage_serve.loader, diffusers, transformers, "
                     "accelerate, safetensors"], env=_with_bytecode(os.environ), check=False)  # writes the bytecode
     # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up);
@@ -532,8 +533,9 @@ def coldstart():
                 ("eager_bytecode", False, True, True, 0), ("eager_weights_cache_write", False, True, True, 1),
                 ("eager_weights_cache", False, True, True, 1),
                 ("served_cold_cache", "served", True, True, 0), ("served_warm_cache", "served", True, True, 0))
+    only = os.environ.get("BENCH_COLDSTART")  # a comma-separated choice of variants
     for name, compile, hide, bytecode, weights in variants:
-        if os.environ.get("BENCH_QUICK") and name == "served_cold_cache":
+        if (os.environ.get("BENCH_QUICK") and name == "served_cold_cache") or (only and name not in only.split(",")):
             continue
         env = dict(os.environ, BENCH_T0=str(time.time()), BENCH_COMPILE=str(compile), BENCH_HIDE=str(int(hide)),
                    ZIMAGE_CACHE_DIR=str(cache.parent), BENCH_CACHE=str(cache), ZIMAGE_WEIGHTS_CACHE=str(weights))
@@ -602,6 +604,7 @@ def _first_image():
         engine.warmup(SIZE, SIZE, (1, 2))
         marks["warmed_up"] = time.time() - t0
         extra = {"warmup_calls": engine.warmup_calls, "dynamo_stats": dict(torch._dynamo.utils.counters["stats"]),
+                 "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
                  "caches": {k: v for name in ("inductor", "aot_autograd")
                                    for k, v in torch._dynamo.utils.counters[name].items() if "cache" in k}}
     embeds = engine.encode([PROMPT])[0]
@@ -609,7 +612,10 @@ def _first_image():
     image = engine.generate([Job(embeds, 1, SIZE, SIZE)]).images[0]
     marks["generated"] = time.time() - t0
     encode_image(image, "png", 1)
-    print("FIRST" + json.dumps({"first_image_s": round(time.time() - t0, 1), "marks_s": {k: round(v, 1) for k, v in marks.items()},
+    first = time.time() - t0
+    if served:  # the denoise this replica then runs (the kernels its warm-up left: dynamic shapes)
+        extra["denoise_s"] = round(timed(lambda: _latents(engine, embeds), reps=3), 3)
+    print("FIRST" + json.dumps({"first_image_s": round(first, 1), "marks_s": {k: round(v, 1) for k, v in marks.items()},
                                 "load_parts_s": {k: round(v, 1) for k, v in engine.loaded.seconds.items()}, **extra}), flush=True)
 
 

@@ -17,11 +17,26 @@ log = logging.getLogger("zimage_serve")
 
 def use_compile_cache(cache_dir: str) -> None:
     """Persist Inductor/AOT caches on disk (a shared volume in a cluster): a new replica reuses the
-    compiled kernels instead of compiling again. Must run before the first compile."""
+    compiled kernels instead of compiling again. Must run before the first compile.
+
+    Also names the job for Dynamo's profile-guided dynamic shapes (kept in the same directory): the first
+    process learns which dimensions vary (batch, caption length) by compiling twice; later ones read that
+    and compile each graph once, dynamic from the start."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # torch < 2.7
+        from torch._inductor.runtime.runtime_utils import default_cache_dir
+
     os.makedirs(cache_dir, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+    # Importing torch._dynamo (diffusers does) sets TORCHINDUCTOR_CACHE_DIR to torch's default under /tmp, so
+    # that value means "not chosen": only a directory the user named is kept
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    if torch.compiler.config.job_id is None:  # TORCH_COMPILE_JOB_ID, when set, wins
+        torch.compiler.config.job_id = f"zimage-serve-torch{torch.__version__}"
 
 
 def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:

@@ -1,0 +1,57 @@
+"""accel's compile cache, in fresh processes as replicas start: where it lands, and what a second process skips."""
+
+import json
+import os
+import subprocess
+import sys
+
+# Imports diffusers first, as Engine.load does (torch._dynamo then points TORCHINDUCTOR_CACHE_DIR at /tmp),
+# then compiles a small block for three input shapes, as a replica's warm-up does.
+_REPLICA = """
+import json, sys
+import diffusers.models.transformers.transformer_z_image
+import torch, torch._dynamo.utils
+from zimage_serve.accel import use_compile_cache
+
+use_compile_cache(sys.argv[1])
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.nn.functional.silu(self.proj(x)) * x.mean(-1, keepdim=True)
+
+block = Block()
+block.compile(fullgraph=True)
+with torch.inference_mode():
+    for batch, tokens in ((1, 5), (1, 7), (2, 7)):
+        block(torch.randn(batch, tokens, 8))
+print(json.dumps({"graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
+                  "cache_dir": __import__("os").environ["TORCHINDUCTOR_CACHE_DIR"]}))
+"""
+
+
+def _replica(cache_dir, **env) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}, **env}
+    r = subprocess.run([sys.executable, "-c", _REPLICA, str(cache_dir)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_compile_cache_lands_where_asked_and_a_second_replica_compiles_once(tmp_path):
+    cache = tmp_path / "compile"
+    first = _replica(cache)
+    assert first["cache_dir"] == str(cache)
+    assert (cache / "fxgraph").is_dir() and any((cache / "dynamo").glob("code_state_zimage-serve*.pkl"))
+    assert first["graphs"] == 3  # static, then dynamic tokens, then dynamic batch
+    # The recorded profile makes the token dimension dynamic from the start; a batch of 1 is still
+    # compiled apart (Dynamo specializes sizes of 1), so one graph fewer
+    assert _replica(cache)["graphs"] == 2
+
+
+def test_a_cache_dir_the_user_named_is_kept(tmp_path):
+    mine = tmp_path / "mine"
+    assert _replica(tmp_path / "ours", TORCHINDUCTOR_CACHE_DIR=str(mine))["cache_dir"] == str(mine)
+    assert (mine / "fxgraph").is_dir() and not (tmp_path / "ours" / "fxgraph").exists()
