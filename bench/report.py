@@ -37,7 +37,9 @@ def summarize(s: dict) -> dict:
     stock_e2e = rows["stock"]["e2e_med_s"]
     stock_tput = 1 / stock_batch[(1024, 4)]["per_image_s"]
     stock_load = rows["stock"]["load_cpu_s"] + rows["stock"]["to_gpu_s"]
-    cold, vram, fp8 = s["coldstart"], s["vram"], s["fp8"]
+    cold, served, vram, fp8 = s["_coldstart_run33"], s["coldstart"], s["vram"], s["fp8"]
+    tl = s["timeline"]
+    busy = tl["busy"][-1]
     return {
         "device": http_gpu["gpu"]["name"],
         "engine": {
@@ -46,10 +48,21 @@ def summarize(s: dict) -> dict:
             "denoise_fp8_s": fp8["fp8_denoise_s"],
             "e2e_s": ov["in_process_p50_s"], "e2e_s_engine_gpu_step": gpu_e2e,
             "e2e_cpu_text_encoder_s": eng["e2e_s"], "generate_s": eng["generate_s"],
-            "cold_start_s": cold["eager"]["first_image_s"],
+            "cold_start_s": cold["eager_bytecode"]["first_image_s"],
+            "cold_start_machine_as_is_s": cold["eager"]["first_image_s"],
             "cold_start_our_dependencies_only_s": cold["eager_our_dependencies_only"]["first_image_s"],
-            "cold_start_compiled_s": cold["compile_warm_cache"]["first_image_s"],
-            "cold_start_marks_s": cold["eager"]["marks_s"],
+            "cold_start_weights_cache_s": cold["eager_weights_cache"]["first_image_s"],
+            "weights_cache_write_s": cold["eager_weights_cache_write"]["load_parts_s"]["weights_cache_write"],
+            "transformer_load_s": {"fp32_checkpoint": cold["eager_bytecode"]["load_parts_s"]["transformer"],
+                                   "bf16_weights_cache": cold["eager_weights_cache"]["load_parts_s"]["transformer"]},
+            "cold_start_marks_s": cold["eager_bytecode"]["marks_s"],
+            "cold_start_served_warm_cache_s": served["served_warm_cache"]["first_image_s"],
+            "cold_start_served_cold_cache_s": served["served_cold_cache"]["first_image_s"],
+            "served_start": {k: {f: served[k][f] for f in ("marks_s", "warmup_calls", "dynamo_stats", "denoise_s")}
+                             for k in ("served_cold_cache", "served_warm_cache")},
+            "served_warm_cache_before_dynamo_profile": {
+                run: {f: c["served_warm_cache"][f] for f in ("first_image_s", "warmup_calls", "dynamo_stats")}
+                for run, c in (("run32", s["_coldstart_run32"]), ("run33", cold))},
             "compile_first_call_s": eng["compile_first_call_s"],
             "peak_vram_gib_resident_cpu_te": eng["peak_vram_gib"],
             "batch4_per_image_s": eng["batch4_per_image_s"], "png_s": eng["png_s"],
@@ -102,7 +115,15 @@ def summarize(s: dict) -> dict:
                  "tiled_peak_gib": vram["tiled"]["peak_vram_gib"], "tiled_generate_s": vram["tiled"]["generate_s"],
                  "tiled_mean_abs_pixel_diff": vram["tiled"]["mean_abs_pixel_diff_vs_plain"]},
         "imports": {"diffusers_transformers_import_s": vram["diffusers_import_s"],
-                    "top_cumulative_ms": s["probe"]["top_cumulative_ms"][:12]},
+                    "top_cumulative_ms": s["probe"]["top_cumulative_ms"][:12],
+                    "bytecode": {k: cold["imports"][k] for k in ("PYTHONDONTWRITEBYTECODE", "torch_dir", "as_is_1", "as_is_2",
+                                                                 "pycache_prefix_1", "pycache_prefix_2")}},
+        "power": {"denoise_s": tl["denoise_s"], "gpu_busy_ms": busy["busy_ms"], "gpu_span_ms": busy["span_ms"],
+                  "gpu_busy_share": round(busy["busy_ms"] / busy["span_ms"], 3), "gaps_over_50us_ms": busy["idle_in_gaps_over_50us_ms"],
+                  "largest_gap": busy["largest_gaps"][0],
+                  "matmul_8192_sustained_tflops": tl["matmul_8192_sustained_tflops"],
+                  "phases": {k: tl["gpu"][k] for k in ("idle", "matmul_sustained", "denoise_loop")},
+                  "floor_at_sustained_matmul_s": round(8 * 56.6 / tl["matmul_8192_sustained_tflops"], 3)},
         "offload": {"peak_vram_gib": s["offload"]["sequential"]["peak_vram_gib"],
                     "latency_ratio": s["offload"]["latency_ratio"],
                     "resident_peak_vram_gib": s["offload"]["resident"]["peak_vram_gib"],
@@ -129,12 +150,15 @@ def summarize(s: dict) -> dict:
             "throughput_ratio_fp8": round(http_fp8["throughput_img_s"] / stock_tput, 2),
             "steady_throughput_ratio": round(http["steady_throughput_img_s"] / stock_tput, 2),
             "batch_job_ratio": round(s["batch"]["steady_img_s"] / stock_tput, 2),
-            "cold_start_vs_stock_load": round(cold["eager"]["first_image_s"] / stock_load, 2),
+            "cold_start_vs_stock_load": round(cold["eager_bytecode"]["first_image_s"] / stock_load, 2),
             "peak_vram_ratio_resident_cpu_te": round(eng["peak_vram_gib"] / rows["staged"]["peak_gib"], 3),
         },
         "serve_batch_run17": s["_serve_batch"],
         "http_p50_cpu_encoders_run28": s["_http_run28"]["p50_s"],
         "batch_job_run27": {k: s["_batch_run27"][k] for k in ("steady_img_s", "first_image_after_start_s")},
+        "batch_job_run30_before_writers": s["_batch_run30"]["steady_img_s"],
+        "cold_start_run32": {k: s["_coldstart_run32"][k]["first_image_s"] for k in ("eager", "eager_our_dependencies_only")},
+        "http_run29": {k: s["_http_run29"][k] for k in ("p50_s", "throughput_img_s", "steady_throughput_img_s", "deploy_s")},
         "sources": {k: v["_run"] for k, v in s.items() if not k.startswith("_")},
     }
 
@@ -151,7 +175,7 @@ def render(s: dict) -> str:
     """BENCHMARKS.md from the summary: every number below comes from latest.json."""
     e, h, h8, o, f, c, st, r, v, d = (s[k] for k in ("engine", "http", "http_fp8", "offload", "fp8", "cpu_text_encoder",
                                                      "stock", "ratios_vs_stock", "vram", "denoise_steps"))
-    m, src = e["cold_start_marks_s"], s["sources"]
+    m, src, pw = e["cold_start_marks_s"], s["sources"], s["power"]
     overhead = round((h["overhead_ratio"] - 1) * 100, 1)
     seq_overhead = round((h["overhead_ratio_sequential_same_run"] - 1) * 100, 1)
     kc, kf = d["kernel_ms_per_step_compiled"] or {}, d["kernel_ms_per_step_fused"] or {}
@@ -201,12 +225,17 @@ python3 bench/run.py build http batch               # run27: the batch job on on
 python3 bench/run.py build http http_gpu_fp8        # run28: FP8 p50 with the current build
 python3 bench/run.py build http                     # run29: bf16 saturation, steady state counted in whole batches
 python3 bench/run.py build batch                    # run30: the batch job with encoder blocks of one GPU batch
+python3 bench/run.py build timeline offload coldstart   # run31: GPU busy time, clock and power; offload
+python3 bench/run.py build coldstart                # run32: import times with and without bytecode; the bf16 weights cache
+python3 bench/run.py build batch coldstart          # run33: the batch job with CPU writers; cold start with bytecode kept
+BENCH_IMPORTS=0 BENCH_COLDSTART=served_cold_cache,served_warm_cache python3 bench/run.py build coldstart http
+                                                    # run34: served start with the compile cache where asked
 python3 bench/report.py                             # here
 ```
 
 `.whl` is the wheel kit from `shared/gpu/make-device-wheels.sh torchao==0.17.0` (the device sets
 PYTHONDONTWRITEBYTECODE, so `compileall` writes the bytecode that a normal `pip install` or the
-Docker image has). Stock figures and the engine's bf16 figures are from the same run ({src['stock']}); the
+Docker image has; the machine's own torch has none, see the cold start rows). Stock figures and the engine's bf16 figures are from the same run ({src['stock']}); the
 others are from later runs on the same machine kind. Sources per step: {src}.
 
 ## Results against the targets of issue 5
@@ -220,17 +249,18 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 | HTTP p50 / p95, one request in flight, prompt never cached, encode on GPU, PNG ({src['overhead']}) | {h['p50_s']} / {h['p95_s']} s | {st['e2e_s']} s | {r['http_p50_vs_stock_e2e']}x the stock time | p50 <= 0.80 s | {_met(h['p50_s'] <= 0.8)} |
 | same, JPEG (`output_format: jpeg`, {src['http_gpu']}: an earlier build, before the parallel PNG, graphs and the compiled decoder) | {h['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h['p50_jpeg_s'] <= 0.8)} |
 | same with FP8: PNG / JPEG ({src['http_gpu_fp8']}) | {h8['p50_s']} / {h8['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h8['p50_s'] <= 0.8)} (PNG), {_met(h8['p50_jpeg_s'] <= 0.8)} (FP8 + JPEG) |
-| HTTP p50 / p95, prompts encoded by the CPU encoders (8 threads, bf16, {src['http']}; run28: {s['http_p50_cpu_encoders_run28']} s: the CPU encoder varies) | {h['p50_cpu_text_encoder_s']} / {h['p95_cpu_text_encoder_s']} s | | | | |
+| HTTP p50 / p95, prompts encoded by the CPU encoders (8 threads, bf16, {src['http']}; run29: {s['http_run29']['p50_s']} s, run28: {s['http_p50_cpu_encoders_run28']} s: the CPU encoder varies) | {h['p50_cpu_text_encoder_s']} / {h['p95_cpu_text_encoder_s']} s | | | | |
 | serving overhead: HTTP p50 over in-process p50, interleaved on one GPU ({src['overhead']}) | {overhead} % ({h['overhead_interleaved']['http_p50_s']} vs {h['overhead_interleaved']['in_process_p50_s']} s) | | | <= 5 % | {_met(h['overhead_ratio'] <= 1.05)} |
 | same, when batches waited 5 ms to fill (`batch_wait_timeout_s` 0.005, run22) | {round(ov22['overhead_ratio'] * 100, 1)} % ({ov22['http_p50_s']} vs {ov22['in_process_p50_s']} s) | | | <= 5 % | {_met(ov22['overhead_ratio'] <= 0.05)} |
 | same, measured one after the other in one run ({src['http_gpu']}, an earlier build) | {seq_overhead} % | | | <= 5 % | {_met(h['overhead_ratio_sequential_same_run'] <= 1.05)} |
-| throughput at saturation, 64 requests from 16 clients, CPU encoders, bf16 ({src['http']}): all requests / steady state (whole batches after the first 8 answers) | {h['throughput_img_s']} / {h['steady_throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x / {r['steady_throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
+| throughput at saturation, 64 requests from 16 clients, CPU encoders, bf16 ({src['http']}): all requests / steady state (whole batches after the first 8 answers; run29: {s['http_run29']['throughput_img_s']} / {s['http_run29']['steady_throughput_img_s']}) | {h['throughput_img_s']} / {h['steady_throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x / {r['steady_throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
 | same with FP8 ({src['http_fp8']}, 48 requests) / FP8 with prompts encoded on the GPU ({src['http_gpu_fp8']}, 64 requests) | {h8['throughput_img_s']} / {h8['throughput_gpu_text_encoder_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
-| batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, a cold compile; {s['batch_job_run27']['first_image_after_start_s']} s in run27, after the http step had filled the compile cache) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
+| batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch; {s['batch_job_run30_before_writers']} in run30, before the CPU writers) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, a cold compile; {s['batch_job_run27']['first_image_after_start_s']} s in run27, after the http step had filled the compile cache) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
 | the batch job's prompt-encoding stage: as it was ({bj['encode_stage_before']['threads']} thread, float32) / now ({bj['encode_stage_now']['threads']} threads, {bj['encode_stage_now']['dtype'].removeprefix('torch.')}) | {bj['encode_stage_before']['prompts_per_s']} / {bj['encode_stage_now']['prompts_per_s']} prompts/s | | {round(bj['encode_stage_now']['prompts_per_s'] / bj['encode_stage_before']['prompts_per_s'], 1)}x | | |
-| cold start: process start to first image, fp32 hub layout, page cache warm, eager | {e['cold_start_s']} s | {st['load_s']} s to load alone | {r['cold_start_vs_stock_load']}x | <= 20 s | {_met(e['cold_start_s'] <= 20)} |
-| same, only zimage-serve's dependencies importable | {e['cold_start_our_dependencies_only_s']} s | | | <= 20 s | {_met(e['cold_start_our_dependencies_only_s'] <= 20)} |
-| cold start with compile, compile cache warm | {e['cold_start_compiled_s']} s | | | | |
+| cold start: process start to first image, fp32 hub layout, page cache warm, eager, as in our image (only our dependencies importable, Python's bytecode kept; run33) | {e['cold_start_s']} s | {st['load_s']} s to load alone | {r['cold_start_vs_stock_load']}x | <= 20 s | {_met(e['cold_start_s'] <= 20)} |
+| same, with the bf16 weights cache (`ZIMAGE_WEIGHTS_CACHE=1`; written once in {e['weights_cache_write_s']} s) | {e['cold_start_weights_cache_s']} s (transformer read in {e['transformer_load_s']['bf16_weights_cache']} s instead of {e['transformer_load_s']['fp32_checkpoint']} s) | | | <= 20 s | {_met(e['cold_start_weights_cache_s'] <= 20)} |
+| same on the machine as it is (PYTHONDONTWRITEBYTECODE set, its torch without bytecode, extra packages) / only our dependencies | {e['cold_start_machine_as_is_s']} / {e['cold_start_our_dependencies_only_s']} s (run32: {s['cold_start_run32']['eager']} / {s['cold_start_run32']['eager_our_dependencies_only']} s) | | | <= 20 s | {_met(e['cold_start_machine_as_is_s'] <= 20)} |
+| a served replica ready and its first image: compile, CUDA graphs, compiled decoder, warm-up at batch 1 and 2 ({src['coldstart']}): compile cache warm / cold | {e['cold_start_served_warm_cache_s']} / {e['cold_start_served_cold_cache_s']} s | | | | |
 | peak VRAM, resident plan, prompts encoded on CPU (lean VAE decoder, eager, untiled: what a card without {0.5} GiB to spare runs) | {e['peak_vram_gib_resident_cpu_te']} GiB | {st['peak_vram_gib_resident_cpu_te']} GiB | {r['peak_vram_ratio_resident_cpu_te']}x | <= 13.5 GiB | {_met(e['peak_vram_gib_resident_cpu_te'] <= 13.5)} |
 | same plan with the compiled VAE decoder (the default where the plan has the memory, as on this H100; {src['peak']}) | {pk['peak_vram_gib']} GiB (decode {pk['seconds']['decode']} s) | {st['peak_vram_gib_resident_cpu_te']} GiB | {round(pk['peak_vram_gib'] / st['peak_vram_gib_resident_cpu_te'], 3)}x | <= 13.5 GiB | {_met(pk['peak_vram_gib'] <= 13.5)}: 0.38 GiB spent for 0.05 s an image, only where it is free |
 | same plan, diffusers' decoder in its place ({src['vram']}) | {v['stock_decoder_peak_gib']} GiB (lean: {v['lean_decoder_peak_gib']} GiB, same pixels: max diff {v['lean_vs_stock_decoder_max_abs_pixel_diff']}) | | | | |
@@ -318,16 +348,19 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 - **Throughput**: transformer batches of up to 4 images of one shape ({e['batch4_per_image_s']} s an image
   in a batch of 4 vs {e['generate_s']} s alone, {src['engine']}), and each image's PNG/JPEG encoding done per request,
   outside the batch, while the next batch runs on the GPU. In steady state the Serve app delivers
-  {h['steady_throughput_img_s']} img/s ({src['http']}), that batch-of-4 rate (1 / {e['batch4_per_image_s']} s): the GPU is the bottleneck, the
+  {h['steady_throughput_img_s']} img/s ({src['http']}; {s['http_run29']['steady_throughput_img_s']} in run29), about that batch-of-4 rate (1 / {e['batch4_per_image_s']} s): the GPU is the bottleneck, the
   CPU encoders keep up (the last batches at saturation: {h['saturation_batches']}). Over all 64
   requests it is {h['throughput_img_s']} img/s: the first batches wait for the CPU encoders.
 - **Batch job ({src['batch']})**: Ray Data sets OMP_NUM_THREADS to an actor's CPUs, so the prompt-encoding
   stage (1 CPU, float32) encoded {bj['encode_stage_before']['prompts_per_s']} prompts/s and would have held one GPU to that rate. It now takes
   half the CPUs the GPU actors leave (7 on this 16-core host, `--encoder-cpus`) and bf16 on AMX CPUs,
   the choice the serving encoders make (`--encoder-dtype`, `encoding.cpu_encoder_dtype`): {bj['encode_stage_now']['prompts_per_s']} prompts/s.
-  The job then generates {bj['steady_img_s']} img/s on one GPU, {r['batch_job_ratio']}x stock's batch of 4 ({s['batch_job_run27']['steady_img_s']} in run27). The
-  encoder's blocks hold one GPU batch, so the driver's manifest and progress bar advance batch by
-  batch ({src['batch']}); with blocks of 8 they lagged about two batches behind the images written.
+  The encoder's blocks hold one GPU batch, so the driver's manifest and progress bar advance batch by
+  batch; with blocks of 8 they lagged about two batches behind the images written. The GPU actor
+  used to encode and write each batch's PNGs before taking the next batch (about 0.03 s an image);
+  CPU writers (`batch.WriteStage`, one per GPU actor) now do that while the GPU goes on: {s['batch_job_run30_before_writers']} img/s
+  (run30) -> {bj['steady_img_s']} img/s ({src['batch']}), {r['batch_job_ratio']}x stock's batch of 4 and the GPU's own batch-of-4 rate
+  (1 / {e['batch4_per_image_s']} s). A file still exists before the manifest lists it.
 - **Memory** (`lean_vae.py`): the resident plan peaks in the VAE decode, not the transformer (probe,
   {src['probe']}: the first full-resolution resnet and the last upsampler). In-place SiLU after each GroupNorm,
   and every large 3x3 conv (and upsample + conv) run in bands of rows with a one-row halo: the same
@@ -335,28 +368,56 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   {v['lean_decoder_peak_gib']} GiB instead of {v['stock_decoder_peak_gib']} GiB. The planner still has tiled decode
   ({v['tiled_peak_gib']} GiB, +{round(v['tiled_generate_s'] - v['lean_decoder_generate_s'], 3)} s, mean seam difference {v['tiled_mean_abs_pixel_diff']}/255), model offload and streamed offload
   ({o['peak_vram_gib']} GiB at {o['latency_ratio']}x) for smaller cards.
-- **Loading**: each component goes from safetensors straight to its device, fp32 converted to bf16 on
-  the way, shards read in parallel (stock: {st['load_s']} s through host memory). Of the {e['cold_start_s']} s cold start:
-  {m['imports']} s importing torch and our modules, {round(m['loaded'] - m['planned'], 1)} s from plan to loaded (about 3 s of it
-  reading weights, the rest importing diffusers and transformers), {round(m['generated'] - m['loaded'], 1)} s first encode and
-  image. The machine's image also has peft, scikit-learn, scipy, torchvision and narwhals, which
-  diffusers and transformers import when present (importtime, {src['probe']}: {s['imports']['top_cumulative_ms'][0][1]} ms for `diffusers`
-  alone); with only our dependencies importable (as in a venv made from pyproject.toml) the cold start is
-  {e['cold_start_our_dependencies_only_s']} s.
+- **Loading and start-up (run33, {src['coldstart']})**: each component goes from safetensors straight to its device, fp32
+  converted to bf16 on the way, shards read in parallel (stock: {st['load_s']} s through host memory). Of the {e['cold_start_s']} s
+  cold start: {m['imports']} s importing torch and our modules, {round(m['imports_diffusers_transformers'] - m['imports'], 1)} s importing diffusers and transformers,
+  {round(m['loaded'] - m['planned'], 1)} s loading (the transformer {e['transformer_load_s']['fp32_checkpoint']} s), {round(m['generated'] - m['loaded'], 1)} s the first encode and image. Imports are most of
+  it, and this machine makes them slower than an image would: it sets PYTHONDONTWRITEBYTECODE and its torch
+  has no bytecode, so every process compiles torch's modules again (`_import_times`, run33: torch
+  {s['imports']['bytecode']['as_is_2']['torch_s']} s and diffusers + transformers {s['imports']['bytecode']['as_is_2']['diffusers_transformers_s']} s as it is; {s['imports']['bytecode']['pycache_prefix_2']['torch_s']} s and {s['imports']['bytecode']['pycache_prefix_2']['diffusers_transformers_s']} s once the bytecode is kept).
+  `pip install` (cluster/Dockerfile) writes the bytecode, so the table's cold start keeps it. The machine
+  also has peft, scikit-learn, scipy, torchvision and narwhals, which diffusers and transformers import
+  when present ({s['imports']['top_cumulative_ms'][0][1]} ms for `diffusers` alone in {src['probe']}'s importtime).
+  The optional bf16 weights cache (`weights_cache.py`, `ZIMAGE_WEIGHTS_CACHE=1`, set in cluster/Dockerfile)
+  keeps the converted transformer, 12.3 GB instead of 24.6 GB: {e['transformer_load_s']['fp32_checkpoint']} -> {e['transformer_load_s']['bf16_weights_cache']} s from a warm page cache (the first load
+  writes it, {e['weights_cache_write_s']} s once). From a network volume read cold it halves the bytes; that was not measured here.
+  A served replica compiles and warms up before it reports ready: {e['cold_start_served_warm_cache_s']} s with the compile cache warm,
+  {e['cold_start_served_cold_cache_s']} s cold (warm-up calls, as (batch, caption tokens, seconds): {e['served_start']['served_warm_cache']['warmup_calls']} warm,
+  {e['served_start']['served_cold_cache']['warmup_calls']} cold). Before run34 the compile cache was kept only
+  where torch's default put it: importing torch._dynamo (diffusers does) sets TORCHINDUCTOR_CACHE_DIR
+  to a directory under /tmp, which turned our default into a no-op, so a new pod never found the cache on
+  the shared volume. `accel.use_compile_cache` now puts it in ZIMAGE_CACHE_DIR/compile (tests/test_accel.py)
+  and keeps Dynamo's profile of dynamic dimensions there (`torch.compiler.config.job_id`): a warm
+  replica compiles {e['served_start']['served_warm_cache']['dynamo_stats']['unique_graphs']} graphs instead of {e['served_warm_cache_before_dynamo_profile']['run33']['dynamo_stats']['unique_graphs']}, skipping the block's static first try. Its warm-up took
+  {round(sum(c[2] for c in e['served_start']['served_warm_cache']['warmup_calls']), 1)} s ({src['coldstart']}) against {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run32']['warmup_calls']), 1)} and {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run33']['warmup_calls']), 1)} s without (run32, run33), so the saving is
+  smaller than the spread between runs. The dynamic-shape kernels a replica ends with denoise in
+  {e['served_start']['served_warm_cache']['denoise_s']} s ({src['coldstart']}), against {e['denoise_s']} s for the static ones.
+- **Power, the bound under bf16 ({src['timeline']}, `timeline` step)**: over an 8-step denoise ({pw['denoise_s']} s) the GPU
+  is busy {round(100 * pw['gpu_busy_share'], 1)} % of the span from its first kernel to its last ({pw['gpu_busy_ms']} of {pw['gpu_span_ms']} ms; the largest gap,
+  {pw['largest_gap'][0]} ms, is the initial noise copied from the CPU), so launches and syncs cost about 2 %. The
+  kernels run slower than in a short burst because the GPU is at its power limit: through the denoise
+  loop it draws a median {pw['phases']['denoise_loop']['power_w_median']:.0f} W of its {float(pw['phases']['denoise_loop']['power_limit_w']):.0f} W limit, the driver's software power cap is
+  active in {round(100 * pw['phases']['denoise_loop']['sw_power_cap_share'])} % of the samples (nvidia-smi every 0.1 s), and the SM clock runs at a median
+  {pw['phases']['denoise_loop']['sm_clock_mhz_median']:.0f} MHz ({pw['phases']['idle']['sm_clock_mhz_median']:.0f} MHz idle). Sustained 8192³ bf16 matmuls reach {pw['matmul_8192_sustained_tflops']} TFLOP/s here, also power-capped
+  (median {pw['phases']['matmul_sustained']['sm_clock_mhz_median']:.0f} MHz); the 798 TFLOP/s ceiling is a short-burst figure. At {pw['matmul_8192_sustained_tflops']} TFLOP/s, 8 steps
+  of 56.6 TFLOP take {pw['floor_at_sustained_matmul_s']} s even if every FLOP ran at matmul speed, and attention and the
+  normalizations run below it: 0.65 s in bf16 is beyond what this GPU sustains at 700 W. FP8 does the
+  matmuls with less energy, hence its {f['fp8_denoise_s']} s.
 
 ## Not met, and not measured
 
-- bf16 denoise {e['denoise_s']} s against 0.65 s: met only with FP8 ({f['fp8_denoise_s']} s). The kernels alone take
-  about 89 ms a step ({src['graphs']} profile), so 8 steps cannot go below about 0.71 s in bf16 on this stack;
-  CUDA graphs did not move 1024² ({e['compiled_denoise_no_graphs_s']} s without, {e['denoise_s']} s with, {src['engine']}), and the attention kernel
-  is the fastest available ({src['attn']}). Not tried: a fused attention+RoPE kernel, FA3 (absent).
+- bf16 denoise {e['denoise_s']} s against 0.65 s: met only with FP8 ({f['fp8_denoise_s']} s). The GPU is busy {round(100 * pw['gpu_busy_share'], 1)} % of
+  the denoise and at its 700 W power cap throughout ({src['timeline']}); at the {pw['matmul_8192_sustained_tflops']} TFLOP/s that bf16 matmuls sustain
+  under that cap, the 8 steps' FLOPs alone take {pw['floor_at_sustained_matmul_s']} s. CUDA graphs did not move 1024²
+  ({e['compiled_denoise_no_graphs_s']} s without, {e['denoise_s']} s with, {src['engine']}), and the attention kernel is the fastest available
+  ({src['attn']}). Not tried: a fused attention+RoPE kernel, FA3 (absent).
 - HTTP p50 {h['p50_s']} s (bf16, PNG) against 0.80 s; with FP8 it is {h8['p50_s']} s (PNG) and {h8['p50_jpeg_s']} s (JPEG), met.
   The bf16 stages: denoise {h['stages_p50_s']['denoise']} s, decode + uint8 {h['stages_p50_s']['decode']} s, prompt
   encoding on the GPU {h['stages_p50_s']['text_encode']} s (Qwen3-4B, eager: launch-bound), PNG {h['stages_p50_s']['image_encode']} s.
   The denoise alone takes {h['stages_p50_s']['denoise']} s of the 0.80 s.
 - bf16 throughput {h['throughput_img_s']} img/s ({h['steady_throughput_img_s']} in steady state) against 1.4 (FP8: {h8['throughput_img_s']}, met): one bf16
   image costs {e['batch4_per_image_s']} s of GPU time at batch 4 ({src['engine']}), so bf16 is bounded near {round(1 / e['batch4_per_image_s'], 2)} img/s, which
-  the steady state reaches.
+  the steady state reaches (power-bound like the denoise).
 - The steady-state figures that run28 wrote (`steady_throughput_img_s`) came from an earlier formula that
   counted the rest of the first counted batch as free; they are not used. run29 has the formula in the script.
 - The default on an 80 GB card (compiled decoder) peaks at {pk['peak_vram_gib']} GiB, above the 13.5 GiB target; a card
@@ -373,6 +434,10 @@ def main() -> None:
         steps[f"_{step}_{run}"] = json.loads((RESULTS / run / f"{step}.json").read_text())
     steps["_http_run28"] = json.loads((RESULTS / "run28" / "http.json").read_text())
     steps["_batch_run27"] = json.loads((RESULTS / "run27" / "batch.json").read_text())  # encoder blocks of 8
+    steps["_batch_run30"] = json.loads((RESULTS / "run30" / "batch.json").read_text())  # before the CPU writers
+    steps["_http_run29"] = json.loads((RESULTS / "run29" / "http.json").read_text())
+    for run in ("run32", "run33"):  # every eager variant (run33); served starts before Dynamo's profile was kept
+        steps[f"_coldstart_{run}"] = json.loads((RESULTS / run / "coldstart.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     summary = summarize(steps)
