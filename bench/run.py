@@ -697,6 +697,13 @@ def http(encode_on="cpu", fp8=False):
          p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
          throughput_img_s=round(throughput, 3), steady_throughput_img_s=round(steady, 3), saturation_p50_s=round(statistics.median(sat), 3),
          batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+    if os.environ.get("BENCH_REDEPLOY") == "1":  # new replicas on the compile cache this deployment filled
+        results = json.loads((OUT / f"{step}.json").read_text())
+        serve.delete("zimage")
+        t0 = time.time()
+        serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
+        results["redeploy_warm_cache_s"] = round(time.time() - t0, 1)
+        save(step, **{k: v for k, v in results.items() if k != "step"})
     serve.shutdown()
     ray.shutdown()
 
