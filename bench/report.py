@@ -83,10 +83,11 @@ def summarize(s: dict) -> dict:
             "throughput_img_s": http["throughput_img_s"], "steady_throughput_img_s": http["steady_throughput_img_s"],
             "saturation_batches": http["batches"][-16:],
             "throughput_gpu_text_encoder_img_s": http_gpu["throughput_img_s"],
+            "steady_throughput_gpu_text_encoder_img_s": http_gpu["steady_throughput_img_s"],
             "replica_peak_gib": http["gpu"]["peak_allocated_gib"], "plan_peak_gib": http["plan"]["peak_gib"],
             "overhead_ratio": round(ov["http_p50_s"] / ov["in_process_p50_s"], 3),
             "overhead_interleaved": {"in_process_p50_s": ov["in_process_p50_s"], "http_p50_s": ov["http_p50_s"]},
-            "overhead_ratio_sequential_same_run": round(http_gpu["p50_s"] / gpu_e2e, 3),
+            "deploy_s_cold_compile_cache": http_gpu["deploy_s"], "redeploy_s_warm_compile_cache": http_gpu["redeploy_warm_cache_s"],
         },
         "http_fp8": {
             "p50_s": http_gpu_fp8["p50_s"], "p95_s": http_gpu_fp8["p95_s"], "p50_jpeg_s": http_gpu_fp8["jpeg_p50_s"],
@@ -177,7 +178,6 @@ def render(s: dict) -> str:
                                                      "stock", "ratios_vs_stock", "vram", "denoise_steps"))
     m, src, pw = e["cold_start_marks_s"], s["sources"], s["power"]
     overhead = round((h["overhead_ratio"] - 1) * 100, 1)
-    seq_overhead = round((h["overhead_ratio_sequential_same_run"] - 1) * 100, 1)
     kc, kf = d["kernel_ms_per_step_compiled"] or {}, d["kernel_ms_per_step_fused"] or {}
     dv, dv20, pk, te = s["decode"]["variants"], s["decode"]["variants_run20"], s["peak_compiled_decoder"], s["text_encoder_gpu"]
     ov22 = s["overhead_with_5ms_batch_wait_run22"]
@@ -230,6 +230,7 @@ python3 bench/run.py build coldstart                # run32: import times with a
 python3 bench/run.py build batch coldstart          # run33: the batch job with CPU writers; cold start with bytecode kept
 BENCH_IMPORTS=0 BENCH_COLDSTART=served_cold_cache,served_warm_cache python3 bench/run.py build coldstart http
                                                     # run34: served start with the compile cache where asked
+BENCH_REDEPLOY=1 python3 bench/run.py build http_gpu   # run35: GPU encoding; the app redeployed on a warm cache
 python3 bench/report.py                             # here
 ```
 
@@ -247,12 +248,13 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 | end to end in-process, one image (encode on GPU + denoise + decode + PNG, {src['overhead']}) | {e['e2e_s']} s | {st['e2e_s']} s (no PNG) | {r['e2e_speedup']}x faster | | |
 | end to end in-process, prompt encoded on the CPU (16 threads) | {e['e2e_cpu_text_encoder_s']} s | | | | |
 | HTTP p50 / p95, one request in flight, prompt never cached, encode on GPU, PNG ({src['overhead']}) | {h['p50_s']} / {h['p95_s']} s | {st['e2e_s']} s | {r['http_p50_vs_stock_e2e']}x the stock time | p50 <= 0.80 s | {_met(h['p50_s'] <= 0.8)} |
-| same, JPEG (`output_format: jpeg`, {src['http_gpu']}: an earlier build, before the parallel PNG, graphs and the compiled decoder) | {h['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h['p50_jpeg_s'] <= 0.8)} |
+| same, PNG / JPEG (`output_format: jpeg`), measured in a later run ({src['http_gpu']}) | {h['p50_s_http_gpu_step']} / {h['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h['p50_jpeg_s'] <= 0.8)} |
+| same app, GPU encoding: saturation throughput, 64 requests ({src['http_gpu']}): all / steady state | {h['throughput_gpu_text_encoder_img_s']} / {h['steady_throughput_gpu_text_encoder_img_s']} img/s (the encoder's GPU time is taken from the denoise: why `serve_config.yaml` encodes on CPUs) | {st['throughput_img_s']} img/s | | | |
+| the whole Serve app deployed until ready (encoders, ingress, a generator that compiles and warms up; {src['http_gpu']}): compile cache cold / redeployed on the cache it filled | {h['deploy_s_cold_compile_cache']} / {h['redeploy_s_warm_compile_cache']} s | | | | |
 | same with FP8: PNG / JPEG ({src['http_gpu_fp8']}) | {h8['p50_s']} / {h8['p50_jpeg_s']} s | | | p50 <= 0.80 s | {_met(h8['p50_s'] <= 0.8)} (PNG), {_met(h8['p50_jpeg_s'] <= 0.8)} (FP8 + JPEG) |
 | HTTP p50 / p95, prompts encoded by the CPU encoders (8 threads, bf16, {src['http']}; run29: {s['http_run29']['p50_s']} s, run28: {s['http_p50_cpu_encoders_run28']} s: the CPU encoder varies) | {h['p50_cpu_text_encoder_s']} / {h['p95_cpu_text_encoder_s']} s | | | | |
 | serving overhead: HTTP p50 over in-process p50, interleaved on one GPU ({src['overhead']}) | {overhead} % ({h['overhead_interleaved']['http_p50_s']} vs {h['overhead_interleaved']['in_process_p50_s']} s) | | | <= 5 % | {_met(h['overhead_ratio'] <= 1.05)} |
 | same, when batches waited 5 ms to fill (`batch_wait_timeout_s` 0.005, run22) | {round(ov22['overhead_ratio'] * 100, 1)} % ({ov22['http_p50_s']} vs {ov22['in_process_p50_s']} s) | | | <= 5 % | {_met(ov22['overhead_ratio'] <= 0.05)} |
-| same, measured one after the other in one run ({src['http_gpu']}, an earlier build) | {seq_overhead} % | | | <= 5 % | {_met(h['overhead_ratio_sequential_same_run'] <= 1.05)} |
 | throughput at saturation, 64 requests from 16 clients, CPU encoders, bf16 ({src['http']}): all requests / steady state (whole batches after the first 8 answers; run29: {s['http_run29']['throughput_img_s']} / {s['http_run29']['steady_throughput_img_s']}) | {h['throughput_img_s']} / {h['steady_throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x / {r['steady_throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
 | same with FP8 ({src['http_fp8']}, 48 requests) / FP8 with prompts encoded on the GPU ({src['http_gpu_fp8']}, 64 requests) | {h8['throughput_img_s']} / {h8['throughput_gpu_text_encoder_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
 | batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch; {s['batch_job_run30_before_writers']} in run30, before the CPU writers) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, a cold compile; {s['batch_job_run27']['first_image_after_start_s']} s in run27, after the http step had filled the compile cache) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
