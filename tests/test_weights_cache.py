@@ -1,5 +1,8 @@
 """The bf16 weights cache on the real tiny checkpoint: written on the first load, read on the next."""
 
+import os
+import time
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -64,3 +67,15 @@ def test_the_cache_is_off_by_default_and_skipped_where_it_would_copy_the_checkpo
     assert weights_cache.cache_path(tiny_source, "bfloat16") is None
     assert "weights_cache_write" not in _load(tiny_source).seconds
     assert not (cache_on / "weights").exists()
+
+
+def test_a_copy_left_by_a_killed_writer_is_cleaned_up_once_stale(tiny_source, cache_on):
+    path = weights_cache.cache_path(tiny_source, "bfloat16")
+    stale = path.parent.with_name(f".{path.parent.name}.deadbeef.tmp")
+    fresh = path.parent.with_name(f".{path.parent.name}.cafef00d.tmp")  # another replica writing right now
+    for d in (stale, fresh):
+        (d / "transformer").mkdir(parents=True)
+    old = time.time() - 2 * weights_cache.STALE_TMP_S
+    os.utime(stale, (old, old))
+    _load(tiny_source)
+    assert not stale.exists() and fresh.exists() and weights_cache.usable(path)
