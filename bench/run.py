@@ -550,6 +550,7 @@ def _import_times() -> dict:
     """Seconds to import torch, diffusers' Z-Image model and transformers' Qwen3 in a fresh process, twice as
     the machine is, then twice with PYTHONPYCACHEPREFIX on a writable directory: whether the image's
     packages have to compile their bytecode on every start."""
+    import importlib.util
     import sysconfig
 
     code = ("import time; t = time.perf_counter(); import torch; t1 = time.perf_counter(); "
@@ -558,7 +559,7 @@ def _import_times() -> dict:
     out = {"purelib": sysconfig.get_paths()["purelib"], "dont_write_bytecode": sys.flags.dont_write_bytecode,
            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")}
     for pkg in ("torch", "transformers", "diffusers"):
-        spec = __import__("importlib.util").util.find_spec(pkg)
+        spec = importlib.util.find_spec(pkg)
         where = Path(spec.origin).parent
         out[f"{pkg}_dir"] = {"path": str(where), "writable": os.access(where, os.W_OK),
                              "has_pycache": (where / "__pycache__").is_dir()}
@@ -692,18 +693,18 @@ def http(encode_on="cpu", fp8=False):
     single.sort()
     info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
     step = "http" + ("" if encode_on == "cpu" else f"_{encode_on}") + ("_fp8" if fp8 else "")
-    save(step, deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
-         jpeg_p50_s=round(statistics.median(single_jpeg), 3),
-         p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
-         throughput_img_s=round(throughput, 3), steady_throughput_img_s=round(steady, 3), saturation_p50_s=round(statistics.median(sat), 3),
-         batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+    results = dict(deploy_s=round(deploy_s, 1), p50_s=round(statistics.median(single), 3),
+                   jpeg_p50_s=round(statistics.median(single_jpeg), 3),
+                   p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
+                   throughput_img_s=round(throughput, 3), steady_throughput_img_s=round(steady, 3),
+                   saturation_p50_s=round(statistics.median(sat), 3),
+                   batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+    save(step, **results)
     if os.environ.get("BENCH_REDEPLOY") == "1":  # new replicas on the compile cache this deployment filled
-        results = json.loads((OUT / f"{step}.json").read_text())
         serve.delete("zimage")
         t0 = time.time()
         serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
-        results["redeploy_warm_cache_s"] = round(time.time() - t0, 1)
-        save(step, **{k: v for k, v in results.items() if k != "step"})
+        save(step, **results, redeploy_warm_cache_s=round(time.time() - t0, 1))
     serve.shutdown()
     ray.shutdown()
 
