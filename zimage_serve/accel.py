@@ -51,16 +51,25 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
     return sum(quantize_linears(m, min_features) for m in transformer.modules() if type(m).__name__ in block_types)
 
 
-def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None) -> dict:
-    """torch.compile of the VAE decoder: Inductor fuses each GroupNorm with its SiLU and the residual adds;
-    eager GroupNorm at full resolution is much of the decode (0.100 s -> 0.042 s at 1024² on the H100).
+def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None, whole: bool = False) -> dict:
+    """torch.compile of the VAE decoder's GroupNorm+SiLU pairs (lean_vae.GroupNormSiLU): eager GroupNorm at
+    full resolution is much of the decode, and compiled each pair is one kernel writing one output.
+    ``whole`` compiles the whole decoder instead (Inductor also fuses the residual adds), which raised the
+    activation peak by 0.38 GiB at 1024² (bench run21).
 
     Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
     Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of
     compiling on a request."""
+    from .lean_vae import GroupNormSiLU
+
     compile_setup(cache_dir)
-    vae.decoder.compile(dynamic=False)
-    return {"vae_compile": "decoder"}
+    if whole:
+        vae.decoder.compile(dynamic=False)
+        return {"vae_compile": "decoder"}
+    norms = [m for m in vae.decoder.modules() if isinstance(m, GroupNormSiLU)]
+    for m in norms:
+        m.compile(dynamic=False)
+    return {"vae_compile": f"{len(norms)} GroupNorm+SiLU"}
 
 
 def compiled_shapes_only():

@@ -26,9 +26,6 @@ log = logging.getLogger("zimage_serve")
 # CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
 # activations apart from the rest: a plan needs this much headroom, plus its activations, to use them.
 GRAPH_HEADROOM_GIB = 1.0
-# The compiled VAE decoder's activations peak above the lean eager decoder's: by 0.38 GiB at 1024² on the
-# H100 (bench/results/run20, decode step); this much per megapixel of the plan's size, with a margin.
-VAE_COMPILE_GIB_PER_MPX = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,29 +94,22 @@ class Engine:
         return engine
 
     def _accelerate(self, speedups: dict) -> None:
-        """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs, then
-        the compiled VAE decoder, need headroom over the plan's peak."""
+        """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs need
+        headroom over the plan's peak. With ``compile``, the VAE decoder's GroupNorm+SiLU pairs are compiled too
+        (the same activation peak as eager, bench run36), unless it decodes in tiles."""
         plan = self.plan
         if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
             if speedups.get("fp8"):
                 log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
             speedups.update(fuse=False, fp8=False, cuda_graphs=False)
         headroom = (plan.budget_gib or 0) - plan.peak_gib
-        if speedups.get("cuda_graphs"):
-            if headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
-                log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
-                speedups["cuda_graphs"] = False
-            else:
-                headroom -= GRAPH_HEADROOM_GIB + plan.activations_gib
+        if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
+            log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
+            speedups["cuda_graphs"] = False
         self.speedups = accelerate(self.pipe.transformer, **speedups)
-        if not speedups.get("compile"):
-            return
-        vae_extra = VAE_COMPILE_GIB_PER_MPX * plan.workload.width * plan.workload.height / 2**20
-        if plan.vae_tiling or headroom < vae_extra:
-            log.info("VAE decoder stays eager (lean): %.1f GiB of headroom, %.1f needed to compile it", headroom, vae_extra)
-            return
-        self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
-        self.compiled_decoder = True
+        if speedups.get("compile") and not plan.vae_tiling:
+            self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
+            self.compiled_decoder = True
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
         """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs);
