@@ -60,6 +60,9 @@ def summarize(s: dict) -> dict:
             "cold_start_served_cold_cache_s": served["served_cold_cache"]["first_image_s"],
             "served_start": {k: {f: served[k][f] for f in ("marks_s", "warmup_calls", "dynamo_stats", "denoise_s")}
                              for k in ("served_cold_cache", "served_warm_cache")},
+            "served_start_whole_decoder_run34": {
+                k: {f: s["_coldstart_run34"][k][f] for f in ("first_image_s", "warmup_calls", "dynamo_stats")}
+                for k in ("served_cold_cache", "served_warm_cache")},
             "served_warm_cache_before_dynamo_profile": {
                 run: {f: c["served_warm_cache"][f] for f in ("first_image_s", "warmup_calls", "dynamo_stats")}
                 for run, c in (("run32", s["_coldstart_run32"]), ("run33", cold))},
@@ -94,7 +97,8 @@ def summarize(s: dict) -> dict:
             "throughput_img_s": http_fp8["throughput_img_s"], "p50_cpu_text_encoder_s": http_fp8["p50_s"],
             "throughput_gpu_text_encoder_img_s": http_gpu_fp8["throughput_img_s"],
         },
-        "decode": {"variants": {k: v for k, v in s["_decode_run21"].items() if isinstance(v, dict)},
+        "decode": {"current": {k: v for k, v in s["decode"].items() if isinstance(v, dict)},
+                   "variants": {k: v for k, v in s["_decode_run21"].items() if isinstance(v, dict)},
                    "variants_run20": {k: v for k, v in s["_decode_run20"].items() if isinstance(v, dict)},
                    "cudnn_benchmark_run19": {k: s["_decode_run19"][k] for k in ("decode_s", "decode_cudnn_benchmark_s")},
                    "diffusers_postprocess_s": s["decode"]["diffusers_postprocess_s"],
@@ -103,7 +107,8 @@ def summarize(s: dict) -> dict:
                                                   "encode_stage_before", "encode_stage_now")},
         "attention": {"cudnn_version": s["attn"]["cudnn_version"],
                       "rows": [r for r in s["attn"]["rows"] if r.get("layout") == "bhsd" and "ms" in r]},
-        "peak_compiled_decoder": {k: s["peak"][k] for k in ("peak_vram_gib", "seconds", "first_generate_s", "speedups")},
+        "peak_compiled_decoder": {k: s["peak"][k] for k in ("peak_vram_gib", "seconds", "first_generate_s", "speedups",
+                                                             "whole_decoder_compiled")},
         "text_encoder_gpu": {k: s["te"][k] for k in ("tokens", "eager", "compiled", "compile_first_calls_s", "max_abs_diff")},
         "overhead_with_5ms_batch_wait_run22": {k: s["_overhead_run22"][k] for k in ("in_process_p50_s", "http_p50_s", "overhead_ratio", "http_stages_p50_s")},
         "cuda_graphs": {k: s["graphs"][k] for k in ("denoise_s", "graphs_denoise_s", "speedup", "denoise_512_s",
@@ -180,6 +185,7 @@ def render(s: dict) -> str:
     overhead = round((h["overhead_ratio"] - 1) * 100, 1)
     kc, kf = d["kernel_ms_per_step_compiled"] or {}, d["kernel_ms_per_step_fused"] or {}
     dv, dv20, pk, te = s["decode"]["variants"], s["decode"]["variants_run20"], s["peak_compiled_decoder"], s["text_encoder_gpu"]
+    dc = s["decode"]["current"]
     ov22 = s["overhead_with_5ms_batch_wait_run22"]
     bj, att = s["batch_job"], {(row["batch"], row["seq"], row["backend"]): row for row in s["attention"]["rows"]}
     a = lambda batch, seq, backend: f"{att[(batch, seq, backend)]['ms']} ms ({att[(batch, seq, backend)]['tflops']:.0f} TFLOP/s)"
@@ -231,6 +237,12 @@ python3 bench/run.py build batch coldstart          # run33: the batch job with 
 BENCH_IMPORTS=0 BENCH_COLDSTART=served_cold_cache,served_warm_cache python3 bench/run.py build coldstart http
                                                     # run34: served start with the compile cache where asked
 BENCH_REDEPLOY=1 python3 bench/run.py build http_gpu   # run35: GPU encoding; the app redeployed on a warm cache
+BENCH_DECODE=lean,lean_compiled_norms,lean_compiled python3 bench/run.py build decode peak fp8
+                                                    # run36: the decoder's GroupNorm+SiLU compiled, against the whole decoder
+python3 bench/run.py build overhead coldstart       # run37: overhead (its coldstart inherited a filled compile cache: not used)
+BENCH_IMPORTS=0 BENCH_COLDSTART=served_cold_cache,served_warm_cache python3 bench/run.py build coldstart http_fp8
+                                                    # run38: served start with the new decoder; FP8 throughput
+python3 bench/run.py build http_gpu_fp8 http        # run39: FP8 p50; bf16 throughput with CPU encoders
 python3 bench/report.py                             # here
 ```
 
@@ -256,22 +268,23 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 | serving overhead: HTTP p50 over in-process p50, interleaved on one GPU ({src['overhead']}) | {overhead} % ({h['overhead_interleaved']['http_p50_s']} vs {h['overhead_interleaved']['in_process_p50_s']} s) | | | <= 5 % | {_met(h['overhead_ratio'] <= 1.05)} |
 | same, when batches waited 5 ms to fill (`batch_wait_timeout_s` 0.005, run22) | {round(ov22['overhead_ratio'] * 100, 1)} % ({ov22['http_p50_s']} vs {ov22['in_process_p50_s']} s) | | | <= 5 % | {_met(ov22['overhead_ratio'] <= 0.05)} |
 | throughput at saturation, 64 requests from 16 clients, CPU encoders, bf16 ({src['http']}): all requests / steady state (whole batches after the first 8 answers; run29: {s['http_run29']['throughput_img_s']} / {s['http_run29']['steady_throughput_img_s']}) | {h['throughput_img_s']} / {h['steady_throughput_img_s']} img/s | {st['throughput_img_s']} img/s (batch 4) | {r['throughput_ratio']}x / {r['steady_throughput_ratio']}x | >= 1.4 img/s | {_met(h['throughput_img_s'] >= 1.4)} |
-| same with FP8 ({src['http_fp8']}, 48 requests) / FP8 with prompts encoded on the GPU ({src['http_gpu_fp8']}, 64 requests) | {h8['throughput_img_s']} / {h8['throughput_gpu_text_encoder_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
+| same with FP8 ({src['http_fp8']}) / FP8 with prompts encoded on the GPU ({src['http_gpu_fp8']}, 64 requests) | {h8['throughput_img_s']} / {h8['throughput_gpu_text_encoder_img_s']} img/s | {st['throughput_img_s']} img/s | {r['throughput_ratio_fp8']}x | >= 1.4 img/s | {_met(h8['throughput_img_s'] >= 1.4)} (FP8 only) |
 | batch job (`python -m zimage_serve.batch`, Ray Data, one GPU, 40 prompts, bf16, {src['batch']}): steady images/s (image files' times after the first batch; {s['batch_job_run30_before_writers']} in run30, before the CPU writers) | {bj['steady_img_s']} img/s (whole job {bj['job_wall_s']} s, first image at {bj['first_image_after_start_s']} s: Ray, loads, a cold compile; {s['batch_job_run27']['first_image_after_start_s']} s in run27, after the http step had filled the compile cache) | {st['throughput_img_s']} img/s (batch 4) | {r['batch_job_ratio']}x | | |
 | the batch job's prompt-encoding stage: as it was ({bj['encode_stage_before']['threads']} thread, float32) / now ({bj['encode_stage_now']['threads']} threads, {bj['encode_stage_now']['dtype'].removeprefix('torch.')}) | {bj['encode_stage_before']['prompts_per_s']} / {bj['encode_stage_now']['prompts_per_s']} prompts/s | | {round(bj['encode_stage_now']['prompts_per_s'] / bj['encode_stage_before']['prompts_per_s'], 1)}x | | |
 | cold start: process start to first image, fp32 hub layout, page cache warm, eager, as in our image (only our dependencies importable, Python's bytecode kept; run33) | {e['cold_start_s']} s | {st['load_s']} s to load alone | {r['cold_start_vs_stock_load']}x | <= 20 s | {_met(e['cold_start_s'] <= 20)} |
 | same, with the bf16 weights cache (`ZIMAGE_WEIGHTS_CACHE=1`; written once in {e['weights_cache_write_s']} s) | {e['cold_start_weights_cache_s']} s (transformer read in {e['transformer_load_s']['bf16_weights_cache']} s instead of {e['transformer_load_s']['fp32_checkpoint']} s) | | | <= 20 s | {_met(e['cold_start_weights_cache_s'] <= 20)} |
 | same on the machine as it is (PYTHONDONTWRITEBYTECODE set, its torch without bytecode, extra packages) / only our dependencies | {e['cold_start_machine_as_is_s']} / {e['cold_start_our_dependencies_only_s']} s (run32: {s['cold_start_run32']['eager']} / {s['cold_start_run32']['eager_our_dependencies_only']} s) | | | <= 20 s | {_met(e['cold_start_machine_as_is_s'] <= 20)} |
-| a served replica ready and its first image: compile, CUDA graphs, compiled decoder, warm-up at batch 1 and 2 ({src['coldstart']}): compile cache warm / cold | {e['cold_start_served_warm_cache_s']} / {e['cold_start_served_cold_cache_s']} s | | | | |
-| peak VRAM, resident plan, prompts encoded on CPU (lean VAE decoder, eager, untiled: what a card without {0.5} GiB to spare runs) | {e['peak_vram_gib_resident_cpu_te']} GiB | {st['peak_vram_gib_resident_cpu_te']} GiB | {r['peak_vram_ratio_resident_cpu_te']}x | <= 13.5 GiB | {_met(e['peak_vram_gib_resident_cpu_te'] <= 13.5)} |
-| same plan with the compiled VAE decoder (the default where the plan has the memory, as on this H100; {src['peak']}) | {pk['peak_vram_gib']} GiB (decode {pk['seconds']['decode']} s) | {st['peak_vram_gib_resident_cpu_te']} GiB | {round(pk['peak_vram_gib'] / st['peak_vram_gib_resident_cpu_te'], 3)}x | <= 13.5 GiB | {_met(pk['peak_vram_gib'] <= 13.5)}: 0.38 GiB spent for 0.05 s an image, only where it is free |
+| a served replica ready and its first image: compile, CUDA graphs, compiled decoder, warm-up at batch 1 and 2 ({src['coldstart']}): compile cache warm / cold (run34, with the whole decoder compiled: {e['served_start_whole_decoder_run34']['served_warm_cache']['first_image_s']} / {e['served_start_whole_decoder_run34']['served_cold_cache']['first_image_s']} s) | {e['cold_start_served_warm_cache_s']} / {e['cold_start_served_cold_cache_s']} s | | | | |
+| peak VRAM, resident plan, prompts encoded on CPU (lean VAE decoder, eager, untiled; {src['engine']}) | {e['peak_vram_gib_resident_cpu_te']} GiB | {st['peak_vram_gib_resident_cpu_te']} GiB | {r['peak_vram_ratio_resident_cpu_te']}x | <= 13.5 GiB | {_met(e['peak_vram_gib_resident_cpu_te'] <= 13.5)} |
+| same plan as served: the VAE decoder's GroupNorm+SiLU pairs compiled (the default wherever the transformer is compiled; {src['peak']}) | {pk['peak_vram_gib']} GiB (decode {pk['seconds']['decode']} s) | {st['peak_vram_gib_resident_cpu_te']} GiB | {round(pk['peak_vram_gib'] / st['peak_vram_gib_resident_cpu_te'], 3)}x | <= 13.5 GiB | {_met(pk['peak_vram_gib'] <= 13.5)} |
+| same process, the whole decoder compiled instead (the default before run36) | {pk['whole_decoder_compiled']['peak_vram_gib']} GiB (decode {pk['whole_decoder_compiled']['seconds']['decode']} s) | | | | |
 | same plan, diffusers' decoder in its place ({src['vram']}) | {v['stock_decoder_peak_gib']} GiB (lean: {v['lean_decoder_peak_gib']} GiB, same pixels: max diff {v['lean_vs_stock_decoder_max_abs_pixel_diff']}) | | | | |
 | same with tiled VAE decode (512 px tiles) | {v['tiled_peak_gib']} GiB; generate {v['tiled_generate_s']} s vs {v['lean_decoder_generate_s']} s | | | | |
 | peak VRAM, everything on GPU | | {st['peak_vram_gib']} GiB | | | |
 | streamed-offload plan (`policy: sequential`): peak VRAM / latency over resident (both eager, {src['offload']}) | {o['peak_vram_gib']} GiB / {o['latency_ratio']}x ({o['sequential_latency_s']} s vs {o['resident_latency_s']} s) | | | < 6 GiB at <= 2x | {_met(o['peak_vram_gib'] < 6 and o['latency_ratio'] <= 2)} |
 | FP8 (own e4m3 rowwise Linear, opt-in), denoise over bf16, same run | {f['fp8_denoise_s']} s vs {f['bf16_denoise_s']} s; PSNR {f['psnr_db_vs_bf16_random_weights']} dB vs bf16 | | {f['denoise_speedup']}x | >= 1.3x | {_met(f['denoise_speedup'] >= 1.3)} |
 | CPU text encoder, bf16 on AMX, 16 threads, batch 8 / batch 1 | {c['batch8_per_prompt_s']} s / {c['batch1_s']} s a prompt ({c['prompts_per_s']} prompts/s) | 0.18 / 0.53 s (shared README, not this run) | | | |
-| VAE decode of one 1024² image, bf16: lean eager / compiled (run21 and run20) | {dv['lean']['decode_s']} / {dv20['lean_compiled']['decode_s']} s | {dv['diffusers']['decode_s']} s (diffusers' decoder, eager) | {round(dv['diffusers']['decode_s'] / dv20['lean_compiled']['decode_s'], 2)}x | | |
+| VAE decode of one 1024² image, bf16: lean eager / GroupNorm+SiLU compiled (the default) / whole decoder compiled ({src['decode']}) | {dc['lean']['decode_s']} / {dc['lean_compiled_norms']['decode_s']} / {dc['lean_compiled']['decode_s']} s | {dv['diffusers']['decode_s']} s (diffusers' decoder, eager, run21) | {round(dv['diffusers']['decode_s'] / dc['lean_compiled_norms']['decode_s'], 2)}x | | |
 | Qwen3-4B text encoder on the GPU, one prompt of {te['tokens']['long']} tokens: eager / compiled (run20; not adopted, see below) | {te['eager']['long_b1_s']} / {te['compiled']['long_b1_s']} s | | | | |
 
 ## Where the gains come from
@@ -288,16 +301,22 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   each batch while the previous one runs): the queue stage went from {ov22['http_stages_p50_s']['queue']} s (run22, 5 ms wait) to
   {h['stages_p50_s']['queue']} s, the overhead from {round(ov22['overhead_ratio'] * 100, 1)} % to {overhead} %. The text-encode stage varies by about 5 ms
   from run to run (run22: {ov22['http_stages_p50_s']['text_encode']} s over HTTP, {src['overhead']}: {h['stages_p50_s']['text_encode']} s), the size of that difference.
-- **VAE decode (run20, run21, `accel.accelerate_vae`)**: eager GroupNorm at full resolution is much of
-  the decode; compiled, Inductor fuses each GroupNorm with its SiLU and the residual adds: {dv['lean']['decode_s']} s ->
-  {dv20['lean_compiled']['decode_s']} s (run20, static shapes; max pixel difference {dv20['lean_compiled']['max_abs_pixel_diff']}/255 on random weights). Measured and
+- **VAE decode ({src['decode']}, run20, run21, `accel.accelerate_vae`)**: eager GroupNorm at full resolution is much of
+  the decode. Compiled, each of the decoder's 29 GroupNorm+SiLU pairs (`lean_vae.GroupNormSiLU`) is one kernel that
+  reads its input once and writes one output: {dc['lean']['decode_s']} s -> {dc['lean_compiled_norms']['decode_s']} s with the same activation peak as eager
+  ({dc['lean_compiled_norms']['activation_peak_gib']} GiB against {dc['lean']['activation_peak_gib']}; max pixel difference {dc['lean_compiled_norms']['max_abs_pixel_diff']}/255 on random weights), compiled in
+  {dc['lean_compiled_norms']['first_call_s']} s on a cold cache. The whole decoder compiled (the default before {src['decode']}) also fuses the residual
+  adds and decodes in {dc['lean_compiled']['decode_s']} s, but its activations peak at {dc['lean_compiled']['activation_peak_gib']} GiB and it compiles in {dc['lean_compiled']['first_call_s']} s: in the
+  whole pipeline {pk['whole_decoder_compiled']['peak_vram_gib']} GiB against {pk['peak_vram_gib']} GiB (same process, {src['peak']}), so Engine.load compiled it
+  only with headroom and the served plan missed the 13.5 GiB target. Now the decoder is compiled wherever the
+  transformer is (not when it decodes in tiles). Measured and
   not used: channels_last ({dv20['lean_channels_last']['decode_s']} s eager: GroupNorm converts the layout back; no gain compiled),
-  dynamic shapes ({dv['lean_compiled_whole']['decode_s']} s, and a new size still compiled again for
-  {dv['lean_compiled_whole']['first_call_768x640_s']} s), the banded convolutions kept out of the graph ({dv['lean_compiled_banded_eager_static']['decode_s']} s static).
-  A static graph compiles again for each new size ({dv['lean_compiled_banded_eager_static']['first_call_768x640_s']} s in run21), so the engine compiles the decoder for
+  dynamic shapes ({dv['lean_compiled_whole']['decode_s']} s for the whole decoder, and a new size still compiled again for
+  {dv['lean_compiled_whole']['first_call_768x640_s']} s), the whole decoder with its banded convolutions kept out of the graph ({dv['lean_compiled_banded_eager_static']['decode_s']} s static,
+  {dv['lean_compiled_banded_eager_static']['activation_peak_gib']} GiB: the convolutions are not what raised the peak).
+  A static graph compiles again for each new size ({dv['lean_compiled_banded_eager_static']['first_call_768x640_s']} s in run21), so the engine compiles for
   the plan's size only (at warmup) and decodes any other size eagerly, under torch.compiler's
-  `eager_on_recompile` stance. Its activations peak {round(dv20['lean_compiled']['activation_peak_gib'] - dv20['lean']['activation_peak_gib'], 2)} GiB higher ({dv20['lean_compiled']['activation_peak_gib']} against
-  {dv20['lean']['activation_peak_gib']} GiB), so Engine.load compiles it only with 0.5 GiB a megapixel of headroom over the plan.
+  `eager_on_recompile` stance ({dc['lean_compiled_norms']['first_call_768x640_s']} s for a first 768x640 decode).
 - **Text encoder on the GPU (run20, not adopted)**: regional compile of Qwen3's 35 layers gives the same
   embeddings (max difference {te['max_abs_diff']}) and {te['eager']['long_b1_s']} -> {te['compiled']['long_b1_s']} s for one {te['tokens']['long']}-token prompt, but
   {te['eager']['short_b1_s']} -> {te['compiled']['short_b1_s']} s for a {te['tokens']['short']}-token one and nothing at batch 8
@@ -385,13 +404,15 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   writes it, {e['weights_cache_write_s']} s once). From a network volume read cold it halves the bytes; that was not measured here.
   A served replica compiles and warms up before it reports ready: {e['cold_start_served_warm_cache_s']} s with the compile cache warm,
   {e['cold_start_served_cold_cache_s']} s cold (warm-up calls, as (batch, caption tokens, seconds): {e['served_start']['served_warm_cache']['warmup_calls']} warm,
-  {e['served_start']['served_cold_cache']['warmup_calls']} cold). Before run34 the compile cache was kept only
+  {e['served_start']['served_cold_cache']['warmup_calls']} cold, {src['coldstart']}); with the whole decoder compiled it took
+  {e['served_start_whole_decoder_run34']['served_warm_cache']['first_image_s']} s and {e['served_start_whole_decoder_run34']['served_cold_cache']['first_image_s']} s (run34: {e['served_start_whole_decoder_run34']['served_warm_cache']['warmup_calls']} warm,
+  {e['served_start_whole_decoder_run34']['served_cold_cache']['warmup_calls']} cold). Before run34 the compile cache was kept only
   where torch's default put it: importing torch._dynamo (diffusers does) sets TORCHINDUCTOR_CACHE_DIR
   to a directory under /tmp, which turned our default into a no-op, so a new pod never found the cache on
   the shared volume. `accel.use_compile_cache` now puts it in ZIMAGE_CACHE_DIR/compile (tests/test_accel.py)
   and keeps Dynamo's profile of dynamic dimensions there (`torch.compiler.config.job_id`): a warm
-  replica compiles {e['served_start']['served_warm_cache']['dynamo_stats']['unique_graphs']} graphs instead of {e['served_warm_cache_before_dynamo_profile']['run33']['dynamo_stats']['unique_graphs']}, skipping the block's static first try. Its warm-up took
-  {round(sum(c[2] for c in e['served_start']['served_warm_cache']['warmup_calls']), 1)} s ({src['coldstart']}) against {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run32']['warmup_calls']), 1)} and {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run33']['warmup_calls']), 1)} s without (run32, run33), so the saving is
+  replica compiled {e['served_start_whole_decoder_run34']['served_warm_cache']['dynamo_stats']['unique_graphs']} graphs instead of {e['served_warm_cache_before_dynamo_profile']['run33']['dynamo_stats']['unique_graphs']} (run34, whole decoder), skipping the block's static first try. Its warm-up took
+  {round(sum(c[2] for c in e['served_start_whole_decoder_run34']['served_warm_cache']['warmup_calls']), 1)} s (run34) against {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run32']['warmup_calls']), 1)} and {round(sum(c[2] for c in e['served_warm_cache_before_dynamo_profile']['run33']['warmup_calls']), 1)} s without (run32, run33), so the saving is
   smaller than the spread between runs. The dynamic-shape kernels a replica ends with denoise in
   {e['served_start']['served_warm_cache']['denoise_s']} s ({src['coldstart']}), against {e['denoise_s']} s for the static ones.
 - **Power, the bound under bf16 ({src['timeline']}, `timeline` step)**: over an 8-step denoise ({pw['denoise_s']} s) the GPU
@@ -422,8 +443,6 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   the steady state reaches (power-bound like the denoise).
 - The steady-state figures that run28 wrote (`steady_throughput_img_s`) came from an earlier formula that
   counted the rest of the first counted batch as free; they are not used. run29 has the formula in the script.
-- The default on an 80 GB card (compiled decoder) peaks at {pk['peak_vram_gib']} GiB, above the 13.5 GiB target; a card
-  without the headroom gets the eager lean decoder and {e['peak_vram_gib_resident_cpu_te']} GiB.
 - Real-weight image quality of any mode; the multi-GPU figures of issue 7 (no machine with several GPUs
   was lent).
 """
@@ -432,7 +451,8 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 def main() -> None:
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
-    for run, step in (("run19", "decode"), ("run20", "decode"), ("run21", "decode"), ("run22", "overhead")):  # variants by run
+    for run, step in (("run19", "decode"), ("run20", "decode"), ("run21", "decode"), ("run22", "overhead"),
+                      ("run34", "coldstart")):  # variants by run
         steps[f"_{step}_{run}"] = json.loads((RESULTS / run / f"{step}.json").read_text())
     steps["_http_run28"] = json.loads((RESULTS / "run28" / "http.json").read_text())
     steps["_batch_run27"] = json.loads((RESULTS / "run27" / "batch.json").read_text())  # encoder blocks of 8

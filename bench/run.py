@@ -9,7 +9,7 @@ well under 10 minutes and writes $OUT/<step>.json:
     python bench/run.py http_gpu http http_fp8   # the Serve app over HTTP (p50, throughput)
     python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
     python bench/run.py graphs decode            # CUDA graphs over the block stacks; VAE decode variants
-    python bench/run.py te peak                  # GPU text encoder compiled; peak VRAM with the compiled decoder
+    python bench/run.py te peak                  # GPU text encoder compiled; peak VRAM as served (and with the whole decoder compiled)
     python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
 Weights are random (real ones can't be fetched there): speed and memory are real, images are noise.
@@ -163,8 +163,8 @@ def engine_step():
 
 def peak():
     """Peak VRAM of the resident plan with prompts encoded on the CPU as an 80 GB card loads it now: regional
-    compile and the compiled VAE decoder (which Engine.load adds where the plan has headroom); no CUDA graphs,
-    as in the engine step's figure."""
+    compile and the decoder's GroupNorm+SiLU compiled (as Engine.load does); no CUDA graphs, as in the engine
+    step's figure. Then, in the same process, with the whole decoder compiled instead."""
     import torch
 
     from zimage_serve.engine import Job

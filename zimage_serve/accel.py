@@ -1,6 +1,6 @@
 """GPU speed-ups applied to a loaded pipeline: for the transformer fused projections, regional torch.compile
 (with a persistent compile cache so new replicas skip most of the compile), an attention backend, opt-in
-FP8 and CUDA graphs; for the VAE a compiled decoder.
+FP8 and CUDA graphs; for the VAE decoder compiled GroupNorm+SiLU pairs.
 
 Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
 """
@@ -54,8 +54,9 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
 def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None, whole: bool = False) -> dict:
     """torch.compile of the VAE decoder's GroupNorm+SiLU pairs (lean_vae.GroupNormSiLU): eager GroupNorm at
     full resolution is much of the decode, and compiled each pair is one kernel writing one output.
-    ``whole`` compiles the whole decoder instead (Inductor also fuses the residual adds), which raised the
-    activation peak by 0.38 GiB at 1024² (bench run21).
+    ``whole`` compiles the whole decoder instead (Inductor also fuses the residual adds): 0.043 s against 0.051 s
+    at 1024² on the H100, but its activations peak 0.38 GiB higher than eager and it compiles twice as long
+    (bench run36), so the engine doesn't.
 
     Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
     Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of

@@ -51,7 +51,7 @@ class GeneratorOptions(_Strict):
     encode_on: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where prompts are encoded: the CPU encoders, the generator's GPU, or as the plan decides.")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
-    compile: bool = Field(True, description="On GPU: regional torch.compile of the transformer, and of the VAE decoder at plan_size where the plan has 0.5 GiB a megapixel to spare (cached on disk).")
+    compile: bool = Field(True, description="On GPU: regional torch.compile of the transformer, and of the VAE decoder's GroupNorm+SiLU pairs at plan_size (cached on disk).")
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
     cuda_graphs: bool = Field(True, description="On a resident GPU plan with memory to spare: each block stack replays as a CUDA graph per shape.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")

@@ -83,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--gpus", default=None, help="generator actors: N, or MIN-MAX on an autoscaling cluster")
     b.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="on GPU: fused projections, regional torch.compile and a compiled VAE decoder "
-                        "(about 55 s per actor on a cold compile cache; the cache is kept)")
+                   help="on GPU: fused projections, regional torch.compile and the VAE decoder's norms compiled "
+                        "(tens of seconds per actor on a cold compile cache; the cache is kept)")
     b.add_argument("--fp8", action="store_true", help="on Hopper/Ada GPUs: FP8 matmuls (faster, slightly different images)")
     b.add_argument("--encoder-cpus", type=_int, default=None,
                    help="CPUs (and threads) of the prompt encoder (default: half of those the GPU actors leave, 1 to 16)")
