@@ -662,7 +662,8 @@ def _steady_rate(done: list[float], skip: int, gap: float = 0.3) -> float:
 def http(encode_on="cpu", fp8=False):
     """The Serve app over HTTP: one request in flight (prompts never cached; PNG, then JPEG), then saturation:
     64 requests from 16 clients, images/s over all of them and in steady state (whole batches after the
-    first 8 answers: the first batches wait for the CPU encoders to warm up)."""
+    first 8 answers: the first batches wait for the CPU encoders to warm up). Counts the requests whose
+    prompt the generator encoded in each phase (``encode_on`` auto routes them by load)."""
     import asyncio
 
     import aiohttp
@@ -682,12 +683,14 @@ def http(encode_on="cpu", fp8=False):
     serve.run(build_app(config), name="zimage", route_prefix="/", blocking=False)
     deploy_s = time.time() - t0
     url = "http://127.0.0.1:8000/generate"
+    on_generator = {"single": 0, "saturation": 0}  # prompts the generator encoded (Server-Timing has text_encode)
 
-    async def one(session, i, fmt="png"):
+    async def one(session, i, fmt="png", phase="single"):
         t = time.perf_counter()
         async with session.post(url, json={"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i, "output_format": fmt}) as r:
             await r.read()
             assert r.status == 200, r.status
+            on_generator[phase] += "text_encode;" in r.headers.get("Server-Timing", "")
         return time.perf_counter() - t
 
     async def run():
@@ -702,7 +705,7 @@ def http(encode_on="cpu", fp8=False):
 
             async def limited(i):
                 async with sem:
-                    latency = await one(s, 1000 + i)
+                    latency = await one(s, 1000 + i, phase="saturation")
                     done.append(time.perf_counter())
                     return latency
 
@@ -719,7 +722,8 @@ def http(encode_on="cpu", fp8=False):
                    p95_s=round(single[int(0.95 * (len(single) - 1))], 3), single=[round(x, 3) for x in single],
                    throughput_img_s=round(throughput, 3), steady_throughput_img_s=round(steady, 3),
                    saturation_p50_s=round(statistics.median(sat), 3),
-                   batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"])
+                   batches=info["batches"][-60:], gpu=info["gpu"], speedups=info["speedups"], plan=info["plan"],
+                   encoded_on_generator=on_generator)
     save(step, **results)
     if os.environ.get("BENCH_REDEPLOY") == "1":  # new replicas on the compile cache this deployment filled
         serve.delete("zimage")
@@ -1126,7 +1130,7 @@ def timeline():
 
 
 STEPS = {"timeline": timeline, "batch": batch, "attn": attn, "peak": peak, "te": te, "decode": decode, "graphs": graphs, "overhead": overhead, "probe": probe, "fusion": fusion, "build": build, "stock": stock, "engine": engine_step, "coldstart": coldstart, "_first_image": _first_image,
-         "http": http, "http_gpu": lambda: http("gpu"),
+         "http": http, "http_gpu": lambda: http("gpu"), "http_auto": lambda: http("auto"),
          "http_fp8": lambda: http("cpu", fp8=True), "http_gpu_fp8": lambda: http("gpu", fp8=True), "offload": offload, "fp8": fp8, "engine_gpu": engine_gpu, "vram": vram}
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ class GeneratorOptions(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica sees a GPU.")
     policy: Literal["auto", "resident", "offload", "sequential"] = Field("auto", description="Staging policy (see `zimage-serve plan`).")
     encode_on: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="Where prompts are encoded: the CPU encoders, the generator's GPU, or as the plan decides.")
+        "auto", description="Where prompts are encoded: cpu (the CPU encoders), gpu (the generator, always), or auto: the generator "
+                            "holds a text encoder where its plan fits one, and encodes a prompt when its ingress has nothing else "
+                            "in flight (lowest latency); the CPU encoders take the rest (the GPU's time goes to denoising).")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
     compile: bool = Field(True, description="On GPU: regional torch.compile of the transformer, and of the VAE decoder's GroupNorm+SiLU pairs at plan_size (cached on disk).")
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")

@@ -77,7 +77,7 @@ class ImageService:
         self.config = config
         self._encode, self._generate, self._info = encode, generate, generator_info
         self._is_retryable = is_retryable
-        self._encode_on_gpu: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
+        self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
         # Admission: images in flight or queued from this ingress replica. Serve's own max_queued_requests
         # is checked before a request's embeddings resolve, so a burst waiting on the encoder slips past it.
         g = config.generator
@@ -140,16 +140,26 @@ class ImageService:
 
     # ---- generation ---------------------------------------------------------------------------
 
-    async def _gpu_encodes(self) -> bool:
-        if self._encode_on_gpu is None:
+    async def _can_encode_on_generator(self) -> bool:
+        """Whether the generator holds a text encoder: "gpu" says so, "auto" asks its plan (once it is ready)."""
+        if self._generator_encodes is None:
             try:
                 info = await asyncio.wait_for(self._info(), timeout=5)
             except Exception:
                 return False
             if not info.get("ready"):
                 return False
-            self._encode_on_gpu = info["plan"]["encode_on"] == "gpu"
-        return self._encode_on_gpu
+            self._generator_encodes = info["plan"]["encode_on"] == "gpu"
+        return self._generator_encodes
+
+    async def _encode_on_generator(self, n: int) -> bool:
+        """Where this request's prompt is encoded. With encode_on "gpu", always on the generator. With "auto",
+        on the generator when its plan holds the text encoder and this ingress has nothing else in flight: the
+        GPU would wait for the prompt anyway, and encodes it in about 0.05 s where the CPU encoders take about
+        0.45 s (bench). Otherwise on the CPU encoders, so that under load the GPU's time goes to denoising."""
+        if not await self._can_encode_on_generator():
+            return False
+        return self.config.generator.encode_on == "gpu" or self.pending == n
 
     async def _images(self, params: dict, n: int) -> list[dict]:
         if self.max_pending >= 0 and self.pending + n > self.max_pending:
@@ -162,8 +172,7 @@ class ImageService:
 
     async def _admitted(self, params: dict, n: int) -> list[dict]:
         enqueued = time.time()
-        gpu = await self._gpu_encodes()
-        encoded = None if gpu else self._encodings(params)
+        encoded = None if await self._encode_on_generator(n) else self._encodings(params)
         calls = [{**params, "seed": params["seed"] + i, "enqueued_at": enqueued} for i in range(n)]
         try:
             return await asyncio.wait_for(asyncio.gather(*(self._one(encoded, params, p) for p in calls)),

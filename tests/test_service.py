@@ -1,0 +1,87 @@
+"""ImageService, the plain class behind the routes: where a request's prompt is encoded.
+
+The encoder and generator deployments are the service's two Serve handles; here they are two small
+async functions that record what reached them (the whole app over HTTP is in test_app.py)."""
+
+import asyncio
+
+import pytest
+
+from zimage_serve.app_config import AppConfig
+from zimage_serve.service import ImageService
+
+
+class Backends:
+    """Stand-ins for the handles: the generator holds each call until ``release``."""
+
+    def __init__(self, plan_encode_on: str):
+        self.plan_encode_on = plan_encode_on
+        self.routes: list[str] = []  # per generate call: "generator" (embeds None) or "cpu encoders"
+        self.encoded: list[str] = []
+        self.gate = asyncio.Event()
+
+    def encode(self, prompt: str):
+        self.encoded.append(prompt)
+        return f"embeds of {prompt}"
+
+    async def generate(self, embeds, negative, params: dict) -> dict:
+        self.routes.append("generator" if embeds is None else "cpu encoders")
+        await self.gate.wait()
+        return {"image": b"png", "seed": params["seed"], "seconds": {}}
+
+    async def info(self) -> dict:
+        return {"ready": True, "plan": {"encode_on": self.plan_encode_on}}
+
+
+def service(encode_on: str, backends: Backends) -> ImageService:
+    return ImageService(AppConfig(generator={"encode_on": encode_on}), encode=backends.encode,
+                        generate=backends.generate, generator_info=backends.info, is_retryable=lambda e: False)
+
+
+async def _burst(svc: ImageService, backends: Backends, prompts: list[str]) -> None:
+    """The first request alone, then the others while it is still on the GPU."""
+    first = asyncio.create_task(svc.generate({"prompt": prompts[0]}))
+    while not backends.routes:
+        await asyncio.sleep(0)
+    rest = [asyncio.create_task(svc.generate({"prompt": p})) for p in prompts[1:]]
+    while len(backends.routes) < len(prompts):
+        await asyncio.sleep(0)
+    backends.gate.set()
+    await asyncio.gather(first, *rest)
+
+
+def test_auto_encodes_on_the_idle_generator_and_on_the_cpu_encoders_under_load():
+    backends = Backends(plan_encode_on="gpu")
+    svc = service("auto", backends)
+    asyncio.run(_burst(svc, backends, ["a lighthouse", "a tram", "a fox"]))
+    assert backends.routes == ["generator", "cpu encoders", "cpu encoders"]
+    assert backends.encoded == ["a tram", "a fox"]
+    assert svc.pending == 0
+    backends.gate = asyncio.Event()
+    backends.gate.set()
+    asyncio.run(svc.generate({"prompt": "after the burst"}))  # idle again: the generator encodes
+    assert backends.routes[-1] == "generator"
+
+
+@pytest.mark.parametrize("encode_on,plan_encode_on,expected", [
+    ("auto", "cpu", ["cpu encoders"] * 3),  # the plan left no room for a text encoder on the GPU
+    ("gpu", "gpu", ["generator"] * 3),      # always on the generator, even when it is busy
+    ("cpu", "gpu", ["cpu encoders"] * 3),
+])
+def test_the_other_choices_route_every_request_one_way(encode_on, plan_encode_on, expected):
+    backends = Backends(plan_encode_on)
+    asyncio.run(_burst(service(encode_on, backends), backends, ["a lighthouse", "a tram", "a fox"]))
+    assert backends.routes == expected
+
+
+def test_auto_waits_for_a_ready_generator_before_sending_it_prompts():
+    backends = Backends(plan_encode_on="gpu")
+
+    async def loading() -> dict:
+        return {"ready": False, "reason": "loading"}
+
+    svc = ImageService(AppConfig(), encode=backends.encode, generate=backends.generate, generator_info=loading,
+                       is_retryable=lambda e: False)
+    backends.gate.set()
+    asyncio.run(svc.generate({"prompt": "a lighthouse"}))
+    assert backends.routes == ["cpu encoders"]  # not known yet: the CPU encoders, which every plan can use
