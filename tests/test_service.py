@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from zimage_serve.app_config import AppConfig
+from zimage_serve.errors import NeedsEmbeddings
 from zimage_serve.service import ImageService
 
 
@@ -85,3 +86,22 @@ def test_auto_waits_for_a_ready_generator_before_sending_it_prompts():
     backends.gate.set()
     asyncio.run(svc.generate({"prompt": "a lighthouse"}))
     assert backends.routes == ["cpu encoders"]  # not known yet: the CPU encoders, which every plan can use
+
+
+def test_a_prompt_refused_by_a_generator_without_text_encoder_is_encoded_on_the_cpu_and_sent_again():
+    """Replicas plan for their own GPU: the one the ingress asked may hold a text encoder, another not."""
+    backends = Backends(plan_encode_on="gpu")
+    calls = []
+
+    async def generate(embeds, negative, params):
+        calls.append(embeds)
+        if embeds is None:
+            raise NeedsEmbeddings("this generator replica's offload plan holds no text encoder")
+        return {"image": b"png", "seed": params["seed"], "seconds": {}}
+
+    svc = ImageService(AppConfig(), encode=backends.encode, generate=generate, generator_info=backends.info,
+                       is_retryable=lambda e: False)
+    result = asyncio.run(svc.images({"prompt": "a lighthouse", "n": 2, "seed": 4}))
+    assert [d["seed"] for d in result["data"]] == [4, 5]
+    assert sorted(calls, key=str) == [None, None, "embeds of a lighthouse", "embeds of a lighthouse"]
+    assert backends.encoded == ["a lighthouse", "a lighthouse"] and svc.pending == 0

@@ -27,3 +27,8 @@ class Overloaded(ZImageError):
 
 class NotReady(ZImageError):
     """A replica has no model loaded (the message says why); served as 503."""
+
+
+class NeedsEmbeddings(ZImageError):
+    """A prompt reached a generator replica that holds no text encoder (its plan left no room for one); the
+    ingress encodes it on the CPU encoders and sends it again. Replicas' plans differ where their GPUs do."""

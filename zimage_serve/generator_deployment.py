@@ -19,7 +19,7 @@ from ray import serve
 from . import metrics
 from .app_config import AppConfig
 from .batcher import GpuBatcher
-from .errors import NotReady, Overloaded, ZImageError
+from .errors import NeedsEmbeddings, NotReady, Overloaded, ZImageError
 
 log = logging.getLogger("zimage_serve")
 
@@ -90,6 +90,8 @@ class GeneratorDeployment:
         or are None with ``params["prompt"]`` set when this replica encodes on its GPU."""
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
+        if embeds is None and self.engine.encoder is None:  # refused before batching: no other request fails with it
+            raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
         start = time.time()
         image, seconds, batch_size = await self._batcher.submit((embeds, negative_embeds, params))
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 from pydantic import ValidationError
 
 from .app_config import AppConfig
-from .errors import InvalidInput, Overloaded, ZImageError
+from .errors import InvalidInput, NeedsEmbeddings, Overloaded, ZImageError
 from .imaging import MEDIA_TYPES
 from .limits import check_dimension, check_prompt, check_steps, parse_size
 from .protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse, error_body
@@ -187,10 +187,15 @@ class ImageService:
         return self._encode(params["prompt"]), negative
 
     async def _one(self, encoded, params: dict, call: dict) -> dict:
-        for attempt in (1, 2):
+        retried = False
+        while True:
             embeds, negative = encoded if encoded is not None else (None, None)
             try:
                 return await self._generate(embeds, negative, call)
+            except NeedsEmbeddings:
+                # the replica's plan holds no text encoder (plans differ where GPUs do): encode on the CPU
+                # encoders and send it again. Embeddings are never refused, so this happens at most once.
+                encoded = self._encodings(params)
             except ApiError:
                 raise
             except Overloaded as e:
@@ -202,10 +207,11 @@ class ImageService:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if self._is_retryable(e) and attempt == 1:
+                if self._is_retryable(e) and not retried:
                     # a generator or encoder replica died: generation is idempotent for a seed, so retry once,
                     # encoding again (the failed encoder response can't be reused)
                     log.warning("a replica failed mid-request (%s); retrying once", type(e).__name__)
+                    retried = True
                     if encoded is not None:
                         encoded = self._encodings(params)
                     continue
@@ -214,7 +220,6 @@ class ImageService:
                     log.exception("generation failed")
                     raise ApiError(500, "internal error while generating", type="server_error", code="internal") from None
                 raise mapped from None
-        raise AssertionError("unreachable")
 
     def unavailable(self, message: str) -> ApiError:
         return ApiError(503, message, type="server_error", code="unavailable",
