@@ -79,6 +79,7 @@ def test_embedding_cache_hits(app_url):
         assert httpx.post(f"{app_url}/generate", json={"prompt": "cache me", "width": 64, "height": 64}, timeout=60).status_code == 200
     after = enc.info.remote().result()
     assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
+    assert after["cache_entries"] == before["cache_entries"] + 1 and after["cache_bytes"] > before["cache_bytes"]
 
 
 def test_generator_replica_gets_its_own_gpu_and_reports_its_plan(app_url):

@@ -35,6 +35,8 @@ class EncoderOptions(_Strict):
     max_batch_size: int = Field(8, ge=1, le=256, description="Prompts encoded in one forward pass.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=5, description="How long a batch waits to fill.")
     cache_size: int = Field(4096, ge=0, description="Prompt embeddings kept (LRU, keyed by prompt and model revision).")
+    cache_gib: float = Field(2.0, ge=0, description="Memory the kept embeddings may take per encoder replica, in GiB "
+                                                    "(10 KiB a prompt token in float32: 5 MiB for a 512-token prompt).")
     num_cpus: float = Field(1, gt=0, description="CPUs reserved per encoder replica.")
     threads: int | None = Field(None, ge=1, description="torch threads per encoder replica (default: num_cpus, at least 1).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(

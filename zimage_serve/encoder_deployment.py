@@ -11,12 +11,12 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
 
 from ray import serve
 
 from . import metrics
 from .app_config import AppConfig
+from .embedding_cache import EmbeddingCache
 from .errors import NotReady, ZImageError
 
 log = logging.getLogger("zimage_serve")
@@ -34,7 +34,7 @@ class PromptEncoderDeployment:
         self.config = AppConfig.model_validate(config)
         opts = self.config.encoder
         torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
-        self.cache: OrderedDict[tuple, object] = OrderedDict()
+        self.cache = EmbeddingCache(opts.cache_size, int(opts.cache_gib * 2**30))
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
         self.reason = None
@@ -56,11 +56,11 @@ class PromptEncoderDeployment:
         if self.source is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         key = (self.source.revision, prompt)
-        if key in self.cache:
-            self.cache.move_to_end(key)
+        cached = self.cache.get(key)
+        if cached is not None:
             self.stats["hits"] += 1
             metrics.count_cache("hit")
-            return self.cache[key]
+            return cached
         if key in self.inflight:
             self.stats["hits"] += 1
             metrics.count_cache("inflight")
@@ -78,10 +78,7 @@ class PromptEncoderDeployment:
             raise
         finally:
             del self.inflight[key]
-        if self.config.encoder.cache_size:
-            self.cache[key] = embeds
-            while len(self.cache) > self.config.encoder.cache_size:
-                self.cache.popitem(last=False)
+        self.cache.put(key, embeds)
         return embeds
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -99,4 +96,4 @@ class PromptEncoderDeployment:
         if self.source is None:
             return {"ready": False, "reason": self.reason, **self.stats}
         return {"ready": True, "model": self.source.spec, "revision": self.source.revision, **self.stats,
-                "cache_entries": len(self.cache)}
+                "cache_entries": len(self.cache), "cache_bytes": self.cache.bytes}
