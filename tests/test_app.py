@@ -204,8 +204,16 @@ def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_
     r = httpx.post(f"{url}/generate", json={"prompt": "a green tram", "width": 64, "height": 64, "seed": 9}, timeout=60)
     assert r.status_code == 200, r.text
     assert max_pixel_diff(_png(r.content), stock_image(stock_pipe, "a green tram", 9, 64, 64)) <= 1
-    info = serve.get_deployment_handle("Generator", app_name="selfencode").info.remote().result()
-    assert info["plan"]["encode_on"] == "gpu"
+    generator = serve.get_deployment_handle("Generator", app_name="selfencode")
+    before = generator.info.remote().result()
+    assert before["plan"]["encode_on"] == "gpu"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    r = client.images.generate(prompt="a green tram", size="64x64", n=3, extra_body={"seed": 9})
+    for d, seed in zip(r.data, (9, 10, 11)):
+        assert max_pixel_diff(_png(base64.b64decode(d.b64_json)), stock_image(stock_pipe, "a green tram", seed, 64, 64)) <= 1
+    after = generator.info.remote().result()
+    batches = len(after["batches"]) - len(before["batches"])  # the three images' batches: one prompt each
+    assert after["prompts_encoded"] - before["prompts_encoded"] == batches <= 3
     serve.delete("selfencode")
 
 

@@ -36,6 +36,7 @@ class GeneratorDeployment:
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
+        self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
         self._inject_oom = opts.inject_oom
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         device = None if opts.device == "auto" else opts.device
@@ -83,7 +84,8 @@ class GeneratorDeployment:
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": gpu,
-                "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:]}
+                "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
+                "prompts_encoded": self.prompts_encoded}
 
     async def generate(self, embeds, negative_embeds, params: dict) -> dict:
         """One image. ``embeds`` come from the PromptEncoder (Serve resolves its response here),
@@ -121,8 +123,11 @@ class GeneratorDeployment:
             if embeds is None:
                 texts += [p["prompt"]] + ([p.get("negative_prompt") or ""] if p["guidance_scale"] > 0 else [])
         t0 = time.perf_counter()
-        encoded = iter(self.engine.encode(texts) if texts else [])
+        unique = list(dict.fromkeys(texts))  # n images of one request share their prompt: encoded once
+        by_text = dict(zip(unique, self.engine.encode(unique) if unique else []))
+        encoded = iter(by_text[t] for t in texts)
         encode_s = time.perf_counter() - t0
+        self.prompts_encoded += len(unique)
         jobs = []
         for embeds, negative, p in items:
             if embeds is None:
