@@ -29,7 +29,7 @@ def _prompts(path, n, size="64x64"):
 def _args(prompts, out, **kw):
     return Namespace(prompts=str(prompts), out=str(out), model="tiny", size="64x64", steps=8, seed=0, batch_size=4,
                      gpus="1", format="png", policy="auto", compile=True, fp8=False, encoder_cpus=None,
-                     encoder_dtype="float32", **kw)
+                     encoder_dtype="float32", verify=False, **kw)
 
 
 def _check_output(out, expected: int):
@@ -41,6 +41,7 @@ def _check_output(out, expected: int):
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     for m in manifest:
         assert hashlib.sha256((out / m["file"]).read_bytes()).hexdigest() == m["sha256"]
+        assert (out / m["file"]).stat().st_size == m["bytes"]
         assert "/" not in m["file"]
     return {m["id"]: m for m in manifest}
 

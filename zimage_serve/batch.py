@@ -112,15 +112,16 @@ class WriteStage:
 
         from .imaging import encode_image
 
-        files, digests = [], []
+        files, digests, sizes = [], [], []
         for stem, pixels in zip(batch["stem"], batch["pixels"]):
             data = encode_image(Image.fromarray(pixels), self.fmt)
             name = f"{stem}.{EXTENSIONS[self.fmt]}"
             write_atomic(self.out.path, name, data)
             files.append(name)
             digests.append(hashlib.sha256(data).hexdigest())
+            sizes.append(len(data))
         return {**{k: batch[k] for k in ("id", "prompt", "seed", "size", "steps", "seconds")},
-                "file": np.array(files), "sha256": np.array(digests)}
+                "file": np.array(files), "bytes": np.array(sizes), "sha256": np.array(digests)}
 
 
 def parse_actors(gpus: str | None) -> tuple[int, int] | None:
@@ -154,7 +155,7 @@ def run(args) -> int:
     if args.encoder_cpus is not None and args.encoder_cpus < 1:
         raise ZImageError(f"--encoder-cpus must be at least 1, got {args.encoder_cpus}")
     out = OutputDir(args.out)
-    done = out.recover()
+    done = out.recover(verify=args.verify)
     todo = sorted((i for i in items if i.id not in done), key=lambda i: (i.width, i.height, i.steps, i.guidance_scale))
     print(f"{len(items)} prompts: {len(items) - len(todo)} already done in {out.path}, {len(todo)} to generate",
           file=sys.stderr, flush=True)
@@ -202,7 +203,7 @@ def run(args) -> int:
     count = 0
     for row in ds.iter_rows():
         out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]), "size": str(row["size"]),
-                    "steps": int(row["steps"]), "file": str(row["file"]), "sha256": str(row["sha256"]),
+                    "steps": int(row["steps"]), "file": str(row["file"]), "bytes": int(row["bytes"]), "sha256": str(row["sha256"]),
                     "seconds": float(row["seconds"])})
         count += 1
         bar.update(1)

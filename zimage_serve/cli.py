@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_int, default=4, help="images per transformer batch")
     b.add_argument("--gpus", default=None, help="generator actors: N, or MIN-MAX on an autoscaling cluster")
     b.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
+    b.add_argument("--verify", action="store_true",
+                   help="on a rerun, read every finished image back and compare its SHA-256 with the manifest "
+                        "(default: its size; the writes are atomic, so only a change made outside the job differs)")
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="on GPU: fused projections, regional torch.compile and the VAE decoder's norms compiled "
                         "(tens of seconds per actor on a cold compile cache; the cache is kept)")
