@@ -173,3 +173,10 @@ def test_bad_encoder_cpus_is_refused_before_ray_starts(tmp_path):
     ok.write_text("a cat\n")
     with pytest.raises(ZImageError, match="--encoder-cpus must be at least 1, got 0"):
         run(Namespace(**{**vars(_args(ok, tmp_path / "o")), "encoder_cpus": 0}))
+
+
+def test_blocks_hold_one_gpu_batch_up_to_a_cap_then_grow():
+    from zimage_serve.batch import MAX_BLOCKS, block_count
+
+    assert block_count(40, 4) == 10 and block_count(3, 4) == 1
+    assert block_count(4 * MAX_BLOCKS, 4) == MAX_BLOCKS and block_count(1_000_000, 4) == MAX_BLOCKS

@@ -24,6 +24,11 @@ from .prompts_file import Item, read_prompts
 
 log = logging.getLogger("zimage_serve")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# Ray Data hands a block on when its task ends, so blocks of one GPU batch make the first image and each
+# manifest line come soon; past this many blocks a larger job gets larger blocks, since each block costs
+# the driver about 1.5 ms (bench/blocks.py: 100,000 prompts built and iterated in 25,000 blocks 48.0 s,
+# in 10,000 26.1 s; a million prompts make 100-prompt blocks).
+MAX_BLOCKS = 10_000
 
 
 class EncodeStage:
@@ -147,6 +152,11 @@ def encoder_cpus(requested: int | None, cluster_cpus: int, generator_actors: int
     return max(1, min(16, (cluster_cpus - generator_actors) // 2, node_cpus or cluster_cpus))
 
 
+def block_count(prompts: int, batch_size: int) -> int:
+    """Blocks of one GPU batch each, at most MAX_BLOCKS."""
+    return max(1, min(prompts // batch_size, MAX_BLOCKS))
+
+
 def run(args) -> int:
     items = read_prompts(args.prompts, args.size, args.steps, args.seed)  # every line checked, before Ray
     actors = parse_actors(args.gpus)
@@ -184,7 +194,7 @@ def run(args) -> int:
     model = str(source.path)
     max_side = max(max(i.width, i.height) for i in todo)
     rows = [{**i.to_dict(), "stem": i.stem} for i in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // args.batch_size))
+    ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), args.batch_size))
     # encoder blocks of one GPU batch, at least 4 prompts (bf16 on AMX: 0.19 s a prompt at 4, 0.18 at 8,
     # ../shared/gpu/README.md): the GPU stage then answers, and the manifest and progress advance, batch by batch
     ds = ds.map_batches(EncodeStage, fn_constructor_args=(model, enc_cpus, args.encoder_dtype),
