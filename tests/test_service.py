@@ -105,3 +105,24 @@ def test_a_prompt_refused_by_a_generator_without_text_encoder_is_encoded_on_the_
     assert [d["seed"] for d in result["data"]] == [4, 5]
     assert sorted(calls, key=str) == [None, None, "embeds of a lighthouse", "embeds of a lighthouse"]
     assert backends.encoded == ["a lighthouse", "a lighthouse"] and svc.pending == 0
+
+
+def test_a_burst_before_the_generator_is_ready_asks_its_plan_once():
+    backends = Backends(plan_encode_on="gpu")
+    asked = []
+
+    async def slow_info() -> dict:
+        asked.append(1)
+        await asyncio.sleep(0.05)
+        return {"ready": True, "plan": {"encode_on": "gpu"}}
+
+    svc = ImageService(AppConfig(), encode=backends.encode, generate=backends.generate, generator_info=slow_info,
+                       is_retryable=lambda e: False)
+    backends.gate.set()
+
+    async def burst():
+        await asyncio.gather(*(svc.generate({"prompt": f"prompt {i}"}) for i in range(10)))
+        await svc.generate({"prompt": "later"})
+
+    asyncio.run(burst())
+    assert len(asked) == 1 and len(backends.routes) == 11

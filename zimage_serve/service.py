@@ -78,6 +78,7 @@ class ImageService:
         self._encode, self._generate, self._info = encode, generate, generator_info
         self._is_retryable = is_retryable
         self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
+        self._plan_probe: asyncio.Future | None = None
         # Admission: images in flight or queued from this ingress replica. Serve's own max_queued_requests
         # is checked before a request's embeddings resolve, so a burst waiting on the encoder slips past it.
         g = config.generator
@@ -141,15 +142,23 @@ class ImageService:
     # ---- generation ---------------------------------------------------------------------------
 
     async def _can_encode_on_generator(self) -> bool:
-        """Whether the generator holds a text encoder: "gpu" says so, "auto" asks its plan (once it is ready)."""
-        if self._generator_encodes is None:
-            try:
-                info = await asyncio.wait_for(self._info(), timeout=5)
-            except Exception:
-                return False
-            if not info.get("ready"):
-                return False
-            self._generator_encodes = info["plan"]["encode_on"] == "gpu"
+        """Whether the generator holds a text encoder: "gpu" says so, "auto" asks its plan (once it is ready).
+        Requests that arrive while the question is out share its answer: a burst at start-up makes one info
+        call, not one each in the generators' queue."""
+        if self._generator_encodes is not None:
+            return self._generator_encodes
+        if self._plan_probe is None or self._plan_probe.done():
+            self._plan_probe = asyncio.ensure_future(self._probe_generator_plan())
+        return await asyncio.shield(self._plan_probe)
+
+    async def _probe_generator_plan(self) -> bool:
+        try:
+            info = await asyncio.wait_for(self._info(), timeout=5)
+        except Exception:
+            return False
+        if not info.get("ready"):
+            return False
+        self._generator_encodes = info["plan"]["encode_on"] == "gpu"
         return self._generator_encodes
 
     async def _encode_on_generator(self, n: int) -> bool:
