@@ -27,11 +27,9 @@ class EmbeddingCache:
 
     def put(self, key: Hashable, embeds: torch.Tensor) -> None:
         """Keep ``embeds`` unless it alone is over the byte bound; evict the oldest until both bounds hold."""
-        size = embeds.numel() * embeds.element_size()
-        if key in self._entries or self.max_entries == 0 or size > self.max_bytes:
+        if key in self._entries or embeds.nbytes > self.max_bytes:
             return
         self._entries[key] = embeds
-        self.bytes += size
+        self.bytes += embeds.nbytes
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= self._entries.popitem(last=False)[1].nbytes

@@ -122,17 +122,16 @@ class GeneratorDeployment:
         for embeds, _, p in items:
             if embeds is None:
                 texts += [p["prompt"]] + ([p.get("negative_prompt") or ""] if p["guidance_scale"] > 0 else [])
+        texts = list(dict.fromkeys(texts))  # each once: the n images of one request share their prompt
         t0 = time.perf_counter()
-        unique = list(dict.fromkeys(texts))  # n images of one request share their prompt: encoded once
-        by_text = dict(zip(unique, self.engine.encode(unique) if unique else []))
-        encoded = iter(by_text[t] for t in texts)
+        encoded = dict(zip(texts, self.engine.encode(texts))) if texts else {}
         encode_s = time.perf_counter() - t0
-        self.prompts_encoded += len(unique)
+        self.prompts_encoded += len(texts)
         jobs = []
         for embeds, negative, p in items:
             if embeds is None:
-                embeds = next(encoded)
-                negative = next(encoded) if p["guidance_scale"] > 0 else None
+                embeds = encoded[p["prompt"]]
+                negative = encoded[p.get("negative_prompt") or ""] if p["guidance_scale"] > 0 else None
             jobs.append(Job(embeds=embeds, seed=p["seed"], width=p["width"], height=p["height"], steps=p["steps"],
                             guidance_scale=p["guidance_scale"], negative_embeds=negative))
         result = self._generate_with_oom_fallback(jobs)
