@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zimage_serve.batch import MAX_BLOCKS, block_count  # noqa: E402
+from zimage_serve.batch.job import MAX_BLOCKS, block_count  # noqa: E402
 
 
 def main(n: int = 100_000) -> None:

@@ -29,10 +29,10 @@ def main() -> None:
     from ray import serve
 
     from zimage_serve.app import build_app
-    from zimage_serve.engine import Engine, Job, plan_for_this_machine
-    from zimage_serve.imaging import encode_image
-    from zimage_serve.planner import Workload
-    from zimage_serve.sources import resolve
+    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.imaging import encode_image
+    from zimage_serve.model.planner import Workload
+    from zimage_serve.model.sources import resolve
 
     source = resolve("tiny")
     engine = Engine.load(source, plan_for_this_machine(source, Workload(a.size, a.size, 1), encode_on="gpu", device="cpu"))

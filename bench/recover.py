@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zimage_serve.batch_output import OutputDir  # noqa: E402
+from zimage_serve.batch.output import OutputDir  # noqa: E402
 
 
 def main(n: int = 1000, size_mb: float = 1.5) -> None:

@@ -258,7 +258,7 @@ def render(s: dict) -> str:
 
 Device: **{s['device']}** (16 CPU cores, Intel Xeon with AMX), torch 2.11 + CUDA 13, diffusers 0.42.1,
 Ray 2.60. Date: 2026-11-25. The full-size Z-Image-Turbo layout with **random weights**, written on the
-machine by `zimage_serve.checkpoint.write_checkpoint(shape="full")` (fp32 transformer in shards, bf16
+machine by `zimage_serve.testing.checkpoint.write_checkpoint(shape="full")` (fp32 transformer in shards, bf16
 Qwen3-4B, bf16 VAE: 32.8 GB): speed and memory are real, images are noise. 1024x1024, 8 steps,
 guidance 0. Stock diffusers is `bench/stock_baseline.py` (the shared reference script, unchanged) on
 the same checkpoint.

@@ -58,7 +58,7 @@ def timed(fn, reps=5, warm=1):
 
 
 def build():
-    from zimage_serve.checkpoint import write_checkpoint
+    from zimage_serve.testing.checkpoint import write_checkpoint
 
     t = time.time()
     if not (CKPT / "model_index.json").exists():
@@ -76,9 +76,9 @@ def stock():
 
 
 def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4, fuse=True, cuda_graphs=False):
-    from zimage_serve.engine import Engine, plan_for_this_machine
-    from zimage_serve.planner import Workload
-    from zimage_serve.sources import resolve
+    from zimage_serve.model.engine import Engine, plan_for_this_machine
+    from zimage_serve.model.planner import Workload
+    from zimage_serve.model.sources import resolve
 
     source = resolve(str(CKPT))
     plan = plan_for_this_machine(source, Workload(SIZE, SIZE, batch), policy, encode_on)
@@ -91,7 +91,7 @@ def _engine(policy="auto", encode_on="cpu", compile=True, fp8=False, batch=4, fu
 def _latents(engine, embeds, steps=8, n=1, size=SIZE):
     import torch
 
-    from zimage_serve.engine import Job
+    from zimage_serve.model.engine import Job
 
     jobs = [Job(embeds, seed=i, width=size, height=size, steps=steps) for i in range(n)]
     with torch.inference_mode():  # as Engine.generate runs (CUDA graphs keep the mode they were captured in)
@@ -106,10 +106,10 @@ def engine_step():
     with CUDA graphs and the compiled VAE decoder added (denoise, generate, e2e, batch of 4)."""
     import torch
 
-    from zimage_serve.accel import accelerate, accelerate_vae
-    from zimage_serve.engine import Job
-    from zimage_serve.graphs import use_cuda_graphs
-    from zimage_serve.imaging import encode_image
+    from zimage_serve.model.optim.accel import accelerate, accelerate_vae
+    from zimage_serve.model.engine import Job
+    from zimage_serve.model.optim.graphs import use_cuda_graphs
+    from zimage_serve.model.imaging import encode_image
 
     torch.set_num_threads(os.cpu_count())
     cache = os.environ["ZIMAGE_CACHE_DIR"] + "/compile"
@@ -167,7 +167,7 @@ def peak():
     step's figure. Then, in the same process, with the whole decoder compiled instead."""
     import torch
 
-    from zimage_serve.engine import Job
+    from zimage_serve.model.engine import Job
 
     engine = _engine(compile=True)
     job = Job(engine.encode([PROMPT])[0], seed=1, width=SIZE, height=SIZE)
@@ -182,7 +182,7 @@ def peak():
                seconds={k: round(v, 4) for k, v in result.seconds.items()}, plan=engine.plan.to_dict())
     save("peak", **out)
     if engine.compiled_decoder:  # the same process with the whole decoder compiled (the default until run36)
-        from zimage_serve.accel import accelerate_vae
+        from zimage_serve.model.optim.accel import accelerate_vae
 
         accelerate_vae(engine.pipe.vae, cache_dir=os.environ["ZIMAGE_CACHE_DIR"] + "/compile", whole=True)
         engine.generate([job])
@@ -232,8 +232,8 @@ def fusion():
     import numpy as np
     import torch
 
-    from zimage_serve.accel import accelerate
-    from zimage_serve.engine import Job
+    from zimage_serve.model.optim.accel import accelerate
+    from zimage_serve.model.engine import Job
 
     engine = _engine(compile=False, batch=1, fuse=False)
     embeds = engine.encode([PROMPT])[0]
@@ -266,7 +266,7 @@ def fusion():
 
 def _encode_pngs(stop, image, png):
     """What a replica's other thread does at saturation: encode the previous batch's images (PNG level 1)."""
-    from zimage_serve.imaging import encode_image
+    from zimage_serve.model.imaging import encode_image
 
     while not stop.is_set():
         encode_image(image, "png", 1) if png == "ours" else image.save(__import__("io").BytesIO(), format="PNG", compress_level=1)
@@ -281,8 +281,8 @@ def graphs():
     import numpy as np
     import torch
 
-    from zimage_serve.engine import Job
-    from zimage_serve.graphs import STACKS, use_cuda_graphs
+    from zimage_serve.model.engine import Job
+    from zimage_serve.model.optim.graphs import STACKS, use_cuda_graphs
 
     engine = _engine(compile=True, batch=1)
     embeds = engine.encode([PROMPT])[0]
@@ -328,8 +328,8 @@ def _decode_variant(z, compile=False, lean=True, banded_eager=False, dynamic=Fal
     import torch
     from diffusers import AutoencoderKL
 
-    from zimage_serve.accel import accelerate_vae, compile_setup, compiled_shapes_only
-    from zimage_serve.lean_vae import BANDED_MODULES, lean_decoder
+    from zimage_serve.model.optim.accel import accelerate_vae, compile_setup, compiled_shapes_only
+    from zimage_serve.model.optim.lean_vae import BANDED_MODULES, lean_decoder
 
     vae = AutoencoderKL.from_pretrained(CKPT, subfolder="vae", dtype=torch.bfloat16).to("cuda").eval()
     if lean:
@@ -378,7 +378,7 @@ def decode():
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
-    from zimage_serve.engine import _to_pil
+    from zimage_serve.model.engine import _to_pil
 
     z = torch.randn(1, 16, SIZE // 8, SIZE // 8, device="cuda", dtype=torch.bfloat16,
                     generator=torch.Generator("cuda").manual_seed(0))
@@ -418,10 +418,10 @@ def te():
     the embeddings' difference."""
     import torch
 
-    from zimage_serve.accel import compile_setup
-    from zimage_serve.encoding import PromptEncoder
-    from zimage_serve.loader import load_text_encoder
-    from zimage_serve.sources import resolve
+    from zimage_serve.model.optim.accel import compile_setup
+    from zimage_serve.model.encoding import PromptEncoder
+    from zimage_serve.model.loader import load_text_encoder
+    from zimage_serve.model.sources import resolve
 
     model, tokenizer = load_text_encoder(resolve(str(CKPT)), torch.device("cuda"), torch.bfloat16)
     encoder = PromptEncoder(model, tokenizer)
@@ -460,8 +460,8 @@ def engine_gpu():
     """In-process end to end with the text encoder on the GPU (the same placement as http_gpu)."""
     import torch
 
-    from zimage_serve.engine import Job
-    from zimage_serve.imaging import encode_image
+    from zimage_serve.model.engine import Job
+    from zimage_serve.model.imaging import encode_image
 
     engine = _engine(encode_on="gpu", compile=True, batch=1)
     run = lambda: encode_image(engine.generate([Job(engine.encode([f"{PROMPT} {time.time()}"])[0], 1, SIZE, SIZE)]).images[0], "png", 1)
@@ -478,7 +478,7 @@ def vram():
     import torch
     from diffusers import AutoencoderKL
 
-    from zimage_serve.engine import Job
+    from zimage_serve.model.engine import Job
 
     import_s = float(subprocess.run([sys.executable, "-c", "import time; t = time.time(); "
                                      "from diffusers import ZImagePipeline, AutoencoderKL; import transformers; "
@@ -544,7 +544,7 @@ def coldstart():
     shutil.rmtree(cache.parent / "weights", ignore_errors=True)
     if os.environ.get("BENCH_IMPORTS", "1") == "1":
         results["imports"] = _import_times()
-    subprocess.run([sys.executable, "-c", "import zimage_serve.engine, zimage_serve.loader, diffusers, transformers, "
+    subprocess.run([sys.executable, "-c", "import zimage_serve.model.engine, zimage_serve.model.loader, diffusers, transformers, "
                     "accelerate, safetensors"], env=_with_bytecode(os.environ), check=False)  # writes the bytecode
     # "served": what a generator replica runs before it reports ready (serve_config's speed-ups and warm-up);
     # "weights_cache": ZIMAGE_WEIGHTS_CACHE=1, the first run writes the bf16 copy, the next reads it
@@ -598,10 +598,10 @@ def _first_image():
     marks = {"python_started": time.time() - t0}
     if os.environ.get("BENCH_HIDE") == "1":  # find_spec() says None and import fails, as if not installed
         sys.modules.update({name: None for name in NOT_OUR_DEPENDENCIES})
-    from zimage_serve.engine import Engine, Job, plan_for_this_machine
-    from zimage_serve.imaging import encode_image
-    from zimage_serve.planner import Workload
-    from zimage_serve.sources import resolve
+    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.imaging import encode_image
+    from zimage_serve.model.planner import Workload
+    from zimage_serve.model.sources import resolve
 
     marks["imports"] = time.time() - t0
     import diffusers.models.transformers.transformer_z_image  # noqa: F401  (Engine.load would import them: timed apart)
@@ -744,8 +744,8 @@ def overhead():
     from ray import serve
 
     from zimage_serve.app import build_app
-    from zimage_serve.engine import Job
-    from zimage_serve.imaging import encode_image
+    from zimage_serve.model.engine import Job
+    from zimage_serve.model.imaging import encode_image
 
     config = {"model": str(CKPT), "default_size": f"{SIZE}x{SIZE}", "encoder": {"num_cpus": 1, "cache_size": 0},
               "generator": {"num_gpus": 1, "encode_on": "gpu", "max_batch_size": 4, "max_ongoing_requests": 8,
@@ -799,7 +799,7 @@ def offload():
 
     import torch
 
-    from zimage_serve.engine import Job
+    from zimage_serve.model.engine import Job
 
     results = {}
     for policy in ("resident", "sequential"):
@@ -824,8 +824,8 @@ def fp8():
     import numpy as np
     import torch
 
-    from zimage_serve.accel import accelerate
-    from zimage_serve.engine import Job
+    from zimage_serve.model.optim.accel import accelerate
+    from zimage_serve.model.engine import Job
 
     engine = _engine(compile=True, batch=1)
     embeds = engine.encode([PROMPT])[0]
@@ -843,7 +843,7 @@ def fp8():
     latents = _latents(engine, embeds)
     out = image()
     mse = float(((out - ref) ** 2).mean())
-    save("fp8", implementation="zimage_serve.fp8 (torch._scaled_mm, rowwise)", fp8_linear_layers=applied.get("fp8_linear_layers"),
+    save("fp8", implementation="zimage_serve.model.optim.fp8 (torch._scaled_mm, rowwise)", fp8_linear_layers=applied.get("fp8_linear_layers"),
          bf16_denoise_s=round(bf16, 3), fp8_denoise_s=round(f8, 3), speedup=round(bf16 / f8, 2),
          fp8_compile_s=round(compile_s, 1), nan_latents=int(torch.isnan(latents).sum()),
          pixel_mean_abs_diff=round(float(np.abs(out - ref).mean()), 2), psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else None,
@@ -855,7 +855,7 @@ def probe():
     import torch
     from diffusers import AutoencoderKL
 
-    from zimage_serve.lean_vae import lean_decoder
+    from zimage_serve.model.optim.lean_vae import lean_decoder
 
     r = subprocess.run([sys.executable, "-X", "importtime", "-c", "from diffusers import AutoencoderKL, ZImagePipeline, "
                         "ZImageTransformer2DModel; from transformers import AutoModel, AutoTokenizer"],
@@ -981,7 +981,7 @@ def batch():
     import numpy as np
     import torch
 
-    from zimage_serve.batch import EncodeStage, encoder_cpus
+    from zimage_serve.batch.job import EncodeStage, encoder_cpus
 
     out = {}
     rows = lambda n: {"prompt": np.array([f"{PROMPT}, variation {i}" for i in range(n)]), "guidance_scale": np.zeros(n),

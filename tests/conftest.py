@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_source():
-    from zimage_serve.sources import resolve
+    from zimage_serve.model.sources import resolve
 
     return resolve("tiny")
 
@@ -104,13 +104,13 @@ def tiny_app_config(tiny_path, **overrides) -> dict:
     return config
 
 
-def deploy(serve_cluster: str, name: str, config: dict) -> str:
-    """Deploy the real application under /name and return its base URL."""
+def deploy(serve_cluster: str, name: str, config: dict, app=None) -> str:
+    """Deploy the real application (or ``app``, built from ``config`` otherwise) under /name; its base URL."""
     from ray import serve
 
     from zimage_serve.app import build_app
 
-    serve.run(build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
+    serve.run(app if app is not None else build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
     return f"{serve_cluster}/{name}"
 
 
@@ -118,3 +118,14 @@ def deploy(serve_cluster: str, name: str, config: dict) -> str:
 def app_url(serve_cluster, tiny_path):
     """The main test application (one logical GPU for its generator), deployed once under /main."""
     return deploy(serve_cluster, "main", tiny_app_config(tiny_path, generator={"num_gpus": 1}))
+
+
+def job(embeds, seed: int, width: int = 1024, height: int = 1024, steps: int = 8, guidance_scale: float = 0.0,
+        negative_embeds=None, prompt: str = "a test prompt"):
+    """An engine Job: the typed request of one image and its embeddings."""
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Job
+
+    request = GenerationRequest(prompt=prompt, seed=seed, width=width, height=height, steps=steps,
+                                guidance_scale=guidance_scale)
+    return Job(request, embeds, negative_embeds)

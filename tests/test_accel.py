@@ -11,7 +11,7 @@ _REPLICA = """
 import json, sys
 import diffusers.models.transformers.transformer_z_image
 import torch, torch._dynamo.utils
-from zimage_serve.accel import use_compile_cache
+from zimage_serve.model.optim.accel import use_compile_cache
 
 use_compile_cache(sys.argv[1])
 

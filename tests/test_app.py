@@ -220,11 +220,11 @@ def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_
 def test_a_generator_without_text_encoder_refuses_a_bare_prompt_by_name(app_url):
     """The main app's CPU plan encodes on the CPU encoders: a prompt sent without embeddings is refused with
     NeedsEmbeddings (which the ingress answers by encoding it there), not failed inside a batch."""
-    from zimage_serve.errors import NeedsEmbeddings
+    from zimage_serve.core.errors import NeedsEmbeddings
+    from zimage_serve.core.request import GenerationRequest
 
     generator = serve.get_deployment_handle("Generator", app_name="main")
     assert generator.info.remote().result()["plan"]["encode_on"] == "cpu"
-    params = {"prompt": "a red fox", "negative_prompt": "", "seed": 1, "width": 64, "height": 64, "steps": 2,
-              "guidance_scale": 0.0, "output_format": "png", "quality": None}
+    request = GenerationRequest(prompt="a red fox", seed=1, width=64, height=64, steps=2)
     with pytest.raises(NeedsEmbeddings, match="holds no text encoder"):
-        generator.generate.remote(None, None, params).result()
+        generator.generate.remote(request, None).result()

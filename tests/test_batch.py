@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from conftest import max_pixel_diff, stock_image
-from zimage_serve.batch import EncodeStage, encoder_cpus, run
-from zimage_serve.errors import ZImageError
-from zimage_serve.prompts_file import PromptsFileError, read_prompts
+from zimage_serve.batch.job import encoder_cpus, run
+from zimage_serve.batch.stages import EncodeStage
+from zimage_serve.core.request import GenerationRequest
+from zimage_serve.core.errors import ZImageError
+from zimage_serve.batch.prompts_file import PromptsFileError, read_prompts
 
 
 def _prompts(path, n, size="64x64"):
@@ -155,8 +157,8 @@ def test_the_encoder_stage_gets_the_cpus_and_dtype_it_is_given():
     assert encoder_cpus(3, cluster_cpus=2, generator_actors=1) == 3
     threads = torch.get_num_threads()
     try:
-        batch = {"prompt": np.array(["a red fox", "a lighthouse at dusk, oil painting"]), "guidance_scale": np.zeros(2),
-                 "negative_prompt": np.array(["", ""])}
+        requests = [GenerationRequest("a red fox", seed=0), GenerationRequest("a lighthouse at dusk, oil painting", seed=1)]
+        batch = {"request": np.array(requests, dtype=object)}
         exact = EncodeStage("tiny", threads=1, dtype="float32")
         assert torch.get_num_threads() == 1 and exact.dtype == torch.float32
         fast = EncodeStage("tiny", threads=2, dtype="bfloat16")
@@ -176,7 +178,7 @@ def test_bad_encoder_cpus_is_refused_before_ray_starts(tmp_path):
 
 
 def test_blocks_hold_one_gpu_batch_up_to_a_cap_then_grow():
-    from zimage_serve.batch import MAX_BLOCKS, block_count
+    from zimage_serve.batch.job import MAX_BLOCKS, block_count
 
     assert block_count(40, 4) == 10 and block_count(3, 4) == 1
     assert block_count(4 * MAX_BLOCKS, 4) == MAX_BLOCKS and block_count(1_000_000, 4) == MAX_BLOCKS

@@ -3,7 +3,7 @@
 import hashlib
 import json
 
-from zimage_serve.batch_output import OutputDir, write_atomic
+from zimage_serve.batch.output import OutputDir, write_atomic
 
 
 def _finished(out: OutputDir, name: str, data: bytes, with_size: bool = True) -> None:

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from zimage_serve.batcher import GpuBatcher
+from zimage_serve.serving.batcher import GpuBatcher
 
 
 def _batcher(sizes, delay=0.05, fail_on=None, wait_s=0.01):

@@ -1,7 +1,7 @@
 import hashlib
 import json
 
-from zimage_serve.checkpoint import is_random_weights, write_checkpoint
+from zimage_serve.testing.checkpoint import is_random_weights, write_checkpoint
 
 
 def _digest(root):

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zimage_serve.app import build_app, resolved_config
-from zimage_serve.app_config import AppConfig
+from zimage_serve.app import build_app
+from zimage_serve.serving.builder import resolved_config
+from zimage_serve.settings import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

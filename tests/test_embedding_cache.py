@@ -2,7 +2,7 @@
 
 import torch
 
-from zimage_serve.embedding_cache import EmbeddingCache
+from zimage_serve.serving.embedding_cache import EmbeddingCache
 
 
 def embeds(tokens: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from zimage_serve.loader import load_text_encoder
-from zimage_serve.encoding import PromptEncoder
+from zimage_serve.model.loader import load_text_encoder
+from zimage_serve.model.encoding import PromptEncoder
 
 PROMPTS = ["a cat", "a much longer prompt about a dog riding a red bicycle in the rain, watercolor",
            "ünïcødé ✓ 日本語のプロンプト", "x"]
@@ -15,7 +15,7 @@ def encoder(tiny_source):
 
 
 def test_last_layer_is_not_loaded_or_run(encoder, tiny_source):
-    from zimage_serve.sources import config_of
+    from zimage_serve.model.sources import config_of
 
     assert len(encoder.model.layers) == config_of(tiny_source, "text_encoder")["num_hidden_layers"] - 1
     assert isinstance(encoder.model.norm, torch.nn.Identity)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_pixel_diff, stock_image
-from zimage_serve.engine import Engine, Job
-from zimage_serve.planner import GiB, Workload, make_plan
-from zimage_serve.sizes import sizes_of
+from conftest import job, max_pixel_diff, stock_image
+from zimage_serve.model.engine import Engine
+from zimage_serve.model.planner import GiB, Workload, make_plan
+from zimage_serve.model.sizes import sizes_of
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def engine(tiny_source):
 
 def test_one_image_equals_stock(engine, stock_pipe):
     emb = engine.encode(["a cat in the rain"])[0]
-    ours = engine.generate([Job(emb, seed=7, width=64, height=96)]).images[0]
+    ours = engine.generate([job(emb, seed=7, width=64, height=96)]).images[0]
     assert ours.size == (64, 96)
     assert max_pixel_diff(ours, stock_image(stock_pipe, "a cat in the rain", 7, 64, 96)) <= 1
 
@@ -27,24 +27,24 @@ def test_one_image_equals_stock(engine, stock_pipe):
 def test_batch_keeps_each_seed_and_equals_stock(engine, stock_pipe):
     prompts = ["a cat", "a lighthouse on a cliff at dusk, oil painting", "a cat", "x"]
     embs = engine.encode(prompts)
-    jobs = [Job(e, seed=s, width=64, height=64) for e, s in zip(embs, [1, 2, 3, 4])]
-    jobs.append(Job(embs[0], seed=5, width=48, height=64))  # another shape: its own batch
+    jobs = [job(e, seed=s, width=64, height=64) for e, s in zip(embs, [1, 2, 3, 4])]
+    jobs.append(job(embs[0], seed=5, width=48, height=64))  # another shape: its own batch
     result = engine.generate(jobs)
     assert sorted(result.batch_sizes) == [1, 4]
-    for job, prompt, image in zip(jobs, prompts + ["a cat"], result.images):
-        assert max_pixel_diff(image, stock_image(stock_pipe, prompt, job.seed, job.width, job.height)) <= 1
+    for j, prompt, image in zip(jobs, prompts + ["a cat"], result.images):
+        assert max_pixel_diff(image, stock_image(stock_pipe, prompt, j.request.seed, j.request.width, j.request.height)) <= 1
     assert max_pixel_diff(result.images[0], result.images[2]) > 0  # same prompt, other seed
 
 
 def test_max_batch_splits(engine):
     emb = engine.encode(["a cat"])[0]
-    result = engine.generate([Job(emb, seed=s, width=64, height=64) for s in range(6)])
+    result = engine.generate([job(emb, seed=s, width=64, height=64) for s in range(6)])
     assert result.batch_sizes == [4, 2] and len(result.images) == 6
 
 
 def test_guidance_with_negative_prompt_equals_stock(engine, stock_pipe):
     pos, neg = engine.encode(["a cat", "blurry"])
-    ours = engine.generate([Job(pos, seed=3, width=64, height=64, steps=4, guidance_scale=2.0, negative_embeds=neg)])
+    ours = engine.generate([job(pos, seed=3, width=64, height=64, steps=4, guidance_scale=2.0, negative_embeds=neg)])
     ref = stock_image(stock_pipe, "a cat", 3, 64, 64, steps=4, guidance_scale=2.0, negative_prompt="blurry")
     assert max_pixel_diff(ours.images[0], ref) <= 1
 
@@ -57,7 +57,7 @@ def test_every_plan_kind_loads_and_generates_the_same_image(tiny_source, stock_p
     engine = Engine.load(tiny_source, plan, device="cpu", dtype="float32")
     engine.set_progress(False)
     emb = engine.encode(["a cat"])[0]
-    image = engine.generate([Job(emb, seed=11, width=64, height=64)]).images[0]
+    image = engine.generate([job(emb, seed=11, width=64, height=64)]).images[0]
     assert max_pixel_diff(image, stock_image(stock_pipe, "a cat", 11, 64, 64)) <= 1
     if policy == "sequential":
         from diffusers.hooks.group_offloading import _is_group_offload_enabled
@@ -74,14 +74,14 @@ def test_without_text_encoder_needs_embeddings(tiny_source):
     with pytest.raises(RuntimeError, match="without a text encoder"):
         engine.encode(["a cat"])
     emb = torch.randn(5, 32)
-    assert engine.generate([Job(emb, seed=1, width=64, height=64)]).images[0].size == (64, 64)
+    assert engine.generate([job(emb, seed=1, width=64, height=64)]).images[0].size == (64, 64)
 
 
 def test_images_are_converted_like_diffusers_postprocess():
     import numpy as np
     from diffusers.image_processor import VaeImageProcessor
 
-    from zimage_serve.engine import _to_pil
+    from zimage_serve.model.engine import _to_pil
 
     for dtype in (torch.float32, torch.bfloat16):
         decoded = (torch.randn(1, 3, 40, 24, generator=torch.Generator().manual_seed(0)) * 1.3).to(dtype)
@@ -94,12 +94,12 @@ def test_compiled_decoder_compiles_for_the_plan_size_only(tiny_source, tmp_path)
     any other size runs eagerly without compiling again."""
     import torch._dynamo
 
-    from zimage_serve.accel import accelerate_vae
+    from zimage_serve.model.optim.accel import accelerate_vae
 
     plan = make_plan(sizes_of(tiny_source), None, Workload(64, 48, 1))
     engine = Engine.load(tiny_source, plan)
     embeds = engine.encode(["a lighthouse"])[0]
-    make = lambda w, h: np.asarray(engine.generate([Job(embeds, 3, w, h, steps=2)]).images[0], dtype=np.int16)
+    make = lambda w, h: np.asarray(engine.generate([job(embeds, 3, w, h, steps=2)]).images[0], dtype=np.int16)
     eager_plan_size, eager_other = make(64, 48), make(32, 32)
     torch._dynamo.reset()
     norms = 2 * len(engine.pipe.vae.decoder.up_blocks) * (engine.pipe.vae.config.layers_per_block + 1) + 5  # + mid, norm_out
@@ -121,7 +121,7 @@ def test_graphs_need_headroom_over_the_plan_and_the_decoder_compiles_unless_tile
                                                                                    tiling, graphs):
     import dataclasses
 
-    from zimage_serve.sizes import sizes_of
+    from zimage_serve.model.sizes import sizes_of
 
     workload = Workload(256, 256, 1)
     peak = make_plan(sizes_of(tiny_source), 80 * GiB, workload).peak_gib

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zimage_serve.fp8 import E4M3, Float8Linear, quantize_linears, quantize_rows
+from zimage_serve.model.optim.fp8 import E4M3, Float8Linear, quantize_linears, quantize_rows
 
 
 def test_quantize_rows_scales_each_row_to_the_e4m3_range():
@@ -39,7 +39,7 @@ def test_quantize_linears_takes_only_wide_layers():
 def test_fp8_on_a_machine_without_a_gpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from zimage_serve.accel import quantize_fp8
+    from zimage_serve.model.optim.accel import quantize_fp8
 
     with pytest.raises(RuntimeError, match="fp8 needs a CUDA GPU"):
         quantize_fp8(torch.nn.Linear(2048, 2048))
@@ -48,7 +48,7 @@ def test_fp8_on_a_machine_without_a_gpu_is_refused():
 def test_fp8_blocks_of_the_real_transformer_stay_close(tiny_path):
     from diffusers import ZImageTransformer2DModel
 
-    from zimage_serve.fusion import fuse_projections
+    from zimage_serve.model.optim.fusion import fuse_projections
 
     model = ZImageTransformer2DModel.from_pretrained(tiny_path, subfolder="transformer", dtype=torch.bfloat16).eval()
     g = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from zimage_serve.fusion import FusedAttnProcessor, FusedFeedForward, fuse_projections
+from zimage_serve.model.optim.fusion import FusedAttnProcessor, FusedFeedForward, fuse_projections
 
 
 @pytest.fixture(scope="module")

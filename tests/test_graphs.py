@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from zimage_serve.fusion import fuse_projections
-from zimage_serve.graphs import STACKS, GraphedBlocks, use_cuda_graphs
+from zimage_serve.model.optim.fusion import fuse_projections
+from zimage_serve.model.optim.graphs import STACKS, GraphedBlocks, use_cuda_graphs
 
 from test_fusion import _forward, transformer  # noqa: F401  (the fixture)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from zimage_serve.lean_vae import conv_in_bands, lean_decoder, upsample_conv_in_bands
+from zimage_serve.model.optim.lean_vae import conv_in_bands, lean_decoder, upsample_conv_in_bands
 
 
 @pytest.mark.parametrize("h,w,band", [(7, 5, 40), (8, 8, 1), (3, 9, 10_000), (5, 4, 64)])

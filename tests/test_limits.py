@@ -1,7 +1,7 @@
 import pytest
 
-from zimage_serve.errors import InvalidInput
-from zimage_serve.limits import Bounds, check_prompt, check_seed, check_steps, parse_bytes, parse_size
+from zimage_serve.core.errors import InvalidInput
+from zimage_serve.core.bounds import Bounds, check_prompt, check_seed, check_steps, parse_bytes, parse_size
 
 
 def test_parse_size():

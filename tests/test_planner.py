@@ -1,14 +1,14 @@
 import pytest
 
-from zimage_serve.errors import PlanError
-from zimage_serve.planner import GiB, Z_IMAGE_TURBO, ModelSizes, Workload, make_plan
+from zimage_serve.core.errors import PlanError
+from zimage_serve.model.planner import GiB, Z_IMAGE_TURBO, ModelSizes, Workload, make_plan
 
 GPU_GIB = [8, 12, 16, 24, 40, 80]
 SIZES = [(512, 512), (1024, 1024), (1536, 1536), (2048, 2048)]
 
 
 def test_official_sizes_match_the_real_classes_on_meta_device():
-    from zimage_serve.checkpoint import meta_tensors
+    from zimage_serve.testing.checkpoint import meta_tensors
 
     counted = ModelSizes.from_tensors(meta_tensors("full"), 3840, 2560, Z_IMAGE_TURBO.origin)
     assert counted == Z_IMAGE_TURBO
@@ -89,8 +89,8 @@ def test_tight_budgets_turn_on_tiled_vae_decoding_before_offloading():
 
 
 def test_a_tiled_plan_loads_and_decodes_in_tiles(tiny_source):
-    from zimage_serve.engine import Engine
-    from zimage_serve.sizes import sizes_of
+    from zimage_serve.model.engine import Engine
+    from zimage_serve.model.sizes import sizes_of
 
     sizes = sizes_of(tiny_source)
     plan = make_plan(sizes, 80 * GiB, Workload(1024, 1024, 1))

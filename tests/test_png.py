@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zimage_serve.imaging import encode_image
-from zimage_serve.png import encode_png
+from zimage_serve.model.imaging import encode_image
+from zimage_serve.model.png import encode_png
 
 
 def _decode(data: bytes) -> np.ndarray:

@@ -14,16 +14,19 @@ from hypothesis import strategies as st
 from ray import serve
 
 from conftest import deploy, tiny_app_config
-from zimage_serve.app_config import AppConfig
-from zimage_serve.service import ApiError, ImageService
+from zimage_serve.settings import AppConfig
+from zimage_serve.core.errors import InvalidInput
+from zimage_serve.serving.service import ImageService
 
 BODY = {"prompt": "fault tolerance", "width": 64, "height": 64}
 
 
 @pytest.fixture(scope="module")
 def fault_url(serve_cluster, tiny_path):
-    return deploy(serve_cluster, "faults", tiny_app_config(
-        tiny_path, cors_origins=["https://app.example"], generator={"inject_oom": 3, "max_batch_size": 1}))
+    from zimage_serve.testing.faults import build_app_with_ooms
+
+    config = tiny_app_config(tiny_path, cors_origins=["https://app.example"], generator={"max_batch_size": 1})
+    return deploy(serve_cluster, "faults", config, app=build_app_with_ooms(config, ooms=3))
 
 
 def test_injected_oom_is_retried_then_503_and_the_replica_stays_healthy(fault_url):
@@ -130,26 +133,25 @@ FIELDS = st.fixed_dictionaries({}, optional={
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=FIELDS | JSON)
 def test_validation_gives_params_within_bounds_or_a_400(body):
-    for parse in (SERVICE.parse_images, SERVICE.parse_generate):
+    for parse in (SERVICE.request_from_images, SERVICE.request_from_generate):
         try:
-            _, params = parse(body)
-        except ApiError as e:
-            assert e.status == 400 and e.message
+            request = parse(body)
+        except InvalidInput as e:
+            assert str(e)
             continue
-        assert 64 <= params["width"] <= 256 and params["width"] % 16 == 0
-        assert 64 <= params["height"] <= 256 and params["height"] % 16 == 0
-        assert 1 <= params["steps"] <= 50 and 0 <= params["seed"] < 2**63
-        assert params["prompt"].strip() and "\x00" not in params["prompt"]
+        assert 64 <= request.width <= 256 and request.width % 16 == 0
+        assert 64 <= request.height <= 256 and request.height % 16 == 0
+        assert 1 <= request.steps <= 50 and 0 <= request.seed and request.seed + request.n - 1 < 2**63
+        assert request.prompt.strip() and "\x00" not in request.prompt
 
 
 @pytest.mark.parametrize("prompt", ["\x00bad", "\u202e\u200b" * 10, "a" * 100_000, "emoji 🎨" * 100])
 def test_hostile_prompts(prompt):
     body = {"prompt": prompt}
     try:
-        _, params = SERVICE.parse_images(body)
-        assert params["prompt"] == prompt
-    except ApiError as e:
-        assert e.status == 400 and e.param == "prompt"
+        assert SERVICE.request_from_images(body).prompt == prompt
+    except InvalidInput as e:
+        assert e.param == "prompt"
 
 
 def test_schemathesis_finds_no_500_and_no_schema_violation(app_url):
@@ -182,7 +184,7 @@ def test_a_replica_death_wrapped_by_serve_is_retried():
     import ray.exceptions as rex
     from ray.serve.exceptions import RayServeException
 
-    from zimage_serve.ingress_deployment import _retryable
+    from zimage_serve.serving.ingress import retryable as _retryable
 
     try:
         try:

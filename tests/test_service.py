@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from zimage_serve.app_config import AppConfig
-from zimage_serve.errors import NeedsEmbeddings
-from zimage_serve.service import ImageService
+from zimage_serve.settings import AppConfig
+from zimage_serve.core.errors import NeedsEmbeddings
+from zimage_serve.serving.service import ImageService
 
 
 class Backends:
@@ -21,14 +21,14 @@ class Backends:
         self.encoded: list[str] = []
         self.gate = asyncio.Event()
 
-    def encode(self, prompt: str):
-        self.encoded.append(prompt)
-        return f"embeds of {prompt}"
+    def encode(self, request):
+        self.encoded.append(request.prompt)
+        return f"embeds of {request.prompt}"
 
-    async def generate(self, embeds, negative, params: dict) -> dict:
-        self.routes.append("generator" if embeds is None else "cpu encoders")
+    async def generate(self, request, encoded) -> dict:
+        self.routes.append("generator" if encoded is None else "cpu encoders")
         await self.gate.wait()
-        return {"image": b"png", "seed": params["seed"], "seconds": {}}
+        return {"image": b"png", "seed": request.seed, "seconds": {}}
 
     async def info(self) -> dict:
         return {"ready": True, "plan": {"encode_on": self.plan_encode_on}}
@@ -93,11 +93,11 @@ def test_a_prompt_refused_by_a_generator_without_text_encoder_is_encoded_on_the_
     backends = Backends(plan_encode_on="gpu")
     calls = []
 
-    async def generate(embeds, negative, params):
-        calls.append(embeds)
-        if embeds is None:
+    async def generate(request, encoded):
+        calls.append(encoded)
+        if encoded is None:
             raise NeedsEmbeddings("this generator replica's offload plan holds no text encoder")
-        return {"image": b"png", "seed": params["seed"], "seconds": {}}
+        return {"image": b"png", "seed": request.seed, "seconds": {}}
 
     svc = ImageService(AppConfig(), encode=backends.encode, generate=generate, generator_info=backends.info,
                        is_retryable=lambda e: False)

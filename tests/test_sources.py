@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from zimage_serve.errors import ModelSourceError
-from zimage_serve.sources import read_safetensors_header, resolve
+from zimage_serve.core.errors import ModelSourceError
+from zimage_serve.model.sources import read_safetensors_header, resolve
 
 
 @pytest.fixture

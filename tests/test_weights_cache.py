@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from zimage_serve import weights_cache
-from zimage_serve.loader import load
-from zimage_serve.planner import Workload, make_plan
-from zimage_serve.sizes import sizes_of
-from zimage_serve.sources import read_safetensors_header, weight_files
+from zimage_serve.model import weights_cache
+from zimage_serve.model.loader import load
+from zimage_serve.model.planner import Workload, make_plan
+from zimage_serve.model.sizes import sizes_of
+from zimage_serve.model.sources import read_safetensors_header, weight_files
 
 
 @pytest.fixture

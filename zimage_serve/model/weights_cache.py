@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import environment
-from .errors import ModelSourceError
+from ..settings import environment
+from ..core.errors import ModelSourceError
 from .sources import ModelSource, read_safetensors_header, weight_files
 
 log = logging.getLogger("zimage_serve")

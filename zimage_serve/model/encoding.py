@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-MAX_SEQUENCE_LENGTH = 512
+from ..core.bounds import MAX_TEXT_TOKENS
+
 
 
 def cpu_encoder_dtype(name: str) -> torch.dtype:
@@ -27,7 +28,7 @@ def cpu_encoder_dtype(name: str) -> torch.dtype:
 
 
 class PromptEncoder:
-    def __init__(self, model: torch.nn.Module, tokenizer, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+    def __init__(self, model: torch.nn.Module, tokenizer, max_sequence_length: int = MAX_TEXT_TOKENS):
         self.model = model
         self.tokenizer = tokenizer
         self.max_sequence_length = max_sequence_length

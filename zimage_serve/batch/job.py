@@ -11,19 +11,19 @@ directory does only the rest.
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import logging
 import sys
 import time
 
-import numpy as np
-
-from .batch_output import OutputDir, write_atomic
-from .errors import ZImageError
-from .prompts_file import Item, read_prompts
+from ..arguments import add_model_arguments, integer
+from ..core.errors import ZImageError
+from ..core.formats import FORMATS
+from .output import OutputDir
+from .prompts_file import read_prompts
+from .stages import EncodeStage, GenerateStage, WriteStage
 
 log = logging.getLogger("zimage_serve")
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Ray Data hands a block on when its task ends, so blocks of one GPU batch make the first image and each
 # manifest line come soon; past this many blocks a larger job gets larger blocks, since each block costs
 # the driver about 1.5 ms (bench/blocks.py: 100,000 prompts built and iterated in 25,000 blocks 48.0 s,
@@ -31,102 +31,28 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 MAX_BLOCKS = 10_000
 
 
-class EncodeStage:
-    """Ray Data CPU stage: prompts -> embeddings (float32 arrays [tokens, hidden]).
-
-    ``threads`` torch threads (Ray sets OMP_NUM_THREADS to the actor's num_cpus, so one unless told);
-    ``dtype`` as the serving encoder's ``encoder.dtype`` (encoding.cpu_encoder_dtype)."""
-
-    def __init__(self, model: str, threads: int = 1, dtype: str = "auto"):
-        import torch
-
-        from .encoding import PromptEncoder, cpu_encoder_dtype
-        from .loader import load_text_encoder
-        from .sources import resolve
-
-        torch.set_num_threads(threads)
-        self.dtype = cpu_encoder_dtype(dtype)
-        self.encoder = PromptEncoder(*load_text_encoder(resolve(model), torch.device("cpu"), self.dtype))
-
-    def __call__(self, batch: dict) -> dict:
-        prompts = list(batch["prompt"])
-        guided = [i for i, g in enumerate(batch["guidance_scale"]) if g > 0]
-        embeds = self.encoder.encode(prompts + [str(batch["negative_prompt"][i]) for i in guided])
-        arrays = [e.float().numpy() for e in embeds]
-        negative = [np.zeros((0, arrays[0].shape[1]), np.float32)] * len(prompts)
-        for k, i in enumerate(guided):
-            negative[i] = arrays[len(prompts) + k]
-        out = dict(batch)
-        out["embeds"] = _objects(arrays[: len(prompts)])
-        out["negative_embeds"] = _objects(negative)
-        return out
-
-
-def _objects(arrays: list) -> np.ndarray:
-    out = np.empty(len(arrays), dtype=object)
-    out[:] = arrays
-    return out
-
-
-class GenerateStage:
-    """Ray Data GPU stage: embeddings -> images, as uint8 pixel arrays for the WriteStage.
-
-    It hands the pixels on instead of encoding and writing them itself, so the GPU starts the next
-    batch while another actor encodes and writes this one."""
-
-    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False):
-        from .engine import Engine, plan_for_this_machine
-        from .planner import Workload
-        from .sources import resolve
-
-        source = resolve(model)
-        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
-        # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
-        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8})
-        self.engine.set_progress(False)
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from .engine import Job
-
-        n = len(batch["id"])
-        tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
-        jobs = [Job(embeds=tensor(batch["embeds"][i]), seed=int(batch["seed"][i]),
-                    width=int(batch["width"][i]), height=int(batch["height"][i]), steps=int(batch["steps"][i]),
-                    guidance_scale=float(batch["guidance_scale"][i]),
-                    negative_embeds=tensor(batch["negative_embeds"][i]) if batch["guidance_scale"][i] > 0 else None)
-                for i in range(n)]
-        t0 = time.perf_counter()
-        result = self.engine.generate(jobs)
-        seconds = round((time.perf_counter() - t0) / n, 4)
-        return {**{k: batch[k] for k in ("id", "prompt", "seed", "stem", "steps")},
-                "size": np.array([f"{w}x{h}" for w, h in zip(batch["width"], batch["height"])]),
-                "pixels": _objects([np.asarray(image) for image in result.images]), "seconds": np.full(n, seconds)}
-
-
-class WriteStage:
-    """Ray Data CPU stage: pixels -> image files, each written atomically, then its manifest row (a file
-    exists before the driver lists it)."""
-
-    def __init__(self, out_dir: str, fmt: str):
-        self.out, self.fmt = OutputDir(out_dir), fmt
-
-    def __call__(self, batch: dict) -> dict:
-        from PIL import Image
-
-        from .imaging import encode_image
-
-        files, digests, sizes = [], [], []
-        for stem, pixels in zip(batch["stem"], batch["pixels"]):
-            data = encode_image(Image.fromarray(pixels), self.fmt)
-            name = f"{stem}.{EXTENSIONS[self.fmt]}"
-            write_atomic(self.out.path, name, data)
-            files.append(name)
-            digests.append(hashlib.sha256(data).hexdigest())
-            sizes.append(len(data))
-        return {**{k: batch[k] for k in ("id", "prompt", "seed", "size", "steps", "seconds")},
-                "file": np.array(files), "bytes": np.array(sizes), "sha256": np.array(digests)}
+def add_arguments(b: argparse.ArgumentParser) -> None:
+    """The batch job's options (``zimage-serve batch`` and ``python -m zimage_serve.batch``)."""
+    b.add_argument("--prompts", required=True, help="JSONL (id, prompt, seed, size, steps, negative_prompt) or text")
+    b.add_argument("--out", required=True, help="output directory (resumable)")
+    add_model_arguments(b)
+    b.add_argument("--size", default="1024x1024")
+    b.add_argument("--steps", type=integer, default=8)
+    b.add_argument("--seed", type=integer, default=0, help="base seed: a line without one gets seed + line number")
+    b.add_argument("--batch-size", type=integer, default=4, help="images per transformer batch")
+    b.add_argument("--gpus", default=None, help="generator actors: N, or MIN-MAX on an autoscaling cluster")
+    b.add_argument("--format", choices=list(FORMATS), default="png")
+    b.add_argument("--verify", action="store_true",
+                   help="on a rerun, read every finished image back and compare its SHA-256 with the manifest "
+                        "(default: its size; the writes are atomic, so only a change made outside the job differs)")
+    b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="on GPU: fused projections, regional torch.compile and the VAE decoder's norms compiled "
+                        "(tens of seconds per actor on a cold compile cache; the cache is kept)")
+    b.add_argument("--fp8", action="store_true", help="on Hopper/Ada GPUs: FP8 matmuls (faster, slightly different images)")
+    b.add_argument("--encoder-cpus", type=integer, default=None,
+                   help="CPUs (and threads) of the prompt encoder (default: half of those the GPU actors leave, 1 to 16)")
+    b.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the prompt encoder's dtype; auto: bfloat16 on CPUs with AMX, else float32 (as serving's encoder)")
 
 
 def parse_actors(gpus: str | None) -> tuple[int, int] | None:
@@ -166,7 +92,8 @@ def run(args) -> int:
         raise ZImageError(f"--encoder-cpus must be at least 1, got {args.encoder_cpus}")
     out = OutputDir(args.out)
     done = out.recover(verify=args.verify)
-    todo = sorted((i for i in items if i.id not in done), key=lambda i: (i.width, i.height, i.steps, i.guidance_scale))
+    todo = [(i, i.request(args.format)) for i in items if i.id not in done]
+    todo.sort(key=lambda pair: repr(pair[1].batch_key))  # batches that share a transformer batch run together
     print(f"{len(items)} prompts: {len(items) - len(todo)} already done in {out.path}, {len(todo)} to generate",
           file=sys.stderr, flush=True)
     if not todo:
@@ -175,25 +102,26 @@ def run(args) -> int:
     import ray
     from tqdm import tqdm
 
-    from .sources import resolve
+    from ..model.sources import resolve
 
-    source = resolve(args.model, gpu=False)
-    if source.random_weights:
-        print(f"model {source.label}", file=sys.stderr)
     ray.init(logging_level=logging.WARNING, ignore_reinit_error=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
     resources = ray.cluster_resources()
     cluster_gpus = int(resources.get("GPU", 0))
+    # resolved for where the images are made: 'auto' is the hub model when the cluster has GPUs (the driver
+    # itself usually has none)
+    source = resolve(args.model, gpu=cluster_gpus > 0)
+    print(f"model {source.label}", file=sys.stderr)
     lo, hi = actors or (max(1, cluster_gpus),) * 2
     largest_node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=1)
     enc_cpus = encoder_cpus(args.encoder_cpus, int(resources.get("CPU", 1)), hi, largest_node)
     concurrency = lo if lo == hi else (lo, hi)
     gpus_per_actor = 1.0 if cluster_gpus else 0.0
     model = str(source.path)
-    max_side = max(max(i.width, i.height) for i in todo)
-    rows = [{**i.to_dict(), "stem": i.stem} for i in todo]
+    max_side = max(max(r.width, r.height) for _, r in todo)
+    rows = [{"id": i.id, "stem": i.stem, "request": r} for i, r in todo]
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), args.batch_size))
     # encoder blocks of one GPU batch, at least 4 prompts (bf16 on AMX: 0.19 s a prompt at 4, 0.18 at 8,
     # ../shared/gpu/README.md): the GPU stage then answers, and the manifest and progress advance, batch by batch
@@ -206,7 +134,7 @@ def run(args) -> int:
     # One writer per generator keeps up: a PNG takes about 0.03 s (png.py), an image about 0.8 s of an H100.
     # No CPU reserved (like the Serve ingress): a writer must never wait for CPUs that the encoder holds
     # while the encoder waits for the writers to drain the queue.
-    ds = ds.map_batches(WriteStage, fn_constructor_args=(str(out.path), args.format), batch_size=None,
+    ds = ds.map_batches(WriteStage, fn_constructor_args=(str(out.path),), batch_size=None,
                         concurrency=concurrency, num_cpus=0, batch_format="numpy")
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr)
@@ -222,13 +150,3 @@ def run(args) -> int:
     print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
           f"manifest: {out.manifest}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FAST_PNG_MODES = ("L", "RGB", "RGBA")
 
 

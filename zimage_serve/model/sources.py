@@ -16,8 +16,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import environment
-from .errors import ModelSourceError
+from ..settings import environment
+from ..core.checkpoints import DEFAULT_HUB_ID, RANDOM_WEIGHTS_MARKER
+from ..core.errors import ModelSourceError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TINY_VERSION = "tiny-v1"  # bump when checkpoint.SHAPES["tiny"] changes
@@ -40,7 +41,6 @@ class ModelSource:
         return f"{self.spec} (random test weights: images are noise)" if self.random_weights else self.spec
 
 
-DEFAULT_HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
 log = logging.getLogger("zimage_serve")
 
 
@@ -75,13 +75,13 @@ def ensure_tiny() -> Path:
     """The embedded random-weight checkpoint, written to the cache on first use."""
     path = environment().cache_dir / TINY_VERSION
     if not (path / "model_index.json").exists():
-        from .checkpoint import write_checkpoint
+        from ..testing.checkpoint import write_checkpoint  # the writer's torch and diffusers only when needed
 
         write_checkpoint(path, "tiny", overwrite=False)
     return path
 
 
-_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken", "RANDOM_TEST_WEIGHTS"]
+_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken", RANDOM_WEIGHTS_MARKER]
 
 
 def cached_hub(model_id: str) -> Path | None:
@@ -187,7 +187,7 @@ def _validate(spec: str, root: Path) -> ModelSource:
                 digest.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     if not any((root / "tokenizer" / n).exists() for n in ("tokenizer.json", "vocab.json")):
         raise ModelSourceError(f"{root / 'tokenizer' / 'tokenizer.json'} is missing")
-    random_weights = (root / "RANDOM_TEST_WEIGHTS").exists()
+    random_weights = (root / RANDOM_WEIGHTS_MARKER).exists()
     return ModelSource(spec=spec, path=root, revision=digest.hexdigest()[:16], random_weights=random_weights, tensors=tensors)
 
 

@@ -1,4 +1,5 @@
-"""The HTTP API: thin FastAPI routes over ImageService, one error shape, auth, body cap, CORS.
+"""The HTTP API: thin FastAPI routes over ImageService, auth, body cap, CORS, and the one place where
+domain errors become HTTP statuses and the one error shape (:func:`error_response`).
 
 Routes: POST /v1/images/generations (OpenAI Images API), POST /generate (image bytes), GET
 /v1/models, GET /healthz (alive), GET /readyz (a generator has loaded; reports its plan).
@@ -15,9 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
+from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
+                           ZImageError, user_message)
 from . import metrics
 from .protocol import ErrorResponse, GenerateRequest, ImagesRequest, ImagesResponse, error_body
-from .service import ApiError, ImageService
+from .service import ImageService, server_timing
 
 log = logging.getLogger("zimage_serve")
 OPEN_PATHS = {"/healthz", "/readyz"}
@@ -30,8 +34,45 @@ def _body_schema(model) -> dict:
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 503, 504)}
 
 
-def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+class ApiError(Exception):
+    """An HTTP-level refusal made here (auth, body size, media type), already with its status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+
+# Domain error class -> (status, OpenAI error type). The most specific class that matches wins (the MRO).
+_STATUS = {
+    InvalidInput: (400, "invalid_request_error"),
+    Overloaded: (503, "server_error"),
+    NotReady: (503, "server_error"),
+    ModelSourceError: (503, "server_error"),
+    PlanError: (503, "server_error"),
+    RequestTimeout: (504, "timeout_error"),
+    ZImageError: (503, "server_error"),
+}
+
+
+def api_error(e: BaseException, retry_after_s: int = 2) -> ApiError:
+    """Any exception as the ApiError to answer with: ours keep their message, code and param; a 503 says when
+    to retry; anything else is a 500 that says nothing of its cause (which is logged)."""
+    if isinstance(e, ApiError):
+        return e
+    if not isinstance(e, ZImageError):
+        log.error("internal error", exc_info=e)
+        return ApiError(500, "internal error", type="server_error", code="internal")
+    status, kind = next(_STATUS[c] for c in type(e).__mro__ if c in _STATUS)
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
+    return ApiError(status, user_message(e), type=kind, param=getattr(e, "param", None), code=e.code, headers=headers)
+
+
+def error_response(e: BaseException, retry_after_s: int = 2) -> JSONResponse:
+    """The one error shape of every route, from any exception."""
+    e = api_error(e, retry_after_s)
+    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
 
 
 class _Guard:
@@ -111,27 +152,28 @@ async def _json(request: Request):
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        raise InvalidInput(f"the request body is not valid JSON ({e})", code="invalid_json") from None
 
 
 def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI:
     config = service.config
-    app = FastAPI(title="zimage-serve", version="0.1.0",
+    app = FastAPI(title="zimage-serve", version=__version__,
                   description="Z-Image-Turbo text-to-image, OpenAI Images API compatible.")
+    retry_after = config.retry_after_s
 
     @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        return error_response(e)
+    @app.exception_handler(ZImageError)
+    async def _domain_error(request, e: Exception):
+        return error_response(e, retry_after)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return JSONResponse(error_body(str(e.detail), code=kind), status_code=e.status_code)
+        return JSONResponse(error_body(str(e.detail), code=kind), status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request, e: Exception):
-        log.exception("unhandled error")
-        return JSONResponse(error_body("internal error", type="server_error", code="internal"), status_code=500)
+        return error_response(e)
 
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_ERRORS,
               openapi_extra=_body_schema(ImagesRequest))
@@ -141,13 +183,13 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     @app.post("/generate", responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **_ERRORS},
               response_class=Response, openapi_extra=_body_schema(GenerateRequest))
     async def generate(request: Request):
-        data, headers = await service.generate(await _json(request))
-        return Response(content=data, media_type=headers.pop("content-type"), headers=headers)
+        image = await service.generate(await _json(request))
+        return Response(content=image.data, media_type=image.media_type,
+                        headers={"X-Seed": str(image.seed), "Server-Timing": server_timing(image.seconds)})
 
     @app.get("/v1/models", responses=_ERRORS)
     async def models():
-        return {"object": "list", "data": [{"id": config.served_model_name, "object": "model", "created": 0,
-                                            "owned_by": "zimage-serve"}]}
+        return await service.models()
 
     @app.get("/healthz")
     async def healthz():

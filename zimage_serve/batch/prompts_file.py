@@ -13,8 +13,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import InvalidInput, ZImageError
-from .limits import Bounds, check_prompt, check_seed, check_steps, parse_size
+from ..core.errors import InvalidInput, ZImageError
+from ..core.request import GenerationRequest
+from ..core.bounds import Bounds, check_prompt, check_seed, check_steps, parse_size
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale"}
@@ -43,6 +44,12 @@ class Item:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def request(self, output_format: str = "png") -> GenerationRequest:
+        """The line as the typed request the stages carry to the engine."""
+        return GenerationRequest(prompt=self.prompt, seed=self.seed, width=self.width, height=self.height,
+                                 steps=self.steps, guidance_scale=self.guidance_scale,
+                                 negative_prompt=self.negative_prompt, output_format=output_format)
 
 
 class PromptsFileError(ZImageError):

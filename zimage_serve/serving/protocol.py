@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OutputFormat = Literal["png", "jpeg", "webp"]
-SEED_MAX = 2**63 - 1
+from ..core.bounds import SEED_MAX
+from ..core.formats import OutputFormat
+
 
 
 class ErrorDetail(BaseModel):

@@ -1,16 +1,34 @@
-"""The application's one config: validated from ``build_app(args)`` / serve_config.yaml's ``args``.
+"""The one config: defaults and bounds of the application (``AppConfig``, validated from ``build_app(args)`` /
+serve_config.yaml's ``args``), and everything read from the environment (:func:`environment`), in one place.
 
-Every field is described; unknown fields are refused, so a typo in a YAML file fails the deploy
-instead of being ignored.
+Every field is described; unknown fields are refused, so a typo in a YAML file fails the deploy instead of
+being ignored. Imports only ``core``.
+
+| variable | meaning |
+|---|---|
+| ZIMAGE_CACHE_DIR | where ``--model tiny``, the compile cache and the weights cache live (default ~/.cache/zimage-serve) |
+| MODELSCOPE_CACHE | where hub models are downloaded (ModelScope's own variable; default ~/.cache/modelscope) |
+| ZIMAGE_DEVICE | force ``cpu`` or ``cuda`` (default: cuda when available) |
+| ZIMAGE_API_KEYS | comma-separated API keys; when set (or the file is), every route but /healthz and /readyz needs one |
+| ZIMAGE_API_KEYS_FILE | a file with one API key per line (blank lines and ``#`` comments are not keys) |
+| MODELSCOPE_DOMAIN | the hub host to reach (ModelScope's own variable; default modelscope.cn) |
+| ZIMAGE_WEIGHTS_CACHE | ``1``: keep the transformer converted to bf16 under ZIMAGE_CACHE_DIR/weights (model/weights_cache.py) |
+| ZIMAGE_MODEL | the CLI's default ``--model`` |
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .limits import Bounds, parse_size
+from .core.bounds import Bounds, parse_size
+from .core.errors import ZImageError
+
+TINY_SERVED_NAME = "z-image-tiny-random"  # what /v1/models calls the embedded random-weight checkpoint
 
 
 class _Strict(BaseModel):
@@ -28,7 +46,8 @@ class AutoscalingOptions(_Strict):
     look_back_period_s: float = Field(10.0, gt=0, description="Window over which load is averaged.")
 
     def to_serve(self) -> dict:
-        return self.model_dump(exclude_none=True)
+        """Serve's autoscaling_config (initial_replicas defaults to min_replicas)."""
+        return {"initial_replicas": self.min_replicas, **self.model_dump(exclude_none=True)}
 
 
 class EncoderOptions(_Strict):
@@ -69,7 +88,6 @@ class GeneratorOptions(_Strict):
     graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
     health_check_period_s: float = Field(10, gt=0, description="How often the replica's GPU is checked.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Generator replica scaling.")
-    inject_oom: int = Field(0, ge=0, description="Fault injection for tests: the next N batch attempts raise CUDA out-of-memory.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -81,7 +99,7 @@ class GeneratorOptions(_Strict):
 
 class AppConfig(_Strict):
     model: str = Field("auto", description="'tiny', a local diffusers directory, or a hub id; 'auto': the hub model on a GPU, else tiny.")
-    served_model_name: str = Field("z-image-turbo", description="The name /v1/models reports and requests may give.")
+    served_model_name: str | None = Field(None, description="The name /v1/models reports and requests may give (default: z-image-turbo, or z-image-tiny-random for the embedded random-weight checkpoint).")
     default_size: str = Field("1024x1024", description="Size when a request says 'auto' or gives none.")
     default_steps: int = Field(8, ge=1, description="Steps when a request gives none (Turbo: 8).")
     min_side: int = Field(64, ge=16, description="Smallest width or height accepted.")
@@ -107,6 +125,66 @@ class AppConfig(_Strict):
         return self
 
     @property
+    def model_name(self) -> str:
+        """The name /v1/models reports: ``served_model_name``, else what is served (the embedded checkpoint's
+        random weights say so in its name)."""
+        return self.served_model_name or (TINY_SERVED_NAME if self.model == "tiny" else "z-image-turbo")
+
+    @property
     def bounds(self) -> Bounds:
         return Bounds(min_side=self.min_side, max_side=self.max_side, max_steps=self.max_steps,
                       max_images=self.max_images, max_prompt_chars=self.max_prompt_chars)
+
+
+# ---- the environment ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Environment:
+    cache_dir: Path
+    modelscope_cache: Path
+    device: str | None
+    api_keys: tuple[str, ...]
+    hub_domain: str
+    weights_cache: bool
+    model: str | None
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    """API keys from a keys file's text: one a line; blank lines and comment lines (``#``, indented or not)
+    are not keys. The one parser of keys, for the environment's file and ``api_keys_file`` alike."""
+    keys = (line.strip() for line in text.splitlines())
+    return tuple(k for k in keys if k and not k.startswith("#"))
+
+
+def read_api_keys_file(path: str | os.PathLike) -> tuple[str, ...]:
+    try:
+        return parse_api_keys(Path(path).read_text())
+    except OSError as e:
+        raise ZImageError(f"can't read the API keys file {path}: {e.strerror}") from None
+
+
+def _api_keys() -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in os.environ.get("ZIMAGE_API_KEYS", "").split(",") if k.strip())
+    path = os.environ.get("ZIMAGE_API_KEYS_FILE")
+    return keys + (read_api_keys_file(path) if path else ())
+
+
+def environment() -> Environment:
+    """Read the environment now (cheap; called where needed rather than cached at import, so a test or a
+    replica's runtime_env sees its own values). The only place the package reads ``os.environ``."""
+    home = Path.home() / ".cache"
+    return Environment(
+        cache_dir=Path(os.environ.get("ZIMAGE_CACHE_DIR", home / "zimage-serve")),
+        modelscope_cache=Path(os.environ.get("MODELSCOPE_CACHE", home / "modelscope")),
+        device=os.environ.get("ZIMAGE_DEVICE") or None,
+        api_keys=_api_keys(),
+        hub_domain=os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn"),
+        weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
+        model=os.environ.get("ZIMAGE_MODEL") or None,
+    )
+
+
+def api_keys(config: "AppConfig") -> tuple[str, ...]:
+    """Every API key the ingress accepts: the environment's and the config's ``api_keys_file``."""
+    return environment().api_keys + (read_api_keys_file(config.api_keys_file) if config.api_keys_file else ())

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-RANDOM_WEIGHTS_MARKER = "RANDOM_TEST_WEIGHTS"
+from ..core.checkpoints import RANDOM_WEIGHTS_MARKER
 
 _CORPUS = [
     "A cute cyberpunk cat with mechanical implants sitting on a neon-lit rooftop at night",

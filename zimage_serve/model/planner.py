@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from .errors import PlanError
+from ..core.bounds import MAX_TEXT_TOKENS
+from ..core.errors import PlanError
 
 GiB = 2**30
 POLICIES = ("auto", "resident", "offload", "sequential")
 ENCODE_CHOICES = ("auto", "cpu", "gpu")
-MAX_TEXT_TOKENS = 512
 RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
 # VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
 # (BENCHMARKS.md): the lean decoder (lean_vae.py) 1.76 GiB -> 1900 B/px with 5% margin; tiled decode

@@ -81,7 +81,7 @@ def compiled_shapes_only():
 
 def compile_setup(cache_dir: str | None) -> None:
     """The persistent compile cache (ZIMAGE_CACHE_DIR/compile by default) and room for a few shapes per graph."""
-    from .config import environment
+    from ...settings import environment
 
     use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)

@@ -2,7 +2,8 @@
 
 Concurrent calls are grouped by ``@serve.batch`` into one forward pass (padded to the batch's longest
 prompt). Embeddings are cached (LRU keyed by prompt and model revision), and a prompt already being
-encoded is waited for, not encoded twice.
+encoded is waited for, not encoded twice. torch is imported in the replica only (``__init__``), never by
+importing this module.
 """
 
 from __future__ import annotations
@@ -15,46 +16,63 @@ import time
 from ray import serve
 
 from . import metrics
-from .app_config import AppConfig
+from ..settings import AppConfig
 from .embedding_cache import EmbeddingCache
-from .errors import NotReady, ZImageError
+from ..core.errors import NotReady, ZImageError
+from ..core.request import GenerationRequest
 
 log = logging.getLogger("zimage_serve")
+
+
+def deployment_options(config: AppConfig) -> dict:
+    """The PromptEncoder's Serve options, from the config."""
+    enc = config.encoder
+    return dict(ray_actor_options={"num_cpus": enc.num_cpus}, max_ongoing_requests=enc.max_ongoing_requests,
+                autoscaling_config=enc.autoscaling.to_serve())
 
 
 @serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class PromptEncoderDeployment:
     def __init__(self, config: dict):
-        import torch
-
-        from .encoding import PromptEncoder, cpu_encoder_dtype
-        from .loader import load_text_encoder
-        from .sources import resolve
-
         self.config = AppConfig.model_validate(config)
         opts = self.config.encoder
-        torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
         self.cache = EmbeddingCache(opts.cache_size, int(opts.cache_gib * 2**30))
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
-        self.reason = None
-        try:
-            self.source = resolve(self.config.model)
-        except ZImageError as e:  # stay up and say why (the generator reports it in /readyz), no crash loop
-            self.source, self.reason = None, str(e)
-            log.error("PromptEncoder not ready: %s", e)
-            return
-        dtype = cpu_encoder_dtype(opts.dtype)
-        model, tokenizer = load_text_encoder(self.source, torch.device("cpu"), dtype)
-        self.encoder = PromptEncoder(model, tokenizer)
+        self.source = self.reason = None
         self._encode_batch.set_max_batch_size(opts.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
-        log.info("PromptEncoder ready: %s, %s, %d threads", self.source.label, dtype, torch.get_num_threads())
+        try:
+            self._load()
+        except Exception as e:  # stay up and say why (the generator reports it in /readyz), no crash loop
+            self.source, self.reason = None, str(e) if isinstance(e, ZImageError) else f"{type(e).__name__}: {e}"
+            log.error("PromptEncoder not ready: %s", self.reason, exc_info=not isinstance(e, ZImageError))
 
-    async def encode(self, prompt: str):
-        """Embeddings of one prompt: a CPU tensor [tokens, hidden]."""
+    def _load(self) -> None:
+        # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
+        import torch
+
+        from ..model.encoding import PromptEncoder, cpu_encoder_dtype
+        from ..model.loader import load_text_encoder
+        from ..model.sources import resolve
+
+        opts = self.config.encoder
+        torch.set_num_threads(opts.threads or max(1, int(opts.num_cpus)))
+        source = resolve(self.config.model)
+        dtype = cpu_encoder_dtype(opts.dtype)
+        self.encoder = PromptEncoder(*load_text_encoder(source, torch.device("cpu"), dtype))
+        self.source = source
+        log.info("PromptEncoder ready: %s, %s, %d threads", source.label, dtype, torch.get_num_threads())
+
+    async def encode(self, request: GenerationRequest) -> tuple:
+        """(prompt embeddings, negative prompt embeddings or None): CPU tensors [tokens, hidden] of the texts
+        the request says to encode (``GenerationRequest.texts``). Passed to the generator unresolved."""
         if self.source is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
+        embeds = await asyncio.gather(*(self._encode_text(text) for text in request.texts))
+        return embeds[0], (embeds[1] if len(embeds) > 1 else None)
+
+    async def _encode_text(self, prompt: str):
         key = (self.source.revision, prompt)
         cached = self.cache.get(key)
         if cached is not None:

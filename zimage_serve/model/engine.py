@@ -16,7 +16,8 @@ from itertools import groupby
 
 import torch
 
-from .accel import accelerate, accelerate_vae, compiled_shapes_only
+from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
+from ..core.request import GenerationRequest
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .planner import Plan, Workload, make_plan
@@ -28,21 +29,21 @@ log = logging.getLogger("zimage_serve")
 GRAPH_HEADROOM_GIB = 1.0
 
 
+OutOfMemory = torch.OutOfMemoryError  # what a generate call raises when the GPU runs out of memory
+
+
 @dataclass(frozen=True)
 class Job:
-    """One image to make from prompt embeddings."""
+    """One image to make: the typed request (n = 1) and its prompt's embeddings."""
 
+    request: GenerationRequest
     embeds: torch.Tensor  # [tokens, hidden]
-    seed: int
-    width: int = 1024
-    height: int = 1024
-    steps: int = 8
-    guidance_scale: float = 0.0
-    negative_embeds: torch.Tensor | None = None
+    negative_embeds: torch.Tensor | None = None  # when the request is guided
 
-    @property
-    def shape_key(self) -> tuple:
-        return (self.width, self.height, self.steps, float(self.guidance_scale))
+    @classmethod
+    def of(cls, request: GenerationRequest, embeds: list[torch.Tensor]) -> "Job":
+        """A job from the encodings of ``request.texts``, in their order."""
+        return cls(request, embeds[0], embeds[1] if request.guided else None)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Result:
 
 def gpu_free_bytes(device: str | None = None) -> int | None:
     """Free memory of the current CUDA device, or None when we run on CPU (or ZIMAGE_DEVICE=cpu)."""
-    from .config import environment
+    from ..settings import environment
 
     device = device or environment().device
     if device == "cpu" or not torch.cuda.is_available():
@@ -122,7 +123,8 @@ class Engine:
             for tokens in caption_tokens:
                 t = time.perf_counter()
                 embeds = torch.zeros(tokens, hidden)
-                self.generate([Job(embeds, seed=i, width=width, height=height, steps=steps) for i in range(n)])
+                self.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps), embeds)
+                               for i in range(n)])
                 self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)))
         log.info("warm-up calls (batch, caption tokens, seconds): %s", self.warmup_calls)
         return time.perf_counter() - t0
@@ -147,14 +149,34 @@ class Engine:
     def set_progress(self, enabled: bool) -> None:
         self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
 
+    def check_device(self) -> None:
+        """Raises when the GPU is unusable (a health check)."""
+        torch.ones(1, device=self.device).add_(1).item()
+
+    def gpu_info(self) -> dict | None:
+        """The GPU's name and memory, and this process's peak allocation; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        return {"name": torch.cuda.get_device_name(self.device),
+                "memory_gib": round(torch.cuda.get_device_properties(self.device).total_memory / 2**30, 1),
+                "peak_allocated_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)}
+
+    def peak_memory_bytes(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def free_memory(self) -> None:
+        """Return cached GPU blocks after an out-of-memory error."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def encode(self, prompts: list[str]) -> list[torch.Tensor]:
         if self.encoder is None:
             raise RuntimeError("this engine was loaded without a text encoder: pass embeddings")
         return self.encoder.encode(prompts)
 
-    def _noise(self, job: Job) -> torch.Tensor:
-        generator = torch.Generator("cpu").manual_seed(job.seed)
-        return self.pipe.prepare_latents(1, self.pipe.transformer.in_channels, job.height, job.width,
+    def _noise(self, request: GenerationRequest) -> torch.Tensor:
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        return self.pipe.prepare_latents(1, self.pipe.transformer.in_channels, request.height, request.width,
                                          torch.float32, self.device, generator)
 
     def _embeds(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -162,10 +184,12 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, jobs: list[Job]) -> Result:
-        """Images for ``jobs``, grouped into transformer batches of equal shape (at most max_batch)."""
+        """Images for ``jobs``, grouped into transformer batches of requests that may share one
+        (``GenerationRequest.batch_key``), at most max_batch each."""
         result = Result(images=[None] * len(jobs), seconds={"denoise": 0.0, "decode": 0.0})
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].shape_key)
-        for _, group in groupby(order, key=lambda i: jobs[i].shape_key):
+        key = lambda i: jobs[i].request.batch_key
+        order = sorted(range(len(jobs)), key=lambda i: repr(key(i)))
+        for _, group in groupby(order, key=key):
             group = list(group)
             for start in range(0, len(group), self.max_batch):
                 idx = group[start:start + self.max_batch]
@@ -175,17 +199,19 @@ class Engine:
         return result
 
     def _run(self, jobs: list[Job], result: Result) -> list:
-        j0 = jobs[0]
-        cfg = j0.guidance_scale > 0
+        j0 = jobs[0].request
+        unsupported = j0.unsupported()
+        if unsupported:
+            raise ValueError(f"this engine does not serve {unsupported} yet")
         negative = None
-        if cfg:
+        if j0.guided:
             if any(j.negative_embeds is None for j in jobs):
                 raise ValueError("guidance_scale > 0 needs negative_embeds (the encoding of the negative prompt, '' by default)")
             negative = self._embeds([j.negative_embeds for j in jobs])
         t0 = time.perf_counter()
         latents = self.pipe(
             prompt_embeds=self._embeds([j.embeds for j in jobs]), negative_prompt_embeds=negative,
-            latents=torch.cat([self._noise(j) for j in jobs]), height=j0.height, width=j0.width,
+            latents=torch.cat([self._noise(j.request) for j in jobs]), height=j0.height, width=j0.width,
             num_inference_steps=j0.steps, guidance_scale=j0.guidance_scale, output_type="latent",
         ).images
         self._sync()

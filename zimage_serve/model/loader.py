@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import weights_cache
-from .lean_vae import lean_decoder
+from .optim.lean_vae import lean_decoder
 from .planner import Plan
 from .sources import ModelSource
 

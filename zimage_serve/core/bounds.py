@@ -1,4 +1,4 @@
-"""Parsing and bounds shared by the CLI, the HTTP API and the batch job (no torch here)."""
+"""Bounds and their checks, shared by the CLI, the HTTP API and the batch job: each limit is defined here once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .errors import InvalidInput
 
 SIZE_MULTIPLE = 16  # the VAE's 8x times the DiT's 2x2 patches
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_TEXT_TOKENS = 512  # the pipeline's max_sequence_length: longer prompts are truncated
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 
@@ -21,7 +23,7 @@ class Bounds:
     max_steps: int = 50
     max_images: int = 8
     max_prompt_chars: int = 10_000
-    max_seed: int = 2**63 - 1
+    max_seed: int = SEED_MAX
 
 
 def check_dimension(value: int, name: str, bounds: Bounds = Bounds(), param: str | None = None) -> int:

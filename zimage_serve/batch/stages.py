@@ -1,0 +1,112 @@
+"""The batch job's Ray Data stages. Each row carries its typed request (``request``, a GenerationRequest) from
+the prompts file to the engine; the stages add ``embeds``, then ``pixels``, then the written file.
+
+- EncodeStage (CPU): the request's texts -> embeddings.
+- GenerateStage (one GPU an actor): embeddings -> uint8 pixels, with the engine and its staging plan.
+- WriteStage (CPU, no CPUs reserved): pixels -> an image file written atomically, then its manifest row.
+
+torch is imported in the stages' actors only (their constructors and calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from ..core.formats import image_format
+from .output import OutputDir, write_atomic
+
+
+def objects(values: list) -> np.ndarray:
+    """A 1-D numpy array of Python objects (arrays of differing shapes, requests), as Ray Data columns hold them."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class EncodeStage:
+    """Prompts -> embeddings (float32 arrays [tokens, hidden]; ``negative_embeds`` empty when not guided).
+
+    ``threads`` torch threads (Ray sets OMP_NUM_THREADS to the actor's num_cpus, so one unless told);
+    ``dtype`` as the serving encoder's ``encoder.dtype`` (model.encoding.cpu_encoder_dtype)."""
+
+    def __init__(self, model: str, threads: int = 1, dtype: str = "auto"):
+        # imported here, in the actor
+        import torch
+
+        from ..model.encoding import PromptEncoder, cpu_encoder_dtype
+        from ..model.loader import load_text_encoder
+        from ..model.sources import resolve
+
+        torch.set_num_threads(threads)
+        self.dtype = cpu_encoder_dtype(dtype)
+        self.encoder = PromptEncoder(*load_text_encoder(resolve(model), torch.device("cpu"), self.dtype))
+
+    def __call__(self, batch: dict) -> dict:
+        requests = list(batch["request"])
+        texts = list(dict.fromkeys(t for r in requests for t in r.texts))
+        encoded = dict(zip(texts, (e.float().numpy() for e in self.encoder.encode(texts))))
+        hidden = next(iter(encoded.values())).shape[1]
+        none = np.zeros((0, hidden), np.float32)
+        return {**batch, "embeds": objects([encoded[r.prompt] for r in requests]),
+                "negative_embeds": objects([encoded[r.negative_prompt] if r.guided else none for r in requests])}
+
+
+class GenerateStage:
+    """Embeddings -> images, as uint8 pixel arrays for the WriteStage.
+
+    It hands the pixels on instead of encoding and writing them itself, so the GPU starts the next
+    batch while another actor encodes and writes this one."""
+
+    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False):
+        # imported here, in the GPU actor
+        from ..model.engine import Engine, plan_for_this_machine
+        from ..model.planner import Workload
+        from ..model.sources import resolve
+
+        source = resolve(model)
+        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
+        # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
+        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8})
+        self.engine.set_progress(False)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from ..model.engine import Job
+
+        tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
+        jobs = [Job.of(r, [tensor(e), tensor(ne)]) for r, e, ne in
+                zip(batch["request"], batch["embeds"], batch["negative_embeds"])]
+        t0 = time.perf_counter()
+        result = self.engine.generate(jobs)
+        seconds = round((time.perf_counter() - t0) / len(jobs), 4)
+        return {"id": batch["id"], "stem": batch["stem"], "request": batch["request"],
+                "pixels": objects([np.asarray(image) for image in result.images]), "seconds": np.full(len(jobs), seconds)}
+
+
+class WriteStage:
+    """Pixels -> image files, each written atomically, then its manifest row (a file exists before the
+    driver lists it)."""
+
+    def __init__(self, out_dir: str):
+        self.out = OutputDir(out_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        from PIL import Image
+
+        from ..model.imaging import encode_image
+
+        rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds")}
+        for rid, stem, request, pixels, seconds in zip(batch["id"], batch["stem"], batch["request"], batch["pixels"],
+                                                       batch["seconds"]):
+            data = encode_image(Image.fromarray(pixels), request.output_format)
+            name = f"{stem}.{image_format(request.output_format).extension}"
+            write_atomic(self.out.path, name, data)
+            for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", request.size),
+                               ("steps", request.steps), ("file", name), ("bytes", len(data)),
+                               ("sha256", hashlib.sha256(data).hexdigest()), ("seconds", seconds)):
+                rows[key].append(value)
+        return {k: np.array(v) for k, v in rows.items()}

@@ -1,0 +1,75 @@
+"""Domain errors: each carries a message meant for the user, safe to show as is.
+
+The CLI prints one as one line and exits 2; the HTTP layer (serving/http.py) maps each class to its status
+in one table. Nothing here knows about HTTP. The errors cross Ray handles intact (``__reduce__`` keeps
+their fields)."""
+
+from __future__ import annotations
+
+
+class ZImageError(Exception):
+    """Base for errors whose message is safe and useful to show to the user as is."""
+
+    code = "error"
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls, args, state):
+    e = cls.__new__(cls)
+    Exception.__init__(e, *args)
+    e.__dict__.update(state)
+    return e
+
+
+class InvalidInput(ZImageError, ValueError):
+    """A request or argument is wrong; ``param`` names the field, ``code`` the kind of problem."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class ModelSourceError(ZImageError):
+    """A model can't be found, fetched or validated."""
+
+
+class PlanError(ZImageError):
+    """No staging plan fits the GPU for the asked workload."""
+
+
+class Overloaded(ZImageError):
+    """Temporarily unable to serve (a replica failed, out of memory after retries); retry later."""
+
+    code = "unavailable"
+
+
+class QueueFull(Overloaded):
+    """More images are waiting than the deployment admits; retry later."""
+
+    code = "queue_full"
+
+
+class RequestTimeout(ZImageError):
+    """The images were not ready within the request timeout."""
+
+    code = "timeout"
+
+
+class NotReady(ZImageError):
+    """A replica has no model loaded (the message says why)."""
+
+    code = "not_ready"
+
+
+class NeedsEmbeddings(ZImageError):
+    """A prompt reached a generator replica that holds no text encoder (its plan left no room for one); the
+    ingress encodes it on the CPU encoders and sends it again. Replicas' plans differ where their GPUs do."""
+
+
+def user_message(e: BaseException) -> str:
+    """The user-facing message of our error, also when Ray wrapped it (RayTaskError keeps it as .cause)."""
+    while getattr(e, "cause", None) is not None and e.cause is not e:
+        e = e.cause
+    return str(e.args[0]) if e.args else str(e)

@@ -1,0 +1,89 @@
+"""The one typed request, built once from the wire types (or a CLI's arguments, or a prompts-file line) and
+carried unchanged ingress -> prompt encoder -> generator -> engine, across Ray handles.
+
+A new generation mode adds fields here (and a file in the layer that runs it), not new plumbing: the
+fields for the modes that come next (a LoRA adapter, image-to-image, inpainting, ControlNet) are already
+part of the contract, and :attr:`GenerationRequest.batch_key` keeps requests that can't share a
+transformer batch apart. The modes not yet served are refused by name where the request is built
+(:meth:`GenerationRequest.unsupported`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from .formats import OutputFormat
+
+Mode = Literal["text-to-image", "image-to-image", "inpaint"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
+
+    Images (``init_image``, ``mask_image``, ``control_image``) travel as their encoded bytes, already
+    checked for size by the layer that received them; they are decoded where they are used."""
+
+    prompt: str
+    seed: int
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    guidance_scale: float = 0.0
+    negative_prompt: str = ""
+    n: int = 1
+    output_format: OutputFormat = "png"
+    quality: int | None = None  # jpeg/webp quality (OpenAI's output_compression); None: the default
+    # ---- room for the modes to come: each is None/empty when unused ------------------------------------
+    adapter: str | None = None  # a LoRA adapter's name (the OpenAI `model` field)
+    adapter_scale: float | None = None  # None: the adapter's configured scale
+    init_image: bytes | None = None  # image-to-image / inpainting input
+    mask_image: bytes | None = None  # inpainting: what to repaint
+    strength: float | None = None  # how far from init_image (None: the mode's default)
+    control_image: bytes | None = None  # ControlNet conditioning
+    control_scale: float | None = None
+    enqueued_at: float | None = None  # when the ingress admitted it (time.time()), for the queue metric
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance: the negative prompt is encoded and run too."""
+        return self.guidance_scale > 0
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The texts to encode for this request, in order: the prompt, then the negative prompt when guided.
+        The one place that says so; every encoder (CPU deployment, generator, batch job, CLI) asks here."""
+        return (self.prompt, self.negative_prompt) if self.guided else (self.prompt,)
+
+    @property
+    def mode(self) -> Mode:
+        if self.init_image is None:
+            return "text-to-image"
+        return "inpaint" if self.mask_image is not None else "image-to-image"
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests share a transformer batch only when this is equal: the same shape, steps, guidance, mode,
+        strength and adapter (the seed, prompt and images may differ)."""
+        return (self.width, self.height, self.steps, float(self.guidance_scale), self.mode, self.strength,
+                self.adapter, self.adapter_scale, self.control_image is not None, self.control_scale)
+
+    def images(self) -> list["GenerationRequest"]:
+        """The request split into its ``n`` single images, image ``i`` with seed ``seed + i``."""
+        return [dataclasses.replace(self, seed=self.seed + i, n=1) for i in range(self.n)]
+
+    def replace(self, **changes) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)
+
+    def unsupported(self) -> str | None:
+        """The first field set for a mode this version does not serve yet (None: all served)."""
+        for name in ("adapter", "init_image", "mask_image", "control_image"):
+            if getattr(self, name) is not None:
+                return name
+        return None

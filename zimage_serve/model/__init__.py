@@ -1,0 +1,13 @@
+"""Where the model lives: the only layer that imports torch, diffusers and transformers.
+
+- ``sources``: every model source (``tiny``, a directory, a ModelScope id) resolved to a checked checkpoint.
+- ``planner`` and ``sizes``: VRAM-aware staging, pure arithmetic on component sizes (no torch).
+- ``loader``: loads a checkpoint following a plan; ``weights_cache``: the optional bf16 transformer cache.
+- ``engine``: a loaded model that turns typed requests and their embeddings into images, in batches.
+- ``encoding``: prompt encoding as its own batched step.
+- ``imaging`` and ``png``: encoded images for responses and files (Pillow and numpy, no torch).
+- ``optim/``: GPU speed-ups (fused projections, regional compile, CUDA graphs, FP8, the lean VAE decoder).
+
+May import ``core``, ``settings`` and ``testing.checkpoint`` (the embedded tiny checkpoint's writer); never
+``serving``, ``batch`` or ``cli``. This ``__init__`` imports nothing, so ``model.planner`` loads no torch.
+"""

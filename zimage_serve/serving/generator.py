@@ -1,0 +1,187 @@
+"""Generator: one GPU per replica, the engine loaded with the staging plan for that GPU.
+
+Concurrent calls are grouped by batcher.GpuBatcher, one batch at a time, formed when the GPU is free;
+the engine puts images that may share a transformer batch (``GenerationRequest.batch_key``) into one,
+each with its own seed. Each image is encoded (PNG/JPEG/WebP) here, on the replica, after its batch and
+while the next one runs, so only compressed bytes travel back. A model that can't load, for whatever
+reason, leaves the replica alive and not ready, with the reason in /readyz, rather than crash-looping.
+torch is imported in the replica only, never by importing this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ray import serve
+
+from ..core.bounds import Bounds, parse_size
+from ..core.errors import InvalidInput, NeedsEmbeddings, NotReady, Overloaded, ZImageError
+from ..core.request import GenerationRequest
+from ..settings import AppConfig
+from . import metrics
+from .batcher import GpuBatcher
+
+log = logging.getLogger("zimage_serve")
+
+
+def deployment_options(config: AppConfig) -> dict:
+    """The Generator's Serve options, from the config."""
+    gen = config.generator
+    return dict(ray_actor_options={"num_cpus": gen.num_cpus, "num_gpus": gen.num_gpus},
+                max_ongoing_requests=gen.max_ongoing_requests, max_queued_requests=gen.max_queued_requests,
+                graceful_shutdown_timeout_s=gen.graceful_shutdown_timeout_s,
+                health_check_period_s=gen.health_check_period_s, autoscaling_config=gen.autoscaling.to_serve())
+
+
+class Generator:
+    """The replica's logic (deployed as :data:`GeneratorDeployment`; testing/faults.py subclasses it)."""
+
+    def __init__(self, config: dict):
+        self.config = AppConfig.model_validate(config)
+        opts = self.config.generator
+        self.engine, self.reason, self.batches = None, None, []
+        self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
+        self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
+        try:
+            self._load()
+        except Exception as e:  # CUDA OOM, a corrupt file, a bug: stay up, not ready, and say why
+            self.engine, self.reason = None, str(e) if isinstance(e, ZImageError) else f"{type(e).__name__}: {e}"
+            log.error("Generator not ready: %s", self.reason, exc_info=not isinstance(e, ZImageError))
+
+    def _load(self) -> None:
+        # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
+        from ..model.engine import Engine, gpu_free_bytes, plan_for_this_machine
+        from ..model.planner import Workload
+        from ..model.sources import resolve
+
+        opts = self.config.generator
+        device = None if opts.device == "auto" else opts.device
+        t0 = time.perf_counter()
+        source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
+        workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
+        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
+        speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
+                    "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
+        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
+        engine.set_progress(False)
+        if opts.vae_tiling:
+            engine.enable_vae_tiling()
+        if opts.warmup and engine.device.type == "cuda":
+            sizes = sorted({1, min(2, opts.max_batch_size)})
+            log.info("warming up at %s, batch %s: %.1fs", opts.plan_size, sizes,
+                     engine.warmup(workload.width, workload.height, sizes))
+        self.engine, self.load_seconds = engine, time.perf_counter() - t0
+        metrics.set_plan(plan)
+        log.info("Generator ready in %.1fs: %s", self.load_seconds, source.label)
+
+    def check_health(self) -> None:
+        """Fails when the GPU is unusable (Serve then replaces the replica)."""
+        if self.engine is not None and self.engine.device.type == "cuda":
+            self.engine.check_device()
+
+    async def info(self) -> dict:
+        """Readiness, the plan in force, and where this replica runs."""
+        if self.engine is None:
+            return {"ready": False, "reason": self.reason}
+        e = self.engine
+        return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
+                "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
+                "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
+                "prompts_encoded": self.prompts_encoded}
+
+    async def generate(self, request: GenerationRequest, encoded: tuple | None) -> dict:
+        """One image of ``request``. ``encoded``: (embeds, negative embeds or None) from the PromptEncoder (Serve
+        resolves its response here), or None when this replica encodes the request's texts on its GPU."""
+        if self.engine is None:
+            raise NotReady(f"the model is not loaded: {self.reason}")
+        if encoded is None and self.engine.encoder is None:  # refused before batching: no other request fails with it
+            raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
+        unsupported = request.unsupported()
+        if unsupported:
+            raise InvalidInput(f"{unsupported} is not served by this version", param=unsupported,
+                               code="unsupported_value")
+        start = time.time()
+        image, seconds, batch_size = await self._batcher.submit((request, encoded))
+        # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
+        t0 = time.perf_counter()
+        data = await asyncio.to_thread(self._encode_image, image, request)
+        seconds["image_encode"] = time.perf_counter() - t0
+        metrics.observe_stage("image_encode", seconds["image_encode"])
+        seconds["generator"] = time.time() - start  # what the ingress reports in its Server-Timing header
+        return {"image": data, "seed": request.seed, "batch_size": batch_size, "seconds": seconds}
+
+    async def _generate_batch(self, items: list[tuple]) -> list[tuple]:
+        """(PIL image, seconds, batch size) per item: the GPU part (prompt encoding on plans that do it there,
+        denoise, decode)."""
+        start = time.time()
+        queued = [max(0.0, start - (request.enqueued_at or start)) for request, _ in items]
+        for q in queued:
+            metrics.observe_stage("queue", q)
+        result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
+        self._record_batch(result, len(items))
+        return [(image, {**result.seconds, "queue": q}, len(items)) for image, q in zip(result.images, queued)]
+
+    def _denoise(self, items: list[tuple]):
+        from ..model.engine import Job  # in the replica, with torch
+
+        # what this replica encodes itself (plans that encode on the GPU), each text once: the n images of one
+        # request share their prompt
+        texts = list(dict.fromkeys(t for request, encoded in items if encoded is None for t in request.texts))
+        t0 = time.perf_counter()
+        own = dict(zip(texts, self.engine.encode(texts))) if texts else {}
+        encode_s = time.perf_counter() - t0
+        self.prompts_encoded += len(texts)
+        jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts])
+                for request, encoded in items]
+        result = self._generate_with_oom_fallback(jobs)
+        if texts:
+            result.seconds["text_encode"] = encode_s
+        return result
+
+    def _encode_image(self, image, request: GenerationRequest) -> bytes:
+        from ..model.imaging import encode_image
+
+        return encode_image(image, request.output_format, self.config.png_compress_level, request.quality)
+
+    def _record_batch(self, result, size: int) -> None:
+        self.batches.append(size)
+        del self.batches[:-1000]
+        metrics.observe_stage("denoise", result.seconds["denoise"])
+        metrics.observe_stage("decode", result.seconds["decode"])
+        metrics.observe_batch("generate", size)
+        metrics.count_images(self.engine.source.spec, size)
+        peak = self.engine.peak_memory_bytes()
+        if peak is not None:
+            metrics.set_peak_vram(peak)
+
+    def _engine_generate(self, jobs):
+        """The one call into the engine (testing/faults.py injects failures here)."""
+        return self.engine.generate(jobs)
+
+    def _generate_with_oom_fallback(self, jobs):
+        """On GPU out-of-memory: free, retry one image at a time, then give up with Overloaded (503)."""
+        from ..model.engine import OutOfMemory, Result  # in the replica, with torch
+
+        try:
+            return self._engine_generate(jobs)
+        except OutOfMemory:
+            log.warning("out of GPU memory for a batch of %d; retrying one by one", len(jobs))
+        self.engine.free_memory()
+        try:
+            merged = Result(images=[], seconds={"denoise": 0.0, "decode": 0.0})
+            for job in jobs:
+                r = self._engine_generate([job])
+                merged.images += r.images
+                for k, v in r.seconds.items():
+                    merged.seconds[k] += v
+            return merged
+        except OutOfMemory:
+            self.engine.free_memory()
+            raise Overloaded("out of GPU memory for this request; retry later or ask for a smaller size") from None
+
+
+GeneratorDeployment = serve.deployment(name="Generator")(Generator)

@@ -1,0 +1,251 @@
+"""ImageService: what the HTTP routes do, as a plain class (no HTTP, no Serve).
+
+It turns a wire body into the one typed :class:`GenerationRequest` (checked against the config's
+bounds, seed assigned), admits it, fans its n images out to the generator (each image its own call, so
+the generator's batcher can group them) and answers with domain results. Every failure is raised as a
+domain error (``core.errors``); the HTTP layer maps each to its status, headers and the error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from pydantic import ValidationError
+
+from ..core.bounds import check_dimension, check_prompt, check_steps, parse_size
+from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
+from ..core.formats import image_format
+from ..core.request import GenerationRequest
+from ..settings import AppConfig
+from .protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse
+
+log = logging.getLogger("zimage_serve")
+
+# request -> pending encodings (embeds, negative embeds or None), passed to the generator unresolved
+Encode = Callable[[GenerationRequest], Any]
+# (one image's request, encodings or None: the generator encodes) -> awaitable result dict
+Generate = Callable[[GenerationRequest, Any], Awaitable[dict]]
+
+
+def validation_error(e: ValidationError) -> InvalidInput:
+    """The first pydantic error as an InvalidInput naming its field."""
+    err = e.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    if err.get("type") == "extra_forbidden":
+        return InvalidInput(f"unknown field {param!r}", param=param, code="unknown_field")
+    if err.get("type") == "model_type":
+        return InvalidInput("the request body must be a JSON object", code="invalid_body")
+    msg = err.get("msg", "invalid value")
+    return InvalidInput(f"{param}: {msg}" if param else msg, param=param)
+
+
+def server_timing(seconds: dict) -> str:
+    """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: queue (admitted
+    at the ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the
+    GPU), denoise and decode (the batch's), image_encode, generator (this request at its generator replica,
+    arrival to encoded image) and ingress (this request at the ingress, start to end)."""
+    return ", ".join(f"{name};dur={1000 * s:.1f}" for name, s in seconds.items())
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    """``/generate``'s answer: one encoded image and what its headers say."""
+
+    data: bytes
+    media_type: str
+    seed: int
+    seconds: dict
+
+
+class ImageService:
+    def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
+                 generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
+                 backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None):
+        """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
+        (a full queue, no replica) as domain errors, None for anything else."""
+        self.config = config
+        self._encode, self._generate, self._info = encode, generate, generator_info
+        self._is_retryable, self._backend_error = is_retryable, backend_error
+        self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
+        self._plan_probe: asyncio.Future | None = None
+        # Admission: images in flight or queued from this ingress replica. Serve's own max_queued_requests
+        # is checked before a request's embeddings resolve, so a burst waiting on the encoder slips past it.
+        g = config.generator
+        self.max_pending = -1 if g.max_queued_requests < 0 else (
+            g.max_ongoing_requests * g.autoscaling.max_replicas + g.max_queued_requests) // config.ingress_replicas
+        self.pending = 0
+
+    # ---- wire body -> GenerationRequest -------------------------------------------------------------
+
+    def _request(self, req, width: int, height: int, n: int = 1, quality: int | None = None) -> GenerationRequest:
+        b = self.config.bounds
+        check_prompt(req.prompt, b)
+        if req.negative_prompt:
+            check_prompt(req.negative_prompt, b, param="negative_prompt")
+        steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
+        image_format(req.output_format)
+        seed = req.seed if req.seed is not None else random.randrange(2**31)
+        if seed + n - 1 > b.max_seed:
+            raise InvalidInput(f"seed + n - 1 must be at most {b.max_seed} (image i uses seed + i)", param="seed")
+        return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
+                                 height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
+                                 output_format=req.output_format, quality=quality)
+
+    def _size(self, text: str, param: str = "size") -> tuple[int, int]:
+        return parse_size(self.config.default_size if text == "auto" else text, self.config.bounds, param=param)
+
+    def request_from_images(self, body: Any) -> GenerationRequest:
+        """``POST /v1/images/generations``'s body (OpenAI's images.generate) as a request."""
+        try:
+            req = ImagesRequest.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        if req.response_format == "url":
+            raise InvalidInput("response_format 'url' is not supported: images are not stored; use b64_json",
+                               param="response_format", code="unsupported_value")
+        if req.model not in (None, self.config.model_name):
+            raise InvalidInput(f"model {req.model!r} is not served here; this server serves "
+                               f"{self.config.model_name!r}", param="model", code="model_not_found")
+        if req.n > self.config.max_images:
+            raise InvalidInput(f"n must be at most {self.config.max_images}, got {req.n}", param="n")
+        return self._request(req, *self._size(req.size), n=req.n, quality=req.output_compression)
+
+    def request_from_generate(self, body: Any) -> GenerationRequest:
+        """``POST /generate``'s body as a request (one image)."""
+        try:
+            req = GenerateRequest.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(e) from None
+        default_w, default_h = self._size("auto")
+        width = check_dimension(req.width or default_w, "width", self.config.bounds)
+        height = check_dimension(req.height or default_h, "height", self.config.bounds)
+        return self._request(req, width, height)
+
+    # ---- where the prompt is encoded ----------------------------------------------------------------
+
+    async def _can_encode_on_generator(self) -> bool:
+        """Whether the generator holds a text encoder: "gpu" says so, "auto" asks its plan (once it is ready).
+        Requests that arrive while the question is out share its answer: a burst at start-up makes one info
+        call, not one each in the generators' queue."""
+        if self._generator_encodes is not None:
+            return self._generator_encodes
+        if self._plan_probe is None or self._plan_probe.done():
+            self._plan_probe = asyncio.ensure_future(self._probe_generator_plan())
+        return await asyncio.shield(self._plan_probe)
+
+    async def _probe_generator_plan(self) -> bool:
+        try:
+            info = await asyncio.wait_for(self._info(), timeout=5)
+        except Exception:
+            return False
+        if not info.get("ready"):
+            return False
+        self._generator_encodes = info["plan"]["encode_on"] == "gpu"
+        return self._generator_encodes
+
+    async def _encode_on_generator(self, n: int) -> bool:
+        """Where this request's prompt is encoded. With encode_on "gpu", always on the generator. With "auto",
+        on the generator when its plan holds the text encoder and this ingress has nothing else in flight: the
+        GPU would wait for the prompt anyway, and encodes it in about 0.05 s where the CPU encoders take about
+        0.45 s (bench). Otherwise on the CPU encoders, so that under load the GPU's time goes to denoising."""
+        if not await self._can_encode_on_generator():
+            return False
+        return self.config.generator.encode_on == "gpu" or self.pending == n
+
+    # ---- generation ---------------------------------------------------------------------------------
+
+    async def _images(self, request: GenerationRequest) -> list[dict]:
+        if self.max_pending >= 0 and self.pending + request.n > self.max_pending:
+            raise QueueFull("the server is at capacity (queue full); retry later")
+        self.pending += request.n
+        try:
+            return await self._admitted(request.replace(enqueued_at=time.time()))
+        finally:
+            self.pending -= request.n
+
+    async def _admitted(self, request: GenerationRequest) -> list[dict]:
+        encoded = None if await self._encode_on_generator(request.n) else self._encode(request)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(self._one(request, image, encoded)
+                                                           for image in request.images())),
+                                          timeout=self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the images were not ready within {self.config.request_timeout_s:g}s") from None
+
+    async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded) -> dict:
+        retried = False
+        while True:
+            try:
+                return await self._generate(image, encoded)
+            except NeedsEmbeddings:
+                # the replica's plan holds no text encoder (plans differ where GPUs do): encode on the CPU
+                # encoders and send it again. Embeddings are never refused, so this happens at most once.
+                encoded = self._encode(request)
+            except asyncio.CancelledError:
+                raise
+            except ZImageError as e:  # ours, possibly wrapped by Ray: the same class, its message
+                raise _unwrapped(e) from None
+            except Exception as e:
+                if self._is_retryable(e) and not retried:
+                    # a generator or encoder replica died: generation is idempotent for a seed, so retry once,
+                    # encoding again (the failed encoder response can't be reused)
+                    log.warning("a replica failed mid-request (%s); retrying once", type(e).__name__)
+                    retried = True
+                    if encoded is not None:
+                        encoded = self._encode(request)
+                    continue
+                mapped = self._backend_error(e)
+                if mapped is None:
+                    raise
+                raise mapped from None
+
+    async def images(self, body: Any) -> dict:
+        """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
+        request = self.request_from_images(body)
+        results = await self._images(request)
+        return ImagesResponse(
+            created=int(time.time()), output_format=request.output_format, size=request.size, seed=request.seed,
+            model=self.config.model_name,
+            data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results],
+        ).model_dump(exclude_none=True)
+
+    async def generate(self, body: Any) -> ImageBytes:
+        """``POST /generate``: one image's bytes."""
+        start = time.perf_counter()
+        request = self.request_from_generate(body)
+        (result,) = await self._images(request)
+        seconds = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
+        return ImageBytes(result["image"], image_format(request.output_format).media_type, result["seed"], seconds)
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images."""
+        try:
+            info = await asyncio.wait_for(self._info(), timeout=5)
+        except Exception as e:
+            info = {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+        return bool(info.get("ready")), {**info, "pending_images": self.pending, "max_pending_images": self.max_pending}
+
+    async def models(self) -> dict:
+        """``GET /v1/models``: the served model, and what it is (the checkpoint, random weights or not)."""
+        try:
+            info = await asyncio.wait_for(self._info(), timeout=5)
+        except Exception:
+            info = {}
+        entry = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": "zimage-serve",
+                 "root": info.get("model", self.config.model)}
+        if "random_weights" in info:
+            entry["random_weights"] = info["random_weights"]
+        return {"object": "list", "data": [entry]}
+
+
+def _unwrapped(e: ZImageError) -> ZImageError:
+    """Our error as raised in the replica: Ray wraps it in a RayTaskError that is also an instance of its class
+    (its message a traceback) and keeps the original as ``cause``."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, ZImageError) else e
