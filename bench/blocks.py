@@ -12,17 +12,21 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zimage_serve.batch.job import MAX_BLOCKS, block_count  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(n: int = 100_000) -> None:
+    sys.path.insert(0, str(ROOT))  # run as a file: the repository root, for the package
     import ray
+
+    from zimage_serve.batch.job import MAX_BLOCKS, block_count
+    from zimage_serve.core.request import GenerationRequest
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    rows = [{"id": f"img-{i}", "prompt": f"prompt number {i}, a few words more", "seed": i, "size": "1024x1024",
-             "steps": 8, "stem": f"img-{i}"} for i in range(n)]
+    # the rows as the batch job builds them: each carries its typed request
+    rows = [{"id": f"img-{i}", "stem": f"img-{i}", "request": GenerationRequest(f"prompt number {i}, a few words more", seed=i)}
+            for i in range(n)]
     for blocks in (max(1, n // 4), block_count(n, 4)):
         t = time.perf_counter()
         ds = ray.data.from_items(rows, override_num_blocks=blocks)

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -24,11 +24,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--port", type=int, default=8011)
     a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))  # run as a file: the repository root, for the package
 
     import ray
     from ray import serve
 
     from zimage_serve.app import build_app
+    from zimage_serve.core.request import GenerationRequest
     from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
     from zimage_serve.model.imaging import encode_image
     from zimage_serve.model.planner import Workload
@@ -44,8 +46,9 @@ def main() -> None:
               name="overhead", route_prefix="/", blocking=False)
 
     def in_process(i):
-        embeds = engine.encode([f"a cat {i} {time.time()}"])[0]
-        return encode_image(engine.generate([Job(embeds, i, a.size, a.size)]).images[0], "png", 1)
+        request = GenerationRequest(f"a cat {i} {time.time()}", seed=i, width=a.size, height=a.size)
+        job = Job.of(request, engine.encode(list(request.texts)))
+        return encode_image(engine.generate([job]).images[0], "png", 1)
 
     def over_http(i):
         body = json.dumps({"prompt": f"a cat {i} {time.time()}", "seed": i}).encode()

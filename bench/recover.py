@@ -14,11 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zimage_serve.batch.output import OutputDir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(n: int = 1000, size_mb: float = 1.5) -> None:
+    sys.path.insert(0, str(ROOT))  # run as a file: the repository root, for the package
+    from zimage_serve.batch.output import OutputDir
+
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
         out = OutputDir(tmp)
         data = bytearray(os.urandom(int(size_mb * 2**20)))

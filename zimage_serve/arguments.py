@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -33,9 +34,67 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str = "auto") -> No
     p.add_argument("--policy", choices=POLICIES, default="auto", help="staging policy (default: fastest that fits)")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Well-understood noise of the libraries, dropped in every process of ours (the command's and, through
+# RAY_RUNTIME_ENV, each Ray worker it starts): (logger, a fragment of the message). Warnings and below only:
+# an error always shows.
+QUIET = (
+    # diffusers warns on every ModelMixin.to(dtype), also when no module must stay in float32 (an empty
+    # list): testing/checkpoint.py casts the tiny VAE so when it writes the embedded checkpoint
+    ("diffusers.models.modeling_utils", "that should be kept in float32: []"),
+    # Serve's controller warns, at each deploy and each shutdown, for every deployment with a fixed number of
+    # replicas (our Ingress): it deregisters autoscaling state that it never registered (autoscaling_state.py)
+    ("ray.serve", "Cannot deregister autoscaling state for deployment"),
+    # the batch job turns Ray Data's progress bars off on purpose (its own bar counts images); Ray Data says so
+    ("ray.data._internal.progress", "Progress bars disabled."),
+)
+# Ray workers of the jobs our commands start (``zimage-serve serve``, the batch job) run setup_worker_logging first
+RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging"}
+
+
+class _Quiet(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self.fragment not in record.getMessage()
+
+
+def quiet_noise() -> None:
+    """Drop the messages in QUIET (idempotent). A filter on the logger itself, so it outlives the handlers that
+    Ray Serve replaces when it configures its components' logging."""
+    for name, fragment in QUIET:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Quiet) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_Quiet(fragment))
+
+
+def setup_logging() -> None:
+    """The command's logging: INFO and up on stderr, the noise in QUIET dropped."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    quiet_noise()
+
+
+def setup_worker_logging() -> None:
+    """Each Ray worker of our jobs (RAY_RUNTIME_ENV): our own ``zimage_serve`` log at INFO on stderr (Ray shows
+    it prefixed by the worker, as it shows Serve's own log; without a handler only warnings would show, bare),
+    the noise in QUIET dropped, and no transformers/huggingface_hub progress bars (a worker's stderr is a log,
+    where a bar is a line of carriage returns; ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings them back)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    log = logging.getLogger("zimage_serve")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # a root handler that Ray or a library adds would print each line twice
+    quiet_noise()
+
+
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str = "zimage-serve") -> int:
     """Run a command: its domain errors print as one line on stderr (exit 2), Ctrl-C exits 130, no traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         return run(args)
     except ZImageError as e:

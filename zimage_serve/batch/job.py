@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-from ..arguments import add_model_arguments, integer
+from ..arguments import RAY_RUNTIME_ENV, add_model_arguments, integer
 from ..core.errors import ZImageError
 from ..core.formats import FORMATS
 from .output import OutputDir
@@ -104,20 +104,27 @@ def run(args) -> int:
 
     from ..model.sources import resolve
 
-    ray.init(logging_level=logging.WARNING, ignore_reinit_error=True)
+    # every Ray worker (the stages' actors) sets up our logging first (arguments.py)
+    ray.init(logging_level=logging.WARNING, ignore_reinit_error=True, runtime_env=RAY_RUNTIME_ENV)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
+    # the rows carry typed requests (and the stages' arrays of objects), which Arrow can't hold: pickled by
+    # design, said here, so that Ray Data doesn't warn in the driver and again in each stage's actor
+    ctx.enable_fallback_to_arrow_object_ext_type = True
     resources = ray.cluster_resources()
     cluster_gpus = int(resources.get("GPU", 0))
     # resolved for where the images are made: 'auto' is the hub model when the cluster has GPUs (the driver
     # itself usually has none)
     source = resolve(args.model, gpu=cluster_gpus > 0)
-    print(f"model {source.label}", file=sys.stderr)
     lo, hi = actors or (max(1, cluster_gpus),) * 2
     largest_node = max((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]), default=1)
     enc_cpus = encoder_cpus(args.encoder_cpus, int(resources.get("CPU", 1)), hi, largest_node)
-    concurrency = lo if lo == hi else (lo, hi)
+    # the generator actors' plan, logged by each actor as it loads, follows
+    print(f"model {source.label}; {lo if lo == hi else f'{lo}-{hi}'} generator actor(s) on "
+          f"{'a GPU each' if cluster_gpus else 'CPU'}, prompt encoder on {enc_cpus} CPU(s)", file=sys.stderr)
+    # fixed actor pools, or MIN-MAX autoscaling ones (map_batches' concurrency= is deprecated since Ray 2.51)
+    pool = lambda: ray.data.ActorPoolStrategy(**({"size": lo} if lo == hi else {"min_size": lo, "max_size": hi}))
     gpus_per_actor = 1.0 if cluster_gpus else 0.0
     model = str(source.path)
     max_side = max(max(r.width, r.height) for _, r in todo)
@@ -126,27 +133,32 @@ def run(args) -> int:
     # encoder blocks of one GPU batch, at least 4 prompts (bf16 on AMX: 0.19 s a prompt at 4, 0.18 at 8,
     # ../shared/gpu/README.md): the GPU stage then answers, and the manifest and progress advance, batch by batch
     ds = ds.map_batches(EncodeStage, fn_constructor_args=(model, enc_cpus, args.encoder_dtype),
-                        batch_size=max(4, args.batch_size), concurrency=1, num_cpus=enc_cpus, batch_format="numpy")
+                        batch_size=max(4, args.batch_size), compute=ray.data.ActorPoolStrategy(size=1),
+                        num_cpus=enc_cpus, batch_format="numpy")
     ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, args.batch_size, args.policy, max_side,
                                                             args.compile, args.fp8),
-                        batch_size=args.batch_size, concurrency=concurrency, num_gpus=gpus_per_actor,
+                        batch_size=args.batch_size, compute=pool(), num_gpus=gpus_per_actor,
                         num_cpus=1, batch_format="numpy")
     # One writer per generator keeps up: a PNG takes about 0.03 s (png.py), an image about 0.8 s of an H100.
     # No CPU reserved (like the Serve ingress): a writer must never wait for CPUs that the encoder holds
     # while the encoder waits for the writers to drain the queue.
     ds = ds.map_batches(WriteStage, fn_constructor_args=(str(out.path),), batch_size=None,
-                        concurrency=concurrency, num_cpus=0, batch_format="numpy")
+                        compute=pool(), num_cpus=0, batch_format="numpy")
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr)
+    bar = None
     count = 0
     for row in ds.iter_rows():
+        if bar is None:  # from the first image on: before it, Ray Data logs its plan and the actors load theirs
+            bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr, smoothing=0, delay=1e-3)
+            bar.start_t -= time.perf_counter() - t0  # its rate (the mean: smoothing=0) counts from the start
         out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]), "size": str(row["size"]),
                     "steps": int(row["steps"]), "file": str(row["file"]), "bytes": int(row["bytes"]), "sha256": str(row["sha256"]),
                     "seconds": float(row["seconds"])})
         count += 1
         bar.update(1)
         bar.set_postfix(img_per_s=f"{count / (time.perf_counter() - t0):.2f}")
-    bar.close()
+    if bar is not None:
+        bar.close()
     print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
           f"manifest: {out.manifest}", file=sys.stderr)
     return 0

@@ -91,8 +91,9 @@ class WriteStage:
     """Pixels -> image files, each written atomically, then its manifest row (a file exists before the
     driver lists it)."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, png_workers: int = 1):
         self.out = OutputDir(out_dir)
+        self.png_workers = png_workers  # PNG threads: the writer reserves no CPUs (job.py), so one by default
 
     def __call__(self, batch: dict) -> dict:
         from PIL import Image
@@ -102,7 +103,7 @@ class WriteStage:
         rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds")}
         for rid, stem, request, pixels, seconds in zip(batch["id"], batch["stem"], batch["request"], batch["pixels"],
                                                        batch["seconds"]):
-            data = encode_image(Image.fromarray(pixels), request.output_format)
+            data = encode_image(Image.fromarray(pixels), request.output_format, workers=self.png_workers)
             name = f"{stem}.{image_format(request.output_format).extension}"
             write_atomic(self.out.path, name, data)
             for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", request.size),

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from itertools import groupby
 
 import torch
+from PIL import Image
 
-from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
 from ..core.request import GenerationRequest
+from ..settings import environment
+from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .planner import Plan, Workload, make_plan
+from .sizes import sizes_of
 from .sources import ModelSource
 
 log = logging.getLogger("zimage_serve")
@@ -55,8 +58,6 @@ class Result:
 
 def gpu_free_bytes(device: str | None = None) -> int | None:
     """Free memory of the current CUDA device, or None when we run on CPU (or ZIMAGE_DEVICE=cpu)."""
-    from ..settings import environment
-
     device = device or environment().device
     if device == "cpu" or not torch.cuda.is_available():
         return None
@@ -66,8 +67,6 @@ def gpu_free_bytes(device: str | None = None) -> int | None:
 
 def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
                           device: str | None = None) -> Plan:
-    from .sizes import sizes_of
-
     return make_plan(sizes_of(source), gpu_free_bytes(device), workload, policy, encode_on)
 
 
@@ -244,9 +243,11 @@ def _to_pil(image: torch.Tensor, denormalize: bool = True):
     """diffusers' ``postprocess(output_type="pil")`` for one [1, C, H, W] image, the same arithmetic in the
     same order (bf16 denormalize, then float32 x 255, round half to even, uint8) but on the image's device,
     so 3 bytes a pixel cross to the CPU instead of 4-byte floats converted there."""
-    from PIL import Image
-
     if denormalize:
         image = (image * 0.5 + 0.5).clamp(0, 1)
     pixels = (image[0].float() * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
     return Image.fromarray(pixels.squeeze(-1), mode="L") if pixels.shape[-1] == 1 else Image.fromarray(pixels)
+
+
+# The public name of the image -> PIL conversion (bench/steps/decode.py times it against diffusers' postprocess).
+to_pil = _to_pil

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,7 @@ def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dt
 
     The last layer's weights are never read. Returns (model, tokenizer).
     """
+    # transformers and diffusers only where a model is loaded: importing this module (the planner's CLI) stays light
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -66,17 +68,38 @@ def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dt
     return model, tokenizer
 
 
+@contextmanager
+def parallel_loading(enabled: bool | None):
+    """diffusers reads a component's safetensors shards in threads (its module-global
+    ``HF_ENABLE_PARALLEL_LOADING``, set from the environment variable of that name) inside this context, or not
+    (``None``: as it is). The previous value is restored on leaving, also on an error, so a load never changes
+    it for the rest of the process. (Loads in one process run one at a time: an engine loads once per replica.)"""
+    import diffusers.models.modeling_utils as modeling_utils  # where a load happens, as the other diffusers imports
+
+    before = modeling_utils.HF_ENABLE_PARALLEL_LOADING
+    if enabled is not None:
+        modeling_utils.HF_ENABLE_PARALLEL_LOADING = bool(enabled)
+    try:
+        yield
+    finally:
+        modeling_utils.HF_ENABLE_PARALLEL_LOADING = before
+
+
 def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
-         with_text_encoder: bool = True) -> Loaded:
-    """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU)."""
+         with_text_encoder: bool = True, parallel: bool | None = None) -> Loaded:
+    """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU).
+
+    ``parallel``: whether diffusers reads the shards in threads, for this load only (:func:`parallel_loading`);
+    default: on CUDA yes, elsewhere as diffusers' own setting says."""
+    dev = torch.device(device or plan.device)
+    with parallel_loading(parallel if parallel is not None else (True if dev.type == "cuda" else None)):
+        return _load(source, plan, dev, getattr(torch, dtype or plan.dtype), with_text_encoder)
+
+
+def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool) -> Loaded:
+    # diffusers only where a model is loaded, as above
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
-    dev = torch.device(device or plan.device)
-    dt = getattr(torch, dtype or plan.dtype)
-    if dev.type == "cuda":  # diffusers reads shards in parallel threads (its HF_ENABLE_PARALLEL_LOADING)
-        import diffusers.models.modeling_utils as modeling_utils
-
-        modeling_utils.HF_ENABLE_PARALLEL_LOADING = True
     seconds = {}
     t0 = time.perf_counter()
     cached = weights_cache.cache_path(source, str(dt).removeprefix("torch."))
@@ -109,12 +132,13 @@ def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str 
                                          num_blocks_per_group=1, use_stream=dev.type == "cuda", record_stream=dev.type == "cuda",
                                          non_blocking=dev.type == "cuda")
     if plan.transformer == "offload":
-        from accelerate import cpu_offload_with_hook
+        from accelerate import cpu_offload_with_hook  # an offload plan only
 
         prev = None
         for m in ([text_model] if text_model is not None and plan.text_encoder == "offload" else []) + [transformer]:
             _, prev = cpu_offload_with_hook(m, dev, prev_module_hook=prev)
             hooks.append(prev)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
-    log.info("loaded %s: %s; VAE decoder %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
+    # debug: each caller says it has loaded (the CLI, the replicas' "ready"); the breakdown is for profiling
+    log.debug("loaded %s: %s; VAE decoder %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
     return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds)

@@ -7,12 +7,19 @@ by its own ``zlib`` compressor in a thread; zlib and numpy release the GIL, so t
 separate cores. Each band but the last ends on a sync flush (byte-aligned, not final), so their
 raw deflate streams join into one valid zlib stream with the Adler-32 of all the filtered bytes.
 The file is an ordinary 8-bit PNG that any reader decodes to the same pixels (tests/test_png.py).
+
+How many threads deflate is the caller's ``workers`` (a replica passes the CPUs it reserved), never
+this machine's core count: a pool of that size per worker count, started on first use, shared by every
+call that passes it, so at most ``workers`` threads deflate at once for them all. The bands are cut by
+the image's height alone (at most MAX_BANDS), so the bytes never depend on ``workers`` or the machine: a
+batch job's SHA-256 of an image is the same on any host.
 """
 
 from __future__ import annotations
 
-import os
+import numbers
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,15 +29,20 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 FILTER_UP = 2
 MIN_BAND_ROWS = 32
-WORKERS = min(8, os.cpu_count() or 1)
-_pool: ThreadPoolExecutor | None = None
+MAX_BANDS = 16  # 32 rows or more each; 16 keeps 8 threads busy (and is what 8 workers cut before)
+THREAD_PREFIX = "zimage-png"
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="png")
-    return _pool
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The pool of ``workers`` threads (named zimage-png<workers>_<i>), started on first use."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(max_workers=workers,
+                                                        thread_name_prefix=f"{THREAD_PREFIX}{workers}")
+        return pool
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -54,8 +66,12 @@ def _deflate_band(pixels: np.ndarray, start: int, stop: int, level: int, last: b
     return raw, compressor.compress(raw) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
-    """An 8-bit PNG of ``pixels`` ([height, width] or [height, width, 1|3|4], uint8) at zlib ``level`` 0-9."""
+def encode_png(pixels: np.ndarray, level: int = 1, workers: int = 1) -> bytes:
+    """An 8-bit PNG of ``pixels`` ([height, width] or [height, width, 1|3|4], uint8) at zlib ``level`` 0-9,
+    its bands deflated by at most ``workers`` threads (the pool of that size); the same bytes for any ``workers``."""
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ValueError(f"workers must be an integer of at least 1, got {workers!r}")
+    workers = int(workers)
     if pixels.dtype != np.uint8:
         raise ValueError(f"PNG pixels must be uint8, got {pixels.dtype}")
     if pixels.ndim == 2:
@@ -64,10 +80,10 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     if channels not in COLOR_TYPES or not (0 <= level <= 9):
         raise ValueError(f"can't write {channels} channels at level {level} (1, 3 or 4 channels; level 0-9)")
     pixels = np.ascontiguousarray(pixels)
-    bands = max(1, min(2 * WORKERS, height // MIN_BAND_ROWS))
+    bands = max(1, min(MAX_BANDS, height // MIN_BAND_ROWS))
     edges = [height * i // bands for i in range(bands + 1)]
-    parts = list(_threads().map(lambda i: _deflate_band(pixels, edges[i], edges[i + 1], level, i == bands - 1),
-                                range(bands)))
+    parts = list(_pool(workers).map(lambda i: _deflate_band(pixels, edges[i], edges[i + 1], level, i == bands - 1),
+                                    range(bands)))
     adler = 1
     for raw, _ in parts:
         adler = zlib.adler32(raw, adler)

@@ -98,7 +98,8 @@ def _from_hub(model_id: str) -> Path:
     cached = cached_hub(model_id)
     if cached is not None:
         return cached
-    from modelscope import snapshot_download
+    from modelscope import snapshot_download  # as in cached_hub
+
     try:
         socket.create_connection((env.hub_domain, 443), timeout=3).close()
     except OSError as e:

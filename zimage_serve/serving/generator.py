@@ -145,7 +145,9 @@ class Generator:
     def _encode_image(self, image, request: GenerationRequest) -> bytes:
         from ..model.imaging import encode_image
 
-        return encode_image(image, request.output_format, self.config.png_compress_level, request.quality)
+        # PNG bands on the CPUs this replica reserved (generator.num_cpus), at least one
+        return encode_image(image, request.output_format, self.config.png_compress_level, request.quality,
+                            workers=max(1, int(self.config.generator.num_cpus)))
 
     def _record_batch(self, result, size: int) -> None:
         self.batches.append(size)

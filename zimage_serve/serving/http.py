@@ -3,6 +3,11 @@ domain errors become HTTP statuses and the one error shape (:func:`error_respons
 
 Routes: POST /v1/images/generations (OpenAI Images API), POST /generate (image bytes), GET
 /v1/models, GET /healthz (alive), GET /readyz (a generator has loaded; reports its plan).
+
+/openapi.json is the deployment's contract: the request bodies are its wire types (protocol.wire_types,
+every bound of the config), and every status a route answers with is documented with its headers. The
+POST routes read JSON: a body sent with another Content-Type is a 415 (none at all is read as JSON); a
+405 carries Allow.
 """
 
 from __future__ import annotations
@@ -20,18 +25,41 @@ from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
                            ZImageError, user_message)
 from . import metrics
-from .protocol import ErrorResponse, GenerateRequest, ImagesRequest, ImagesResponse, error_body
+from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
 from .service import ImageService, server_timing
 
 log = logging.getLogger("zimage_serve")
 OPEN_PATHS = {"/healthz", "/readyz"}
+JSON = "application/json"
 
 
 def _body_schema(model) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    """The request body of a route that reads JSON itself: the deployment's wire type (its bounds)."""
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": model.model_json_schema()}}}}
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 503, 504)}
+def _header(description: str, type: str = "string") -> dict:
+    return {"description": description, "required": True, "schema": {"type": type}}
+
+
+_WHY = {
+    400: "Invalid request: the error names the field (`param`).",
+    401: "A valid API key is required (Authorization: Bearer <key>, or X-API-Key).",
+    413: "The request body is over the server's limit (max_body_bytes).",
+    415: "The body is not sent as application/json.",
+    503: "At capacity, or no generator is ready: retry after Retry-After seconds.",
+    504: "The images were not ready within the server's request timeout.",
+}
+_HEADERS = {401: {"WWW-Authenticate": _header("Bearer")},
+            503: {"Retry-After": _header("Seconds to wait before retrying.", "integer")}}
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI responses in the one error shape, for each status a route may answer with."""
+    responses = {code: {"model": ErrorResponse, "description": _WHY[code]} for code in codes}
+    for code in set(codes) & set(_HEADERS):
+        responses[code]["headers"] = _HEADERS[code]
+    return responses
 
 
 class ApiError(Exception):
@@ -147,7 +175,23 @@ def _route(path: str) -> str:
     return path if path in known else "other"
 
 
+def _check_media_type(request: Request) -> None:
+    """The POST routes read JSON: another Content-Type is a 415. None at all is read as JSON (the
+    body says what it is); form-encoded is what ``curl -d`` sends unless told otherwise."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == JSON:
+        return
+    hint = " (curl -d sends form-encoded: add -H 'Content-Type: application/json')" \
+        if media_type == "application/x-www-form-urlencoded" else ""
+    raise ApiError(415, f"the body must be JSON sent with Content-Type: application/json, not {content_type!r}{hint}",
+                   code="unsupported_media_type")
+
+
 async def _json(request: Request):
+    _check_media_type(request)
     raw = await request.body()
     try:
         return json.loads(raw)
@@ -175,27 +219,53 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     async def _unexpected(request, e: Exception):
         return error_response(e)
 
-    @app.post("/v1/images/generations", response_model=ImagesResponse, responses=_ERRORS,
-              openapi_extra=_body_schema(ImagesRequest))
+    auth = (401,) if api_keys else ()
+    wire = service.wire
+
+    refusals = _errors(400, *auth, 413, 415, 503, 504)  # every status a POST route answers with, but 200
+
+    @app.post("/v1/images/generations", response_model=ImagesResponse, responses=refusals,
+              openapi_extra=_body_schema(wire.images))
     async def images(request: Request):
         return JSONResponse(await service.images(await _json(request)))
 
-    @app.post("/generate", responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **_ERRORS},
-              response_class=Response, openapi_extra=_body_schema(GenerateRequest))
+    image_bytes = {"schema": {"type": "string", "format": "binary"}}
+    generated = {"description": "The image, encoded as output_format asks.",
+                 "content": {"image/png": image_bytes, "image/jpeg": image_bytes, "image/webp": image_bytes},
+                 "headers": {"X-Seed": _header("The image's seed.", "integer"),
+                             "Server-Timing": _header("Milliseconds per stage: queue, text_encode, denoise, decode, "
+                                                      "image_encode, generator, ingress.")}}
+
+    @app.post("/generate", responses={200: generated, **refusals},
+              response_class=Response, openapi_extra=_body_schema(wire.generate))
     async def generate(request: Request):
         image = await service.generate(await _json(request))
         return Response(content=image.data, media_type=image.media_type,
                         headers={"X-Seed": str(image.seed), "Server-Timing": server_timing(image.seconds)})
 
-    @app.get("/v1/models", responses=_ERRORS)
+    @app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, responses=_errors(*auth, 413))
     async def models():
         return await service.models()
 
-    @app.get("/healthz")
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's schema with the request bodies exactly as the wire types state them: FastAPI's own
+        OpenAPI model reads every bound as a float (2**63 - 1 would be advertised as 9.223372036854776e+18)."""
+        if app.openapi_schema is None:
+            paths = fastapi_openapi()["paths"]
+            paths["/v1/images/generations"]["post"].update(_body_schema(wire.images))
+            paths["/generate"]["post"].update(_body_schema(wire.generate))
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.get("/healthz", responses=_errors(413))
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "No generator replica has loaded."}})
+    @app.get("/readyz", responses={503: {"description": "No generator replica has loaded (the reason is given).",
+                                              "content": {JSON: {"schema": {"type": "object"}}}}, **_errors(413)})
     async def readyz():
         ready, info = await service.readiness()
         return JSONResponse(info, status_code=200 if ready else 503)

@@ -6,6 +6,8 @@ Imports no torch: the ingress process stays light (the encoder and generator imp
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 
 import ray.exceptions as rex
 from ray import serve
@@ -36,6 +38,79 @@ def retryable(e: BaseException) -> bool:
     return False
 
 
+class AccessLogPaths(logging.Filter):
+    """Serve's access log names a request by the route that matched it (as its metrics do, to bound their
+    labels); a path that matches no route it names by the route prefix, so ``GET /nope`` logged as ``GET / 404``,
+    and so did any request that came before the proxy had learnt the routes (the first ``/readyz`` at start-up:
+    ``GET / 503``). The app (:meth:`wrap`) notes, by request id, the route that matched or, when none did, the
+    path itself; this filter, on the replica's ``ray.serve`` logger, writes it into the access-log line. Only the
+    log line changes: Serve's metrics keep their route labels."""
+
+    LIMIT = 1024  # notes kept for access-log lines still to come (one a request in flight)
+
+    def __init__(self):
+        super().__init__()
+        self._paths: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()  # the app runs on Serve's user-code thread, the access log on the replica's
+
+    def wrap(self, app):
+        """``app`` (a FastAPI app, which it stays: Serve reads its routes) noting each HTTP request's route, or
+        path, when its response starts."""
+        paths = self
+
+        class NotePaths:  # ASGI middleware
+            def __init__(self, inner):
+                self.inner = inner
+
+            async def __call__(self, scope, receive, send):
+                if scope["type"] != "http":
+                    return await self.inner(scope, receive, send)
+
+                async def send_noting(message):
+                    if message["type"] == "http.response.start":
+                        paths._note(scope)
+                    await send(message)
+
+                await self.inner(scope, receive, send_noting)
+
+        app.add_middleware(NotePaths)
+        return app
+
+    def _note(self, scope) -> None:
+        request_id = dict(scope.get("headers") or ()).get(b"x-request-id")  # Serve's proxy sets it
+        if not request_id:
+            return
+        pattern = getattr(scope.get("route"), "path", None)  # Starlette's router sets scope["route"] on a match
+        root = scope.get("root_path", "")
+        path = (f"{root.rstrip('/')}/{pattern.lstrip('/')}" if root else pattern) if pattern else scope["path"]
+        with self._lock:
+            self._paths[request_id.decode("latin-1")] = path
+            while len(self._paths) > self.LIMIT:
+                self._paths.popitem(last=False)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "serve_access_log", False) and isinstance(record.msg, str):
+            with self._lock:
+                path = self._paths.pop(getattr(record, "request_id", None), None)
+            route = getattr(record, "route", None)
+            parts = record.msg.split(" ")  # [client] METHOD ROUTE STATUS LATENCY (logging_utils.access_log_msg)
+            if path and route and path != route and len(parts) >= 4 and parts[-3] == route:
+                parts[-3] = path
+                record.msg = " ".join(parts)
+        return True
+
+    @classmethod
+    def install(cls) -> "AccessLogPaths":
+        """The filter of this process's ``ray.serve`` logger (added once)."""
+        serve_log = logging.getLogger("ray.serve")
+        for f in serve_log.filters:
+            if isinstance(f, cls):
+                return f
+        f = cls()
+        serve_log.addFilter(f)
+        return f
+
+
 def serve_error(e: BaseException) -> ZImageError | None:
     """Serve's own refusals, by type, as domain errors: a full queue, no replica, a dead one (after its retry)."""
     if isinstance(e, BackPressureError):
@@ -61,4 +136,4 @@ class IngressDeployment:
         log.info("Ingress ready (API keys %s)", "required" if self.api_keys else "off")
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.service, self.api_keys)
+        return AccessLogPaths.install().wrap(create_api(self.service, self.api_keys))

@@ -21,9 +21,11 @@ import yaml
 from pydantic import ValidationError
 from ray import serve
 from ray.serve._private import api as serve_api
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
+from ..arguments import RAY_RUNTIME_ENV
 from ..core.errors import ZImageError
 from ..settings import AppConfig
 
@@ -106,14 +108,39 @@ def _wait_running(names: list[str], stop: threading.Event) -> bool:
     return False
 
 
+def shutdown_serve(client, timeout_s: float = 30.0) -> None:
+    """``serve.shutdown()`` (the controller drains and stops every replica, then itself) without its error line.
+    serve.shutdown() waits on the controller's graceful_shutdown task until the controller kills itself; that
+    task, retried forever like every controller task, then fails, and the core worker tells the driver so:
+    "(raylet) Task ServeController.graceful_shutdown failed ... killed by `ray.kill`". Here the task only starts
+    the shutdown (``wait=False``) and the controller's name going away marks its end; as long as serve.shutdown()
+    waits (30 s), then Ray stops what is left."""
+    client.shutdown_cached_handles()
+    try:
+        ray.get(client._controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    except Exception:  # a controller already gone, or one without the argument: Serve's own way
+        serve.shutdown()
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # the controller has exited
+            return
+        time.sleep(0.2)
+    log.warning("Serve did not shut down within %.0fs; stopping what is left", timeout_s)
+
+
 def serve_main(args) -> int:
     config = load_serve_config(args.config, args.host, args.port, args.model)
     http = config.http_options
     _port_free(http.host, http.port)
-    ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    # every Ray worker (Serve's controller, proxy and replicas) sets up our logging first (arguments.py)
+    ray.init(logging_level=logging.WARNING, include_dashboard=False, runtime_env=RAY_RUNTIME_ENV)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
+    client = None
     try:
         # what `serve run FILE` does: start Serve with the file's options, then deploy its applications
         client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=config.proxy_location,
@@ -128,7 +155,8 @@ def serve_main(args) -> int:
         print("zimage-serve: shutting down (finishing in-flight requests)", flush=True)
     finally:
         try:
-            serve.shutdown()
+            if client is not None:
+                shutdown_serve(client)
         finally:
             ray.shutdown()
     return 0

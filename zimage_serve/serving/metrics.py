@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ray.serve import metrics as serve_metrics
+
 _LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 
 
 @lru_cache(maxsize=None)
 def _metrics():
-    from ray.serve import metrics as m
-
+    m = serve_metrics
     return {
         "images": m.Counter("zimage_images_total", description="Images generated.", tag_keys=("model",)),
         "stage": m.Histogram("zimage_stage_seconds", description="Seconds per stage: queue, encode, denoise, decode, image_encode.",

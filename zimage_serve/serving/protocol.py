@@ -1,21 +1,29 @@
-"""Wire types of the HTTP API, with their bounds, and the one error shape.
+"""Wire types of the HTTP API, with the deployment's bounds, and the one error shape.
 
 ``ImagesRequest`` follows OpenAI's Images API (``POST /v1/images/generations``) so that the official
 ``openai`` client works with ``base_url``; seed, num_inference_steps, guidance_scale and
 negative_prompt are extensions (``extra_body`` in the client). ``GenerateRequest`` is the plain
-``POST /generate`` body. Bounds that depend on the deployment (sizes, steps, n) are checked again
-against the config by the ingress.
+``POST /generate`` body.
+
+The request types are built per deployment by :func:`wire_types` from its bounds (``AppConfig.bounds``)
+and served model name: the service validates with them and /openapi.json advertises their JSON schema,
+so the schema states every bound that is enforced, and a body valid against the schema is accepted.
+Validation is strict (JSON types as the schema says them: ``"64"`` is not an integer, ``64.0`` is).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
-from ..core.bounds import SEED_MAX
+from ..core.bounds import SIZE_MULTIPLE, Bounds
 from ..core.formats import OutputFormat
 
+# ---- the error shape --------------------------------------------------------------------------------
 
 
 class ErrorDetail(BaseModel):
@@ -35,38 +43,148 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code)).model_dump()
 
 
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(min_length=1, max_length=100_000, description="What to draw.")
-    negative_prompt: str | None = Field(None, max_length=100_000, description="What to avoid (used when guidance_scale > 0).")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Seed of the first image; image i uses seed + i. Random when absent.")
-    num_inference_steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps (Turbo: 8).")
-    guidance_scale: float = Field(0.0, ge=0.0, le=30.0, description="Classifier-free guidance; 0 for Turbo.")
-    output_format: OutputFormat = Field("png", description="Image encoding.")
+# ---- patterns: what the regex engines of pydantic (Rust), the JSON Schema validators (ECMA) and
+# hypothesis (Python) all read the same way: character classes of \xHH / \uHHHH escapes, ^ and $ --------
 
 
-class ImagesRequest(_Common):
+def _char_class(codes: list[int]) -> str:
+    """The body of a regex character class holding exactly ``codes``, as ranges of escapes."""
+    def esc(c: int) -> str:
+        return f"\\x{c:02x}" if c <= 0xFF else f"\\u{c:04x}"
+
+    parts, start = [], None
+    for i, c in enumerate(codes):
+        start = c if start is None else start
+        if i + 1 == len(codes) or codes[i + 1] != c + 1:
+            parts.append(esc(start) if c == start else f"{esc(start)}-{esc(c)}")
+            start = None
+    return "".join(parts)
+
+
+# What str.strip() removes (str.isspace, which check_prompt tests): all of it lies in the BMP (a test checks).
+_WHITESPACE = _char_class([c for c in range(0x10000) if chr(c).isspace()])
+_TEXT = rf"[{_WHITESPACE}]*[^{_WHITESPACE}\x00][^\x00]*"
+PROMPT_PATTERN = rf"^{_TEXT}$"  # a character that is not whitespace, and no NUL
+NEGATIVE_PROMPT_PATTERN = rf"^(?:{_TEXT})?$"  # empty, or as a prompt
+
+
+def sides(bounds: Bounds) -> list[int]:
+    """Every width or height the bounds accept: the multiples of SIZE_MULTIPLE in [min_side, max_side]."""
+    first = -(-bounds.min_side // SIZE_MULTIPLE) * SIZE_MULTIPLE
+    return list(range(first, bounds.max_side + 1, SIZE_MULTIPLE))
+
+
+def size_pattern(bounds: Bounds) -> str:
+    """'auto' or WIDTHxHEIGHT, each side one of :func:`sides` (an alternation: it states the bounds)."""
+    side = "|".join(map(str, sides(bounds)))
+    return f"^(?:auto|(?:{side})x(?:{side}))$"
+
+
+def max_seed(bounds: Bounds, n: int) -> int:
+    """The largest first seed of a request that may ask for ``n`` images: image i uses seed + i, and every
+    image's seed must be at most ``bounds.max_seed`` (torch's signed 64-bit seed)."""
+    return bounds.max_seed - (n - 1)
+
+
+def _integral(value):
+    """JSON Schema's integers include 64.0; strict pydantic's don't: an integral float becomes its int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _only_bool(value):
+    """A JSON boolean only: Python's ``0 == False`` would let a Literal[False] take 0."""
+    if not isinstance(value, bool):
+        raise PydanticCustomError("bool_type", "Input should be a valid boolean")
+    return value
+
+
+def _integer(ge: int, le: int, multiple_of: int | None = None):
+    """An integer type with its bounds (inside the type, so that ``| None`` keeps them in the schema)."""
+    return Annotated[int, Field(ge=ge, le=le, multiple_of=multiple_of), BeforeValidator(_integral)]
+
+
+# ---- the request types ------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImagesRequest(_Strict):
     """OpenAI ``images.generate`` body."""
 
-    model: str | None = Field(None, max_length=256, description="The served model's name (see /v1/models).")
-    n: int = Field(1, ge=1, le=128, description="Number of images.")
-    size: str = Field("auto", max_length=32, description="WIDTHxHEIGHT, multiples of 16, or 'auto'.")
-    response_format: Literal["b64_json", "url"] = Field("b64_json", description="Only b64_json is served.")
-    quality: str | None = Field(None, max_length=32, description="Accepted for compatibility; ignored.")
-    style: str | None = Field(None, max_length=32, description="Accepted for compatibility; ignored.")
-    background: str | None = Field(None, max_length=32, description="Accepted for compatibility; ignored.")
-    moderation: str | None = Field(None, max_length=32, description="Accepted for compatibility; ignored.")
-    output_compression: int | None = Field(None, ge=0, le=100, description="Quality for jpeg/webp (0-100).")
-    user: str | None = Field(None, max_length=256, description="Accepted for compatibility; never logged.")
-    stream: Literal[False] = Field(False, description="Streaming is not supported.")
 
-
-class GenerateRequest(_Common):
+class GenerateRequest(_Strict):
     """``POST /generate``: one image, returned as bytes."""
 
-    width: int | None = Field(None, ge=16, le=16384, description="Width in pixels, a multiple of 16 (default: the server's).")
-    height: int | None = Field(None, ge=16, le=16384, description="Height in pixels, a multiple of 16 (default: the server's).")
+
+@dataclass(frozen=True)
+class WireTypes:
+    """One deployment's request types (subclasses of ImagesRequest and GenerateRequest, with its bounds)."""
+
+    images: type[ImagesRequest]
+    generate: type[GenerateRequest]
+
+
+def _common(b: Bounds, n: int) -> dict:
+    """The fields of both bodies; ``n``: the most images a request may ask for (the seed's bound)."""
+    first = f"the first image, at most {max_seed(b, n)} ({b.max_seed} - {n - 1}: image i uses seed + i, and n " \
+            f"may be {n})" if n > 1 else f"the image, at most {b.max_seed}"
+    return {
+        "prompt": (str, Field(min_length=1, max_length=b.max_prompt_chars, pattern=PROMPT_PATTERN,
+                              description=f"What to draw: at most {b.max_prompt_chars} characters, not all of them "
+                                          "whitespace, no NUL.")),
+        "negative_prompt": (str | None, Field(None, max_length=b.max_prompt_chars, pattern=NEGATIVE_PROMPT_PATTERN,
+                                              description="What to avoid (used when guidance_scale > 0): empty, or "
+                                                          "like prompt.")),
+        "seed": (_integer(0, max_seed(b, n)) | None,
+                 Field(None, description=f"Seed of {first}. Random when absent; the response reports it.")),
+        "num_inference_steps": (_integer(1, b.max_steps) | None,
+                                Field(None, description=f"Denoising steps, 1..{b.max_steps} (default: the server's; "
+                                                        "Turbo: 8).")),
+        "guidance_scale": (float, Field(0.0, ge=0.0, le=30.0, description="Classifier-free guidance; 0 for Turbo.")),
+        "output_format": (OutputFormat, Field("png", description="Image encoding.")),
+    }
+
+
+def _compatibility(max_length: int) -> tuple:
+    return str | None, Field(None, max_length=max_length, description="Accepted for compatibility; ignored.")
+
+
+@lru_cache(maxsize=None)
+def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> WireTypes:
+    """The request types of a deployment with these bounds that serves ``model_name`` (None: ``model`` may
+    be any name). Cached: one pair of classes per deployment."""
+    b = bounds
+    sizes = f"{b.min_side}..{b.max_side}, a multiple of {SIZE_MULTIPLE}"
+    side = _integer(b.min_side, b.max_side, SIZE_MULTIPLE) | None
+    model = (Literal[model_name] | None, Field(None, description="The served model's name (see /v1/models).")) \
+        if model_name else (str | None, Field(None, max_length=256, description="The served model's name."))
+    images = create_model(
+        "ImagesRequest", __base__=ImagesRequest, __doc__=ImagesRequest.__doc__, __module__=__name__,
+        **_common(b, b.max_images),
+        model=model,
+        n=(_integer(1, b.max_images), Field(1, description=f"Number of images, 1..{b.max_images}.")),
+        size=(str, Field("auto", pattern=size_pattern(b),
+                         description=f"WIDTHxHEIGHT, each side {sizes}; 'auto': the server's default size.")),
+        response_format=(Literal["b64_json"], Field("b64_json", description="Only b64_json (images are not stored).")),
+        output_compression=(_integer(0, 100) | None, Field(None, description="Quality for jpeg/webp, 0..100.")),
+        quality=_compatibility(32), style=_compatibility(32), background=_compatibility(32),
+        moderation=_compatibility(32),
+        user=(str | None, Field(None, max_length=256, description="Accepted for compatibility; never logged.")),
+        stream=(Annotated[Literal[False], BeforeValidator(_only_bool)],
+                Field(False, description="Streaming is not supported.")),
+    )
+    generate = create_model(
+        "GenerateRequest", __base__=GenerateRequest, __doc__=GenerateRequest.__doc__, __module__=__name__,
+        **_common(b, 1),
+        width=(side, Field(None, description=f"Width in pixels, {sizes} (default: the server's).")),
+        height=(side, Field(None, description=f"Height in pixels, {sizes} (default: the server's).")),
+    )
+    return WireTypes(images, generate)
+
+
+# ---- the response types -----------------------------------------------------------------------------
 
 
 class ImageData(BaseModel):
@@ -82,3 +200,20 @@ class ImagesResponse(BaseModel):
     size: str
     seed: int
     model: str
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models`` (OpenAI's Model object, plus what the served checkpoint is)."""
+
+    id: str = Field(description="The name requests may give as `model`.")
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "zimage-serve"
+    root: str = Field(description="The checkpoint served (a hub id or a directory).")
+    random_weights: bool | None = Field(None, description="True for the embedded random-weight test checkpoint "
+                                                          "(its images are noise); absent until a generator reports.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -18,12 +18,12 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
-from ..core.bounds import check_dimension, check_prompt, check_steps, parse_size
+from ..core.bounds import SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, parse_size
 from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
 from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
-from .protocol import GenerateRequest, ImageData, ImagesRequest, ImagesResponse
+from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, wire_types
 
 log = logging.getLogger("zimage_serve")
 
@@ -33,14 +33,30 @@ Encode = Callable[[GenerationRequest], Any]
 Generate = Callable[[GenerationRequest, Any], Awaitable[dict]]
 
 
-def validation_error(e: ValidationError) -> InvalidInput:
-    """The first pydantic error as an InvalidInput naming its field."""
+def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: str | None = None) -> InvalidInput:
+    """The first pydantic error as an InvalidInput naming its field, in words (not the pattern's regex)."""
     err = e.errors()[0]
     param = ".".join(str(p) for p in err.get("loc", ())) or None
-    if err.get("type") == "extra_forbidden":
+    kind, value = err.get("type"), err.get("input")
+    if kind == "extra_forbidden":
         return InvalidInput(f"unknown field {param!r}", param=param, code="unknown_field")
-    if err.get("type") == "model_type":
+    if kind == "model_type":
         return InvalidInput("the request body must be a JSON object", code="invalid_body")
+    if param in ("prompt", "negative_prompt") and isinstance(value, str):
+        try:  # its length, emptiness or NUL, as the CLI and the batch job say it
+            check_prompt(value, bounds, param=param)
+        except InvalidInput as refused:
+            return refused
+    if param == "size" and kind == "string_pattern_mismatch":
+        return InvalidInput(f"size must be 'auto' or WIDTHxHEIGHT (like 1024x1024), each side a multiple of "
+                            f"{SIZE_MULTIPLE} between {bounds.min_side} and {bounds.max_side}, got {value!r}",
+                            param=param)
+    if param == "model" and kind == "literal_error":
+        return InvalidInput(f"model {value!r} is not served here; this server serves {model_name!r}", param=param,
+                            code="model_not_found")
+    if param == "response_format" and value == "url":
+        return InvalidInput("response_format 'url' is not supported: images are not stored; use b64_json",
+                            param=param, code="unsupported_value")
     msg = err.get("msg", "invalid value")
     return InvalidInput(f"{param}: {msg}" if param else msg, param=param)
 
@@ -70,6 +86,7 @@ class ImageService:
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
         (a full queue, no replica) as domain errors, None for anything else."""
         self.config = config
+        self.wire = wire_types(config.bounds, config.model_name)  # the request types, with the config's bounds
         self._encode, self._generate, self._info = encode, generate, generator_info
         self._is_retryable, self._backend_error = is_retryable, backend_error
         self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
@@ -82,6 +99,14 @@ class ImageService:
         self.pending = 0
 
     # ---- wire body -> GenerationRequest -------------------------------------------------------------
+    # The wire types (protocol.wire_types) carry every bound of the config, so what /openapi.json states
+    # is what is checked here; the core checks after them only turn the valid body into the request.
+
+    def _validate(self, model, body: Any):
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(e, self.config.bounds, self.config.model_name) from None
 
     def _request(self, req, width: int, height: int, n: int = 1, quality: int | None = None) -> GenerationRequest:
         b = self.config.bounds
@@ -89,10 +114,8 @@ class ImageService:
         if req.negative_prompt:
             check_prompt(req.negative_prompt, b, param="negative_prompt")
         steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
-        image_format(req.output_format)
+        # the wire types bound the seed by max_seed - (max n - 1): seed + n - 1 never passes max_seed
         seed = req.seed if req.seed is not None else random.randrange(2**31)
-        if seed + n - 1 > b.max_seed:
-            raise InvalidInput(f"seed + n - 1 must be at most {b.max_seed} (image i uses seed + i)", param="seed")
         return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
                                  height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
                                  output_format=req.output_format, quality=quality)
@@ -102,26 +125,12 @@ class ImageService:
 
     def request_from_images(self, body: Any) -> GenerationRequest:
         """``POST /v1/images/generations``'s body (OpenAI's images.generate) as a request."""
-        try:
-            req = ImagesRequest.model_validate(body)
-        except ValidationError as e:
-            raise validation_error(e) from None
-        if req.response_format == "url":
-            raise InvalidInput("response_format 'url' is not supported: images are not stored; use b64_json",
-                               param="response_format", code="unsupported_value")
-        if req.model not in (None, self.config.model_name):
-            raise InvalidInput(f"model {req.model!r} is not served here; this server serves "
-                               f"{self.config.model_name!r}", param="model", code="model_not_found")
-        if req.n > self.config.max_images:
-            raise InvalidInput(f"n must be at most {self.config.max_images}, got {req.n}", param="n")
+        req = self._validate(self.wire.images, body)
         return self._request(req, *self._size(req.size), n=req.n, quality=req.output_compression)
 
     def request_from_generate(self, body: Any) -> GenerationRequest:
         """``POST /generate``'s body as a request (one image)."""
-        try:
-            req = GenerateRequest.model_validate(body)
-        except ValidationError as e:
-            raise validation_error(e) from None
+        req = self._validate(self.wire.generate, body)
         default_w, default_h = self._size("auto")
         width = check_dimension(req.width or default_w, "width", self.config.bounds)
         height = check_dimension(req.height or default_h, "height", self.config.bounds)
@@ -232,16 +241,14 @@ class ImageService:
         return bool(info.get("ready")), {**info, "pending_images": self.pending, "max_pending_images": self.max_pending}
 
     async def models(self) -> dict:
-        """``GET /v1/models``: the served model, and what it is (the checkpoint, random weights or not)."""
+        """``GET /v1/models`` (a ModelList): the served model, and what it is (the checkpoint, random weights)."""
         try:
             info = await asyncio.wait_for(self._info(), timeout=5)
         except Exception:
             info = {}
-        entry = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": "zimage-serve",
-                 "root": info.get("model", self.config.model)}
-        if "random_weights" in info:
-            entry["random_weights"] = info["random_weights"]
-        return {"object": "list", "data": [entry]}
+        card = ModelCard(id=self.config.model_name, root=info.get("model", self.config.model),
+                         random_weights=info.get("random_weights"))
+        return ModelList(data=[card]).model_dump(exclude_none=True)
 
 
 def _unwrapped(e: ZImageError) -> ZImageError:

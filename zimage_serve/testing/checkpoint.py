@@ -54,6 +54,7 @@ SHAPES = {
 
 
 def _tokenizer(vocab_size: int):
+    # here, not at import: model/sources.py imports this module where a tiny checkpoint may never be written
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,6 +80,7 @@ def write_checkpoint(out_dir: str | os.PathLike, shape: str = "tiny", device: st
     The transformer is saved in float32 (as the hub ships it), the text encoder and VAE in bf16
     for ``full``; everything is float32 for ``tiny`` so CPU tests compare exactly.
     """
+    # torch and diffusers here, not at import (see _tokenizer)
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
@@ -124,6 +126,7 @@ def is_random_weights(model_dir: str | os.PathLike) -> bool:
 
 def meta_tensors(shape: str = "full") -> dict:
     """{component: {tensor name: (dtype, numel)}} of a checkpoint shape, counted on the meta device."""
+    # torch and diffusers here, not at import (see _tokenizer)
     import torch
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model

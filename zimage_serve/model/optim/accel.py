@@ -3,6 +3,13 @@
 FP8 and CUDA graphs; for the VAE decoder compiled GroupNorm+SiLU pairs.
 
 Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
+
+Importing this module changes nothing in the process (tests/model/test_global_state.py checks the whole
+package). The compile cache is process state, so it is set up by one explicit call, :func:`compile_setup`,
+which :func:`accelerate` and :func:`accelerate_vae` make when they compile, before the first compile: it sets
+the environment variables TORCHINDUCTOR_CACHE_DIR (unless the user chose one), TORCHINDUCTOR_FX_GRAPH_CACHE
+and TORCHINDUCTOR_AUTOGRAD_CACHE (unless set), ``torch.compiler.config.job_id`` (unless set) and raises
+``torch._dynamo.config.cache_size_limit`` to at least 64. A process that never compiles never has them set.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import logging
 import os
 
 import torch
+
+from ...settings import environment
 
 log = logging.getLogger("zimage_serve")
 
@@ -22,10 +31,11 @@ def use_compile_cache(cache_dir: str) -> None:
     Also names the job for Dynamo's profile-guided dynamic shapes (kept in the same directory): the first
     process learns which dimensions vary (batch, caption length) by compiling twice; later ones read that
     and compile each graph once, dynamic from the start."""
+    # Inductor's internals only when a compile cache is set up
     try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    except ImportError:  # torch < 2.7
-        from torch._inductor.runtime.runtime_utils import default_cache_dir
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # (see above)
+    except ImportError:
+        from torch._inductor.runtime.runtime_utils import default_cache_dir  # torch < 2.7
 
     os.makedirs(cache_dir, exist_ok=True)
     # Importing torch._dynamo (diffusers does) sets TORCHINDUCTOR_CACHE_DIR to torch's default under /tmp, so
@@ -42,7 +52,7 @@ def use_compile_cache(cache_dir: str) -> None:
 def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
     """FP8 rowwise matmuls on the wide Linear layers of the repeated DiT blocks, where nearly all the
     FLOPs are (see fp8.py); embedders and the final layer stay bf16. Raises RuntimeError when the GPU can't."""
-    from .fp8 import quantize_linears, supported
+    from .fp8 import quantize_linears, supported  # only when FP8 is asked for
 
     why_not = supported()
     if why_not:
@@ -61,7 +71,7 @@ def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None, whole: bo
     Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
     Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of
     compiling on a request."""
-    from .lean_vae import GroupNormSiLU
+    from .lean_vae import GroupNormSiLU  # only when the VAE is compiled
 
     compile_setup(cache_dir)
     if whole:
@@ -80,9 +90,10 @@ def compiled_shapes_only():
 
 
 def compile_setup(cache_dir: str | None) -> None:
-    """The persistent compile cache (ZIMAGE_CACHE_DIR/compile by default) and room for a few shapes per graph."""
-    from ...settings import environment
+    """The persistent compile cache (ZIMAGE_CACHE_DIR/compile by default) and room for a few shapes per graph.
 
+    The one place that writes process-global compile state (this module's docstring lists it); call it
+    before the first ``torch.compile`` of the process. Idempotent."""
     use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
@@ -96,7 +107,7 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
     ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile."""
     applied = {}
     if fuse:
-        from .fusion import fuse_projections
+        from .fusion import fuse_projections  # only when fusing
 
         applied["fused_blocks"] = fuse_projections(transformer)
     if attention_backend:
@@ -109,7 +120,7 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"
     if cuda_graphs:
-        from .graphs import use_cuda_graphs
+        from .graphs import use_cuda_graphs  # only for CUDA graphs
 
         applied["cuda_graph_blocks"] = use_cuda_graphs(transformer)
     log.info("transformer speed-ups: %s", applied or "none")

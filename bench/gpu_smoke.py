@@ -1,0 +1,125 @@
+"""GPU smoke test of the layered package on the tiny checkpoint (minutes, not a benchmark): what the CPU test
+suite can't reach. The engine on CUDA with every speed-up the production plan applies (fused projections,
+regional compile, CUDA graphs, the compiled VAE norms; FP8 where the GPU has it) against stock diffusers on
+the same GPU, then the whole Serve app with a one-GPU generator replica over real HTTP.
+
+    python3 bench/gpu_smoke.py            # writes $OUT/gpu_smoke.json (or bench/results/gpu_smoke.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _engine_vs_stock(source) -> dict:
+    import numpy as np
+    import torch
+    from diffusers import ZImagePipeline
+
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.planner import Workload
+
+    out = {}
+    stock = ZImagePipeline.from_pretrained(source.path, dtype=torch.bfloat16).to("cuda")
+    stock.set_progress_bar_config(disable=True)
+    requests = [GenerationRequest("a lighthouse at dusk", seed=s, width=256, height=256) for s in (1, 2)]
+    reference = [np.asarray(stock(prompt=r.prompt, width=r.width, height=r.height, num_inference_steps=r.steps,
+                                  guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(r.seed)).images[0],
+                            dtype=np.int16) for r in requests]
+    plan = plan_for_this_machine(source, Workload(256, 256, 2))
+    for name, speedups in (("eager", None), ("production", {"compile": True, "fuse": True, "cuda_graphs": True}),
+                           ("fp8", {"compile": True, "fuse": True, "fp8": True})):
+        try:
+            t0 = time.perf_counter()
+            engine = Engine.load(source, plan, speedups=speedups)
+            engine.set_progress(False)
+            if speedups:
+                engine.warmup(256, 256, (1, 2))
+            load_s = time.perf_counter() - t0
+            embeds = engine.encode([r.prompt for r in requests])
+            result = engine.generate([Job.of(r, [e]) for r, e in zip(requests, embeds)])
+            diffs = [int(np.abs(np.asarray(i, dtype=np.int16) - ref).max()) for i, ref in zip(result.images, reference)]
+            out[name] = {"load_and_warmup_s": round(load_s, 1), "max_pixel_diff_vs_stock": diffs,
+                         "speedups": engine.speedups, "batch_sizes": result.batch_sizes, "gpu": engine.gpu_info()}
+            del engine
+            torch.cuda.empty_cache()
+        except Exception as e:  # report and go on: the table says which variant failed and why
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    return out
+
+
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 120):
+    """(status, headers, bytes) with the standard library (the GPU machine has no httpx)."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def _served(source) -> dict:
+    import base64
+
+    import ray
+    from ray import serve
+
+    from zimage_serve.app import build_app
+
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+    config = {"model": str(source.path), "default_size": "256x256", "max_side": 512,
+              "generator": {"num_gpus": 1, "plan_size": "256x256", "max_batch_size": 2},
+              "encoder": {"num_cpus": 1}}
+    t0 = time.perf_counter()
+    serve.run(build_app(config), name="smoke", route_prefix="/", blocking=False)
+    url, out = "http://127.0.0.1:8123", {}
+    status, ready = 0, b"{}"
+    while time.perf_counter() - t0 < 300:
+        try:
+            status, _, ready = _http("GET", f"{url}/readyz", timeout=10)
+            if status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    out["ready_s"] = round(time.perf_counter() - t0, 1)
+    ready = json.loads(ready)
+    out["readyz"] = {k: ready.get(k) for k in ("ready", "reason", "plan", "gpu", "speedups", "random_weights")}
+    status, headers, _ = _http("POST", f"{url}/generate", {"prompt": "a lighthouse", "seed": 3})
+    out["generate"] = {"status": status, "type": headers.get("content-type"), "server_timing": headers.get("server-timing")}
+    status, _, raw = _http("POST", f"{url}/v1/images/generations", {"prompt": "a tram", "n": 2, "seed": 5})
+    body = json.loads(raw)
+    out["images"] = {"status": status, "seeds": [d["seed"] for d in body.get("data", [])],
+                     "bytes": [len(base64.b64decode(d["b64_json"])) for d in body.get("data", [])]}
+    out["models"] = json.loads(_http("GET", f"{url}/v1/models")[2])
+    serve.shutdown()
+    ray.shutdown()
+    return out
+
+
+def main() -> int:
+    from zimage_serve.model.sources import resolve
+
+    source = resolve("tiny")
+    results = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    results["engine"] = _engine_vs_stock(source)
+    results["served"] = _served(source)
+    out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gpu_smoke.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

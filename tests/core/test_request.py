@@ -1,0 +1,49 @@
+"""GenerationRequest, the one typed request: the texts to encode, the split into images, what may share a batch."""
+
+import pickle
+
+import pytest
+
+from zimage_serve.core.request import GenerationRequest
+
+
+def test_texts_are_the_prompt_and_the_negative_prompt_only_when_guided():
+    plain = GenerationRequest("a fox", seed=1, negative_prompt="blurry")
+    assert plain.texts == ("a fox",) and not plain.guided
+    guided = plain.replace(guidance_scale=4.0)
+    assert guided.texts == ("a fox", "blurry") and guided.guided
+    assert GenerationRequest("a fox", seed=1, guidance_scale=2.0).texts == ("a fox", "")  # stock's default negative
+
+
+def test_images_split_n_with_consecutive_seeds_and_keep_everything_else():
+    request = GenerationRequest("a fox", seed=41, n=3, width=512, height=256, output_format="jpeg", quality=80)
+    images = request.images()
+    assert [i.seed for i in images] == [41, 42, 43] and all(i.n == 1 for i in images)
+    assert {(i.prompt, i.size, i.output_format, i.quality) for i in images} == {("a fox", "512x256", "jpeg", 80)}
+
+
+def test_batch_key_separates_what_cannot_share_a_transformer_batch():
+    base = GenerationRequest("a fox", seed=1)
+    assert base.batch_key == base.replace(prompt="a tram", seed=9, negative_prompt="x").batch_key
+    for change in ({"width": 512}, {"steps": 4}, {"guidance_scale": 1.5}, {"adapter": "ink"},
+                   {"init_image": b"png", "strength": 0.6}, {"control_image": b"png"}):
+        assert base.replace(**change).batch_key != base.batch_key, change
+
+
+@pytest.mark.parametrize("fields, mode", [({}, "text-to-image"), ({"init_image": b"x"}, "image-to-image"),
+                                          ({"init_image": b"x", "mask_image": b"m"}, "inpaint")])
+def test_mode_follows_the_images_given(fields, mode):
+    assert GenerationRequest("a fox", seed=1, **fields).mode == mode
+
+
+def test_modes_not_served_yet_are_named():
+    assert GenerationRequest("a fox", seed=1).unsupported() is None
+    assert GenerationRequest("a fox", seed=1, adapter="ink").unsupported() == "adapter"
+    assert GenerationRequest("a fox", seed=1, init_image=b"x").unsupported() == "init_image"
+
+
+def test_it_is_frozen_and_crosses_processes_intact():
+    request = GenerationRequest("a fox", seed=1, init_image=b"\x89PNG", enqueued_at=12.5)
+    with pytest.raises(AttributeError):
+        request.seed = 2
+    assert pickle.loads(pickle.dumps(request)) == request
