@@ -1,4 +1,11 @@
-"""Shared fixtures: the real tiny checkpoint (random weights, real classes), written once per session."""
+"""Shared fixtures: the real tiny checkpoint (random weights, real classes), written once per session.
+
+Two tiers: every test that starts Ray carries the ``ray`` marker, so ``python -m pytest -m "not ray"`` needs no
+Ray cluster. Tests that use the ``serve_cluster`` or ``app_url`` fixture (or one built on them) get the marker
+here, automatically (``pytest_collection_modifyitems``); a test that starts Ray in a subprocess of its own
+(``zimage-serve serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls
+``ray.init`` in this process fails, saying so (``_no_ray_unless_marked``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,31 @@ os.environ["ZIMAGE_CACHE_DIR"] = str(_CACHE)  # before anything reads the enviro
 os.environ.setdefault("ZIMAGE_DEVICE", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+RAY_FIXTURES = {"serve_cluster", "app_url"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_unless_marked(request, monkeypatch):
+    """The fast tier's guarantee, checked: a test not marked ``ray`` can't start (or join) a Ray cluster."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    import ray
+
+    def refused(*args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts Ray but is not marked ray: use the serve_cluster "
+                           "fixture, or @pytest.mark.ray for a subprocess that starts Ray")
+
+    monkeypatch.setattr(ray, "init", refused)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +98,19 @@ def cli():
     return run
 
 
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``zimage-serve ARGV`` in this process (no new interpreter to import torch again): its exit status (as
+    ``sys.exit(main())`` gives it), stdout and stderr."""
+    from zimage_serve.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's errors exit from inside the parser
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def free_port() -> int:
     import socket
 
@@ -76,12 +121,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def serve_cluster():
-    """A real local Ray cluster with Serve's HTTP proxy; 4 logical GPUs to exercise num_gpus placement."""
+    """A real local Ray cluster with Serve's HTTP proxy: the machine's real CPUs (the test apps' replicas
+    reserve a tenth of one each, so several apps fit on 2 cores), and 4 logical GPUs to exercise num_gpus
+    placement."""
     import ray
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=16, num_gpus=4, include_dashboard=False, logging_level="WARNING",
+    ray.init(num_cpus=os.cpu_count(), num_gpus=4, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
@@ -90,11 +137,13 @@ def serve_cluster():
 
 
 def tiny_app_config(tiny_path, **overrides) -> dict:
-    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching."""
+    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching; each
+    replica reserves 0.1 CPU (one torch thread), so several test apps fit on the machine's real CPUs."""
     config = {
         "model": str(tiny_path), "default_size": "64x64", "max_side": 256, "max_images": 4,
-        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1, "dtype": "float32"},
-        "generator": {"num_gpus": 0, "max_batch_size": 4, "batch_wait_timeout_s": 0.2, "plan_size": "256x256"},
+        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.1, "dtype": "float32"},
+        "generator": {"num_gpus": 0, "num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.2,
+                      "plan_size": "256x256"},
     }
     for key, value in overrides.items():
         if isinstance(value, dict):
@@ -118,6 +167,20 @@ def deploy(serve_cluster: str, name: str, config: dict, app=None) -> str:
 def app_url(serve_cluster, tiny_path):
     """The main test application (one logical GPU for its generator), deployed once under /main."""
     return deploy(serve_cluster, "main", tiny_app_config(tiny_path, generator={"num_gpus": 1}))
+
+
+@pytest.fixture(scope="session")
+def keyed_app(serve_cluster, tiny_path, tmp_path_factory):
+    """An app that needs API keys (two, in a keys file, new each session): its base URL and the keys."""
+    import secrets
+
+    keys = (f"secret-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(8)}")
+    path = tmp_path_factory.mktemp("keys") / "keys.txt"
+    path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")
+    yield deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(path))), keys
+    from ray import serve
+
+    serve.delete("secure")
 
 
 def job(embeds, seed: int, width: int = 1024, height: int = 1024, steps: int = 8, guidance_scale: float = 0.0,

@@ -55,21 +55,28 @@ def test_other_formats(app_url, fmt, media):
 
 
 def test_concurrent_requests_batch_and_keep_their_seeds(app_url, stock_pipe):
+    prompts = [f"concurrent prompt {i % 3}" for i in range(8)]  # 3 texts no other test sends
+    encoder = serve.get_deployment_handle("PromptEncoder", app_name="main")
+    before = encoder.info.remote().result()
+
     async def go():
         async with httpx.AsyncClient(timeout=120) as client:
             return await asyncio.gather(*(
-                client.post(f"{app_url}/generate", json={"prompt": f"prompt {i % 3}", "width": 64, "height": 64, "seed": 100 + i})
-                for i in range(8)))
+                client.post(f"{app_url}/generate", json={"prompt": p, "width": 64, "height": 64, "seed": 100 + i})
+                for i, p in enumerate(prompts)))
 
     responses = asyncio.run(go())
     assert all(r.status_code == 200 for r in responses)
     assert [int(r.headers["x-seed"]) for r in responses] == list(range(100, 108))
     for i in (0, 5):
-        assert max_pixel_diff(_png(responses[i].content), stock_image(stock_pipe, f"prompt {i % 3}", 100 + i, 64, 64)) <= 1
+        assert max_pixel_diff(_png(responses[i].content), stock_image(stock_pipe, prompts[i], 100 + i, 64, 64)) <= 1
     info = serve.get_deployment_handle("Generator", app_name="main").info.remote().result()
     assert max(info["batches"]) > 1
-    enc = serve.get_deployment_handle("PromptEncoder", app_name="main").info.remote().result()
-    assert max(enc["batches"]) > 1 or enc["hits"] > 0
+    # the encoder encodes each of the 3 texts once: 3 misses; the other 5 requests share an encoding (in
+    # flight or cached) as hits; its batches since hold exactly those 3 texts
+    after = encoder.info.remote().result()
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (3, 5)
+    assert sum(after["batches"][len(before["batches"]):]) == 3
 
 
 def test_embedding_cache_hits(app_url):
@@ -141,22 +148,19 @@ def test_unknown_route_and_method_use_the_error_shape(app_url):
     assert r.status_code == 405 and "error" in r.json()
 
 
-def test_api_keys(serve_cluster, tiny_path, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text("# ops\nsecret-one\nsecret-two\n")
-    url = deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(keys)))
+def test_api_keys(keyed_app):
+    url, (one, two) = keyed_app
     body = {"prompt": "x", "width": 64, "height": 64}
     assert httpx.post(f"{url}/generate", json=body, timeout=60).status_code == 401
     r = httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60)
     assert r.status_code == 401 and "secret" not in r.text and r.json()["error"]["type"] == "authentication_error"
-    assert httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer secret-two"}, timeout=60).status_code == 200
+    assert httpx.post(f"{url}/generate", json=body, headers={"Authorization": f"Bearer {two}"}, timeout=60).status_code == 200
     assert httpx.get(f"{url}/v1/models").status_code == 401
     assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/readyz", timeout=30).status_code == 200
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="secret-one")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=one)
     assert client.images.generate(prompt="x", size="64x64").data[0].b64_json
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{url}/v1", api_key="nope").images.generate(prompt="x", size="64x64")
-    serve.delete("secure")
 
 
 def test_full_queue_answers_503_with_retry_after(serve_cluster, tiny_path):

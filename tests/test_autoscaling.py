@@ -38,12 +38,13 @@ def test_generator_scales_up_under_load_and_back_down(serve_cluster, tiny_path):
             time.sleep(0.5)
         assert _running("auto") == 2, "no replica was added under load"
         handle = serve.get_deployment_handle("Generator", app_name="auto")
-        infos = {}
-        for _ in range(20):
+        infos = {}  # pid -> CUDA_VISIBLE_DEVICES, until both replicas have answered (the router picks one a call)
+        deadline = time.monotonic() + 60
+        while len(infos) < 2 and time.monotonic() < deadline:
             info = handle.info.remote().result()
             infos[info["pid"]] = info["cuda_visible_devices"]
-        if len(infos) == 2:  # both replicas answered: each has its own logical GPU
-            assert len(set(infos.values())) == 2
+        assert len(infos) == 2, infos
+        assert len(set(infos.values())) == 2 and None not in infos.values(), infos  # a logical GPU each
     finally:
         stop.set()
         for t in threads:

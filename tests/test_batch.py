@@ -12,7 +12,7 @@ from argparse import Namespace
 import pytest
 from PIL import Image
 
-from conftest import max_pixel_diff, stock_image
+from conftest import max_pixel_diff, run_cli, stock_image
 from zimage_serve.batch.job import encoder_cpus, run
 from zimage_serve.batch.stages import EncodeStage
 from zimage_serve.core.request import GenerationRequest
@@ -48,28 +48,6 @@ def _check_output(out, expected: int):
     return {m["id"]: m for m in manifest}
 
 
-def test_batch_generates_every_prompt_equal_to_stock_and_resumes(serve_cluster, tiny_path, tmp_path, stock_pipe):
-    prompts = tmp_path / "prompts.jsonl"
-    n = _prompts(prompts, 30)
-    out = tmp_path / "out"
-    assert run(_args(prompts, out)) == 0
-    manifest = _check_output(out, n)
-    m = manifest["img-003"]
-    assert (m["seed"], m["size"], m["steps"]) == (1003, "64x64", 8)
-    image = Image.open(out / m["file"]).convert("RGB")
-    assert max_pixel_diff(image, stock_image(stock_pipe, "prompt number 3", 1003, 64, 64)) <= 1
-    assert manifest["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
-    assert not (tmp_path / "escape.png").exists()
-    # a rerun does nothing; a longer file does only the new lines
-    before = (out / "manifest.jsonl").read_text()
-    assert run(_args(prompts, out)) == 0
-    assert (out / "manifest.jsonl").read_text() == before
-    with open(prompts, "a") as f:
-        f.write(json.dumps({"id": "late", "prompt": "a late prompt", "size": "64x64"}) + "\n")
-    assert run(_args(prompts, out)) == 0
-    assert set(_check_output(out, n + 1)) == set(manifest) | {"late"}
-
-
 def test_plain_text_prompts_get_line_number_ids(tmp_path):
     p = tmp_path / "p.txt"
     p.write_text("a cat\n\na dog\n")
@@ -96,13 +74,13 @@ def test_bad_prompt_files_are_rejected_with_line_numbers(tmp_path, content, mess
     assert message in str(e.value)
 
 
-def test_bad_file_exits_nonzero_before_any_model_loads(cli, tmp_path):
+def test_bad_file_exits_nonzero_before_any_model_loads(capsys, tmp_path):
+    """In this process, not marked ray: a job that started Ray here would fail the test (conftest.py)."""
     p = tmp_path / "bad.jsonl"
     p.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n{"id": "b", "prompt": "z", "size": "7x7"}\n')
-    t0 = time.monotonic()
-    r = cli("batch", "--prompts", str(p), "--out", str(tmp_path / "out"))
-    assert r.returncode == 2 and time.monotonic() - t0 < 30
-    assert "line 2: duplicate id" in r.stderr and "line 3: size" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = run_cli(capsys, "batch", "--prompts", str(p), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "line 2: duplicate id" in err and "line 3: size" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
     with pytest.raises(ZImageError, match="--gpus"):
         ok = tmp_path / "ok.txt"
@@ -110,7 +88,10 @@ def test_bad_file_exits_nonzero_before_any_model_loads(cli, tmp_path):
         run(Namespace(**{**vars(_args(ok, tmp_path / "o")), "gpus": "x"}))
 
 
-def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id(tmp_path):
+@pytest.mark.ray  # the job starts its own Ray, in the process it runs in
+def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_stock(tmp_path, stock_pipe, capsys):
+    """The job as a user runs it: killed midway; rerun, with a line added meanwhile, it does the rest and the new
+    line, keeping what was done; a third run has nothing to do."""
     prompts = tmp_path / "prompts.jsonl"
     n = _prompts(prompts, 40, size="256x256")
     out = tmp_path / "out"
@@ -126,15 +107,40 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id(tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(manifest.read_text().splitlines())
+    lines = manifest.read_text().splitlines()
+    done = len(lines)
     assert 0 < done < n, "the run was not killed midway"
+    first_run = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the kill may have torn the last line
+            continue
+        first_run[entry["id"]] = entry
     with open(manifest, "a") as f:
         f.write('{"id": "img-000", "prompt": "torn')  # a torn last line, as a kill during a write leaves
     (out / ".tmp-deadbeef-img-999.png").write_bytes(b"partial")
+    with open(prompts, "a") as f:  # the file grew meanwhile
+        f.write(json.dumps({"id": "late", "prompt": "a late prompt", "seed": 9, "size": "64x64"}) + "\n")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{n - done} to generate" in r.stderr or f"{n - done + 1} to generate" in r.stderr
-    _check_output(out, n)
+    assert f"{n + 1 - len(first_run)} to generate" in r.stderr, r.stderr[-2000:]
+    after = _check_output(out, n + 1)
+    assert {k: after[k] for k in first_run} == first_run  # what the killed run finished was kept, not redone
+    m = after["img-003"]
+    assert (m["seed"], m["size"], m["steps"]) == (1003, "256x256", 20)
+    image = Image.open(out / m["file"]).convert("RGB")
+    assert max_pixel_diff(image, stock_image(stock_pipe, "prompt number 3", 1003, 256, 256, steps=20)) <= 1
+    late = Image.open(out / after["late"]["file"]).convert("RGB")
+    assert max_pixel_diff(late, stock_image(stock_pipe, "a late prompt", 9, 64, 64, steps=20)) <= 1
+    assert after["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
+    assert not (tmp_path / "escape.png").exists()
+    # a third run has nothing to do: it says so and returns before starting Ray (here, in this process)
+    before = manifest.read_text()
+    capsys.readouterr()
+    assert run(Namespace(**{**vars(_args(prompts, out)), "steps": 20})) == 0
+    assert f"{n + 1} prompts: {n + 1} already done in {out}, 0 to generate" in capsys.readouterr().err
+    assert manifest.read_text() == before
 
 
 def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():

@@ -1,9 +1,10 @@
-"""The CLI as a user runs it: a real process, the real tiny checkpoint."""
+"""The CLI: one real process as a user runs it (generate, and one refused argument), the rest in-process
+through ``zimage_serve.cli.main`` (each new process re-imports torch and diffusers: seconds a case)."""
 
 import pytest
 from PIL import Image
 
-from conftest import max_pixel_diff, stock_image
+from conftest import max_pixel_diff, run_cli, stock_image
 
 
 def test_generate_writes_the_stock_image(cli, tmp_path, stock_pipe):
@@ -17,6 +18,14 @@ def test_generate_writes_the_stock_image(cli, tmp_path, stock_pipe):
     assert max_pixel_diff(image.convert("RGB"), stock_image(stock_pipe, "a cat", 5, 64, 96)) <= 1
 
 
+def test_a_bad_argument_in_a_real_process_is_one_line_and_exit_2(cli):
+    """The whole process's stderr (imports, logging set-up and all) is the one line."""
+    r = cli("generate", "--prompt", "x", "--model", "/no/such/model")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "neither a local directory nor a hub id" in r.stderr
+    assert r.stdout == ""
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prompt", ""], "prompt must not be empty"),
     (["--prompt", "x", "--size", "100x100"], "multiple of 16"),
@@ -27,28 +36,32 @@ def test_generate_writes_the_stock_image(cli, tmp_path, stock_pipe):
     (["--prompt", "x", "--out", "x.gif"], "--out must end in"),
     ([], "the following arguments are required: --prompt"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(cli, args, message):
-    r = cli("generate", *args)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+def test_bad_arguments_give_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run_cli(capsys, "generate", *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
+    assert "Traceback" not in err and out == ""
 
 
-def test_plan_for_a_16_gib_card_fits(cli):
-    r = cli("plan", "--vram", "16GiB")
-    assert r.returncode == 0, r.stderr
-    assert "plan: resident on cuda" in r.stdout and "official Z-Image-Turbo config" in r.stdout
-    r = cli("plan", "--vram", "4GiB", "--policy", "resident")
-    assert r.returncode == 2 and "no resident plan fits 4.00 GiB" in r.stderr
+def test_plan_for_a_16_gib_card_fits(capsys):
+    code, out, err = run_cli(capsys, "plan", "--vram", "16GiB")
+    assert code == 0, err
+    assert "plan: resident on cuda" in out and "official Z-Image-Turbo config" in out
+    code, out, err = run_cli(capsys, "plan", "--vram", "4GiB", "--policy", "resident")
+    assert code == 2 and "no resident plan fits 4.00 GiB" in err and len(err.strip().splitlines()) == 1
 
 
-def test_plan_of_a_local_checkpoint_reads_its_headers(cli, tiny_path):
-    r = cli("plan", "--model", str(tiny_path), "--vram", "8GiB", "--size", "512x512", "--json")
-    assert r.returncode == 0, r.stderr
-    assert '"kind": "resident"' in r.stdout and "safetensors headers" in r.stdout
+def test_plan_of_a_local_checkpoint_reads_its_headers(capsys, tiny_path):
+    code, out, err = run_cli(capsys, "plan", "--model", str(tiny_path), "--vram", "8GiB", "--size", "512x512", "--json")
+    assert code == 0, err
+    assert '"kind": "resident"' in out and "safetensors headers" in out
 
 
-def test_make_tiny(cli, tmp_path):
-    r = cli("make-tiny", str(tmp_path / "t"))
-    assert r.returncode == 0 and (tmp_path / "t" / "model_index.json").exists()
+def test_make_tiny(capsys, tmp_path, tiny_path):
+    code, out, err = run_cli(capsys, "make-tiny", str(tmp_path / "t"))
+    assert code == 0, err
+    assert out.startswith("wrote a tiny Z-Image checkpoint with random test weights to ")
+    written = sorted(p.relative_to(tmp_path / "t") for p in (tmp_path / "t").rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(tiny_path) for p in tiny_path.rglob("*") if p.is_file())  # the hub layout
+    assert (tmp_path / "t" / "model_index.json").read_text() == (tiny_path / "model_index.json").read_text()

@@ -30,7 +30,24 @@ def test_serve_config_args_build_the_app_with_one_gpu_per_generator():
     config = AppConfig.model_validate(args)
     assert config.generator.num_gpus == 1 and config.model == "Tongyi-MAI/Z-Image-Turbo"
     assert config.generator.autoscaling.max_replicas > config.generator.autoscaling.min_replicas
-    assert build_app(args) is not None
+    # the bound application (Ray's Application keeps its deployment in _bound_deployment): the ingress bound
+    # to the encoder and the generator, each with the Serve options the file gives, all three with the config
+    ingress = build_app(args)._bound_deployment
+    encoder_app, generator_app, raw = ingress.init_args
+    encoder, generator = encoder_app._bound_deployment, generator_app._bound_deployment
+    assert (ingress.name, encoder.name, generator.name) == ("Ingress", "PromptEncoder", "Generator")
+    assert ingress.ray_actor_options == {"num_cpus": 0}
+    assert raw == config.model_dump() and encoder.init_args == (raw,) and generator.init_args == (raw,)
+    gen, enc = args["generator"], args["encoder"]
+    assert generator.ray_actor_options == {"num_cpus": gen["num_cpus"], "num_gpus": 1}
+    assert encoder.ray_actor_options == {"num_cpus": enc["num_cpus"]}
+    for deployment, options in ((generator, gen), (encoder, enc)):
+        scaling = deployment._deployment_config.autoscaling_config
+        assert (scaling.min_replicas, scaling.max_replicas) == (options["autoscaling"]["min_replicas"],
+                                                                options["autoscaling"]["max_replicas"])
+        assert scaling.target_ongoing_requests == options["autoscaling"]["target_ongoing_requests"]
+    assert generator.max_ongoing_requests == gen["max_ongoing_requests"]
+    assert generator._deployment_config.max_queued_requests == gen["max_queued_requests"]
 
 
 def test_unknown_fields_are_refused_and_every_field_is_described():

@@ -29,9 +29,28 @@ def test_equal_to_the_pipelines_encode_prompt(encoder, stock_pipe):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_pads_to_longest_not_512(encoder):
-    batch = encoder.tokenizer([encoder._chat(p) for p in PROMPTS[:2]], padding="longest", return_tensors="pt")
-    assert batch.input_ids.shape[1] == max(encoder.count_tokens(p) for p in PROMPTS[:2]) < 512
+def _input_shapes(model, run):
+    """The input_ids shapes ``model`` is called with while ``run()`` runs, and what it returns."""
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        return shapes, run()
+    finally:
+        hook.remove()
+
+
+def test_batch_pads_to_longest_not_512(encoder, stock_pipe):
+    prompts = PROMPTS[:2]
+    tokens = [encoder.count_tokens(p) for p in prompts]
+    shapes, ours = _input_shapes(encoder.model, lambda: encoder.encode(list(prompts)))
+    assert shapes == [(2, max(tokens))] and max(tokens) < 512  # one forward pass, as long as the longest prompt
+    stock_shapes, (ref, _) = _input_shapes(stock_pipe.text_encoder, lambda: stock_pipe.encode_prompt(
+        list(prompts), device="cpu", do_classifier_free_guidance=False))
+    assert stock_shapes == [(2, 512)]  # stock pads every prompt to max_sequence_length
+    assert [a.shape[0] for a in ours] == [b.shape[0] for b in ref] == tokens
+    for a, b in zip(ours, ref):  # the same embeddings all the same
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_alone_equals_in_batch(encoder):

@@ -27,7 +27,8 @@ def fault_url(serve_cluster, tiny_path):
     from zimage_serve.testing.faults import build_app_with_ooms
 
     config = tiny_app_config(tiny_path, cors_origins=["https://app.example"], generator={"max_batch_size": 1})
-    return deploy(serve_cluster, "faults", config, app=build_app_with_ooms(config, ooms=3))
+    yield deploy(serve_cluster, "faults", config, app=build_app_with_ooms(config, ooms=3))
+    serve.delete("faults")
 
 
 def test_injected_oom_is_retried_then_503_and_the_replica_stays_healthy(fault_url):
@@ -60,10 +61,16 @@ def _load(url, stop, codes, errors):
                 errors.append(repr(e))
 
 
+@pytest.fixture(scope="module")
+def kill_url(serve_cluster, tiny_path):
+    """One app for both kills: each case waits until Serve has replaced the replica it killed."""
+    yield deploy(serve_cluster, "kill", tiny_app_config(tiny_path))
+    serve.delete("kill")
+
+
 @pytest.mark.parametrize("deployment", ["Generator", "PromptEncoder"])
-def test_killing_a_replica_under_load_loses_nothing(serve_cluster, tiny_path, deployment):
-    app = f"kill{deployment.lower()}"
-    url = deploy(serve_cluster, app, tiny_app_config(tiny_path))
+def test_killing_a_replica_under_load_loses_nothing(kill_url, deployment):
+    app, url = "kill", kill_url
     handle = serve.get_deployment_handle(deployment, app_name=app)
     pid = handle.info.remote().result()["pid"]
     stop, codes, errors = threading.Event(), [], []
@@ -91,7 +98,6 @@ def test_killing_a_replica_under_load_loses_nothing(serve_cluster, tiny_path, de
     assert not errors, errors[:3]
     assert set(codes) <= {200, 503}, set(codes)  # retried once, or a clean 503; never a 500
     assert codes[before:].count(200) > 0
-    serve.delete(app)
 
 
 def test_a_model_that_cannot_load_keeps_the_app_not_ready_with_the_reason(serve_cluster, tiny_path):
@@ -105,12 +111,33 @@ def test_a_model_that_cannot_load_keeps_the_app_not_ready_with_the_reason(serve_
     serve.delete("broken")
 
 
-def test_api_keys_never_reach_the_logs(serve_cluster):
+def test_api_keys_never_reach_the_logs(keyed_app):
+    """Its own app with keys (the keyed_app fixture): a good key (header and OpenAI client), a wrong one and
+    a refused request, then every file of the Ray session's logs, serve/ included, is searched for them."""
+    import openai
     import ray
 
+    url, keys = keyed_app
+    wrong = keys[0][::-1]  # a near miss, as a user's mistyped key: logged no more than the real ones
+    good = {"Authorization": f"Bearer {keys[0]}"}
+    assert httpx.post(f"{url}/generate", json=BODY, headers=good, timeout=60).status_code == 200
+    assert httpx.post(f"{url}/generate", json={"prompt": ""}, headers=good, timeout=60).status_code == 400
+    r = httpx.post(f"{url}/generate", json=BODY, headers={"Authorization": f"Bearer {wrong}"}, timeout=60)
+    assert r.status_code == 401
+    assert openai.OpenAI(base_url=f"{url}/v1", api_key=keys[1]).images.generate(prompt="x", size="64x64").data[0].b64_json
     logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
-    leaked = [p.name for p in logs.glob("*") if p.is_file() and b"secret-one" in p.read_bytes()]
-    assert not leaked
+    route = f"POST /{url.rsplit('/', 1)[1]}/generate"
+    deadline = time.monotonic() + 30
+    while True:  # the requests' own access-log lines have reached the files: the logs they could leak to
+        files = [p for p in logs.rglob("*") if p.is_file()]
+        access = b"".join(p.read_bytes() for p in files if p.parent.name == "serve" and "_Ingress_" in p.name)
+        if all(f"{route} {code}".encode() in access for code in (200, 400, 401)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert all(f"{route} {code}".encode() in access for code in (200, 400, 401)), "the requests were not logged"
+    leaked = {key: [str(p.relative_to(logs)) for p in files if key.encode() in p.read_bytes()]
+              for key in (*keys, wrong)}
+    assert leaked == {key: [] for key in (*keys, wrong)}
 
 
 # ---- property tests of request validation (no HTTP: the plain service class) ----------------
@@ -146,13 +173,20 @@ def test_validation_gives_params_within_bounds_or_a_400(body):
         assert request.prompt.strip() and "\x00" not in request.prompt
 
 
-@pytest.mark.parametrize("prompt", ["\x00bad", "\u202e\u200b" * 10, "a" * 100_000, "emoji 🎨" * 100])
-def test_hostile_prompts(prompt):
-    body = {"prompt": prompt}
-    try:
-        assert SERVICE.request_from_images(body).prompt == prompt
-    except InvalidInput as e:
-        assert e.param == "prompt"
+@pytest.mark.parametrize("prompt, refused", [
+    ("\x00bad", "prompt contains a NUL character"),
+    ("a" * 100_000, "prompt is 100000 characters; the limit is 10000"),  # over max_prompt_chars
+    ("\u202e\u200b" * 10, None),  # RTL override and zero-width space: text, kept as sent
+    ("emoji 🎨" * 100, None),
+])
+def test_hostile_prompts(prompt, refused):
+    for parse in (SERVICE.request_from_images, SERVICE.request_from_generate):
+        if refused is None:
+            assert parse({"prompt": prompt}).prompt == prompt
+        else:
+            with pytest.raises(InvalidInput) as e:
+                parse({"prompt": prompt})
+            assert e.value.param == "prompt" and str(e.value) == refused
 
 
 def test_a_replica_death_wrapped_by_serve_is_retried():

@@ -106,3 +106,13 @@ def test_no_field_of_the_config_is_about_faults():
     about_faults = re.compile(r"(^|[^a-z])(inject|fault)", re.I)  # not "default"
     suspicious = [n for n, d in found if about_faults.search(n) or about_faults.search(d)]
     assert not suspicious, suspicious
+
+
+def test_defaults_the_bounds_would_refuse_are_config_errors():
+    """A config whose default steps exceed max_steps, or whose body cap can't hold the longest prompts the schema
+    allows, would refuse schema-valid requests: it is refused when deployed instead."""
+    with pytest.raises(ValueError, match="default_steps must be <= max_steps"):
+        AppConfig(default_steps=60, max_steps=50)
+    with pytest.raises(ValueError, match="max_body_bytes must be at least"):
+        AppConfig(max_prompt_chars=100_000, max_body_bytes=1_000_000)
+    assert AppConfig().max_body_bytes >= 24 * AppConfig().max_prompt_chars

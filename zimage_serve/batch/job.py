@@ -99,6 +99,7 @@ def run(args) -> int:
     if not todo:
         return 0
 
+    # Ray and the resolver only when the job runs: the CLI imports this module for its options
     import ray
     from tqdm import tqdm
 

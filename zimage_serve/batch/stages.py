@@ -14,6 +14,7 @@ import hashlib
 import time
 
 import numpy as np
+from PIL import Image
 
 from ..core.formats import image_format
 from .output import OutputDir, write_atomic
@@ -73,7 +74,7 @@ class GenerateStage:
         self.engine.set_progress(False)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
+        import torch  # in the GPU actor, as in __init__
 
         from ..model.engine import Job
 
@@ -96,9 +97,7 @@ class WriteStage:
         self.png_workers = png_workers  # PNG threads: the writer reserves no CPUs (job.py), so one by default
 
     def __call__(self, batch: dict) -> dict:
-        from PIL import Image
-
-        from ..model.imaging import encode_image
+        from ..model.imaging import encode_image  # model/ in the writer actor only
 
         rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds")}
         for rid, stem, request, pixels, seconds in zip(batch["id"], batch["stem"], batch["request"], batch["pixels"],

@@ -143,7 +143,7 @@ class Generator:
         return result
 
     def _encode_image(self, image, request: GenerationRequest) -> bytes:
-        from ..model.imaging import encode_image
+        from ..model.imaging import encode_image  # model/ in the replica only
 
         # PNG bands on the CPUs this replica reserved (generator.num_cpus), at least one
         return encode_image(image, request.output_format, self.config.png_compress_level, request.quality,

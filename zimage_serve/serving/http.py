@@ -20,6 +20,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
@@ -271,8 +272,6 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
         return JSONResponse(info, status_code=200 if ready else 503)
 
     if config.cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
     app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes)

@@ -123,7 +123,7 @@ BANDED_MODULES = (_BandedConv2d, _BandedUpsample)
 
 def lean_decoder(vae: nn.Module, band_elements: int = BAND_ELEMENTS) -> dict:
     """Rewrite ``vae.decoder`` in place for inference; returns what changed."""
-    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.resnet import ResnetBlock2D  # diffusers where a VAE is loaded (not in the encoder replica)
 
     decoder = vae.decoder
     changed = {"group_norm_silu": 0, "banded_upsamplers": 0, "banded_convs": 0}
