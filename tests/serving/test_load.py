@@ -8,7 +8,7 @@ from ray import serve
 
 from conftest import deploy, tiny_app_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from loadtest import drive  # noqa: E402
 
 

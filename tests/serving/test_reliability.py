@@ -187,21 +187,3 @@ def test_hostile_prompts(prompt, refused):
             with pytest.raises(InvalidInput) as e:
                 parse({"prompt": prompt})
             assert e.value.param == "prompt" and str(e.value) == refused
-
-
-def test_a_replica_death_wrapped_by_serve_is_retried():
-    """Serve's router wraps an encoder's death seen by the generator in a RayServeException (its cause)."""
-    import ray.exceptions as rex
-    from ray.serve.exceptions import RayServeException
-
-    from zimage_serve.serving.ingress import retryable as _retryable
-
-    try:
-        try:
-            raise rex.ActorDiedError()
-        except rex.ActorDiedError as cause:
-            raise RayServeException("an upstream actor died before finishing a dependent task") from cause
-    except RayServeException as e:
-        wrapped = e
-    assert _retryable(wrapped) and _retryable(rex.ActorDiedError())
-    assert not _retryable(RayServeException("bad request")) and not _retryable(ValueError("x"))

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # Imports diffusers first, as Engine.load does (torch._dynamo then points TORCHINDUCTOR_CACHE_DIR at /tmp),
 # then compiles a small block for three input shapes, as a replica's warm-up does.
 _REPLICA = """
@@ -40,18 +42,28 @@ def _replica(cache_dir, **env) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_the_compile_cache_lands_where_asked_and_a_second_replica_compiles_once(tmp_path):
-    cache = tmp_path / "compile"
-    first = _replica(cache)
+@pytest.fixture(scope="module")
+def first_replica(tmp_path_factory):
+    """The first replica to start, with a fresh cache directory: (its directory, what it reported)."""
+    cache = tmp_path_factory.mktemp("accel") / "compile"
+    return cache, _replica(cache)
+
+
+def test_the_compile_cache_lands_where_asked(first_replica):
+    cache, first = first_replica
     assert first["cache_dir"] == str(cache)
     assert (cache / "fxgraph").is_dir() and any((cache / "dynamo").glob("code_state_zimage-serve*.pkl"))
     assert first["graphs"] == 3  # static, then dynamic tokens, then dynamic batch
+
+
+def test_a_cache_dir_the_user_named_is_kept_and_a_second_replica_compiles_once(first_replica, tmp_path):
+    """The second replica: its user named the first one's directory (TORCHINDUCTOR_CACHE_DIR), and
+    use_compile_cache is given another. It keeps the user's, and reads what the first replica left there."""
+    cache, _ = first_replica
+    ours = tmp_path / "ours"
+    second = _replica(ours, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    assert second["cache_dir"] == str(cache)
+    assert not (ours / "fxgraph").exists() and not (ours / "dynamo").exists()
     # The recorded profile makes the token dimension dynamic from the start; a batch of 1 is still
     # compiled apart (Dynamo specializes sizes of 1), so one graph fewer
-    assert _replica(cache)["graphs"] == 2
-
-
-def test_a_cache_dir_the_user_named_is_kept(tmp_path):
-    mine = tmp_path / "mine"
-    assert _replica(tmp_path / "ours", TORCHINDUCTOR_CACHE_DIR=str(mine))["cache_dir"] == str(mine)
-    assert (mine / "fxgraph").is_dir() and not (tmp_path / "ours" / "fxgraph").exists()
+    assert second["graphs"] == 2

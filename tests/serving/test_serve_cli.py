@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from conftest import free_port, run_cli
+from test_startup_output import lines_of, message, repeated
 
 
 @pytest.mark.ray  # its own Ray, in the process it starts
@@ -34,11 +35,23 @@ def test_serve_command_serves_then_shuts_down_cleanly(tiny_path, tmp_path):
                        timeout=120)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert httpx.get(f"{url}/readyz", timeout=10).json()["random_weights"] is True
+        models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+        assert [(m["id"], m["random_weights"]) for m in models] == [("z-image-tiny-random", True)]  # says what is served
+        assert httpx.get(f"{url}/nope", timeout=10).status_code == 404
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         output = open(tmp_path / "serve.log").read()
         assert "curl" in output and "shutting down" in output
         assert "random test weights" in output
+        # a clean start and stop: what a user needs, nothing twice, none of Ray's noise
+        assert "http_options" not in output and "will not be applied" not in output
+        assert "graceful_shutdown failed" not in output and "(raylet)" not in output
+        assert "Cannot deregister autoscaling state" not in output
+        assert "should be kept in float32" not in output and "Loading weights" not in output
+        assert "GET /nope 404" in output and " GET / 404" not in output  # the access log names the path asked
+        assert sum(message(line).startswith("plan: ") for line in lines_of(output)) == 1
+        assert output.count("serving the embedded tiny checkpoint") == 1
+        assert not {m for m in repeated(output) if "Failed to get queue length" not in m}, repeated(output)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
