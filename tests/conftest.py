@@ -167,6 +167,14 @@ def deploy(serve_cluster: str, name: str, config: dict, app=None) -> str:
     return f"{serve_cluster}/{name}"
 
 
+def undeploy(name: str) -> None:
+    """Delete a test app without waiting for its replicas to stop (each delete waited 2-3 s for Serve's
+    graceful-shutdown loop): their CPUs and logical GPUs come back while the next test runs."""
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+
+
 @pytest.fixture(scope="session")
 def app_url(serve_cluster, tiny_path):
     """The main test application (one logical GPU for its generator), deployed once under /main."""
@@ -182,9 +190,7 @@ def keyed_app(serve_cluster, tiny_path, tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys.txt"
     path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")
     yield deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(path))), keys
-    from ray import serve
-
-    serve.delete("secure")
+    undeploy("secure")
 
 
 def job(embeds, seed: int, width: int = 1024, height: int = 1024, steps: int = 8, guidance_scale: float = 0.0,

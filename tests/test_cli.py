@@ -7,12 +7,15 @@ from PIL import Image
 from conftest import max_pixel_diff, run_cli, stock_image
 
 
-def test_generate_writes_the_stock_image(cli, tmp_path, stock_pipe):
+def test_generate_writes_the_stock_image(capsys, caplog, tmp_path, stock_pipe):
+    """In this process (a real process's whole output is tests/test_startup_output.py's)."""
     out = tmp_path / "cat.png"
-    r = cli("generate", "--prompt", "a cat", "--model", "tiny", "--size", "64x96", "--seed", "5", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "random test weights" in r.stdout and "seed 5" in r.stdout
-    assert "plan: cpu" in r.stderr  # the plan is shown at start
+    caplog.set_level("INFO", logger="zimage_serve")
+    code, stdout, stderr = run_cli(capsys, "generate", "--prompt", "a cat", "--model", "tiny", "--size", "64x96",
+                                   "--seed", "5", "--out", str(out))
+    assert code == 0, stderr
+    assert "random test weights" in stdout and "seed 5" in stdout
+    assert "plan: cpu" in caplog.text  # the plan is shown at start
     image = Image.open(out)
     assert image.size == (64, 96)
     assert max_pixel_diff(image.convert("RGB"), stock_image(stock_pipe, "a cat", 5, 64, 96)) <= 1

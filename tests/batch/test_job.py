@@ -93,10 +93,10 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_st
     """The job as a user runs it: killed midway; rerun, with a line added meanwhile, it does the rest and the new
     line, keeping what was done; a third run has nothing to do."""
     prompts = tmp_path / "prompts.jsonl"
-    n = _prompts(prompts, 40, size="256x256")
+    n = _prompts(prompts, 24, size="128x128")  # at least 9 GPU batches left when killed: ample time
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "zimage_serve.batch", "--prompts", str(prompts), "--out", str(out), "--model", "tiny",
-           "--batch-size", "2", "--gpus", "1", "--steps", "20"]
+           "--batch-size", "2", "--gpus", "1", "--steps", "6"]
     env = dict(os.environ, RAY_ADDRESS="")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     manifest = out / "manifest.jsonl"
@@ -128,17 +128,17 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_st
     after = _check_output(out, n + 1)
     assert {k: after[k] for k in first_run} == first_run  # what the killed run finished was kept, not redone
     m = after["img-003"]
-    assert (m["seed"], m["size"], m["steps"]) == (1003, "256x256", 20)
+    assert (m["seed"], m["size"], m["steps"]) == (1003, "128x128", 6)
     image = Image.open(out / m["file"]).convert("RGB")
-    assert max_pixel_diff(image, stock_image(stock_pipe, "prompt number 3", 1003, 256, 256, steps=20)) <= 1
+    assert max_pixel_diff(image, stock_image(stock_pipe, "prompt number 3", 1003, 128, 128, steps=6)) <= 1
     late = Image.open(out / after["late"]["file"]).convert("RGB")
-    assert max_pixel_diff(late, stock_image(stock_pipe, "a late prompt", 9, 64, 64, steps=20)) <= 1
+    assert max_pixel_diff(late, stock_image(stock_pipe, "a late prompt", 9, 64, 64, steps=6)) <= 1
     assert after["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
     assert not (tmp_path / "escape.png").exists()
     # a third run has nothing to do: it says so and returns before starting Ray (here, in this process)
     before = manifest.read_text()
     capsys.readouterr()
-    assert run(Namespace(**{**vars(_args(prompts, out)), "steps": 20})) == 0
+    assert run(Namespace(**{**vars(_args(prompts, out)), "steps": 6})) == 0
     assert f"{n + 1} prompts: {n + 1} already done in {out}, 0 to generate" in capsys.readouterr().err
     assert manifest.read_text() == before
 

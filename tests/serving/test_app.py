@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config
+from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config, undeploy
 
 
 
@@ -179,7 +179,7 @@ def test_full_queue_answers_503_with_retry_after(serve_cluster, tiny_path):
     for r in responses:
         if r.status_code == 503:
             assert r.headers["retry-after"].isdigit() and r.json()["error"]["code"] == "queue_full"
-    serve.delete("small")
+    undeploy("small")
 
 
 def test_metrics_reach_rays_prometheus_endpoint(app_url):
@@ -218,7 +218,7 @@ def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_
     after = generator.info.remote().result()
     batches = len(after["batches"]) - len(before["batches"])  # the three images' batches: one prompt each
     assert after["prompts_encoded"] - before["prompts_encoded"] == batches <= 3
-    serve.delete("selfencode")
+    undeploy("selfencode")
 
 
 def test_a_generator_without_text_encoder_refuses_a_bare_prompt_by_name(app_url):

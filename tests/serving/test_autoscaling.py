@@ -6,7 +6,7 @@ import time
 import httpx
 from ray import serve
 
-from conftest import deploy, tiny_app_config
+from conftest import deploy, tiny_app_config, undeploy
 
 
 def _running(app: str) -> int:
@@ -54,4 +54,4 @@ def test_generator_scales_up_under_load_and_back_down(serve_cluster, tiny_path):
     while _running("auto") > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _running("auto") == 1, "the extra replica was not removed after the load"
-    serve.delete("auto")
+    undeploy("auto")

@@ -4,9 +4,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ray import serve
-
-from conftest import deploy, tiny_app_config
+from conftest import deploy, tiny_app_config, undeploy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from loadtest import drive  # noqa: E402
@@ -19,7 +17,7 @@ def test_bounded_queue_answers_every_request_with_200_or_503(serve_cluster, tiny
     assert s["answered"] == 300 and s["connection_errors"] == 0, s
     assert set(map(int, s["by_status"])) <= {200, 503} and s["by_status"].get(200, 0) > 0, s["by_status"]
     assert sum(s["by_status"].values()) == 300 and s["bad_images"] == 0 and s["retry_after_missing"] == 0
-    serve.delete("ciload")
+    undeploy("ciload")
 
 
 def test_unbounded_queue_with_timeout_never_hangs_past_it(serve_cluster, tiny_path):
@@ -29,4 +27,4 @@ def test_unbounded_queue_with_timeout_never_hangs_past_it(serve_cluster, tiny_pa
     assert s["answered"] == 150 and s["connection_errors"] == 0, s
     assert set(map(int, s["by_status"])) <= {200, 504}, s["by_status"]
     assert s["latency_all_s"]["max"] <= 3 + 2, s["latency_all_s"]
-    serve.delete("ciload2")
+    undeploy("ciload2")

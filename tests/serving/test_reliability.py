@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ray import serve
 
-from conftest import deploy, tiny_app_config
+from conftest import deploy, tiny_app_config, undeploy
 from zimage_serve.settings import AppConfig
 from zimage_serve.core.errors import InvalidInput
 from zimage_serve.serving.service import ImageService
@@ -28,7 +28,7 @@ def fault_url(serve_cluster, tiny_path):
 
     config = tiny_app_config(tiny_path, cors_origins=["https://app.example"], generator={"max_batch_size": 1})
     yield deploy(serve_cluster, "faults", config, app=build_app_with_ooms(config, ooms=3))
-    serve.delete("faults")
+    undeploy("faults")
 
 
 def test_injected_oom_is_retried_then_503_and_the_replica_stays_healthy(fault_url):
@@ -65,7 +65,7 @@ def _load(url, stop, codes, errors):
 def kill_url(serve_cluster, tiny_path):
     """One app for both kills: each case waits until Serve has replaced the replica it killed."""
     yield deploy(serve_cluster, "kill", tiny_app_config(tiny_path))
-    serve.delete("kill")
+    undeploy("kill")
 
 
 @pytest.mark.parametrize("deployment", ["Generator", "PromptEncoder"])
@@ -108,7 +108,7 @@ def test_a_model_that_cannot_load_keeps_the_app_not_ready_with_the_reason(serve_
     r = httpx.post(f"{url}/generate", json=BODY, timeout=60)
     assert r.status_code == 503 and "not loaded" in r.json()["error"]["message"]
     assert httpx.get(f"{url}/healthz").status_code == 200
-    serve.delete("broken")
+    undeploy("broken")
 
 
 def test_api_keys_never_reach_the_logs(keyed_app):
