@@ -29,6 +29,7 @@ os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 RAY_FIXTURES = {"serve_cluster", "app_url"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
