@@ -124,7 +124,7 @@ class AppConfig(_Strict):
         if self.default_steps > self.max_steps:  # a request without steps would be refused
             raise ValueError("default_steps must be <= max_steps")
         # a prompt and a negative prompt of max_prompt_chars, JSON-escaped (up to 12 bytes a character as a
-        # \\uXXXX surrogate pair), must fit under the body cap, or a request the schema allows gets 413
+        # \\u escaped surrogate pair), must fit under the body cap, or a request the schema allows gets 413
         needed = 2 * 12 * self.max_prompt_chars + 4096
         if self.max_body_bytes < needed:
             raise ValueError(f"max_body_bytes must be at least {needed} for max_prompt_chars {self.max_prompt_chars}")
