@@ -39,7 +39,25 @@ def test_mode_follows_the_images_given(fields, mode):
 def test_modes_not_served_yet_are_named():
     assert GenerationRequest("a fox", seed=1).unsupported() is None
     assert GenerationRequest("a fox", seed=1, adapter="ink").unsupported() == "adapter"
-    assert GenerationRequest("a fox", seed=1, init_image=b"x").unsupported() == "init_image"
+    assert GenerationRequest("a fox", seed=1, control_image=b"x").unsupported() == "control_image"
+    assert GenerationRequest("a fox", seed=1, init_image=b"x", mask_image=b"m").unsupported() is None  # edits are
+
+
+def test_an_edit_gets_its_modes_default_strength_and_a_mask_needs_an_image():
+    assert GenerationRequest("a fox", seed=1, init_image=b"x").strength == 0.6  # ZImageImg2ImgPipeline's
+    assert GenerationRequest("a fox", seed=1, init_image=b"x", mask_image=b"m").strength == 1.0  # the inpaint one's
+    assert GenerationRequest("a fox", seed=1, init_image=b"x", strength=0.3).strength == 0.3
+    assert GenerationRequest("a fox", seed=1).strength is None
+    assert GenerationRequest("a fox", seed=1, init_image=b"x").batch_key == \
+        GenerationRequest("a tram", seed=2, init_image=b"y", strength=0.6).batch_key
+    with pytest.raises(ValueError, match="mask_image needs an init_image"):
+        GenerationRequest("a fox", seed=1, mask_image=b"m")
+
+
+def test_the_encoders_copy_carries_the_texts_not_the_images():
+    edit = GenerationRequest("a fox", seed=1, init_image=b"x" * 1000, mask_image=b"m", guidance_scale=2.0)
+    light = edit.without_images()
+    assert light.texts == edit.texts and light.init_image is None and light.mask_image is None
 
 
 def test_it_is_frozen_and_crosses_processes_intact():

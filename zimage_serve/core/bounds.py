@@ -72,3 +72,24 @@ def parse_bytes(text: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise InvalidInput(f"memory size must look like 24GiB or 16GB, got {text!r}", param="vram")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def check_strength(strength: float) -> float:
+    """An edit's strength: how far from the input image, in (0, 1] (1: all of the steps; the input only sets
+    what is kept outside a mask)."""
+    if not 0 < strength <= 1:
+        raise InvalidInput(f"strength must be greater than 0 and at most 1, got {strength}", param="strength")
+    return float(strength)
+
+
+def edit_size(width: int, height: int, bounds: Bounds = Bounds(), param: str = "image") -> tuple[int, int]:
+    """The size an edit of a ``width`` x ``height`` input is made at when none is asked for: the input's, scaled
+    down to fit ``bounds.max_side`` when it is larger (keeping its aspect), each side rounded down to a multiple
+    of SIZE_MULTIPLE (as diffusers' image processor rounds it)."""
+    scale = min(1.0, bounds.max_side / max(width, height))
+    w, h = (int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE for side in (width, height))
+    if min(w, h) < bounds.min_side:
+        raise InvalidInput(f"{param} is {width}x{height}: an edit is made at a size whose sides are multiples of "
+                           f"{SIZE_MULTIPLE} between {bounds.min_side} and {bounds.max_side}, which this image's "
+                           f"aspect does not allow ({w}x{h}); send a larger image or ask for a size", param=param)
+    return w, h

@@ -17,6 +17,8 @@ from typing import Literal
 from .formats import OutputFormat
 
 Mode = Literal["text-to-image", "image-to-image", "inpaint"]
+# diffusers' defaults: ZImageImg2ImgPipeline's strength 0.6, ZImageInpaintPipeline's 1.0
+DEFAULT_STRENGTH = {"image-to-image": 0.6, "inpaint": 1.0}
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,9 @@ class GenerationRequest:
     """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
 
     Images (``init_image``, ``mask_image``, ``control_image``) travel as their encoded bytes, already
-    checked for size by the layer that received them; they are decoded where they are used."""
+    checked by the layer that received them (``core.images``); they are decoded where they are used. An edit
+    without a ``strength`` gets its mode's default (:data:`DEFAULT_STRENGTH`), so that equal edits have equal
+    batch keys."""
 
     prompt: str
     seed: int
@@ -41,10 +45,16 @@ class GenerationRequest:
     adapter_scale: float | None = None  # None: the adapter's configured scale
     init_image: bytes | None = None  # image-to-image / inpainting input
     mask_image: bytes | None = None  # inpainting: what to repaint
-    strength: float | None = None  # how far from init_image (None: the mode's default)
+    strength: float | None = None  # how far from init_image, in (0, 1] (an edit without one: its mode's default)
     control_image: bytes | None = None  # ControlNet conditioning
     control_scale: float | None = None
     enqueued_at: float | None = None  # when the ingress admitted it (time.time()), for the queue metric
+
+    def __post_init__(self):
+        if self.mask_image is not None and self.init_image is None:
+            raise ValueError("a mask_image needs an init_image")
+        if self.init_image is not None and self.strength is None:
+            object.__setattr__(self, "strength", DEFAULT_STRENGTH[self.mode])
 
     @property
     def guided(self) -> bool:
@@ -81,9 +91,14 @@ class GenerationRequest:
     def replace(self, **changes) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)
 
+    def without_images(self) -> "GenerationRequest":
+        """The request as the prompt encoder needs it: its texts, not its images' bytes (nor the mode they
+        make; the strength stays as it was resolved)."""
+        return dataclasses.replace(self, init_image=None, mask_image=None, control_image=None)
+
     def unsupported(self) -> str | None:
         """The first field set for a mode this version does not serve yet (None: all served)."""
-        for name in ("adapter", "init_image", "mask_image", "control_image"):
+        for name in ("adapter", "control_image"):
             if getattr(self, name) is not None:
                 return name
         return None

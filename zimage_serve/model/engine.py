@@ -1,4 +1,5 @@
-"""The engine: a loaded Z-Image model that turns embeddings (or prompts) into images, in batches.
+"""The engine: a loaded Z-Image model that turns embeddings (or prompts) into images, in batches, in any of
+the modes of ``model/modes`` (text to image, image to image, inpainting), which share its modules.
 
 Seeds are the stock pipeline's: seed s is exactly the initial noise that ``ZImagePipeline`` draws
 with ``generator=torch.Generator("cpu").manual_seed(s)``, so any image can be reproduced with plain
@@ -22,6 +23,7 @@ from ..settings import environment
 from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
 from .encoding import PromptEncoder
 from .loader import Loaded, load
+from .modes import MODES
 from .planner import Plan, Workload, make_plan
 from .sizes import sizes_of
 from .sources import ModelSource
@@ -79,6 +81,7 @@ class Engine:
         self.speedups: dict = {}
         self.compiled_decoder = False
         self.warmup_calls: list = []
+        self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
@@ -146,7 +149,8 @@ class Engine:
         vae.tile_latent_min_size = tile // self._vae_scale
 
     def set_progress(self, enabled: bool) -> None:
-        self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
+        for pipe in (self.pipe, *self._pipelines.values()):
+            pipe.set_progress_bar_config(disable=not enabled, leave=False)
 
     def check_device(self) -> None:
         """Raises when the GPU is unusable (a health check)."""
@@ -173,10 +177,18 @@ class Engine:
             raise RuntimeError("this engine was loaded without a text encoder: pass embeddings")
         return self.encoder.encode(prompts)
 
-    def _noise(self, request: GenerationRequest) -> torch.Tensor:
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        return self.pipe.prepare_latents(1, self.pipe.transformer.in_channels, request.height, request.width,
-                                         torch.float32, self.device, generator)
+    def pipeline(self, cls):
+        """A diffusers pipeline of class ``cls`` (another mode's) over this engine's loaded modules, with a
+        scheduler of its own: built once, kept."""
+        if isinstance(self.pipe, cls):
+            return self.pipe
+        if cls not in self._pipelines:
+            p = self.pipe
+            pipe = cls(scheduler=type(p.scheduler).from_config(p.scheduler.config), vae=p.vae,
+                       text_encoder=p.text_encoder, tokenizer=p.tokenizer, transformer=p.transformer)
+            pipe.set_progress_bar_config(**getattr(p, "_progress_bar_config", {}))
+            self._pipelines[cls] = pipe
+        return self._pipelines[cls]
 
     def _embeds(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.to(self.device, self.loaded.dtype, non_blocking=True) for t in tensors]
@@ -208,11 +220,7 @@ class Engine:
                 raise ValueError("guidance_scale > 0 needs negative_embeds (the encoding of the negative prompt, '' by default)")
             negative = self._embeds([j.negative_embeds for j in jobs])
         t0 = time.perf_counter()
-        latents = self.pipe(
-            prompt_embeds=self._embeds([j.embeds for j in jobs]), negative_prompt_embeds=negative,
-            latents=torch.cat([self._noise(j.request) for j in jobs]), height=j0.height, width=j0.width,
-            num_inference_steps=j0.steps, guidance_scale=j0.guidance_scale, output_type="latent",
-        ).images
+        latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
         self._sync()
         t1 = time.perf_counter()
         images = [self._decode(latents[i:i + 1]) for i in range(len(jobs))]

@@ -1,0 +1,107 @@
+"""Uploaded images, which are untrusted: bounded in bytes and pixels before they are decoded, then read the
+one way every layer reads them (the ingress to check them, the generator, the CLI and the batch job to use
+them).
+
+- The bytes are bounded by the caller (``max_upload_bytes``); the pixels here, from the header, before any
+  pixel is decoded: a decompression bomb is refused without being inflated. Only PNG, JPEG, WebP, GIF and BMP
+  decoders are tried.
+- A truncated or corrupt file, an animated image (several frames: which one would be meant?) and a file that
+  is no image are refused, each naming the field.
+- An input image is read as RGB: palette, greyscale, CMYK, 16-bit and alpha images are converted (alpha is
+  dropped, as ``Image.convert("RGB")`` drops it).
+- A mask is read as diffusers reads one (a greyscale image, white = repaint), except that a mask with an alpha
+  channel that is used follows OpenAI's convention: its **transparent** pixels are what to repaint (the mask
+  read is 255 - alpha). A mask whose alpha is opaque everywhere is read by its grey levels.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidInput
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+def _open(data: bytes, param: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidInput(f"{param} is empty", param=param, code="invalid_image")
+    try:  # reads the header only
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, Image.DecompressionBombError):  # Pillow's own bound (MAX_IMAGE_PIXELS x 2), before ours
+            raise InvalidInput(f"{param} has too many pixels (the limit is {max_pixels})", param=param,
+                               code="image_too_large") from None
+        raise InvalidInput(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param=param,
+                           code="invalid_image") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidInput(f"{param} is {width}x{height}, {width * height} pixels; the limit is {max_pixels}",
+                           param=param, code="image_too_large")
+    if getattr(image, "n_frames", 1) > 1:
+        raise InvalidInput(f"{param} is animated ({image.n_frames} frames): send a single frame", param=param,
+                           code="invalid_image")
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InvalidInput(f"{param} could not be decoded: the file is truncated or corrupt ({e})", param=param,
+                           code="invalid_image") from None
+    return image
+
+
+def image_size(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an uploaded image, after checking that it decodes (see :func:`read_image`)."""
+    return _open(data, param, max_pixels).size
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale (``I;16``, ``I``, ``F``) scaled to 8 bits: Pillow's own conversion clips them."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 255.0 if pixels.max(initial=0) <= 255 else 65535.0
+        return Image.fromarray(np.clip(pixels / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def read_image(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded input image, checked and decoded, as RGB."""
+    image = _eight_bit(_open(data, param, max_pixels))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _alpha(image: Image.Image) -> Image.Image | None:
+    """The image's alpha channel, or None when it has none or it is opaque everywhere."""
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    elif "transparency" in image.info and image.mode in ("L", "RGB"):
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return None
+    alpha = image.getchannel("A")
+    return None if alpha.getextrema() == (255, 255) else alpha
+
+
+def read_mask(data: bytes, param: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded mask, checked and decoded, as the greyscale image diffusers reads (white = repaint): from
+    its alpha channel (transparent = repaint, OpenAI's convention) when it has one that is used, else from its
+    grey levels."""
+    image = _eight_bit(_open(data, param, max_pixels))
+    alpha = _alpha(image)
+    if alpha is not None:
+        return Image.eval(alpha, lambda a: 255 - a)
+    return image if image.mode == "L" else image.convert("L")
+
+
+def check_edit_inputs(image: bytes, mask: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Checks an edit's input image (and mask: the same size) decode; the input's (width, height)."""
+    size = image_size(image, "image", max_pixels)
+    if mask is not None:
+        mask_size = image_size(mask, "mask", max_pixels)
+        if mask_size != size:
+            raise InvalidInput(f"mask is {mask_size[0]}x{mask_size[1]} but image is {size[0]}x{size[1]}: they must "
+                               "be the same size", param="mask", code="invalid_image")
+    return size

@@ -1,0 +1,20 @@
+"""The generation modes, one file each (as diffusers has one pipeline file per mode), over the engine's shared
+components: each turns a batch of jobs of one ``GenerationRequest.batch_key`` into latents; the engine
+decodes them. A new mode is a new file here and an entry in :data:`MODES`.
+
+- ``text_to_image``: ``ZImagePipeline`` from the seed's noise.
+- ``image_to_image``: ``ZImageImg2ImgPipeline``: the input, VAE-encoded and noised to ``strength``, denoised
+  for ``int(steps x strength)`` steps.
+- ``inpaint``: ``ZImageInpaintPipeline``: as image-to-image, with the input kept outside the mask.
+
+Each runs the diffusers pipeline of its mode, built from the engine's loaded modules (one transformer, VAE
+and text encoder in memory whatever the mode; each mode its own scheduler, whose state is per call), so an
+image equals stock diffusers' for the same seed, inputs and parameters.
+"""
+
+from __future__ import annotations
+
+from . import image_to_image, inpaint, text_to_image
+
+MODES = {"text-to-image": text_to_image.denoise, "image-to-image": image_to_image.denoise,
+         "inpaint": inpaint.denoise}
