@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .core.bounds import Bounds, parse_size
+from .core.bounds import Bounds, base64_length, parse_size
 from .core.errors import ZImageError
 
 TINY_SERVED_NAME = "z-image-tiny-random"  # what /v1/models calls the embedded random-weight checkpoint
@@ -108,6 +108,8 @@ class AppConfig(_Strict):
     max_images: int = Field(8, ge=1, le=128, description="Most images (n) in one request.")
     max_prompt_chars: int = Field(10_000, ge=1, description="Longest prompt accepted, in characters.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger gets 413.")
+    max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest uploaded image (edits: image, mask), encoded; larger gets 413.")
+    max_upload_pixels: int = Field(4096 * 4096, ge=4096, description="Most pixels an uploaded image may have (checked from its header, before decoding: no decompression bombs).")
     request_timeout_s: float = Field(600, gt=0, description="Longest a request may wait for its images before 504.")
     api_keys_file: str | None = Field(None, description="File with API keys, one per line (also: ZIMAGE_API_KEYS, ZIMAGE_API_KEYS_FILE).")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
@@ -140,7 +142,14 @@ class AppConfig(_Strict):
     @property
     def bounds(self) -> Bounds:
         return Bounds(min_side=self.min_side, max_side=self.max_side, max_steps=self.max_steps,
-                      max_images=self.max_images, max_prompt_chars=self.max_prompt_chars)
+                      max_images=self.max_images, max_prompt_chars=self.max_prompt_chars,
+                      max_upload_bytes=self.max_upload_bytes, max_upload_pixels=self.max_upload_pixels)
+
+    @property
+    def max_edit_body_bytes(self) -> int:
+        """The body cap of ``POST /v1/images/edits``: an image and a mask of ``max_upload_bytes`` each, as base64
+        in JSON (the larger encoding), and the other fields under ``max_body_bytes``."""
+        return 2 * base64_length(self.max_upload_bytes) + self.max_body_bytes
 
 
 # ---- the environment ------------------------------------------------------------------------------------

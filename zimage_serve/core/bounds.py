@@ -24,6 +24,8 @@ class Bounds:
     max_images: int = 8
     max_prompt_chars: int = 10_000
     max_seed: int = SEED_MAX
+    max_upload_bytes: int = 20_000_000  # an uploaded image (edits), encoded
+    max_upload_pixels: int = 4096 * 4096  # an uploaded image, decoded: checked from its header, before decoding
 
 
 def check_dimension(value: int, name: str, bounds: Bounds = Bounds(), param: str | None = None) -> int:
@@ -93,3 +95,8 @@ def edit_size(width: int, height: int, bounds: Bounds = Bounds(), param: str = "
                            f"{SIZE_MULTIPLE} between {bounds.min_side} and {bounds.max_side}, which this image's "
                            f"aspect does not allow ({w}x{h}); send a larger image or ask for a size", param=param)
     return w, h
+
+
+def base64_length(max_bytes: int) -> int:
+    """The longest base64 text, or data: URL (its header up to 64 characters), of at most ``max_bytes`` bytes."""
+    return 4 * -(-max_bytes // 3) + 64

@@ -31,6 +31,13 @@ class InvalidInput(ZImageError, ValueError):
         self.param, self.code = param, code
 
 
+class TooLarge(InvalidInput):
+    """An upload is over its limit (HTTP answers 413)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "upload_too_large"):
+        super().__init__(message, param, code)
+
+
 class ModelSourceError(ZImageError):
     """A model can't be found, fetched or validated."""
 

@@ -21,10 +21,11 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .bounds import Bounds
 from .errors import InvalidInput
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = Bounds().max_upload_pixels
 
 
 def _open(data: bytes, param: str, max_pixels: int) -> Image.Image:

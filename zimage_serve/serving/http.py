@@ -1,13 +1,13 @@
 """The HTTP API: thin FastAPI routes over ImageService, auth, body cap, CORS, and the one place where
 domain errors become HTTP statuses and the one error shape (:func:`error_response`).
 
-Routes: POST /v1/images/generations (OpenAI Images API), POST /generate (image bytes), GET
+Routes: POST /v1/images/generations and POST /v1/images/edits (OpenAI Images API), POST /generate (image bytes), GET
 /v1/models, GET /healthz (alive), GET /readyz (a generator has loaded; reports its plan).
 
 /openapi.json is the deployment's contract: the request bodies are its wire types (protocol.wire_types,
 every bound of the config), and every status a route answers with is documented with its headers. The
-POST routes read JSON: a body sent with another Content-Type is a 415 (none at all is read as JSON); a
-405 carries Allow.
+POST routes read JSON (the edits route also multipart/form-data, as the openai client sends it): a body sent
+with another Content-Type is a 415 (none at all is read as JSON); a 405 carries Allow.
 """
 
 from __future__ import annotations
@@ -24,19 +24,34 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
-                           ZImageError, user_message)
+                           TooLarge, ZImageError, user_message)
 from . import metrics
 from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
 from .service import ImageService, server_timing
+from .uploads import FILE_FIELDS, read_form
 
 log = logging.getLogger("zimage_serve")
 OPEN_PATHS = {"/healthz", "/readyz"}
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
+EDITS = "/v1/images/edits"
 
 
 def _body_schema(model) -> dict:
     """The request body of a route that reads JSON itself: the deployment's wire type (its bounds)."""
     return {"requestBody": {"required": True, "content": {JSON: {"schema": model.model_json_schema()}}}}
+
+
+def _edits_body(model) -> dict:
+    """The edits route's request body: the wire type as JSON (images as base64 text), and as multipart form
+    fields (images as file parts)."""
+    schema = model.model_json_schema()
+    as_json = {**schema, "required": [*schema.get("required", []), "image"]}
+    binary = {"type": "string", "format": "binary"}
+    as_form = {**as_json, "properties": {**schema["properties"],
+                                         **{name: {**binary, "description": schema["properties"][name]["description"]}
+                                            for name in FILE_FIELDS}}}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": as_json}, MULTIPART: {"schema": as_form}}}}
 
 
 def _header(description: str, type: str = "string") -> dict:
@@ -46,8 +61,8 @@ def _header(description: str, type: str = "string") -> dict:
 _WHY = {
     400: "Invalid request: the error names the field (`param`).",
     401: "A valid API key is required (Authorization: Bearer <key>, or X-API-Key).",
-    413: "The request body is over the server's limit (max_body_bytes).",
-    415: "The body is not sent as application/json.",
+    413: "The request body, or an uploaded image, is over the server's limit (max_body_bytes, max_upload_bytes).",
+    415: "The body is not sent as application/json (or, to the edits route, multipart/form-data).",
     503: "At capacity, or no generator is ready: retry after Retry-After seconds.",
     504: "The images were not ready within the server's request timeout.",
 }
@@ -75,6 +90,7 @@ class ApiError(Exception):
 
 # Domain error class -> (status, OpenAI error type). The most specific class that matches wins (the MRO).
 _STATUS = {
+    TooLarge: (413, "invalid_request_error"),
     InvalidInput: (400, "invalid_request_error"),
     Overloaded: (503, "server_error"),
     NotReady: (503, "server_error"),
@@ -107,8 +123,9 @@ def error_response(e: BaseException, retry_after_s: int = 2) -> JSONResponse:
 class _Guard:
     """ASGI middleware: API keys (constant-time compare) and the body-size cap, before any parsing."""
 
-    def __init__(self, app, keys: tuple[str, ...], max_body: int):
+    def __init__(self, app, keys: tuple[str, ...], max_body: int, max_body_by_path: dict | None = None):
         self.app, self.keys, self.max_body = app, tuple(k.encode() for k in keys), max_body
+        self.max_body_by_path = max_body_by_path or {}  # routes that take uploads take larger bodies
 
     def _authorized(self, headers: dict) -> bool:
         token = headers.get(b"authorization", b"")
@@ -130,9 +147,10 @@ class _Guard:
             e = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", type="authentication_error",
                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await self._reply(scope, receive, send, e, path)
+        max_body = self.max_body_by_path.get(path, self.max_body)
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            e = ApiError(413, f"request body over {self.max_body} bytes", code="body_too_large")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            e = ApiError(413, f"request body over {max_body} bytes", code="body_too_large")
             return await self._reply(scope, receive, send, e, path)
 
         received = 0
@@ -142,7 +160,7 @@ class _Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     raise _TooLarge()
             return message
 
@@ -156,7 +174,7 @@ class _Guard:
         try:
             await self.app(scope, capped_receive, send_status)
         except _TooLarge:
-            e = ApiError(413, f"request body over {self.max_body} bytes", code="body_too_large")
+            e = ApiError(413, f"request body over {max_body} bytes", code="body_too_large")
             await error_response(e)(scope, receive, send)
             status["code"] = 413
         metrics.count_request(_route(path), status["code"])
@@ -172,27 +190,27 @@ class _TooLarge(Exception):
 
 
 def _route(path: str) -> str:
-    known = {"/v1/images/generations", "/generate", "/v1/models", "/healthz", "/readyz"}
+    known = {"/v1/images/generations", EDITS, "/generate", "/v1/models", "/healthz", "/readyz"}
     return path if path in known else "other"
 
 
-def _check_media_type(request: Request) -> None:
-    """The POST routes read JSON: another Content-Type is a 415. None at all is read as JSON (the
-    body says what it is); form-encoded is what ``curl -d`` sends unless told otherwise."""
+def _media_type(request: Request, accepted: tuple[str, ...] = (JSON,)) -> str:
+    """The body's media type, one of ``accepted``; another is a 415. None at all is read as JSON (the body
+    says what it is); form-encoded is what ``curl -d`` sends unless told otherwise."""
     content_type = request.headers.get("content-type")
     if content_type is None:
-        return
+        return JSON
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type == JSON:
-        return
+    if media_type in accepted:
+        return media_type
     hint = " (curl -d sends form-encoded: add -H 'Content-Type: application/json')" \
         if media_type == "application/x-www-form-urlencoded" else ""
-    raise ApiError(415, f"the body must be JSON sent with Content-Type: application/json, not {content_type!r}{hint}",
-                   code="unsupported_media_type")
+    what = "JSON sent with Content-Type: application/json" + (" or multipart/form-data" if MULTIPART in accepted else "")
+    raise ApiError(415, f"the body must be {what}, not {content_type!r}{hint}", code="unsupported_media_type")
 
 
 async def _json(request: Request):
-    _check_media_type(request)
+    _media_type(request)
     raw = await request.body()
     try:
         return json.loads(raw)
@@ -237,6 +255,13 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
                              "Server-Timing": _header("Milliseconds per stage: queue, text_encode, denoise, decode, "
                                                       "image_encode, generator, ingress.")}}
 
+    @app.post(EDITS, response_model=ImagesResponse, responses=refusals, openapi_extra=_edits_body(wire.edits))
+    async def edits(request: Request):
+        if _media_type(request, (JSON, MULTIPART)) == MULTIPART:
+            fields, files = await read_form(request, config.max_upload_bytes, config.max_body_bytes)
+            return JSONResponse(await service.edits(fields, files))
+        return JSONResponse(await service.edits(await _json(request)))
+
     @app.post("/generate", responses={200: generated, **refusals},
               response_class=Response, openapi_extra=_body_schema(wire.generate))
     async def generate(request: Request):
@@ -257,6 +282,7 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
             paths = fastapi_openapi()["paths"]
             paths["/v1/images/generations"]["post"].update(_body_schema(wire.images))
             paths["/generate"]["post"].update(_body_schema(wire.generate))
+            paths[EDITS]["post"].update(_edits_body(wire.edits))
         return app.openapi_schema
 
     app.openapi = openapi
@@ -274,5 +300,6 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
-    app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes)
+    app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes,
+                       max_body_by_path={EDITS: config.max_edit_body_bytes})
     return app

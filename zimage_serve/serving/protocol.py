@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-from ..core.bounds import SIZE_MULTIPLE, Bounds
+from ..core.bounds import SIZE_MULTIPLE, Bounds, base64_length
 from ..core.formats import OutputFormat
 
 # ---- the error shape --------------------------------------------------------------------------------
@@ -118,12 +118,18 @@ class GenerateRequest(_Strict):
     """``POST /generate``: one image, returned as bytes."""
 
 
+class EditsRequest(_Strict):
+    """OpenAI ``images.edit`` body (``POST /v1/images/edits``): as multipart/form-data, the images are file parts
+    and the other fields form fields (read as their types say); as JSON, the images are base64 or data: URLs."""
+
+
 @dataclass(frozen=True)
 class WireTypes:
     """One deployment's request types (subclasses of ImagesRequest and GenerateRequest, with its bounds)."""
 
     images: type[ImagesRequest]
     generate: type[GenerateRequest]
+    edits: type[EditsRequest]
 
 
 def _common(b: Bounds, n: int) -> dict:
@@ -147,6 +153,21 @@ def _common(b: Bounds, n: int) -> dict:
     }
 
 
+def _openai_fields(b: Bounds, model: tuple, size_description: str) -> dict:
+    """The fields of OpenAI's images.generate and images.edit bodies (beyond prompt and the extensions)."""
+    return dict(
+        model=model,
+        n=(_integer(1, b.max_images), Field(1, description=f"Number of images, 1..{b.max_images}.")),
+        size=(str, Field("auto", pattern=size_pattern(b), description=size_description)),
+        response_format=(Literal["b64_json"], Field("b64_json", description="Only b64_json (images are not stored).")),
+        output_compression=(_integer(0, 100) | None, Field(None, description="Quality for jpeg/webp, 0..100.")),
+        quality=_compatibility(32), background=_compatibility(32), moderation=_compatibility(32),
+        user=(str | None, Field(None, max_length=256, description="Accepted for compatibility; never logged.")),
+        stream=(Annotated[Literal[False], BeforeValidator(_only_bool)],
+                Field(False, description="Streaming is not supported.")),
+    )
+
+
 def _compatibility(max_length: int) -> tuple:
     return str | None, Field(None, max_length=max_length, description="Accepted for compatibility; ignored.")
 
@@ -160,20 +181,31 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> Wire
     side = _integer(b.min_side, b.max_side, SIZE_MULTIPLE) | None
     model = (Literal[model_name] | None, Field(None, description="The served model's name (see /v1/models).")) \
         if model_name else (str | None, Field(None, max_length=256, description="The served model's name."))
+    sized = f"WIDTHxHEIGHT, each side {sizes}"
     images = create_model(
         "ImagesRequest", __base__=ImagesRequest, __doc__=ImagesRequest.__doc__, __module__=__name__,
+        **_common(b, b.max_images), **_openai_fields(b, model, f"{sized}; 'auto': the server's default size."),
+        style=_compatibility(32),
+    )
+    upload = base64_length(b.max_upload_bytes)
+    edits = create_model(
+        "EditsRequest", __base__=EditsRequest, __doc__=EditsRequest.__doc__, __module__=__name__,
         **_common(b, b.max_images),
-        model=model,
-        n=(_integer(1, b.max_images), Field(1, description=f"Number of images, 1..{b.max_images}.")),
-        size=(str, Field("auto", pattern=size_pattern(b),
-                         description=f"WIDTHxHEIGHT, each side {sizes}; 'auto': the server's default size.")),
-        response_format=(Literal["b64_json"], Field("b64_json", description="Only b64_json (images are not stored).")),
-        output_compression=(_integer(0, 100) | None, Field(None, description="Quality for jpeg/webp, 0..100.")),
-        quality=_compatibility(32), style=_compatibility(32), background=_compatibility(32),
-        moderation=_compatibility(32),
-        user=(str | None, Field(None, max_length=256, description="Accepted for compatibility; never logged.")),
-        stream=(Annotated[Literal[False], BeforeValidator(_only_bool)],
-                Field(False, description="Streaming is not supported.")),
+        **_openai_fields(b, model, f"{sized}: the input (and mask) are resized to it first; 'auto': the input's "
+                                   f"size, within {sizes} (scaled down to fit, each side rounded down)."),
+        image=(str | None, Field(None, max_length=upload,
+                                 description=f"The image to edit (PNG, JPEG, WebP, GIF or BMP, at most "
+                                             f"{b.max_upload_bytes} bytes and {b.max_upload_pixels} pixels): "
+                                             "base64 or a data: URL in a JSON body; a file part in multipart. "
+                                             "Required.")),
+        mask=(str | None, Field(None, max_length=upload,
+                                description="What to repaint (inpainting), the image's size: transparent pixels "
+                                            "(OpenAI's convention) or, without alpha, white ones. Absent: image "
+                                            "to image.")),
+        strength=(float | None, Field(None, gt=0, le=1, description="How far from the input, in (0, 1]; "
+                                                                    "the transformer runs int(steps x strength) "
+                                                                    "times. Default 0.6, or 1.0 with a mask.")),
+        input_fidelity=_compatibility(32),
     )
     generate = create_model(
         "GenerateRequest", __base__=GenerateRequest, __doc__=GenerateRequest.__doc__, __module__=__name__,
@@ -181,7 +213,7 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> Wire
         width=(side, Field(None, description=f"Width in pixels, {sizes} (default: the server's).")),
         height=(side, Field(None, description=f"Height in pixels, {sizes} (default: the server's).")),
     )
-    return WireTypes(images, generate)
+    return WireTypes(images, generate, edits)
 
 
 # ---- the response types -----------------------------------------------------------------------------

@@ -18,8 +18,10 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
-from ..core.bounds import SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, parse_size
-from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
+from ..core.bounds import (SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, check_strength, edit_size,
+                           parse_size)
+from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
+from ..core.images import check_edit_inputs
 from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
@@ -45,6 +47,13 @@ def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: 
     if param in ("prompt", "negative_prompt") and isinstance(value, str):
         try:  # its length, emptiness or NUL, as the CLI and the batch job say it
             check_prompt(value, bounds, param=param)
+        except InvalidInput as refused:
+            return refused
+    if param in ("image", "mask") and kind == "string_too_long":
+        return TooLarge(f"{param} is over the upload limit of {bounds.max_upload_bytes} bytes", param=param)
+    if param == "strength" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:  # out of (0, 1], said as the CLI says it
+            check_strength(value)
         except InvalidInput as refused:
             return refused
     if param == "size" and kind == "string_pattern_mismatch":
@@ -87,7 +96,8 @@ class ImageService:
         (a full queue, no replica) as domain errors, None for anything else."""
         self.config = config
         self.wire = wire_types(config.bounds, config.model_name)  # the request types, with the config's bounds
-        self._encode, self._generate, self._info = encode, generate, generator_info
+        self._generate, self._info = generate, generator_info
+        self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._is_retryable, self._backend_error = is_retryable, backend_error
         self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
         self._plan_probe: asyncio.Future | None = None
@@ -102,9 +112,9 @@ class ImageService:
     # The wire types (protocol.wire_types) carry every bound of the config, so what /openapi.json states
     # is what is checked here; the core checks after them only turn the valid body into the request.
 
-    def _validate(self, model, body: Any):
+    def _validate(self, model, body: Any, strict: bool = True):
         try:
-            return model.model_validate(body)
+            return model.model_validate(body, strict=strict)
         except ValidationError as e:
             raise validation_error(e, self.config.bounds, self.config.model_name) from None
 
@@ -135,6 +145,31 @@ class ImageService:
         width = check_dimension(req.width or default_w, "width", self.config.bounds)
         height = check_dimension(req.height or default_h, "height", self.config.bounds)
         return self._request(req, width, height)
+
+    def request_from_edit(self, body: Any, files: dict[str, bytes] | None = None) -> GenerationRequest:
+        """``POST /v1/images/edits``'s body (OpenAI's images.edit) as a request: image to image, or inpainting
+        with a mask. ``files`` None: a JSON body, its images base64 or data: URLs. Otherwise a multipart body:
+        ``body`` its text fields (read as their types say: ``"7"`` is 7 there) and ``files`` its image parts."""
+        if files is None:
+            req = self._validate(self.wire.edits, body)
+            image, mask = (_base64(getattr(req, name), name) for name in ("image", "mask"))
+        else:
+            req = self._validate(self.wire.edits, _form_values(body), strict=False)
+            for name in ("image", "mask"):
+                if getattr(req, name) is not None:
+                    raise InvalidInput(f"in a multipart body, {name} is a file part, not a text field", param=name)
+            image, mask = files.get("image"), files.get("mask")
+        b = self.config.bounds
+        if image is None:
+            raise InvalidInput("image is required: the image to edit", param="image", code="missing_image")
+        for name, data in (("image", image), ("mask", mask)):
+            if data is not None and len(data) > b.max_upload_bytes:
+                raise TooLarge(f"{name} is over the upload limit of {b.max_upload_bytes} bytes", param=name)
+        input_size = check_edit_inputs(image, mask, b.max_upload_pixels)
+        width, height = edit_size(*input_size, b) if req.size == "auto" else self._size(req.size)
+        strength = check_strength(req.strength) if req.strength is not None else None
+        return self._request(req, width, height, n=req.n, quality=req.output_compression).replace(
+            init_image=image, mask_image=mask, strength=strength)
 
     # ---- where the prompt is encoded ----------------------------------------------------------------
 
@@ -216,7 +251,13 @@ class ImageService:
 
     async def images(self, body: Any) -> dict:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
-        request = self.request_from_images(body)
+        return await self._images_response(self.request_from_images(body))
+
+    async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> dict:
+        """``POST /v1/images/edits`` (see :meth:`request_from_edit`): the OpenAI ImagesResponse body."""
+        return await self._images_response(self.request_from_edit(body, files))
+
+    async def _images_response(self, request: GenerationRequest) -> dict:
         results = await self._images(request)
         return ImagesResponse(
             created=int(time.time()), output_format=request.output_format, size=request.size, seed=request.seed,
@@ -249,6 +290,28 @@ class ImageService:
         card = ModelCard(id=self.config.model_name, root=info.get("model", self.config.model),
                          random_weights=info.get("random_weights"))
         return ModelList(data=[card]).model_dump(exclude_none=True)
+
+
+def _form_values(fields: dict) -> dict:
+    """A form's text fields as the edits body's types read them: ``stream`` is a JSON-style boolean there."""
+    stream = fields.get("stream")
+    if isinstance(stream, str) and stream.lower() in ("true", "false"):
+        return {**fields, "stream": stream.lower() == "true"}
+    return fields
+
+
+def _base64(text: str | None, param: str) -> bytes | None:
+    """An image sent in JSON: base64, or a ``data:[<type>];base64,`` URL."""
+    if text is None:
+        return None
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise InvalidInput(f"{param} must be base64, or a data: URL with ;base64", param=param, code="invalid_image")
+    try:  # line breaks (base64's default output wraps at 76 characters) are not part of the data
+        return base64.b64decode("".join(text.split()), validate=True)
+    except ValueError:
+        raise InvalidInput(f"{param} is not valid base64", param=param, code="invalid_image") from None
 
 
 def _unwrapped(e: ZImageError) -> ZImageError:
