@@ -68,3 +68,47 @@ def test_make_tiny(capsys, tmp_path, tiny_path):
     written = sorted(p.relative_to(tmp_path / "t") for p in (tmp_path / "t").rglob("*") if p.is_file())
     assert written == sorted(p.relative_to(tiny_path) for p in tiny_path.rglob("*") if p.is_file())  # the hub layout
     assert (tmp_path / "t" / "model_index.json").read_text() == (tiny_path / "model_index.json").read_text()
+
+
+def test_generate_edits_an_image_as_stock_diffusers_does(capsys, tmp_path, stock_pipe):
+    import numpy as np
+    import torch
+    from diffusers import ZImageInpaintPipeline
+
+    source = Image.fromarray(np.random.RandomState(1).randint(0, 255, (64, 72, 3), dtype=np.uint8))
+    source.save(tmp_path / "in.png")
+    mask = Image.new("L", (72, 64))
+    mask.paste(255, (10, 10, 50, 40))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "edited.png"
+    code, stdout, stderr = run_cli(capsys, "generate", "--prompt", "a door", "--model", "tiny", "--image",
+                                   str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--strength", "0.8",
+                                   "--seed", "2", "--out", str(out))
+    assert code == 0, stderr
+    assert "64x64" in stdout and "inpaint of" in stdout and "strength 0.8" in stdout  # 72 rounded down to 64
+    pipe = ZImageInpaintPipeline(**stock_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt="a door", image=pipe.image_processor.resize(source, 64, 64), mask_image=mask, strength=0.8,
+               height=64, width=64, num_inference_steps=8, guidance_scale=0.0,
+               generator=torch.Generator("cpu").manual_seed(2)).images[0]
+    assert max_pixel_diff(Image.open(out).convert("RGB"), ref) <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "/no/such.png"], "can't read --image /no/such.png"),
+    (["--mask", "m.png"], "--mask and --strength edit an image: give it with --image"),
+    (["--image", "{png}", "--strength", "0"], "strength must be greater than 0"),
+    (["--image", "{png}", "--mask", "{small}"], "mask is 16x16 but image is 64x64"),
+    (["--image", "{txt}"], "is not a PNG, JPEG, WebP, GIF or BMP image"),
+])
+def test_bad_edit_arguments_give_one_line_and_exit_2(capsys, tmp_path, args, message):
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    Image.new("L", (16, 16)).save(tmp_path / "small.png")
+    (tmp_path / "a.txt").write_text("not an image")
+    paths = {"png": tmp_path / "a.png", "small": tmp_path / "small.png", "txt": tmp_path / "a.txt"}
+    code, out, err = run_cli(capsys, "generate", "--prompt", "x", "--model", "tiny", "--out", str(tmp_path / "o.png"),
+                             *(a.format(**paths) for a in args))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
+    assert not (tmp_path / "o.png").exists()

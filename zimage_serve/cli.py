@@ -15,10 +15,11 @@ from pathlib import Path
 
 from .arguments import Parser, add_model_arguments, integer, run_command
 from .batch.job import add_arguments as add_batch_arguments
-from .core.bounds import Bounds, check_prompt, check_seed, check_steps, parse_bytes, parse_size
+from .core.bounds import Bounds, check_prompt, check_seed, check_steps, check_strength, parse_bytes, parse_size
 from .core.checkpoints import DEFAULT_HUB_ID
 from .core.errors import ZImageError
 from .core.formats import format_of_path
+from .core.images import read_file, with_edit_inputs
 from .core.request import GenerationRequest
 from .model.planner import ENCODE_CHOICES, Workload, make_plan
 from .model.sizes import sizes_of
@@ -34,12 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate one image")
     g.add_argument("--prompt", required=True)
     add_model_arguments(g)
-    g.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT, multiples of 16")
+    g.add_argument("--size", default=None, help="WIDTHxHEIGHT, multiples of 16 (default: 1024x1024; an edit: its "
+                                                "input's size, rounded down to multiples of 16)")
     g.add_argument("--steps", type=integer, default=8)
     g.add_argument("--seed", type=integer, default=None, help="default: random (printed)")
     g.add_argument("--guidance-scale", type=float, default=0.0)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--out", default="zimage.png", help="output file (.png, .jpg, .webp)")
+    g.add_argument("--image", default=None, help="edit this image (image to image; inpainting with --mask)")
+    g.add_argument("--mask", default=None, help="inpainting: what to repaint (white pixels, or transparent ones "
+                                                "of a mask with alpha); the image's size")
+    g.add_argument("--strength", type=float, default=None,
+                   help="an edit's strength in (0, 1]: how far from the image (default 0.6; 1.0 with --mask)")
 
     p = sub.add_parser("plan", help="show the staging plan for a GPU")
     add_model_arguments(p, default="Tongyi-MAI/Z-Image-Turbo")
@@ -66,17 +73,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _request(args) -> GenerationRequest:
     """The command line as the typed request, every bound checked before a model is loaded."""
-    width, height = parse_size(args.size)
+    if args.image is None and (args.mask is not None or args.strength is not None):
+        raise ZImageError("--mask and --strength edit an image: give it with --image")
+    size = parse_size(args.size) if args.size else None
+    width, height = size or parse_size("1024x1024")
     fmt = format_of_path(args.out)
     out_dir = Path(args.out).parent
     if not out_dir.is_dir():
         raise ZImageError(f"--out directory {str(out_dir)!r} does not exist")
     if args.negative_prompt:
         check_prompt(args.negative_prompt, param="negative_prompt")
-    return GenerationRequest(prompt=check_prompt(args.prompt), negative_prompt=args.negative_prompt,
-                             seed=check_seed(args.seed) if args.seed is not None else random.randrange(2**31),
-                             width=width, height=height, steps=check_steps(args.steps),
-                             guidance_scale=args.guidance_scale, output_format=fmt.name)
+    request = GenerationRequest(prompt=check_prompt(args.prompt), negative_prompt=args.negative_prompt,
+                                seed=check_seed(args.seed) if args.seed is not None else random.randrange(2**31),
+                                width=width, height=height, steps=check_steps(args.steps),
+                                guidance_scale=args.guidance_scale, output_format=fmt.name)
+    if args.image is None:
+        return request
+    strength = check_strength(args.strength) if args.strength is not None else None
+    mask = read_file(args.mask, "--mask") if args.mask else None
+    return with_edit_inputs(request.replace(strength=strength), read_file(args.image, "--image"), mask, size)
 
 
 def _generate(args) -> int:
@@ -93,7 +108,8 @@ def _generate(args) -> int:
     result = engine.generate([Job.of(request, engine.encode(list(request.texts)))])
     result.images[0].save(args.out, format=format_of_path(args.out).pil_name)
     note = " (random test weights: the image is noise)" if source.random_weights else ""
-    print(f"wrote {args.out} ({request.size}, seed {request.seed}, {request.steps} steps, "
+    edit = f", {request.mode} of {args.image} at strength {request.strength:g}" if args.image else ""
+    print(f"wrote {args.out} ({request.size}, seed {request.seed}, {request.steps} steps{edit}, "
           f"{time.perf_counter() - t0:.2f}s){note}")
     return 0
 

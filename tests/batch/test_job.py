@@ -164,7 +164,8 @@ def test_the_encoder_stage_gets_the_cpus_and_dtype_it_is_given():
     threads = torch.get_num_threads()
     try:
         requests = [GenerationRequest("a red fox", seed=0), GenerationRequest("a lighthouse at dusk, oil painting", seed=1)]
-        batch = {"request": np.array(requests, dtype=object)}
+        batch = {"request": np.array(requests, dtype=object), "image": np.array(["", ""]), "mask": np.array(["", ""]),
+                 "sized": np.array([True, True])}
         exact = EncodeStage("tiny", threads=1, dtype="float32")
         assert torch.get_num_threads() == 1 and exact.dtype == torch.float32
         fast = EncodeStage("tiny", threads=2, dtype="bfloat16")

@@ -17,6 +17,7 @@ import sys
 import time
 
 from ..arguments import RAY_RUNTIME_ENV, add_model_arguments, integer
+from ..core.bounds import Bounds
 from ..core.errors import ZImageError
 from ..core.formats import FORMATS
 from .output import OutputDir
@@ -93,7 +94,8 @@ def run(args) -> int:
     out = OutputDir(args.out)
     done = out.recover(verify=args.verify)
     todo = [(i, i.request(args.format)) for i in items if i.id not in done]
-    todo.sort(key=lambda pair: repr(pair[1].batch_key))  # batches that share a transformer batch run together
+    # batches that share a transformer batch run together (an edit's mode is known once its inputs are read)
+    todo.sort(key=lambda pair: repr((pair[1].batch_key, pair[0].image is not None, pair[0].mask is not None)))
     print(f"{len(items)} prompts: {len(items) - len(todo)} already done in {out.path}, {len(todo)} to generate",
           file=sys.stderr, flush=True)
     if not todo:
@@ -128,8 +130,10 @@ def run(args) -> int:
     pool = lambda: ray.data.ActorPoolStrategy(**({"size": lo} if lo == hi else {"min_size": lo, "max_size": hi}))
     gpus_per_actor = 1.0 if cluster_gpus else 0.0
     model = str(source.path)
-    max_side = max(max(r.width, r.height) for _, r in todo)
-    rows = [{"id": i.id, "stem": i.stem, "request": r} for i, r in todo]
+    # the plan's size: the largest asked for, or the bounds' when an edit is made at its input's size
+    max_side = max(max(r.width, r.height) if i.sized else Bounds().max_side for i, r in todo)
+    rows = [{"id": i.id, "stem": i.stem, "request": r, "image": i.image or "", "mask": i.mask or "", "sized": i.sized}
+            for i, r in todo]
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), args.batch_size))
     # encoder blocks of one GPU batch, at least 4 prompts (bf16 on AMX: 0.19 s a prompt at 4, 0.18 at 8,
     # ../shared/gpu/README.md): the GPU stage then answers, and the manifest and progress advance, batch by batch
@@ -147,19 +151,26 @@ def run(args) -> int:
                         compute=pool(), num_cpus=0, batch_format="numpy")
     t0 = time.perf_counter()
     bar = None
-    count = 0
+    count, failed = 0, 0
     for row in ds.iter_rows():
         if bar is None:  # from the first image on: before it, Ray Data logs its plan and the actors load theirs
             bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr, smoothing=0, delay=1e-3)
             bar.start_t -= time.perf_counter() - t0  # its rate (the mean: smoothing=0) counts from the start
-        out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]), "size": str(row["size"]),
-                    "steps": int(row["steps"]), "file": str(row["file"]), "bytes": int(row["bytes"]), "sha256": str(row["sha256"]),
-                    "seconds": float(row["seconds"])})
-        count += 1
+        if row["error"]:  # no image: the line says why (a rerun tries it again)
+            out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "error": str(row["error"])})
+            failed += 1
+        else:
+            out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]),
+                        "size": str(row["size"]), "steps": int(row["steps"]), "file": str(row["file"]),
+                        "bytes": int(row["bytes"]), "sha256": str(row["sha256"]), "seconds": float(row["seconds"])})
+            count += 1
         bar.update(1)
         bar.set_postfix(img_per_s=f"{count / (time.perf_counter() - t0):.2f}")
     if bar is not None:
         bar.close()
     print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
           f"manifest: {out.manifest}", file=sys.stderr)
+    if failed:
+        print(f"{failed} line(s) failed: their manifest lines say why (a rerun tries them again)", file=sys.stderr)
+        return 1
     return 0

@@ -1,8 +1,11 @@
 """Reading and checking a batch job's prompts file, all of it, before any model is loaded.
 
 JSONL: one object a line with ``id``, ``prompt`` and optional ``seed``, ``size``, ``steps``,
-``negative_prompt``, ``guidance_scale``. Plain text: one prompt a line, ids from line numbers.
-Every problem is reported with its line number.
+``negative_prompt``, ``guidance_scale``, and for an edit ``image`` (a path, relative to the prompts file's
+directory unless absolute), optional ``mask`` (inpainting) and ``strength``. Plain text: one prompt a line, ids
+from line numbers. Every problem of the file itself is reported with its line number, before anything runs; an
+input image that is missing or unreadable is found when the job reads it (batch/inputs.py), and is that line's
+error in the manifest while the rest of the job goes on.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from pathlib import Path
 
 from ..core.errors import InvalidInput, ZImageError
 from ..core.request import GenerationRequest
-from ..core.bounds import Bounds, check_prompt, check_seed, check_steps, parse_size
+from ..core.bounds import Bounds, check_prompt, check_seed, check_steps, check_strength, parse_size
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale"}
+FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale", "image", "mask", "strength"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class Item:
     negative_prompt: str = ""
     guidance_scale: float = 0.0
     line: int = 0
+    image: str | None = None  # an edit's input (an absolute path), read by the job
+    mask: str | None = None  # inpainting
+    strength: float | None = None
+    sized: bool = True  # the line (or the job) set the size; False: an edit made at its input's size
 
     @property
     def stem(self) -> str:
@@ -49,7 +56,8 @@ class Item:
         """The line as the typed request the stages carry to the engine."""
         return GenerationRequest(prompt=self.prompt, seed=self.seed, width=self.width, height=self.height,
                                  steps=self.steps, guidance_scale=self.guidance_scale,
-                                 negative_prompt=self.negative_prompt, output_format=output_format)
+                                 negative_prompt=self.negative_prompt, output_format=output_format,
+                                 strength=self.strength)
 
 
 class PromptsFileError(ZImageError):
@@ -88,6 +96,8 @@ def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base
             if "size" in record:
                 w, h = parse_size(_str(record["size"], "size"), bounds)
                 item = Item(**{**item.to_dict(), "width": w, "height": h})
+            if "image" in record or "mask" in record or "strength" in record:
+                item = _edit(item, record, path.parent, sized="size" in record)
         except InvalidInput as e:
             problems.append(f"line {number}: {e}")
             continue
@@ -101,6 +111,15 @@ def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base
     if problems:
         raise PromptsFileError(str(path), problems)
     return items
+
+
+def _edit(item: Item, record: dict, base: Path, sized: bool) -> Item:
+    """The line's edit fields: paths made absolute (relative ones are the prompts file's directory's)."""
+    if "image" not in record:
+        raise InvalidInput("mask and strength need an image (the edit's input)")
+    paths = {name: str(base / _str(record[name], name)) for name in ("image", "mask") if name in record}
+    strength = check_strength(_number(record["strength"], "strength")) if "strength" in record else None
+    return Item(**{**item.to_dict(), **paths, "strength": strength, "sized": sized})
 
 
 def _record(raw: str, number: int, jsonl: bool) -> dict:
@@ -129,6 +148,12 @@ def _int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer, got {value!r}")
     return value
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def _float(value, name: str) -> float:

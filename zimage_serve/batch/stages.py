@@ -1,9 +1,12 @@
 """The batch job's Ray Data stages. Each row carries its typed request (``request``, a GenerationRequest) from
 the prompts file to the engine; the stages add ``embeds``, then ``pixels``, then the written file.
 
-- EncodeStage (CPU): the request's texts -> embeddings.
-- GenerateStage (one GPU an actor): embeddings -> uint8 pixels, with the engine and its staging plan.
-- WriteStage (CPU, no CPUs reserved): pixels -> an image file written atomically, then its manifest row.
+- EncodeStage (CPU): an edit's input files read into its request (a missing or unreadable one is the row's
+  ``error``), the request's texts -> embeddings.
+- GenerateStage (one GPU an actor): embeddings -> uint8 pixels, with the engine and its staging plan (rows with
+  an error pass through).
+- WriteStage (CPU, no CPUs reserved): pixels -> an image file written atomically, then its manifest row (or the
+  row's error).
 
 torch is imported in the stages' actors only (their constructors and calls).
 """
@@ -16,7 +19,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from ..core.errors import ZImageError, user_message
 from ..core.formats import image_format
+from ..core.images import read_file, with_edit_inputs
 from .output import OutputDir, write_atomic
 
 
@@ -46,13 +51,27 @@ class EncodeStage:
         self.encoder = PromptEncoder(*load_text_encoder(resolve(model), torch.device("cpu"), self.dtype))
 
     def __call__(self, batch: dict) -> dict:
-        requests = list(batch["request"])
+        loaded = [_with_inputs(r, image, mask, sized)
+                  for r, image, mask, sized in zip(batch["request"], batch["image"], batch["mask"], batch["sized"])]
+        requests = [r for r, _ in loaded]
         texts = list(dict.fromkeys(t for r in requests for t in r.texts))
         encoded = dict(zip(texts, (e.float().numpy() for e in self.encoder.encode(texts))))
         hidden = next(iter(encoded.values())).shape[1]
         none = np.zeros((0, hidden), np.float32)
-        return {**batch, "embeds": objects([encoded[r.prompt] for r in requests]),
+        return {**batch, "request": objects(requests), "error": np.array([error for _, error in loaded]),
+                "embeds": objects([encoded[r.prompt] for r in requests]),
                 "negative_embeds": objects([encoded[r.negative_prompt] if r.guided else none for r in requests])}
+
+
+def _with_inputs(request, image: str, mask: str, sized: bool) -> tuple:
+    """(the row's request with its edit's inputs read, "") or, when they can't be, (the request, why)."""
+    if not image:
+        return request, ""
+    try:
+        size = (request.width, request.height) if sized else None
+        return with_edit_inputs(request, read_file(image, "image"), read_file(mask, "mask") if mask else None, size), ""
+    except ZImageError as e:
+        return request, user_message(e)
 
 
 class GenerateStage:
@@ -79,13 +98,17 @@ class GenerateStage:
         from ..model.engine import Job
 
         tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
-        jobs = [Job.of(r, [tensor(e), tensor(ne)]) for r, e, ne in
-                zip(batch["request"], batch["embeds"], batch["negative_embeds"])]
+        rows = [i for i, error in enumerate(batch["error"]) if not error]
+        jobs = [Job.of(batch["request"][i], [tensor(batch["embeds"][i]), tensor(batch["negative_embeds"][i])])
+                for i in rows]
         t0 = time.perf_counter()
-        result = self.engine.generate(jobs)
-        seconds = round((time.perf_counter() - t0) / len(jobs), 4)
-        return {"id": batch["id"], "stem": batch["stem"], "request": batch["request"],
-                "pixels": objects([np.asarray(image) for image in result.images]), "seconds": np.full(len(jobs), seconds)}
+        images = self.engine.generate(jobs).images if jobs else []
+        seconds = round((time.perf_counter() - t0) / max(1, len(jobs)), 4)
+        pixels = [None] * len(batch["id"])
+        for i, image in zip(rows, images):
+            pixels[i] = np.asarray(image)
+        return {"id": batch["id"], "stem": batch["stem"], "request": batch["request"], "error": batch["error"],
+                "pixels": objects(pixels), "seconds": np.full(len(pixels), seconds)}
 
 
 class WriteStage:
@@ -99,14 +122,20 @@ class WriteStage:
     def __call__(self, batch: dict) -> dict:
         from ..model.imaging import encode_image  # model/ in the writer actor only
 
-        rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds")}
-        for rid, stem, request, pixels, seconds in zip(batch["id"], batch["stem"], batch["request"], batch["pixels"],
-                                                       batch["seconds"]):
+        rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds", "error")}
+        for rid, stem, request, pixels, seconds, error in zip(batch["id"], batch["stem"], batch["request"],
+                                                              batch["pixels"], batch["seconds"], batch["error"]):
+            if error:  # the row's manifest line says why; no file
+                for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", ""),
+                                   ("steps", request.steps), ("file", ""), ("bytes", 0), ("sha256", ""),
+                                   ("seconds", 0.0), ("error", error)):
+                    rows[key].append(value)
+                continue
             data = encode_image(Image.fromarray(pixels), request.output_format, workers=self.png_workers)
             name = f"{stem}.{image_format(request.output_format).extension}"
             write_atomic(self.out.path, name, data)
             for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", request.size),
                                ("steps", request.steps), ("file", name), ("bytes", len(data)),
-                               ("sha256", hashlib.sha256(data).hexdigest()), ("seconds", seconds)):
+                               ("sha256", hashlib.sha256(data).hexdigest()), ("seconds", seconds), ("error", "")):
                 rows[key].append(value)
         return {k: np.array(v) for k, v in rows.items()}

@@ -17,12 +17,14 @@ them).
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .bounds import Bounds
-from .errors import InvalidInput
+from .bounds import Bounds, edit_size
+from .errors import InvalidInput, TooLarge
+from .request import GenerationRequest
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 DEFAULT_MAX_PIXELS = Bounds().max_upload_pixels
@@ -106,3 +108,28 @@ def check_edit_inputs(image: bytes, mask: bytes | None, max_pixels: int = DEFAUL
             raise InvalidInput(f"mask is {mask_size[0]}x{mask_size[1]} but image is {size[0]}x{size[1]}: they must "
                                "be the same size", param="mask", code="invalid_image")
     return size
+
+
+def read_file(path: str, param: str = "image", bounds: Bounds = Bounds()) -> bytes:
+    """An input image's bytes from a file (the CLI's, a batch job's line), bounded like an upload."""
+    try:
+        size = os.stat(path).st_size
+        if size > bounds.max_upload_bytes:
+            raise TooLarge(f"{param} {path} is {size} bytes; the limit is {bounds.max_upload_bytes}", param=param)
+        with open(path, "rb") as f:
+            return f.read(bounds.max_upload_bytes + 1)
+    except OSError as e:
+        raise InvalidInput(f"can't read {param} {path}: {e.strerror or e}", param=param, code="invalid_image") from None
+
+
+def with_edit_inputs(request: GenerationRequest, image: bytes, mask: bytes | None, size: tuple[int, int] | None,
+                     bounds: Bounds = Bounds()) -> GenerationRequest:
+    """``request`` as an edit of ``image`` (inpainting with ``mask``): both checked (bytes, pixels, decoding, the
+    same size), made at ``size``, or when None at the input's size within the bounds (:func:`edit_size`). The one
+    place that says so, for the HTTP API, the CLI and the batch job."""
+    for name, data in (("image", image), ("mask", mask)):
+        if data is not None and len(data) > bounds.max_upload_bytes:
+            raise TooLarge(f"{name} is over the upload limit of {bounds.max_upload_bytes} bytes", param=name)
+    input_size = check_edit_inputs(image, mask, bounds.max_upload_pixels)
+    width, height = size or edit_size(*input_size, bounds)
+    return request.replace(init_image=image, mask_image=mask, width=width, height=height)

@@ -18,10 +18,9 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
-from ..core.bounds import (SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, check_strength, edit_size,
-                           parse_size)
+from ..core.bounds import SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, check_strength, parse_size
 from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
-from ..core.images import check_edit_inputs
+from ..core.images import with_edit_inputs
 from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
@@ -159,17 +158,12 @@ class ImageService:
                 if getattr(req, name) is not None:
                     raise InvalidInput(f"in a multipart body, {name} is a file part, not a text field", param=name)
             image, mask = files.get("image"), files.get("mask")
-        b = self.config.bounds
         if image is None:
             raise InvalidInput("image is required: the image to edit", param="image", code="missing_image")
-        for name, data in (("image", image), ("mask", mask)):
-            if data is not None and len(data) > b.max_upload_bytes:
-                raise TooLarge(f"{name} is over the upload limit of {b.max_upload_bytes} bytes", param=name)
-        input_size = check_edit_inputs(image, mask, b.max_upload_pixels)
-        width, height = edit_size(*input_size, b) if req.size == "auto" else self._size(req.size)
         strength = check_strength(req.strength) if req.strength is not None else None
-        return self._request(req, width, height, n=req.n, quality=req.output_compression).replace(
-            init_image=image, mask_image=mask, strength=strength)
+        size = None if req.size == "auto" else self._size(req.size)
+        request = self._request(req, *(size or self._size("auto")), n=req.n, quality=req.output_compression)
+        return with_edit_inputs(request.replace(strength=strength), image, mask, size, self.config.bounds)
 
     # ---- where the prompt is encoded ----------------------------------------------------------------
 
