@@ -251,6 +251,15 @@ def summarize(s: dict) -> dict:
     }
 
 
+def edits(e: dict) -> dict:
+    """The edits step (bench/steps/edits.py), with the device and date of its own run (an H200 run, while the
+    summary above is mostly H100 runs): ratios are against stock diffusers in that same run."""
+    return {"img2img_ratio": e["img2img_ratio"], "inpaint_ratio": e["inpaint_ratio"],
+            "mixed_throughput_ratio": e["mixed_throughput_ratio"], "stock": e["stock"], "ours": e["ours"],
+            "deploy_s": e["deploy_s"], "speedups": e["speedups"], "run": e["_run"],
+            "environment": recorded(RESULTS / e["_run"])}
+
+
 def other_device(run: Path) -> dict:
     """One run of the same steps on another machine kind (bench/results/<kind>-run<N>/: stock, engine, timeline,
     fp8), summarized on its own: its ratios are against the stock figures of that run only."""
@@ -302,6 +311,8 @@ def main() -> None:
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     summary = summarize(steps)
+    if "edits" in steps:
+        summary["edits"] = edits(steps["edits"])
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(

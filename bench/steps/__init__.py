@@ -35,6 +35,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "http_gpu_fp8": ("bench.steps.http", "http", {"encode_on": "gpu", "fp8": True}),
     "overhead": ("bench.steps.http", "overhead", {}),
     "batch": ("bench.steps.batch", "batch", {}),
+    "edits": ("bench.steps.edits", "edits", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }

@@ -1,0 +1,140 @@
+"""Image edits: stock diffusers' ZImageImg2ImgPipeline / ZImageInpaintPipeline end to end, against the Serve app
+over HTTP (POST /v1/images/edits, multipart as the openai client sends it), and mixed traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+
+import numpy as np
+
+from ..common import PROMPT, checkpoint, save, size, sync
+from .http import _config, _start, _stop
+
+BASE = "http://127.0.0.1:8000"
+
+
+def _inputs(side: int) -> tuple[bytes, bytes]:
+    """A 1024² photo-like input (smooth, with texture) and a mask repainting its centre, as PNG bytes."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side]
+    rgb = np.stack([x * 255 / side, y * 255 / side, np.full_like(x, 100.0)], -1)
+    rgb += np.random.RandomState(0).normal(0, 10, rgb.shape)
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    out = []
+    for image in (Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)), Image.fromarray(mask)):
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out[0], out[1]
+
+
+def _stock(image_png: bytes, mask_png: bytes, side: int, reps: int = 5) -> dict:
+    """The stock way: each mode's pipeline from_pretrained in bf16, all on the GPU; end to end from the prompt
+    to a PNG's bytes (Pillow's default encoder), median of ``reps`` after one warm-up call."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline, ZImageInpaintPipeline
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(image_png)).convert("RGB")
+    mask = Image.open(io.BytesIO(mask_png))
+    results = {}
+    img2img = ZImageImg2ImgPipeline.from_pretrained(checkpoint(), torch_dtype=torch.bfloat16).to("cuda")
+    img2img.set_progress_bar_config(disable=True)
+    inpaint = ZImageInpaintPipeline.from_pipe(img2img)
+    inpaint.set_progress_bar_config(disable=True)
+    for name, pipe, kw in (("img2img", img2img, {"strength": 0.6}),
+                           ("inpaint", inpaint, {"strength": 1.0, "mask_image": mask})):
+        def once(seed):
+            out = pipe(prompt=f"{PROMPT} {seed}", image=image, num_inference_steps=8, guidance_scale=0.0,
+                       height=side, width=side, generator=torch.Generator("cpu").manual_seed(seed), **kw).images[0]
+            buf = io.BytesIO()
+            out.save(buf, "PNG")
+        once(0)
+        times = []
+        for i in range(reps):
+            sync()
+            t = time.perf_counter()
+            once(1 + i)
+            times.append(time.perf_counter() - t)
+        results[f"{name}_p50_s"] = round(statistics.median(times), 3)
+        results[f"{name}_runs"] = [round(t, 3) for t in times]
+    del img2img, inpaint
+    torch.cuda.empty_cache()
+    return results
+
+
+def edits():
+    """Edits over HTTP against stock diffusers in the same run: img2img at strength 0.6 and inpainting at 1.0, one
+    in flight (p50), then 64 requests from 16 clients, generations alone and half generations half edits."""
+    import aiohttp
+
+    side = size()
+    image_png, mask_png = _inputs(side)
+    stock = _stock(image_png, mask_png, side)
+    save("edits", stock=stock)
+    config = _config({"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
+                     {"encode_on": "cpu", "max_queued_requests": 256, "batch_wait_timeout_s": 0})
+    deploy_s = _start(config)
+
+    def form(i: int, mask: bool, strength: float) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("image", image_png, filename="in.png", content_type="image/png")
+        if mask:
+            data.add_field("mask", mask_png, filename="mask.png", content_type="image/png")
+        for key, value in {"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i, "strength": strength}.items():
+            data.add_field(key, str(value))
+        return data
+
+    async def call(session, i, kind: str) -> float:
+        t = time.perf_counter()
+        if kind == "generate":
+            request = session.post(f"{BASE}/v1/images/generations",
+                                   json={"prompt": f"{PROMPT} #{i} {time.time()}", "seed": i, "size": f"{side}x{side}"})
+        else:
+            request = session.post(f"{BASE}/v1/images/edits", data=form(i, kind == "inpaint",
+                                                                         1.0 if kind == "inpaint" else 0.6))
+        async with request as r:
+            await r.read()
+            assert r.status == 200, (r.status, await r.text())
+        return time.perf_counter() - t
+
+    async def saturate(session, kinds: list[str], clients: int = 16) -> float:
+        sem = asyncio.Semaphore(clients)
+
+        async def limited(i, kind):
+            async with sem:
+                return await call(session, 5000 + i, kind)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(limited(i, k) for i, k in enumerate(kinds)))
+        return len(kinds) / (time.perf_counter() - t)
+
+    async def run() -> dict:
+        out = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
+            for kind in ("generate", "img2img", "inpaint"):  # warm-up: each path once
+                await call(s, 0, kind)
+            for kind in ("img2img", "inpaint", "generate"):
+                times = [await call(s, 100 + i, kind) for i in range(10)]
+                out[f"{kind}_http_p50_s"] = round(statistics.median(times), 3)
+            n = 64
+            out["generations_throughput_img_s"] = round(await saturate(s, ["generate"] * n), 3)
+            mixed = [("generate", "img2img", "generate", "inpaint")[i % 4] for i in range(n)]
+            out["mixed_throughput_img_s"] = round(await saturate(s, mixed), 3)
+        return out
+
+    ours = asyncio.run(run())
+    from ray import serve
+
+    info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
+    save("edits", stock=stock, ours=ours, deploy_s=round(deploy_s, 1), speedups=info["speedups"], plan=info["plan"],
+         img2img_ratio=round(ours["img2img_http_p50_s"] / stock["img2img_p50_s"], 3),
+         inpaint_ratio=round(ours["inpaint_http_p50_s"] / stock["inpaint_p50_s"], 3),
+         mixed_throughput_ratio=round(ours["mixed_throughput_img_s"] / ours["generations_throughput_img_s"], 3),
+         batches=info["batches"][-80:])
+    _stop()
