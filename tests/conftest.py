@@ -142,12 +142,14 @@ def serve_cluster():
 
 
 def tiny_app_config(tiny_path, **overrides) -> dict:
-    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching; each
-    replica reserves 0.1 CPU (one torch thread), so several test apps fit on the machine's real CPUs."""
+    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching (concurrent
+    requests arrive within milliseconds of each other) but short, as every lone request waits them out (the
+    schemathesis run sends some 150 image requests one by one); each replica reserves 0.1 CPU (one torch thread),
+    so several test apps fit on the machine's real CPUs."""
     config = {
         "model": str(tiny_path), "default_size": "64x64", "max_side": 256, "max_images": 4,
         "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.1, "dtype": "float32"},
-        "generator": {"num_gpus": 0, "num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.2,
+        "generator": {"num_gpus": 0, "num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.05,
                       "plan_size": "256x256"},
     }
     for key, value in overrides.items():
