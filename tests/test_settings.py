@@ -47,35 +47,28 @@ def test_an_unreadable_keys_file_is_one_clear_error(tmp_path):
         api_keys(AppConfig(api_keys_file=str(tmp_path / "missing.txt")))
 
 
-@pytest.mark.ray
-def test_a_deployed_app_refuses_an_indented_comment_line_as_a_key(serve_cluster, tiny_path, tmp_path_factory):
+def test_a_deployed_app_refuses_an_indented_comment_line_as_a_key(keyed_app):
     """Over real HTTP: the ingress reads the config's api_keys_file with the same parser, so the text of an
-    indented comment line is no key (401) while the file's real key is (200)."""
+    indented comment line is no key (401) while the file's real keys are (200). The session's keyed app
+    (tests/conftest.py): its file has ``# ops``, a key, ``  # a comment, not a key``, a blank line and a key."""
     import httpx
-    from ray import serve
 
-    from conftest import deploy, tiny_app_config
-
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text("# ops\nsecret-one\n   # indented comment\n\n")
-    url = deploy(serve_cluster, "keys-comment", tiny_app_config(tiny_path, api_keys_file=str(keys)))
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # the ingress is up once it answers with its own statuses
-            try:
-                r = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer secret-one"}, timeout=30)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the app never answered"
-            time.sleep(0.5)
-        for token in ("# indented comment", "   # indented comment", "# ops", "#"):
-            r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", token
-            assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": token.strip()}, timeout=30).status_code == 401
-    finally:
-        serve.delete("keys-comment")
+    url, keys = keyed_app
+    deadline = time.monotonic() + 180
+    while True:  # the ingress is up once it answers with its own statuses
+        try:
+            r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {keys[0]}"}, timeout=30)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the app never answered"
+        time.sleep(0.5)
+    assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": keys[1]}, timeout=30).status_code == 200
+    for token in ("# a comment, not a key", "  # a comment, not a key", "# ops", "#"):
+        r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", token
+        assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": token.strip()}, timeout=30).status_code == 401
 
 
 # ---- no fault injection in the production config ---------------------------------------------------------

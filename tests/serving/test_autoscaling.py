@@ -16,7 +16,9 @@ def _running(app: str) -> int:
 
 def test_generator_scales_up_under_load_and_back_down(serve_cluster, tiny_path):
     url = deploy(serve_cluster, "auto", tiny_app_config(tiny_path, generator={
-        "num_gpus": 1, "max_batch_size": 1, "max_ongoing_requests": 2, "batch_wait_timeout_s": 0,
+        # 6 clients: 6 requests in flight, 1 a replica wanted (2 at most); 4 slots a replica, so that with 2
+        # replicas the info calls below find a free slot instead of retrying behind the clients' requests
+        "num_gpus": 1, "max_batch_size": 1, "max_ongoing_requests": 4, "batch_wait_timeout_s": 0,
         "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0,
                         "downscale_delay_s": 2, "metrics_interval_s": 0.5, "look_back_period_s": 1}}))
     assert _running("auto") == 1
@@ -41,8 +43,9 @@ def test_generator_scales_up_under_load_and_back_down(serve_cluster, tiny_path):
         infos = {}  # pid -> CUDA_VISIBLE_DEVICES, until both replicas have answered (the router picks one a call)
         deadline = time.monotonic() + 60
         while len(infos) < 2 and time.monotonic() < deadline:
-            info = handle.info.remote().result()
-            infos[info["pid"]] = info["cuda_visible_devices"]
+            for response in [handle.info.remote() for _ in range(4)]:
+                info = response.result()
+                infos[info["pid"]] = info["cuda_visible_devices"]
         assert len(infos) == 2, infos
         assert len(set(infos.values())) == 2 and None not in infos.values(), infos  # a logical GPU each
     finally:
