@@ -1,5 +1,6 @@
 """What a user reads when a command starts: what they need, once. Real processes, as a new user runs them;
-`zimage-serve serve` is started once, by test_serve_cli.py, which checks its output the same way."""
+`zimage-serve serve` is started once, by test_serve_cli.py, and the batch job by tests/batch/test_job.py (the
+run it kills, then reruns: the rerun's output), which check their output the same way."""
 
 import logging
 import os
@@ -8,7 +9,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import pytest
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BAR = re.compile(r"\d+%\|")  # a tqdm progress bar's frame
@@ -63,23 +63,6 @@ def test_generate_prints_the_plan_once_and_no_line_twice(tmp_path):
     assert "random test weights" in r.stdout  # said, not hidden
     for noise in ("Warning", "should be kept in float32", "Traceback"):
         assert noise not in output, output
-
-
-@pytest.mark.ray
-def test_the_batch_job_prints_no_deprecation_and_no_line_twice(tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat\na dog\na red bicycle\n")
-    out = tmp_path / "out"
-    r = _run(["-m", "zimage_serve.batch", "--prompts", str(prompts), "--out", str(out), "--model", "tiny",
-              "--size", "64x64"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    output = r.stdout + r.stderr
-    assert "DeprecationWarning" not in output and "deprecated" not in output, output
-    assert "concurrency" not in output, output
-    assert "Failed to convert column" not in output, output  # the typed requests are pickled by design
-    assert not repeated(output), repeated(output)
-    assert sum(message(line).startswith("plan: ") for line in lines_of(output)) == 1, output  # one generator actor
-    assert "wrote 3 images" in output and len((out / "manifest.jsonl").read_text().splitlines()) == 3
 
 
 def test_well_understood_noise_is_dropped_and_errors_never_are():

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import max_pixel_diff, run_cli, stock_image
+from test_startup_output import lines_of, message, repeated
 from zimage_serve.batch.job import encoder_cpus, run
 from zimage_serve.batch.stages import EncodeStage
 from zimage_serve.core.request import GenerationRequest
@@ -88,10 +89,13 @@ def test_bad_file_exits_nonzero_before_any_model_loads(capsys, tmp_path):
         run(Namespace(**{**vars(_args(ok, tmp_path / "o")), "gpus": "x"}))
 
 
-@pytest.mark.ray  # the job starts its own Ray, in the process it runs in
-def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_stock(tmp_path, stock_pipe, capsys):
-    """The job as a user runs it: killed midway; rerun, with a line added meanwhile, it does the rest and the new
-    line, keeping what was done; a third run has nothing to do."""
+@pytest.fixture(scope="module")
+def killed_then_rerun(tmp_path_factory):
+    """The job as a user runs it (its own Ray, in the process it runs in), killed midway; then, with a torn last
+    manifest line and a partial file left as a kill leaves them and a line added to the prompts meanwhile, run
+    again to the end. One pair of runs, which the two tests below assert on: (the prompts file, the output
+    directory, the prompts' count before the late line, what the killed run had finished, the rerun)."""
+    tmp_path = tmp_path_factory.mktemp("killed")
     prompts = tmp_path / "prompts.jsonl"
     n = _prompts(prompts, 24, size="128x128")  # at least 9 GPU batches left when killed: ample time
     out = tmp_path / "out"
@@ -122,7 +126,16 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_st
     (out / ".tmp-deadbeef-img-999.png").write_bytes(b"partial")
     with open(prompts, "a") as f:  # the file grew meanwhile
         f.write(json.dumps({"id": "late", "prompt": "a late prompt", "seed": 9, "size": "64x64"}) + "\n")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return prompts, out, n, first_run, rerun
+
+
+@pytest.mark.ray  # the job starts its own Ray, in the process it runs in
+def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_stock(killed_then_rerun, stock_pipe, capsys):
+    """The job as a user runs it: killed midway; rerun, with a line added meanwhile, it does the rest and the new
+    line, keeping what was done; a third run has nothing to do."""
+    prompts, out, n, first_run, r = killed_then_rerun
+    manifest = out / "manifest.jsonl"
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{n + 1 - len(first_run)} to generate" in r.stderr, r.stderr[-2000:]
     after = _check_output(out, n + 1)
@@ -134,13 +147,28 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_st
     late = Image.open(out / after["late"]["file"]).convert("RGB")
     assert max_pixel_diff(late, stock_image(stock_pipe, "a late prompt", 9, 64, 64, steps=6)) <= 1
     assert after["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
-    assert not (tmp_path / "escape.png").exists()
+    assert not (out.parent / "escape.png").exists()
     # a third run has nothing to do: it says so and returns before starting Ray (here, in this process)
     before = manifest.read_text()
     capsys.readouterr()
     assert run(Namespace(**{**vars(_args(prompts, out)), "steps": 6})) == 0
     assert f"{n + 1} prompts: {n + 1} already done in {out}, 0 to generate" in capsys.readouterr().err
     assert manifest.read_text() == before
+
+
+@pytest.mark.ray
+def test_the_batch_job_prints_no_deprecation_and_no_line_twice(killed_then_rerun):
+    """What a user reads (tests/test_startup_output.py's checks), in a real run of the job with its own local
+    Ray: the rerun above, which resumes, then generates on one generator actor."""
+    _, _, n, first_run, r = killed_then_rerun
+    assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr
+    assert "DeprecationWarning" not in output and "deprecated" not in output, output
+    assert "concurrency" not in output, output
+    assert "Failed to convert column" not in output, output  # the typed requests are pickled by design
+    assert not repeated(output), repeated(output)
+    assert sum(message(line).startswith("plan: ") for line in lines_of(output)) == 1, output  # one generator actor
+    assert f"wrote {n + 1 - len(first_run)} images" in output, output
 
 
 def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():
