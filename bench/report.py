@@ -251,10 +251,15 @@ def summarize(s: dict) -> dict:
     }
 
 
-def edits(e: dict) -> dict:
+def edits(e: dict, cpu_encoders: dict) -> dict:
     """The edits step (bench/steps/edits.py), with the device and date of its own run (an H200 run, while the
-    summary above is mostly H100 runs): ratios are against stock diffusers in that same run."""
-    return {"img2img_ratio": e["img2img_ratio"], "inpaint_ratio": e["inpaint_ratio"],
+    summary above is mostly H100 runs): ratios are against stock diffusers in that same run. ``cpu_encoders``:
+    run41, the same step with every prompt on the CPU encoders."""
+    return {"encode_on_cpu_run41": {"img2img_http_p50_s": cpu_encoders["ours"]["img2img_http_p50_s"],
+                                    "inpaint_http_p50_s": cpu_encoders["ours"]["inpaint_http_p50_s"],
+                                    "stock_img2img_p50_s": cpu_encoders["stock"]["img2img_p50_s"],
+                                    "img2img_ratio": cpu_encoders["img2img_ratio"]},
+            "encode_on": e.get("encode_on", "cpu"), "img2img_ratio": e["img2img_ratio"], "inpaint_ratio": e["inpaint_ratio"],
             "mixed_throughput_ratio": e["mixed_throughput_ratio"], "stock": e["stock"], "ours": e["ours"],
             "deploy_s": e["deploy_s"], "speedups": e["speedups"], "run": e["_run"],
             "environment": recorded(RESULTS / e["_run"])}
@@ -295,7 +300,7 @@ def other_device(run: Path) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
-    from bench.report_md import render, render_other
+    from bench.report_md import render, render_edits, render_other
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -310,13 +315,14 @@ def main() -> None:
         steps[f"_coldstart_{run}"] = json.loads((RESULTS / run / "coldstart.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
-    summary = summarize(steps)
+    summary = summarize({k: v for k, v in steps.items() if k != "edits"})  # edits: its own section, device
     if "edits" in steps:
-        summary["edits"] = edits(steps["edits"])
+        summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
-        render(summary) + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
+        render(summary) + (render_edits(summary["edits"]) if "edits" in summary else "")
+        + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 
 

@@ -396,3 +396,33 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 - Real-weight image quality of any mode; the multi-GPU figures of issue 7 (no machine with several GPUs
   was lent).
 """
+
+
+def render_edits(x: dict) -> str:
+    """The image-edits section (bench/steps/edits.py), from its own run: another device than the sections above."""
+    env, st, o, c = x["environment"], x["stock"], x["ours"], x["encode_on_cpu_run41"]
+    return f"""
+## Image edits ({x['run']}: {short(said(env['gpu']))}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])})
+
+`python3 bench/run.py build edits` (`bench/steps/edits.py`), in one device command: full-size random weights,
+1024² input and output, 8 steps, a centre-square mask. Stock diffusers: `ZImagePipeline.from_pretrained(bf16)`
+all on the GPU, `ZImageImg2ImgPipeline` / `ZImageInpaintPipeline` built from its components (as
+../shared/gpu/stock_features.py does), end to end from the prompt to PNG bytes, median of 5. Ours: the Serve
+app over HTTP, `POST /v1/images/edits` as the openai client sends it (multipart, the 1024² PNG uploaded),
+one request in flight, median of 10, on the production default plan (resident, compiled, CUDA graphs,
+`encode_on: auto`). Mixed traffic: 64 requests from 16 clients, generations alone, then a quarter image to
+image, a quarter inpainting and half generations.
+
+| | stock diffusers | zimage-serve over HTTP | ratio (target) |
+|---|---|---|---|
+| image to image, strength 0.6 (5 transformer calls) | {st['img2img_p50_s']} s | {o['img2img_http_p50_s']} s | **{x['img2img_ratio']}** (≤ 0.75: not met) |
+| inpainting, strength 1.0 (8 calls) | {st['inpaint_p50_s']} s | {o['inpaint_http_p50_s']} s | **{x['inpaint_ratio']}** (≤ 0.75: met) |
+| text to image in the same run, for reference | | {o['generate_http_p50_s']} s | |
+| throughput, 16 clients: generations alone / mixed | | {o['generations_throughput_img_s']} / {o['mixed_throughput_img_s']} img/s | **{x['mixed_throughput_ratio']}** (≥ 0.9: met) |
+
+Image to image misses its target by a few hundredths: its 5 steps leave less denoising to speed up, while the
+HTTP path adds what stock does not pay (the upload, the input decoded at the ingress to check it and again on
+the generator, the response's base64). With the prompt always on the CPU encoders (`BENCH_ENCODE_ON=cpu`, run41)
+image to image took {c['img2img_http_p50_s']} s (ratio {c['img2img_ratio']}): the idle GPU encoding a lone request's prompt is most of the
+gain. Stock's own figure moves between runs on this machine (image to image {c['stock_img2img_p50_s']} s in run41, {st['img2img_p50_s']} s here).
+"""

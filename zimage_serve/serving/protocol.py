@@ -202,9 +202,9 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> Wire
                                 description="What to repaint (inpainting), the image's size: transparent pixels "
                                             "(OpenAI's convention) or, without alpha, white ones. Absent: image "
                                             "to image.")),
-        strength=(float | None, Field(None, gt=0, le=1, description="How far from the input, in (0, 1]; "
-                                                                    "the transformer runs int(steps x strength) "
-                                                                    "times. Default 0.6, or 1.0 with a mask.")),
+        strength=(float | None, Field(None, gt=0, le=1, description=(
+            "How far from the input, in (0, 1]; the transformer runs steps - int(steps x (1 - strength)) times. "
+            "Default 0.6, or 1.0 with a mask."))),
         input_fidelity=_compatibility(32),
     )
     generate = create_model(
