@@ -128,4 +128,11 @@ contract = schemathesis.pytest.from_fixture("api_schema")
 @contract.parametrize()
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis_passes_every_default_check(case):
-    case.call_and_validate(timeout=120)
+    """Every check on every operation, but one: on the edits route, a body that is valid against the schema is
+    not always an edit to accept, because no schema can say "the bytes of a decodable image" (schemathesis sends
+    random bytes as the file, random base64 as the JSON image): those are 400s naming ``image``, which
+    tests/serving/test_edits.py checks, with the images that are accepted."""
+    from schemathesis.checks import positive_data_acceptance
+
+    excluded = [positive_data_acceptance] if case.path == "/v1/images/edits" else []
+    case.call_and_validate(timeout=120, excluded_checks=excluded)
