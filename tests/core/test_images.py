@@ -78,3 +78,39 @@ def test_image_and_mask_must_be_the_same_size():
     with pytest.raises(InvalidInput, match="mask is 30x30 but image is 60x40") as e:
         check_edit_inputs(encoded(RGB), encoded(RGB.resize((30, 30))))
     assert e.value.param == "mask"
+
+
+def test_a_corrupt_file_of_any_kind_is_an_invalid_input_never_another_error():
+    import random
+
+    buf = io.BytesIO()
+    RGB.save(buf, "GIF", save_all=True, append_images=[RGB.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    for source in (buf.getvalue(), encoded(RGB), encoded(RGB, "JPEG"), encoded(RGB, "WEBP")):
+        for cut in range(16, len(source), max(1, len(source) // 40)):
+            data = bytearray(source[:cut])
+            data[random.Random(cut).randrange(6, len(data))] ^= 0xFF
+            try:
+                read_image(bytes(data))
+            except InvalidInput:
+                pass  # anything else (struct.error from a GIF's frames, say) fails the test
+
+
+def test_a_photo_is_turned_upright_and_a_camera_jpeg_with_a_second_image_is_its_first():
+    rotated = Image.new("RGB", (60, 40))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° to display
+    jpeg = encoded(rotated, "JPEG", exif=exif.tobytes())
+    assert read_image(jpeg).size == (40, 60) and check_edit_inputs(jpeg, None) == (40, 60)
+    mpo = encoded(RGB, "MPO", save_all=True, append_images=[RGB.resize((30, 20))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO" and read_image(mpo).size == (60, 40)
+
+
+def test_an_edit_must_leave_at_least_one_denoising_step():
+    from zimage_serve.core.images import with_edit_inputs
+    from zimage_serve.core.request import GenerationRequest
+
+    request = GenerationRequest("x", seed=1, steps=8)
+    assert with_edit_inputs(request.replace(strength=0.13), encoded(RGB), None, (64, 64)).strength == 0.13
+    with pytest.raises(InvalidInput, match="leaves no denoising step of the 8") as e:
+        with_edit_inputs(request.replace(strength=1e-17), encoded(RGB), None, (64, 64))
+    assert e.value.param == "strength"

@@ -190,7 +190,7 @@ def test_the_batch_writer_encodes_on_its_own_workers(tmp_path):
     pixels = _pixels(512, 256)
     request = GenerationRequest(prompt="a writer", seed=1, width=256, height=512)
     batch = {"id": np.array(["w-1"]), "stem": np.array(["w-1"]), "request": objects([request]),
-             "pixels": objects([pixels]), "seconds": np.array([0.1])}
+             "pixels": objects([pixels]), "seconds": np.array([0.1]), "error": np.array([""])}
     row = WriteStage(str(tmp_path), png_workers=5)(batch)
     assert (tmp_path / row["file"][0]).read_bytes() == encode_png(pixels, 1, workers=1)
     assert 1 <= len(_png_threads(5)) <= 5

@@ -108,6 +108,8 @@ GOOD = png(picture())
     ({"image": ("a.png", GOOD), "mask": ("m.png", png(picture(40, 40)))}, _form(), 400, "mask"),  # another size
     ({"image": ("a.png", GOOD)}, _form(strength=0), 400, "strength"),
     ({"image": ("a.png", GOOD)}, _form(strength=1.5), 400, "strength"),
+    ({"image": ("a.png", GOOD)}, _form(strength=1e-17, num_inference_steps=8), 400, "strength"),  # no step left
+    ({"image": ("a.png", GOOD)}, _form(negative_prompt="x" * 1_100_000), 413, None),  # a text part over the cap
     ({"image": ("a.png", GOOD)}, _form(size="20x20"), 400, "size"),
     ({"image": ("a.png", GOOD)}, _form(n="two"), 400, "n"),
     ({"image": ("a.png", GOOD)}, _form(colour="red"), 400, "colour"),

@@ -4,7 +4,7 @@ JSONL: one object a line with ``id``, ``prompt`` and optional ``seed``, ``size``
 ``negative_prompt``, ``guidance_scale``, and for an edit ``image`` (a path, relative to the prompts file's
 directory unless absolute), optional ``mask`` (inpainting) and ``strength``. Plain text: one prompt a line, ids
 from line numbers. Every problem of the file itself is reported with its line number, before anything runs; an
-input image that is missing or unreadable is found when the job reads it (batch/inputs.py), and is that line's
+input image that is missing or unreadable is found when the job reads it (batch/stages.py), and is that line's
 error in the manifest while the rest of the job goes on.
 """
 

@@ -6,7 +6,8 @@ them).
   pixel is decoded: a decompression bomb is refused without being inflated. Only PNG, JPEG, WebP, GIF and BMP
   decoders are tried.
 - A truncated or corrupt file, an animated image (several frames: which one would be meant?) and a file that
-  is no image are refused, each naming the field.
+  is no image are refused, each naming the field. A camera JPEG with a second image (MPO) is read as its first;
+  an image with an EXIF orientation is turned upright (as diffusers' ``load_image`` does), its size too.
 - An input image is read as RGB: palette, greyscale, CMYK, 16-bit and alpha images are converted (alpha is
   dropped, as ``Image.convert("RGB")`` drops it).
 - A mask is read as diffusers reads one (a greyscale image, white = repaint), except that a mask with an alpha
@@ -20,7 +21,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .bounds import Bounds, edit_size
 from .errors import InvalidInput, TooLarge
@@ -31,29 +32,34 @@ DEFAULT_MAX_PIXELS = Bounds().max_upload_pixels
 
 
 def _open(data: bytes, param: str, max_pixels: int) -> Image.Image:
+    """The decoded image (its first frame for an MPO: a camera JPEG with a second image, such as a gain map),
+    turned upright as its EXIF orientation says. Anything a decoder raises on a bad file is an InvalidInput."""
     if not data:
         raise InvalidInput(f"{param} is empty", param=param, code="invalid_image")
     try:  # reads the header only
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        if isinstance(e, Image.DecompressionBombError):  # Pillow's own bound (MAX_IMAGE_PIXELS x 2), before ours
-            raise InvalidInput(f"{param} has too many pixels (the limit is {max_pixels})", param=param,
-                               code="image_too_large") from None
+    except Image.DecompressionBombError:  # Pillow's own bound (MAX_IMAGE_PIXELS x 2), before ours
+        raise InvalidInput(f"{param} has too many pixels (the limit is {max_pixels})", param=param,
+                           code="image_too_large") from None
+    except Exception:  # UnidentifiedImageError, and whatever a decoder raises on a malformed header
         raise InvalidInput(f"{param} is not a PNG, JPEG, WebP, GIF or BMP image", param=param,
                            code="invalid_image") from None
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidInput(f"{param} is {width}x{height}, {width * height} pixels; the limit is {max_pixels}",
                            param=param, code="image_too_large")
-    if getattr(image, "n_frames", 1) > 1:
-        raise InvalidInput(f"{param} is animated ({image.n_frames} frames): send a single frame", param=param,
-                           code="invalid_image")
     try:
+        if image.format != "MPO" and getattr(image, "n_frames", 1) > 1:
+            raise InvalidInput(f"{param} is animated ({image.n_frames} frames): send a single frame", param=param,
+                               code="invalid_image")
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
+    except InvalidInput:
+        raise
+    except Exception as e:  # OSError (truncated), struct.error (a corrupt GIF's frames), ...
         raise InvalidInput(f"{param} could not be decoded: the file is truncated or corrupt ({e})", param=param,
                            code="invalid_image") from None
-    return image
 
 
 def image_size(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -68,6 +74,10 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         top = 255.0 if pixels.max(initial=0) <= 255 else 65535.0
         return Image.fromarray(np.clip(pixels / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return image
+
+
+# What the modes pass: their inputs were checked against the deployment's bound where they arrived
+CHECKED = 2**62
 
 
 def read_image(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -132,4 +142,9 @@ def with_edit_inputs(request: GenerationRequest, image: bytes, mask: bytes | Non
             raise TooLarge(f"{name} is over the upload limit of {bounds.max_upload_bytes} bytes", param=name)
     input_size = check_edit_inputs(image, mask, bounds.max_upload_pixels)
     width, height = size or edit_size(*input_size, bounds)
-    return request.replace(init_image=image, mask_image=mask, width=width, height=height)
+    edit = request.replace(init_image=image, mask_image=mask, width=width, height=height)
+    # diffusers' count of the steps an edit runs (ZImageImg2ImgPipeline.get_timesteps): at least one
+    if edit.steps - int(max(edit.steps - edit.steps * edit.strength, 0)) < 1:
+        raise InvalidInput(f"strength {edit.strength:g} leaves no denoising step of the {edit.steps}: it must be at "
+                           f"least 1/{edit.steps}", param="strength")
+    return edit

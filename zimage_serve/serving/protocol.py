@@ -203,7 +203,7 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> Wire
                                             "(OpenAI's convention) or, without alpha, white ones. Absent: image "
                                             "to image.")),
         strength=(float | None, Field(None, gt=0, le=1, description=(
-            "How far from the input, in (0, 1]; the transformer runs steps - int(steps x (1 - strength)) times. "
+            "How far from the input, in (0, 1]; the transformer runs steps - int(steps - steps x strength) times (at least 1). "
             "Default 0.6, or 1.0 with a mask."))),
         input_fidelity=_compatibility(32),
     )

@@ -249,7 +249,8 @@ class ImageService:
 
     async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> dict:
         """``POST /v1/images/edits`` (see :meth:`request_from_edit`): the OpenAI ImagesResponse body."""
-        return await self._images_response(self.request_from_edit(body, files))
+        # decoding the uploads to check them takes up to a second: off the event loop, which serves every route
+        return await self._images_response(await asyncio.to_thread(self.request_from_edit, body, files))
 
     async def _images_response(self, request: GenerationRequest) -> dict:
         results = await self._images(request)

@@ -5,6 +5,7 @@ fields, and its image file parts bounded in bytes as they are read. Decoding the
 from __future__ import annotations
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -23,8 +24,11 @@ async def read_form(request: Request, max_upload_bytes: int, max_field_bytes: in
     file over ``max_upload_bytes`` is refused (413) after reading at most one byte more than the limit."""
     try:
         form = await request.form(max_files=len(FILE_FIELDS) + 1, max_fields=64, max_part_size=max_field_bytes)
-    except MultiPartException as e:
-        raise InvalidInput(f"the multipart body could not be read: {e.message}", code="invalid_multipart") from None
+    except (MultiPartException, HTTPException) as e:  # Starlette raises the parser's error as a 400 HTTPException
+        message = getattr(e, "message", None) or getattr(e, "detail", "")
+        if "maximum size" in message:
+            raise TooLarge(f"a text field of the multipart body is over {max_field_bytes} bytes", code="field_too_large") from None
+        raise InvalidInput(f"the multipart body could not be read: {message}", code="invalid_multipart") from None
     fields, files = {}, {}
     try:
         for key, value in form.multi_items():

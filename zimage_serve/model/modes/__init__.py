@@ -4,7 +4,7 @@ decodes them. A new mode is a new file here and an entry in :data:`MODES`.
 
 - ``text_to_image``: ``ZImagePipeline`` from the seed's noise.
 - ``image_to_image``: ``ZImageImg2ImgPipeline``: the input, VAE-encoded and noised to ``strength``, denoised
-  for ``steps - int(steps x (1 - strength))`` steps (diffusers' count: 5 of 8 at 0.6).
+  for ``steps - int(steps - steps x strength)`` steps (diffusers' count: 5 of 8 at 0.6).
 - ``inpaint``: ``ZImageInpaintPipeline``: as image-to-image, with the input kept outside the mask.
 
 Each runs the diffusers pipeline of its mode, built from the engine's loaded modules (one transformer, VAE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ...core.images import read_image, read_mask
+from ...core.images import CHECKED, read_image, read_mask
 
 
 def init_images(pipe, jobs) -> list:
@@ -15,7 +15,7 @@ def init_images(pipe, jobs) -> list:
     images = []
     for job in jobs:
         r = job.request
-        image = read_image(r.init_image)
+        image = read_image(r.init_image, max_pixels=CHECKED)  # bounded where it arrived (the config's bound)
         if image.size != (r.width, r.height):
             image = pipe.image_processor.resize(image, r.height, r.width)
         images.append(image)
@@ -24,7 +24,7 @@ def init_images(pipe, jobs) -> list:
 
 def masks(jobs) -> list:
     """Each job's mask as diffusers reads one (white = repaint); the pipeline resizes it to the edit's size."""
-    return [read_mask(job.request.mask_image) for job in jobs]
+    return [read_mask(job.request.mask_image, max_pixels=CHECKED) for job in jobs]
 
 
 def generators(jobs) -> list:
