@@ -95,7 +95,9 @@ def edits():
             data.add_field(key, str(value))
         return data
 
-    async def call(session, i, kind: str) -> float:
+    stages: dict = {}  # kind -> [Server-Timing stages of each timed call]
+
+    async def call(session, i, kind: str, record: bool = False) -> float:
         t = time.perf_counter()
         if kind == "generate":
             request = session.post(f"{BASE}/v1/images/generations",
@@ -106,6 +108,9 @@ def edits():
         async with request as r:
             await r.read()
             assert r.status == 200, (r.status, await r.text())
+            if record:
+                stages.setdefault(kind, []).append(
+                    {k: float(v) for k, v in (p.split(";dur=") for p in r.headers["Server-Timing"].split(", "))})
         return time.perf_counter() - t
 
     async def saturate(session, kinds: list[str], clients: int = 16) -> float:
@@ -125,8 +130,10 @@ def edits():
             for kind in ("generate", "img2img", "inpaint"):  # warm-up: each path once
                 await call(s, 0, kind)
             for kind in ("img2img", "inpaint", "generate"):
-                times = [await call(s, 100 + i, kind) for i in range(10)]
+                times = [await call(s, 100 + i, kind, record=True) for i in range(10)]
                 out[f"{kind}_http_p50_s"] = round(statistics.median(times), 3)
+                out[f"{kind}_server_timing_p50_ms"] = {k: round(statistics.median(t[k] for t in stages[kind] if k in t), 1)
+                                                       for k in stages[kind][0]}
             n = 64
             out["generations_throughput_img_s"] = round(await saturate(s, ["generate"] * n), 3)
             mixed = [("generate", "img2img", "generate", "inpaint")[i % 4] for i in range(n)]
@@ -143,3 +150,48 @@ def edits():
          mixed_throughput_ratio=round(ours["mixed_throughput_img_s"] / ours["generations_throughput_img_s"], 3),
          batches=info["batches"][-80:])
     _stop()
+
+
+def edits_profile():
+    """Where an image-to-image edit's time goes, in-process on the engine as a replica loads it (regional compile,
+    CUDA graphs, the compiled decoder): the edit at strength 0.6 (5 transformer calls) against text to image with
+    5 and 8 steps, and the edit's own parts timed alone (the upload's decode, the pipeline's preprocess, the VAE
+    encode); stock diffusers' img2img and text to image in the same run."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+
+    from zimage_serve.core.images import read_image, with_edit_inputs
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Job
+
+    from ..common import job, load_engine, timed
+
+    side = size()
+    image_png, mask_png = _inputs(side)
+    out = {"upload_bytes": len(image_png)}
+    eng = load_engine(encode_on="gpu", cuda_graphs=True)
+    eng.warmup(side, side)
+    embeds = eng.encode([PROMPT])[0]
+    edit = Job(with_edit_inputs(GenerationRequest(PROMPT, seed=1, strength=0.6), image_png, None, (side, side)), embeds)
+    for name, j in (("t2i_8_steps", job(embeds)), ("t2i_5_steps", job(embeds, steps=5)), ("img2img_0.6", edit)):
+        out[f"{name}_generate_s"] = round(timed(lambda: eng.generate([j]), reps=7), 4)
+        out[f"{name}_seconds"] = {k: round(v, 4) for k, v in eng.generate([j]).seconds.items()}
+        save("edits_profile", **out)
+    pipe = eng.pipeline(ZImageImg2ImgPipeline)
+    pil = read_image(image_png)
+    out["upload_decode_s"] = round(timed(lambda: read_image(image_png), reps=7), 4)
+    out["preprocess_s"] = round(timed(lambda: pipe.image_processor.preprocess(pil, height=side, width=side), reps=7), 4)
+    pixels = pipe.image_processor.preprocess(pil, height=side, width=side).to(eng.device, eng.pipe.vae.dtype)
+    with torch.inference_mode():
+        out["vae_encode_s"] = round(timed(lambda: eng.pipe.vae.encode(pixels), reps=7), 4)  # norms compiled
+        with torch.compiler.set_stance("force_eager"):
+            out["vae_encode_eager_s"] = round(timed(lambda: eng.pipe.vae.encode(pixels), reps=7), 4)
+        a = eng.pipe.vae.encode(pixels).latent_dist.mean
+        with torch.compiler.set_stance("force_eager"):
+            b = eng.pipe.vae.encode(pixels).latent_dist.mean
+        out["vae_encode_compiled_vs_eager_max_abs_diff"] = float((a.float() - b.float()).abs().max())
+    out["speedups"] = eng.speedups
+    out["warmup_calls"] = eng.warmup_calls
+    out["vae_dtype"] = str(eng.pipe.vae.dtype)
+    out["torch_threads"] = torch.get_num_threads()
+    save("edits_profile", **out)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from zimage_serve.core.errors import InvalidInput
-from zimage_serve.core.images import check_edit_inputs, read_image, read_mask
+from zimage_serve.core.images import Pixels, read_edit_inputs, read_image, read_mask
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -74,9 +74,10 @@ def test_a_mask_with_alpha_repaints_its_transparent_pixels_and_one_without_its_w
 
 
 def test_image_and_mask_must_be_the_same_size():
-    assert check_edit_inputs(encoded(RGB), encoded(RGB.convert("L"))) == (60, 40)
+    image, mask = read_edit_inputs(encoded(RGB), encoded(RGB.convert("L")))
+    assert (image.mode, image.size, mask.mode, mask.size) == ("RGB", (60, 40), "L", (60, 40))
     with pytest.raises(InvalidInput, match="mask is 30x30 but image is 60x40") as e:
-        check_edit_inputs(encoded(RGB), encoded(RGB.resize((30, 30))))
+        read_edit_inputs(encoded(RGB), encoded(RGB.resize((30, 30))))
     assert e.value.param == "mask"
 
 
@@ -100,7 +101,7 @@ def test_a_photo_is_turned_upright_and_a_camera_jpeg_with_a_second_image_is_its_
     exif = rotated.getexif()
     exif[0x0112] = 6  # orientation: rotate 90° to display
     jpeg = encoded(rotated, "JPEG", exif=exif.tobytes())
-    assert read_image(jpeg).size == (40, 60) and check_edit_inputs(jpeg, None) == (40, 60)
+    assert read_image(jpeg).size == (40, 60) and read_edit_inputs(jpeg, None)[0].size == (40, 60)
     mpo = encoded(RGB, "MPO", save_all=True, append_images=[RGB.resize((30, 20))])
     assert Image.open(io.BytesIO(mpo)).format == "MPO" and read_image(mpo).size == (60, 40)
 
@@ -114,3 +115,17 @@ def test_an_edit_must_leave_at_least_one_denoising_step():
     with pytest.raises(InvalidInput, match="leaves no denoising step of the 8") as e:
         with_edit_inputs(request.replace(strength=1e-17), encoded(RGB), None, (64, 64))
     assert e.value.param == "strength"
+
+
+def test_an_upload_is_decoded_once_into_pixels_that_travel_pickled_and_read_back_unchanged():
+    import pickle
+
+    from zimage_serve.core.images import with_edit_inputs
+    from zimage_serve.core.request import GenerationRequest
+
+    edit = with_edit_inputs(GenerationRequest("a fox", seed=1), encoded(RGB), encoded(RGB.convert("L")), (64, 64))
+    carried = pickle.loads(pickle.dumps(edit))  # how Ray hands it on
+    assert carried == edit and isinstance(carried.init_image, Pixels)
+    assert (np.asarray(carried.init_image.image()) == np.asarray(RGB)).all()
+    assert (np.asarray(carried.mask_image.image()) == np.asarray(RGB.convert("L"))).all()
+    assert "data" not in repr(carried.init_image)  # a request's repr (logs) does not print its pixels

@@ -4,7 +4,11 @@ import pickle
 
 import pytest
 
+from zimage_serve.core.images import Pixels
 from zimage_serve.core.request import GenerationRequest
+
+PX = Pixels("RGB", 2, 2, bytes(12))  # a decoded upload, as core.images makes one
+MASK = Pixels("L", 2, 2, bytes(4))
 
 
 def test_texts_are_the_prompt_and_the_negative_prompt_only_when_guided():
@@ -26,12 +30,12 @@ def test_batch_key_separates_what_cannot_share_a_transformer_batch():
     base = GenerationRequest("a fox", seed=1)
     assert base.batch_key == base.replace(prompt="a tram", seed=9, negative_prompt="x").batch_key
     for change in ({"width": 512}, {"steps": 4}, {"guidance_scale": 1.5}, {"adapter": "ink"},
-                   {"init_image": b"png", "strength": 0.6}, {"control_image": b"png"}):
+                   {"init_image": PX, "strength": 0.6}, {"control_image": PX}):
         assert base.replace(**change).batch_key != base.batch_key, change
 
 
-@pytest.mark.parametrize("fields, mode", [({}, "text-to-image"), ({"init_image": b"x"}, "image-to-image"),
-                                          ({"init_image": b"x", "mask_image": b"m"}, "inpaint")])
+@pytest.mark.parametrize("fields, mode", [({}, "text-to-image"), ({"init_image": PX}, "image-to-image"),
+                                          ({"init_image": PX, "mask_image": MASK}, "inpaint")])
 def test_mode_follows_the_images_given(fields, mode):
     assert GenerationRequest("a fox", seed=1, **fields).mode == mode
 
@@ -39,29 +43,29 @@ def test_mode_follows_the_images_given(fields, mode):
 def test_modes_not_served_yet_are_named():
     assert GenerationRequest("a fox", seed=1).unsupported() is None
     assert GenerationRequest("a fox", seed=1, adapter="ink").unsupported() == "adapter"
-    assert GenerationRequest("a fox", seed=1, control_image=b"x").unsupported() == "control_image"
-    assert GenerationRequest("a fox", seed=1, init_image=b"x", mask_image=b"m").unsupported() is None  # edits are
+    assert GenerationRequest("a fox", seed=1, control_image=PX).unsupported() == "control_image"
+    assert GenerationRequest("a fox", seed=1, init_image=PX, mask_image=MASK).unsupported() is None  # edits are
 
 
 def test_an_edit_gets_its_modes_default_strength_and_a_mask_needs_an_image():
-    assert GenerationRequest("a fox", seed=1, init_image=b"x").strength == 0.6  # ZImageImg2ImgPipeline's
-    assert GenerationRequest("a fox", seed=1, init_image=b"x", mask_image=b"m").strength == 1.0  # the inpaint one's
-    assert GenerationRequest("a fox", seed=1, init_image=b"x", strength=0.3).strength == 0.3
+    assert GenerationRequest("a fox", seed=1, init_image=PX).strength == 0.6  # ZImageImg2ImgPipeline's
+    assert GenerationRequest("a fox", seed=1, init_image=PX, mask_image=MASK).strength == 1.0  # the inpaint one's
+    assert GenerationRequest("a fox", seed=1, init_image=PX, strength=0.3).strength == 0.3
     assert GenerationRequest("a fox", seed=1).strength is None
-    assert GenerationRequest("a fox", seed=1, init_image=b"x").batch_key == \
-        GenerationRequest("a tram", seed=2, init_image=b"y", strength=0.6).batch_key
+    assert GenerationRequest("a fox", seed=1, init_image=PX).batch_key == \
+        GenerationRequest("a tram", seed=2, init_image=Pixels("RGB", 2, 2, bytes([7]) * 12), strength=0.6).batch_key
     with pytest.raises(ValueError, match="mask_image needs an init_image"):
-        GenerationRequest("a fox", seed=1, mask_image=b"m")
+        GenerationRequest("a fox", seed=1, mask_image=MASK)
 
 
 def test_the_encoders_copy_carries_the_texts_not_the_images():
-    edit = GenerationRequest("a fox", seed=1, init_image=b"x" * 1000, mask_image=b"m", guidance_scale=2.0)
+    edit = GenerationRequest("a fox", seed=1, init_image=PX, mask_image=MASK, guidance_scale=2.0)
     light = edit.without_images()
     assert light.texts == edit.texts and light.init_image is None and light.mask_image is None
 
 
 def test_it_is_frozen_and_crosses_processes_intact():
-    request = GenerationRequest("a fox", seed=1, init_image=b"\x89PNG", enqueued_at=12.5)
+    request = GenerationRequest("a fox", seed=1, init_image=PX, enqueued_at=12.5)
     with pytest.raises(AttributeError):
         request.seed = 2
     assert pickle.loads(pickle.dumps(request)) == request

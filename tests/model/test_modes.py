@@ -10,6 +10,7 @@ from diffusers import ZImageImg2ImgPipeline, ZImageInpaintPipeline
 from PIL import Image
 
 from conftest import max_pixel_diff
+from zimage_serve.core.images import with_edit_inputs
 from zimage_serve.core.request import GenerationRequest
 from zimage_serve.model.engine import Engine, Job
 from zimage_serve.model.planner import Workload, make_plan
@@ -59,8 +60,9 @@ def stock_edit(pipe, image, seed, steps=8, **kw):
 
 
 def edit_job(engine, seed, image: Image.Image, mask=None, strength=None, width=64, height=64, steps=8):
-    request = GenerationRequest(PROMPT, seed=seed, width=width, height=height, steps=steps, init_image=png(image),
-                                mask_image=png(mask) if mask is not None else None, strength=strength)
+    """The job of an edit of ``image`` uploaded as a PNG (with ``mask``): decoded as every layer decodes one."""
+    request = with_edit_inputs(GenerationRequest(PROMPT, seed=seed, steps=steps, strength=strength), png(image),
+                               png(mask) if mask is not None else None, (width, height))
     return Job.of(request, engine.encode(list(request.texts)))
 
 

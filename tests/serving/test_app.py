@@ -33,8 +33,11 @@ def test_openai_client_end_to_end(app_url, stock_pipe):
 
 def test_openai_client_without_seed_gets_a_random_one_reported(app_url):
     client = openai.OpenAI(base_url=f"{app_url}/v1", api_key="unused")
-    r = client.images.generate(prompt="a red fox", size="64x64")
+    raw = client.images.with_raw_response.generate(prompt="a red fox", size="64x64")
+    r = raw.parse()
     assert isinstance(r.model_extra["seed"], int) and r.data[0].model_extra["seed"] == r.model_extra["seed"]
+    stages = dict(part.split(";dur=") for part in raw.headers["server-timing"].split(", "))
+    assert {"queue", "denoise", "decode", "image_encode", "generator", "ingress"} <= set(stages)
 
 
 def test_generate_returns_the_stock_image_as_png(app_url, stock_pipe):

@@ -133,6 +133,8 @@ def test_every_input_mode_is_converted_and_edited(app_url):
         r = httpx.post(f"{app_url}/v1/images/edits", files={"image": (f"in.{fmt.lower()}", png(image, fmt))},
                        data=_form(), timeout=60)
         assert r.status_code == 200 and r.json()["size"] == "80x64", (mode, r.text)
+        stages = [part.split(";")[0] for part in r.headers["Server-Timing"].split(", ")]
+        assert stages[:2] == ["upload_read", "upload_decode"] and stages[-1] == "ingress" and "denoise" in stages
 
 
 def test_a_body_neither_json_nor_multipart_is_415(app_url):

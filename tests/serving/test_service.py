@@ -102,7 +102,7 @@ def test_a_prompt_refused_by_a_generator_without_text_encoder_is_encoded_on_the_
     svc = ImageService(AppConfig(), encode=backends.encode, generate=generate, generator_info=backends.info,
                        is_retryable=lambda e: False)
     result = asyncio.run(svc.images({"prompt": "a lighthouse", "n": 2, "seed": 4}))
-    assert [d["seed"] for d in result["data"]] == [4, 5]
+    assert [d["seed"] for d in result.body["data"]] == [4, 5]
     assert sorted(calls, key=str) == [None, None, "embeds of a lighthouse", "embeds of a lighthouse"]
     assert backends.encoded == ["a lighthouse", "a lighthouse"] and svc.pending == 0
 
@@ -126,3 +126,17 @@ def test_a_burst_before_the_generator_is_ready_asks_its_plan_once():
 
     asyncio.run(burst())
     assert len(asked) == 1 and len(backends.routes) == 11
+
+
+def test_the_images_apis_timing_is_each_stages_longest_over_the_n_images():
+    backends = Backends(plan_encode_on="cpu")
+    backends.gate.set()
+
+    async def generate(request, encoded) -> dict:
+        return {"image": b"png", "seed": request.seed, "seconds": {"denoise": 0.1 * (request.seed - 3), "decode": 0.05}}
+
+    svc = ImageService(AppConfig(), encode=backends.encode, generate=generate, generator_info=backends.info,
+                       is_retryable=lambda e: False)
+    reply = asyncio.run(svc.images({"prompt": "a lighthouse", "n": 3, "seed": 4}))
+    assert reply.seconds["denoise"] == pytest.approx(0.3) and reply.seconds["decode"] == 0.05
+    assert list(reply.seconds)[-1] == "ingress" and reply.seconds["ingress"] >= 0

@@ -107,7 +107,9 @@ class GenerateStage:
         pixels = [None] * len(batch["id"])
         for i, image in zip(rows, images):
             pixels[i] = np.asarray(image)
-        return {"id": batch["id"], "stem": batch["stem"], "request": batch["request"], "error": batch["error"],
+        # the writer needs the requests' fields, not their input images' pixels
+        requests = objects([r.without_images() for r in batch["request"]])
+        return {"id": batch["id"], "stem": batch["stem"], "request": requests, "error": batch["error"],
                 "pixels": objects(pixels), "seconds": np.full(len(pixels), seconds)}
 
 

@@ -1,6 +1,6 @@
-"""Uploaded images, which are untrusted: bounded in bytes and pixels before they are decoded, then read the
-one way every layer reads them (the ingress to check them, the generator, the CLI and the batch job to use
-them).
+"""Uploaded images, which are untrusted: bounded in bytes and pixels before they are decoded, then decoded once,
+where they arrive (the ingress, the CLI, the batch job's encode stage), into :class:`Pixels`, which is what the
+typed request carries on to the generator: no later layer decodes a file again.
 
 - The bytes are bounded by the caller (``max_upload_bytes``); the pixels here, from the header, before any
   pixel is decoded: a decompression bomb is refused without being inflated. Only PNG, JPEG, WebP, GIF and BMP
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -62,9 +63,27 @@ def _open(data: bytes, param: str, max_pixels: int) -> Image.Image:
                            code="invalid_image") from None
 
 
-def image_size(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) of an uploaded image, after checking that it decodes (see :func:`read_image`)."""
-    return _open(data, param, max_pixels).size
+@dataclass(frozen=True)
+class Pixels:
+    """An upload, checked and decoded: its 8-bit pixels as they travel in a request (across Ray handles, in Ray
+    Data rows). ``mode`` is ``"RGB"`` for an input image, ``"L"`` for a mask (white = repaint). :meth:`image` is
+    the PIL image again, without decoding anything."""
+
+    mode: str
+    width: int
+    height: int
+    data: bytes = field(repr=False)  # width x height x channels bytes, row by row
+
+    @classmethod
+    def of(cls, image: Image.Image) -> "Pixels":
+        return cls(image.mode, image.width, image.height, image.tobytes())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def image(self) -> Image.Image:
+        return Image.frombytes(self.mode, self.size, self.data)
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -74,10 +93,6 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         top = 255.0 if pixels.max(initial=0) <= 255 else 65535.0
         return Image.fromarray(np.clip(pixels / top * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return image
-
-
-# What the modes pass: their inputs were checked against the deployment's bound where they arrived
-CHECKED = 2**62
 
 
 def read_image(data: bytes, param: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -109,15 +124,17 @@ def read_mask(data: bytes, param: str = "mask", max_pixels: int = DEFAULT_MAX_PI
     return image if image.mode == "L" else image.convert("L")
 
 
-def check_edit_inputs(image: bytes, mask: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """Checks an edit's input image (and mask: the same size) decode; the input's (width, height)."""
-    size = image_size(image, "image", max_pixels)
-    if mask is not None:
-        mask_size = image_size(mask, "mask", max_pixels)
-        if mask_size != size:
-            raise InvalidInput(f"mask is {mask_size[0]}x{mask_size[1]} but image is {size[0]}x{size[1]}: they must "
-                               "be the same size", param="mask", code="invalid_image")
-    return size
+def read_edit_inputs(image: bytes, mask: bytes | None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Pixels, Pixels | None]:
+    """An edit's input image (RGB) and mask (L, the same size), each decoded once."""
+    picture = read_image(image, "image", max_pixels)
+    if mask is None:
+        return Pixels.of(picture), None
+    stencil = read_mask(mask, "mask", max_pixels)
+    if stencil.size != picture.size:
+        raise InvalidInput(f"mask is {stencil.width}x{stencil.height} but image is {picture.width}x{picture.height}: "
+                           "they must be the same size", param="mask", code="invalid_image")
+    return Pixels.of(picture), Pixels.of(stencil)
 
 
 def read_file(path: str, param: str = "image", bounds: Bounds = Bounds()) -> bytes:
@@ -135,14 +152,14 @@ def read_file(path: str, param: str = "image", bounds: Bounds = Bounds()) -> byt
 def with_edit_inputs(request: GenerationRequest, image: bytes, mask: bytes | None, size: tuple[int, int] | None,
                      bounds: Bounds = Bounds()) -> GenerationRequest:
     """``request`` as an edit of ``image`` (inpainting with ``mask``): both checked (bytes, pixels, decoding, the
-    same size), made at ``size``, or when None at the input's size within the bounds (:func:`edit_size`). The one
-    place that says so, for the HTTP API, the CLI and the batch job."""
+    same size) and decoded into the request's :class:`Pixels`, made at ``size``, or when None at the input's size
+    within the bounds (:func:`edit_size`). The one place that says so, for the HTTP API, the CLI and the batch job."""
     for name, data in (("image", image), ("mask", mask)):
         if data is not None and len(data) > bounds.max_upload_bytes:
             raise TooLarge(f"{name} is over the upload limit of {bounds.max_upload_bytes} bytes", param=name)
-    input_size = check_edit_inputs(image, mask, bounds.max_upload_pixels)
-    width, height = size or edit_size(*input_size, bounds)
-    edit = request.replace(init_image=image, mask_image=mask, width=width, height=height)
+    picture, stencil = read_edit_inputs(image, mask, bounds.max_upload_pixels)
+    width, height = size or edit_size(*picture.size, bounds)
+    edit = request.replace(init_image=picture, mask_image=stencil, width=width, height=height)
     # diffusers' count of the steps an edit runs (ZImageImg2ImgPipeline.get_timesteps): at least one
     if edit.steps - int(max(edit.steps - edit.steps * edit.strength, 0)) < 1:
         raise InvalidInput(f"strength {edit.strength:g} leaves no denoising step of the {edit.steps}: it must be at "

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .formats import OutputFormat
+
+if TYPE_CHECKING:
+    from .images import Pixels
 
 Mode = Literal["text-to-image", "image-to-image", "inpaint"]
 # diffusers' defaults: ZImageImg2ImgPipeline's strength 0.6, ZImageInpaintPipeline's 1.0
@@ -25,8 +28,8 @@ DEFAULT_STRENGTH = {"image-to-image": 0.6, "inpaint": 1.0}
 class GenerationRequest:
     """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
 
-    Images (``init_image``, ``mask_image``, ``control_image``) travel as their encoded bytes, already
-    checked by the layer that received them (``core.images``); they are decoded where they are used. An edit
+    Images (``init_image``, ``mask_image``, ``control_image``) travel decoded, as ``core.images.Pixels``: the
+    layer that received the upload checked and decoded it once (``core.images.with_edit_inputs``). An edit
     without a ``strength`` gets its mode's default (:data:`DEFAULT_STRENGTH`), so that equal edits have equal
     batch keys."""
 
@@ -43,10 +46,10 @@ class GenerationRequest:
     # ---- room for the modes to come: each is None/empty when unused ------------------------------------
     adapter: str | None = None  # a LoRA adapter's name (the OpenAI `model` field)
     adapter_scale: float | None = None  # None: the adapter's configured scale
-    init_image: bytes | None = None  # image-to-image / inpainting input
-    mask_image: bytes | None = None  # inpainting: what to repaint
+    init_image: Pixels | None = None  # image-to-image / inpainting input (RGB)
+    mask_image: Pixels | None = None  # inpainting: what to repaint (L, white = repaint)
     strength: float | None = None  # how far from init_image, in (0, 1] (an edit without one: its mode's default)
-    control_image: bytes | None = None  # ControlNet conditioning
+    control_image: Pixels | None = None  # ControlNet conditioning
     control_scale: float | None = None
     enqueued_at: float | None = None  # when the ingress admitted it (time.time()), for the queue metric
 
@@ -92,7 +95,7 @@ class GenerationRequest:
         return dataclasses.replace(self, **changes)
 
     def without_images(self) -> "GenerationRequest":
-        """The request as the prompt encoder needs it: its texts, not its images' bytes (nor the mode they
+        """The request as the prompt encoder needs it: its texts, not its images' pixels (nor the mode they
         make; the strength stays as it was resolved)."""
         return dataclasses.replace(self, init_image=None, mask_image=None, control_image=None)
 

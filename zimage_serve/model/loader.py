@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import weights_cache
-from .optim.lean_vae import lean_decoder
+from .optim.lean_vae import lean_decoder, lean_encoder
 from .planner import Plan
 from .sources import ModelSource
 
@@ -115,7 +115,7 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
     t0 = time.perf_counter()
     vae = AutoencoderKL.from_pretrained(source.path, subfolder="vae", dtype=dt,
                                         device_map={"": str(_target(plan.vae, dev))}, use_safetensors=True)
-    vae_changes = lean_decoder(vae)
+    vae_changes = {**lean_decoder(vae), **lean_encoder(vae)}
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source.path, subfolder="scheduler")
     seconds["vae"] = time.perf_counter() - t0
     text_model = tokenizer = None
@@ -140,5 +140,5 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
             hooks.append(prev)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     # debug: each caller says it has loaded (the CLI, the replicas' "ready"); the breakdown is for profiling
-    log.debug("loaded %s: %s; VAE decoder %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
+    log.debug("loaded %s: %s; VAE %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
     return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds)

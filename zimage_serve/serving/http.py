@@ -27,7 +27,7 @@ from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded,
                            TooLarge, ZImageError, user_message)
 from . import metrics
 from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
-from .service import ImageService, server_timing
+from .service import ImageService, ImagesReply, server_timing
 from .uploads import FILE_FIELDS, read_form
 
 log = logging.getLogger("zimage_serve")
@@ -243,24 +243,32 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
 
     refusals = _errors(400, *auth, 413, 415, 503, 504)  # every status a POST route answers with, but 200
 
-    @app.post("/v1/images/generations", response_model=ImagesResponse, responses=refusals,
+    stages = "queue, text_encode, denoise, decode, image_encode, generator, ingress"
+    timed = lambda extra="": {"Server-Timing": _header(f"Milliseconds per stage: {extra}{stages}.")}
+    images_ok = lambda extra="": {200: {"description": "The images (OpenAI's ImagesResponse).", "headers": timed(extra)}}
+
+    def images_json(reply: ImagesReply, **stages_before) -> JSONResponse:
+        return JSONResponse(reply.body, headers={"Server-Timing": server_timing({**stages_before, **reply.seconds})})
+
+    @app.post("/v1/images/generations", response_model=ImagesResponse, responses={**images_ok(), **refusals},
               openapi_extra=_body_schema(wire.images))
     async def images(request: Request):
-        return JSONResponse(await service.images(await _json(request)))
+        return images_json(await service.images(await _json(request)))
 
     image_bytes = {"schema": {"type": "string", "format": "binary"}}
     generated = {"description": "The image, encoded as output_format asks.",
                  "content": {"image/png": image_bytes, "image/jpeg": image_bytes, "image/webp": image_bytes},
-                 "headers": {"X-Seed": _header("The image's seed.", "integer"),
-                             "Server-Timing": _header("Milliseconds per stage: queue, text_encode, denoise, decode, "
-                                                      "image_encode, generator, ingress.")}}
+                 "headers": {"X-Seed": _header("The image's seed.", "integer"), **timed()}}
 
-    @app.post(EDITS, response_model=ImagesResponse, responses=refusals, openapi_extra=_edits_body(wire.edits))
+    @app.post(EDITS, response_model=ImagesResponse, responses={**images_ok("upload_read (multipart), upload_decode, "),
+                                                               **refusals}, openapi_extra=_edits_body(wire.edits))
     async def edits(request: Request):
         if _media_type(request, (JSON, MULTIPART)) == MULTIPART:
+            start = time.perf_counter()
             fields, files = await read_form(request, config.max_upload_bytes, config.max_body_bytes)
-            return JSONResponse(await service.edits(fields, files))
-        return JSONResponse(await service.edits(await _json(request)))
+            upload_read = time.perf_counter() - start
+            return images_json(await service.edits(fields, files), upload_read=upload_read)
+        return images_json(await service.edits(await _json(request)))
 
     @app.post("/generate", responses={200: generated, **refusals},
               response_class=Response, openapi_extra=_body_schema(wire.generate))

@@ -70,11 +70,20 @@ def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: 
 
 
 def server_timing(seconds: dict) -> str:
-    """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: queue (admitted
-    at the ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the
-    GPU), denoise and decode (the batch's), image_encode, generator (this request at its generator replica,
-    arrival to encoded image) and ingress (this request at the ingress, start to end)."""
+    """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: upload_read (a
+    multipart body read) and upload_decode (an edit's images checked and decoded), queue (admitted at the
+    ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the GPU), denoise
+    and decode (the batch's), image_encode, generator (this request at its generator replica, arrival to
+    encoded image) and ingress (this request at the ingress, start to end). For n images, each stage's longest."""
     return ", ".join(f"{name};dur={1000 * s:.1f}" for name, s in seconds.items())
+
+
+@dataclass(frozen=True)
+class ImagesReply:
+    """The Images API's answer: the ImagesResponse body, and its Server-Timing stages."""
+
+    body: dict
+    seconds: dict
 
 
 @dataclass(frozen=True)
@@ -243,22 +252,31 @@ class ImageService:
                     raise
                 raise mapped from None
 
-    async def images(self, body: Any) -> dict:
+    async def images(self, body: Any) -> ImagesReply:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
-        return await self._images_response(self.request_from_images(body))
+        start = time.perf_counter()
+        return await self._images_response(self.request_from_images(body), start)
 
-    async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> dict:
+    async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> ImagesReply:
         """``POST /v1/images/edits`` (see :meth:`request_from_edit`): the OpenAI ImagesResponse body."""
+        start = time.perf_counter()
         # decoding the uploads to check them takes up to a second: off the event loop, which serves every route
-        return await self._images_response(await asyncio.to_thread(self.request_from_edit, body, files))
+        request = await asyncio.to_thread(self.request_from_edit, body, files)
+        return await self._images_response(request, start, {"upload_decode": time.perf_counter() - start})
 
-    async def _images_response(self, request: GenerationRequest) -> dict:
+    async def _images_response(self, request: GenerationRequest, start: float, seconds: dict | None = None) -> ImagesReply:
         results = await self._images(request)
-        return ImagesResponse(
+        seconds = dict(seconds or {})
+        for r in results:  # the images ran side by side: each stage's longest
+            for stage, s in r.get("seconds", {}).items():
+                seconds[stage] = max(s, seconds.get(stage, 0.0))
+        seconds["ingress"] = time.perf_counter() - start
+        body = ImagesResponse(
             created=int(time.time()), output_format=request.output_format, size=request.size, seed=request.seed,
             model=self.config.model_name,
             data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results],
         ).model_dump(exclude_none=True)
+        return ImagesReply(body, seconds)
 
     async def generate(self, body: Any) -> ImageBytes:
         """``POST /generate``: one image's bytes."""

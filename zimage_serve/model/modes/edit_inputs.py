@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from ...core.images import CHECKED, read_image, read_mask
-
 
 def init_images(pipe, jobs) -> list:
     """Each job's input image as RGB at the request's size: resized with the pipeline's own
@@ -15,7 +13,7 @@ def init_images(pipe, jobs) -> list:
     images = []
     for job in jobs:
         r = job.request
-        image = read_image(r.init_image, max_pixels=CHECKED)  # bounded where it arrived (the config's bound)
+        image = r.init_image.image()  # decoded (and bounded) where it arrived
         if image.size != (r.width, r.height):
             image = pipe.image_processor.resize(image, r.height, r.width)
         images.append(image)
@@ -24,7 +22,7 @@ def init_images(pipe, jobs) -> list:
 
 def masks(jobs) -> list:
     """Each job's mask as diffusers reads one (white = repaint); the pipeline resizes it to the edit's size."""
-    return [read_mask(job.request.mask_image, max_pixels=CHECKED) for job in jobs]
+    return [job.request.mask_image.image() for job in jobs]
 
 
 def generators(jobs) -> list:
