@@ -70,6 +70,17 @@ def _stock(image_png: bytes, mask_png: bytes, side: int, reps: int = 5) -> dict:
     return results
 
 
+def _production_generator() -> dict:
+    """serve_config.yaml's generator section, for one replica on this GPU."""
+    import yaml
+
+    from ..common import ROOT
+
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    generator = {k: v for k, v in args["generator"].items() if k not in ("autoscaling", "plan_size")}
+    return {**generator, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
+
+
 def edits():
     """Edits over HTTP against stock diffusers in the same run: img2img at strength 0.6 and inpainting at 1.0, one
     in flight (p50), then 64 requests from 16 clients, generations alone and half generations half edits."""
@@ -79,11 +90,13 @@ def edits():
     image_png, mask_png = _inputs(side)
     stock = _stock(image_png, mask_png, side)
     save("edits", stock=stock)
-    # the production default plan: encode_on auto (a lone request's prompt is encoded on the idle GPU, as stock
-    # encodes it; under load on the CPU encoders). BENCH_ENCODE_ON=cpu: always on the CPU encoders
+    # the production default: serve_config.yaml's generator (encode_on auto: a lone request's prompt is encoded on
+    # the idle GPU, as stock encodes it, under load on the CPU encoders; num_cpus 2: the PNG threads), one
+    # replica. BENCH_ENCODE_ON=cpu: always on the CPU encoders
     encode_on = os.environ.get("BENCH_ENCODE_ON", "auto")
+    generator = _production_generator()
     config = _config({"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0},
-                     {"encode_on": encode_on, "max_queued_requests": 256, "batch_wait_timeout_s": 0})
+                     {**generator, "encode_on": encode_on, "max_queued_requests": 256})
     deploy_s = _start(config)
 
     def form(i: int, mask: bool, strength: float) -> aiohttp.FormData:
@@ -144,7 +157,7 @@ def edits():
     from ray import serve
 
     info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
-    save("edits", stock=stock, ours=ours, encode_on=encode_on, deploy_s=round(deploy_s, 1), speedups=info["speedups"], plan=info["plan"],
+    save("edits", stock=stock, ours=ours, encode_on=encode_on, generator=generator, deploy_s=round(deploy_s, 1), speedups=info["speedups"], plan=info["plan"],
          img2img_ratio=round(ours["img2img_http_p50_s"] / stock["img2img_p50_s"], 3),
          inpaint_ratio=round(ours["inpaint_http_p50_s"] / stock["inpaint_p50_s"], 3),
          mixed_throughput_ratio=round(ours["mixed_throughput_img_s"] / ours["generations_throughput_img_s"], 3),

@@ -102,7 +102,7 @@ def test_a_prompt_refused_by_a_generator_without_text_encoder_is_encoded_on_the_
     svc = ImageService(AppConfig(), encode=backends.encode, generate=generate, generator_info=backends.info,
                        is_retryable=lambda e: False)
     result = asyncio.run(svc.images({"prompt": "a lighthouse", "n": 2, "seed": 4}))
-    assert [d["seed"] for d in result.body["data"]] == [4, 5]
+    assert [d.seed for d in result.response.data] == [4, 5]
     assert sorted(calls, key=str) == [None, None, "embeds of a lighthouse", "embeds of a lighthouse"]
     assert backends.encoded == ["a lighthouse", "a lighthouse"] and svc.pending == 0
 

@@ -128,12 +128,6 @@ class Engine:
                 self.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps), embeds)
                                for i in range(n)])
                 self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)))
-        if self.compiled_decoder:  # the VAE encoder's compiled norms take the shape of their first call: the plan's
-            t = time.perf_counter()
-            with torch.inference_mode():  # as the edit modes encode (a grad-mode guard would not match)
-                vae = self.pipe.vae
-                vae.encode(torch.zeros(1, 3, height, width, dtype=vae.dtype, device=self.device))
-            self.warmup_calls.append(("vae encode", 0, round(time.perf_counter() - t, 2)))
         log.info("warm-up calls (batch, caption tokens, seconds): %s", self.warmup_calls)
         return time.perf_counter() - t0
 

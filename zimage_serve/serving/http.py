@@ -247,8 +247,10 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     timed = lambda extra="": {"Server-Timing": _header(f"Milliseconds per stage: {extra}{stages}.")}
     images_ok = lambda extra="": {200: {"description": "The images (OpenAI's ImagesResponse).", "headers": timed(extra)}}
 
-    def images_json(reply: ImagesReply, **stages_before) -> JSONResponse:
-        return JSONResponse(reply.body, headers={"Server-Timing": server_timing({**stages_before, **reply.seconds})})
+    def images_json(reply: ImagesReply, **stages_before) -> Response:
+        # pydantic's serializer writes megabytes of base64 in a third of the time json.dumps takes (JSONResponse)
+        return Response(reply.response.model_dump_json(exclude_none=True), media_type=JSON,
+                        headers={"Server-Timing": server_timing({**stages_before, **reply.seconds})})
 
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses={**images_ok(), **refusals},
               openapi_extra=_body_schema(wire.images))

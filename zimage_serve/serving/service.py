@@ -80,9 +80,9 @@ def server_timing(seconds: dict) -> str:
 
 @dataclass(frozen=True)
 class ImagesReply:
-    """The Images API's answer: the ImagesResponse body, and its Server-Timing stages."""
+    """The Images API's answer: the ImagesResponse, and its Server-Timing stages."""
 
-    body: dict
+    response: ImagesResponse
     seconds: dict
 
 
@@ -271,12 +271,11 @@ class ImageService:
             for stage, s in r.get("seconds", {}).items():
                 seconds[stage] = max(s, seconds.get(stage, 0.0))
         seconds["ingress"] = time.perf_counter() - start
-        body = ImagesResponse(
+        response = ImagesResponse(
             created=int(time.time()), output_format=request.output_format, size=request.size, seed=request.seed,
             model=self.config.model_name,
-            data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results],
-        ).model_dump(exclude_none=True)
-        return ImagesReply(body, seconds)
+            data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results])
+        return ImagesReply(response, seconds)
 
     async def generate(self, body: Any) -> ImageBytes:
         """``POST /generate``: one image's bytes."""

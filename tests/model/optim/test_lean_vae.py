@@ -1,10 +1,10 @@
-"""The lean VAE decoder: the same image as diffusers' decoder, with smaller intermediates."""
+"""The lean VAE decoder and encoder: the same image (latents) as diffusers', with fewer or smaller intermediates."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from zimage_serve.model.optim.lean_vae import conv_in_bands, lean_decoder, upsample_conv_in_bands
+from zimage_serve.model.optim.lean_vae import conv_in_bands, lean_decoder, lean_encoder, upsample_conv_in_bands
 
 
 @pytest.mark.parametrize("h,w,band", [(7, 5, 40), (8, 8, 1), (3, 9, 10_000), (5, 4, 64)])
@@ -41,3 +41,17 @@ def test_lean_decoder_decodes_the_same_image(tiny_path, monkeypatch):
     assert changed["banded_convs"] > 2 * len(vae.decoder.up_blocks)
     assert len(interpolated_rows) > changed["banded_upsamplers"] and max(interpolated_rows) < z.shape[2]  # in bands
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lean_encoder_encodes_bit_for_bit_the_same_latents(tiny_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_path, subfolder="vae", dtype=torch.float32).eval()
+    x = torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        expected = vae.encode(x).latent_dist.parameters
+        changed = lean_encoder(vae)
+        got = vae.encode(x).latent_dist.parameters
+    resnets = sum(1 for m in vae.encoder.modules() if type(m).__name__ == "ResnetBlock2D")
+    assert changed == {"encoder_group_norm_silu": 2 * resnets + 1}
+    assert torch.equal(got, expected)  # the same operations in the same order: exact

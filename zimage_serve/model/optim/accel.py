@@ -1,6 +1,6 @@
 """GPU speed-ups applied to a loaded pipeline: for the transformer fused projections, regional torch.compile
 (with a persistent compile cache so new replicas skip most of the compile), an attention backend, opt-in
-FP8 and CUDA graphs; for the VAE (decoder and encoder) compiled GroupNorm+SiLU pairs.
+FP8 and CUDA graphs; for the VAE decoder compiled GroupNorm+SiLU pairs.
 
 Each is measured against stock diffusers in bench/ (BENCHMARKS.md explains the gains).
 
@@ -62,51 +62,26 @@ def quantize_fp8(transformer: torch.nn.Module, min_features: int = 1024) -> int:
 
 
 def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None, whole: bool = False) -> dict:
-    """torch.compile of the VAE's GroupNorm+SiLU pairs (lean_vae.GroupNormSiLU), the decoder's and the
-    encoder's: eager GroupNorm at full resolution is much of a decode (and of an edit's encode), and compiled
-    each pair is one kernel writing one output.
+    """torch.compile of the VAE decoder's GroupNorm+SiLU pairs (lean_vae.GroupNormSiLU): eager GroupNorm at
+    full resolution is much of the decode, and compiled each pair is one kernel writing one output.
     ``whole`` compiles the whole decoder instead (Inductor also fuses the residual adds): 0.043 s against 0.051 s
     at 1024² on the H100, but its activations peak 0.38 GiB higher than eager and it compiles twice as long
-    (bench run36), so the engine doesn't.
+    (bench run36), so the engine doesn't. The encoder's pairs stay eager: compiled, a 1024² encode took the
+    same 0.045 s (bench run43).
 
-    Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21), and never a
-    compile on a request: Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`,
-    eagerly; the encoder's pairs run compiled for the shape of their first call (Engine.warmup's encode at the
-    plan's size) and eagerly for any other (:func:`compile_for_first_shape`)."""
+    Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
+    Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of
+    compiling on a request."""
     from .lean_vae import GroupNormSiLU  # only when the VAE is compiled
 
     compile_setup(cache_dir)
-    encoder_norms = [m for m in vae.encoder.modules() if isinstance(m, GroupNormSiLU)]
-    for m in encoder_norms:
-        compile_for_first_shape(m)
-    done = {"vae_encoder_compile": f"{len(encoder_norms)} GroupNorm+SiLU"}
     if whole:
         vae.decoder.compile(dynamic=False)
-        return {"vae_compile": "decoder", **done}
+        return {"vae_compile": "decoder"}
     norms = [m for m in vae.decoder.modules() if isinstance(m, GroupNormSiLU)]
     for m in norms:
         m.compile(dynamic=False)
-    return {"vae_compile": f"{len(norms)} GroupNorm+SiLU", **done}
-
-
-def compile_for_first_shape(module: torch.nn.Module) -> None:
-    """Make ``module`` (one tensor in, one out) compile (static shapes) on its first call, then run compiled for
-    that call's shape and dtype and eagerly for any other: nothing compiles after the first call (a guard that
-    fails for another reason, such as the grad mode, runs eagerly too)."""
-    eager = module.forward
-    compiled = torch.compile(eager, dynamic=False)
-    first: list = []
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not first:
-            first.append((x.shape, x.dtype))
-            return compiled(x)
-        if (x.shape, x.dtype) != first[0]:
-            return eager(x)
-        with compiled_shapes_only():
-            return compiled(x)
-
-    module.forward = forward
+    return {"vae_compile": f"{len(norms)} GroupNorm+SiLU"}
 
 
 def compiled_shapes_only():
