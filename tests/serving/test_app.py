@@ -5,6 +5,7 @@ import base64
 import io
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from PIL import Image
@@ -221,7 +222,32 @@ def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_
     after = generator.info.remote().result()
     batches = len(after["batches"]) - len(before["batches"])  # the three images' batches: one prompt each
     assert after["prompts_encoded"] - before["prompts_encoded"] == batches <= 3
+    _an_edit_has_its_prompt_encoded_by_the_generator_while_its_upload_is_decoded(client, generator, stock_pipe)
     undeploy("selfencode")
+
+
+def _an_edit_has_its_prompt_encoded_by_the_generator_while_its_upload_is_decoded(client, generator, stock_pipe):
+    """The ingress asks the generator for the edit's embeddings (Generator.encode) before it decodes the upload,
+    and hands them to the generate call: the image is still stock diffusers' img2img, the prompt encoded once."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+
+    picture = Image.fromarray(np.random.RandomState(2).randint(0, 255, (64, 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    picture.save(buf, "PNG")
+    before = generator.info.remote().result()
+    raw = client.images.with_raw_response.edit(image=("in.png", buf.getvalue(), "image/png"), prompt="a green tram",
+                                               extra_body={"seed": 4, "strength": 0.5})
+    r = raw.parse()
+    after = generator.info.remote().result()
+    pipe = ZImageImg2ImgPipeline(**stock_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt="a green tram", image=picture, strength=0.5, num_inference_steps=8, guidance_scale=0.0,
+               generator=torch.Generator("cpu").manual_seed(4)).images[0]
+    assert max_pixel_diff(_png(base64.b64decode(r.data[0].b64_json)), ref) <= 1
+    assert after["prompts_encoded"] - before["prompts_encoded"] == 1
+    stages = [part.split(";")[0] for part in raw.headers["server-timing"].split(", ")]
+    assert "upload_decode" in stages and "text_encode" not in stages  # not in the batch: it came encoded
 
 
 def test_a_generator_without_text_encoder_refuses_a_bare_prompt_by_name(app_url):

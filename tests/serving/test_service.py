@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from zimage_serve.settings import AppConfig
-from zimage_serve.core.errors import NeedsEmbeddings
+from zimage_serve.core.errors import NeedsEmbeddings, QueueFull
 from zimage_serve.serving.service import ImageService
 
 
@@ -140,3 +140,43 @@ def test_the_images_apis_timing_is_each_stages_longest_over_the_n_images():
     reply = asyncio.run(svc.images({"prompt": "a lighthouse", "n": 3, "seed": 4}))
     assert reply.seconds["denoise"] == pytest.approx(0.3) and reply.seconds["decode"] == 0.05
     assert list(reply.seconds)[-1] == "ingress" and reply.seconds["ingress"] >= 0
+
+
+def _png_bytes(side: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 40, 40)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_edit_on_an_idle_gpu_starts_its_prompt_on_the_generator_before_the_upload_is_decoded():
+    backends = Backends(plan_encode_on="gpu")
+    backends.gate.set()
+    events, sent = [], []
+
+    def generator_encode(request):
+        events.append(("encode", request.mode, request.prompt))
+        return "embeds from the generator"
+
+    async def generate(request, encoded) -> dict:
+        sent.append((request.mode, request.size, encoded))
+        return {"image": b"png", "seed": request.seed, "seconds": {}}
+
+    svc = ImageService(AppConfig(generator={"encode_on": "auto"}), encode=backends.encode, generate=generate,
+                       generator_info=backends.info, is_retryable=lambda e: False, generator_encode=generator_encode)
+    reply = asyncio.run(svc.edits({"prompt": "a red door", "seed": 1}, {"image": _png_bytes(80)}))
+    assert events == [("encode", "text-to-image", "a red door")]  # the texts only, before there was an image
+    assert sent == [("image-to-image", "80x80", "embeds from the generator")] and backends.encoded == []
+    assert reply.response.size == "80x80" and "upload_decode" in reply.seconds
+
+
+def test_an_edit_refused_at_admission_is_never_decoded():
+    backends = Backends(plan_encode_on="cpu")
+    svc = service("auto", backends)
+    svc.pending = svc.max_pending  # at capacity
+    with pytest.raises(QueueFull):  # not the InvalidInput that decoding these bytes would raise
+        asyncio.run(svc.edits({"prompt": "a red door"}, {"image": b"not an image"}))
+    assert backends.encoded == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 
 from ray import serve
@@ -44,6 +45,7 @@ class Generator:
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
+        self._text_encoder = threading.Lock()  # batches and encode() call it from their threads: one at a time
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         try:
             self._load()
@@ -93,6 +95,20 @@ class Generator:
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
                 "prompts_encoded": self.prompts_encoded}
 
+    async def encode(self, request: GenerationRequest) -> tuple:
+        """(embeds, negative embeds or None) of the request's texts, encoded on this replica's GPU, as the
+        PromptEncoder returns them (float32 CPU tensors: bf16 widened, exactly). The ingress asks for them when
+        an edit arrives on an idle GPU, so that its prompt is encoded while its uploads are decoded."""
+        if self.engine is None:
+            raise NotReady(f"the model is not loaded: {self.reason}")
+        if self.engine.encoder is None:
+            raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
+        t0 = time.perf_counter()
+        embeds = await asyncio.to_thread(lambda: [e.float().cpu() for e in self._encode_texts(list(request.texts))])
+        metrics.observe_stage("text_encode", time.perf_counter() - t0)
+        self.prompts_encoded += len(embeds)
+        return embeds[0], (embeds[1] if len(embeds) > 1 else None)
+
     async def generate(self, request: GenerationRequest, encoded: tuple | None) -> dict:
         """One image of ``request``. ``encoded``: (embeds, negative embeds or None) from the PromptEncoder (Serve
         resolves its response here), or None when this replica encodes the request's texts on its GPU."""
@@ -132,7 +148,7 @@ class Generator:
         # request share their prompt
         texts = list(dict.fromkeys(t for request, encoded in items if encoded is None for t in request.texts))
         t0 = time.perf_counter()
-        own = dict(zip(texts, self.engine.encode(texts))) if texts else {}
+        own = dict(zip(texts, self._encode_texts(texts))) if texts else {}
         encode_s = time.perf_counter() - t0
         self.prompts_encoded += len(texts)
         jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts])
@@ -141,6 +157,10 @@ class Generator:
         if texts:
             result.seconds["text_encode"] = encode_s
         return result
+
+    def _encode_texts(self, texts: list[str]) -> list:
+        with self._text_encoder:
+            return self.engine.encode(texts)
 
     def _encode_image(self, image, request: GenerationRequest) -> bytes:
         from ..model.imaging import encode_image  # model/ in the replica only

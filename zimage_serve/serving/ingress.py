@@ -132,7 +132,8 @@ class IngressDeployment:
 
         self.service = ImageService(
             self.config, encode=lambda request: encoder.encode.remote(request), generate=generate,
-            generator_info=lambda: generator.info.remote(), is_retryable=retryable, backend_error=serve_error)
+            generator_info=lambda: generator.info.remote(), is_retryable=retryable, backend_error=serve_error,
+            generator_encode=lambda request: generator.encode.remote(request))
         log.info("Ingress ready (API keys %s)", "required" if self.api_keys else "off")
 
     def __serve_build_asgi_app__(self):

@@ -99,13 +99,16 @@ class ImageBytes:
 class ImageService:
     def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
-                 backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None):
+                 backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
+                 generator_encode: Encode | None = None):
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
-        (a full queue, no replica) as domain errors, None for anything else."""
+        (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
+        replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded."""
         self.config = config
         self.wire = wire_types(config.bounds, config.model_name)  # the request types, with the config's bounds
         self._generate, self._info = generate, generator_info
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
+        self._generator_encode = generator_encode
         self._is_retryable, self._backend_error = is_retryable, backend_error
         self._generator_encodes: bool | None = {"cpu": False, "gpu": True}.get(config.generator.encode_on)
         self._plan_probe: asyncio.Future | None = None
@@ -158,6 +161,12 @@ class ImageService:
         """``POST /v1/images/edits``'s body (OpenAI's images.edit) as a request: image to image, or inpainting
         with a mask. ``files`` None: a JSON body, its images base64 or data: URLs. Otherwise a multipart body:
         ``body`` its text fields (read as their types say: ``"7"`` is 7 there) and ``files`` its image parts."""
+        request, uploads = self.edit_parts(body, files)
+        return uploads.read(request)
+
+    def edit_parts(self, body: Any, files: dict[str, bytes] | None = None) -> tuple[GenerationRequest, "EditUploads"]:
+        """An edit's body checked, its uploads not yet decoded: (the request of its texts and options, at the
+        size asked for or the default, and the uploads, which :meth:`EditUploads.read` makes it an edit of)."""
         if files is None:
             req = self._validate(self.wire.edits, body)
             image, mask = (_base64(getattr(req, name), name) for name in ("image", "mask"))
@@ -172,7 +181,7 @@ class ImageService:
         strength = check_strength(req.strength) if req.strength is not None else None
         size = None if req.size == "auto" else self._size(req.size)
         request = self._request(req, *(size or self._size("auto")), n=req.n, quality=req.output_compression)
-        return with_edit_inputs(request.replace(strength=strength), image, mask, size, self.config.bounds)
+        return request.replace(strength=strength), EditUploads(image, mask, size, self.config.bounds)
 
     # ---- where the prompt is encoded ----------------------------------------------------------------
 
@@ -207,23 +216,35 @@ class ImageService:
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    async def _images(self, request: GenerationRequest) -> list[dict]:
+    async def _images(self, request: GenerationRequest, uploads: "EditUploads | None" = None,
+                      seconds: dict | None = None) -> tuple[GenerationRequest, list[dict]]:
+        """(the request as made, its images). An edit's ``uploads`` are decoded after admission (what is refused
+        is never decoded), off the event loop, while its prompt is being encoded: the request made is the edit,
+        at its size; ``seconds`` gets upload_decode."""
         if self.max_pending >= 0 and self.pending + request.n > self.max_pending:
             raise QueueFull("the server is at capacity (queue full); retry later")
         self.pending += request.n
         try:
-            return await self._admitted(request.replace(enqueued_at=time.time()))
-        finally:
-            self.pending -= request.n
-
-    async def _admitted(self, request: GenerationRequest) -> list[dict]:
-        encoded = None if await self._encode_on_generator(request.n) else self._encode(request)
-        try:
-            return await asyncio.wait_for(asyncio.gather(*(self._one(request, image, encoded)
-                                                           for image in request.images())),
+            return await asyncio.wait_for(self._admitted(request.replace(enqueued_at=time.time()), uploads, seconds),
                                           timeout=self.config.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"the images were not ready within {self.config.request_timeout_s:g}s") from None
+        finally:
+            self.pending -= request.n
+
+    async def _admitted(self, request: GenerationRequest, uploads: "EditUploads | None",
+                        seconds: dict | None) -> tuple[GenerationRequest, list[dict]]:
+        on_generator = await self._encode_on_generator(request.n)
+        if uploads is None:  # the generator encodes the prompt in its batch, or the CPU encoders have it now
+            encoded = None if on_generator else self._encode(request)
+        else:  # started now, it runs while the uploads are decoded
+            encoded = (self._generator_encode(request.without_images()) if on_generator and self._generator_encode
+                       else None if on_generator else self._encode(request))
+            t0 = time.perf_counter()
+            request = await asyncio.to_thread(uploads.read, request)
+            if seconds is not None:
+                seconds["upload_decode"] = time.perf_counter() - t0
+        return request, await asyncio.gather(*(self._one(request, image, encoded) for image in request.images()))
 
     async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded) -> dict:
         retried = False
@@ -260,13 +281,13 @@ class ImageService:
     async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> ImagesReply:
         """``POST /v1/images/edits`` (see :meth:`request_from_edit`): the OpenAI ImagesResponse body."""
         start = time.perf_counter()
-        # decoding the uploads to check them takes up to a second: off the event loop, which serves every route
-        request = await asyncio.to_thread(self.request_from_edit, body, files)
-        return await self._images_response(request, start, {"upload_decode": time.perf_counter() - start})
+        request, uploads = self.edit_parts(body, files)
+        return await self._images_response(request, start, uploads)
 
-    async def _images_response(self, request: GenerationRequest, start: float, seconds: dict | None = None) -> ImagesReply:
-        results = await self._images(request)
-        seconds = dict(seconds or {})
+    async def _images_response(self, request: GenerationRequest, start: float,
+                               uploads: "EditUploads | None" = None) -> ImagesReply:
+        seconds: dict = {}
+        request, results = await self._images(request, uploads, seconds)
         for r in results:  # the images ran side by side: each stage's longest
             for stage, s in r.get("seconds", {}).items():
                 seconds[stage] = max(s, seconds.get(stage, 0.0))
@@ -281,7 +302,7 @@ class ImageService:
         """``POST /generate``: one image's bytes."""
         start = time.perf_counter()
         request = self.request_from_generate(body)
-        (result,) = await self._images(request)
+        _, (result,) = await self._images(request)
         seconds = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
         return ImageBytes(result["image"], image_format(request.output_format).media_type, result["seed"], seconds)
 
@@ -331,3 +352,17 @@ def _unwrapped(e: ZImageError) -> ZImageError:
     (its message a traceback) and keeps the original as ``cause``."""
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, ZImageError) else e
+
+
+@dataclass(frozen=True)
+class EditUploads:
+    """An edit's uploads as received, not yet decoded, and the size asked for (None: the input's)."""
+
+    image: bytes
+    mask: bytes | None
+    size: tuple[int, int] | None
+    bounds: Bounds
+
+    def read(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` as the edit of these uploads, checked and decoded (``core.images.with_edit_inputs``)."""
+        return with_edit_inputs(request, self.image, self.mask, self.size, self.bounds)
