@@ -262,7 +262,28 @@ def edits(e: dict, cpu_encoders: dict) -> dict:
             "encode_on": e.get("encode_on", "cpu"), "img2img_ratio": e["img2img_ratio"], "inpaint_ratio": e["inpaint_ratio"],
             "mixed_throughput_ratio": e["mixed_throughput_ratio"], "stock": e["stock"], "ours": e["ours"],
             "deploy_s": e["deploy_s"], "speedups": e["speedups"], "run": e["_run"],
-            "environment": recorded(RESULTS / e["_run"])}
+            "environment": recorded(RESULTS / e["_run"]), "history": edits_history(),
+            "profile_run44": json.loads((RESULTS / "run44" / "edits_profile.json").read_text()),
+            "profile_run43": json.loads((RESULTS / "run43" / "edits_profile.json").read_text())}
+
+
+# what each edits run measured, in order (bench/results/<run>/edits.json): the same step after each change
+EDITS_CHANGES = {
+    "run42": "first measured: the upload decoded at the ingress and again on the generator",
+    "run44": "decoded once (Pixels in the request); the generator's PNG on 1 CPU (AppConfig's default)",
+    "run45": "the VAE encoder's fused norms; JSON by pydantic's serializer; serve_config.yaml's generator (2 CPUs)",
+    "run46": "admitted before decoding; the prompt encoded while the upload is decoded",
+}
+
+
+def edits_history() -> list[dict]:
+    rows = []
+    for run, change in EDITS_CHANGES.items():
+        e = json.loads((RESULTS / run / "edits.json").read_text())
+        rows.append({"run": run, "change": change, "stock_img2img_p50_s": e["stock"]["img2img_p50_s"],
+                     "img2img_http_p50_s": e["ours"]["img2img_http_p50_s"], "img2img_ratio": e["img2img_ratio"],
+                     "inpaint_ratio": e["inpaint_ratio"], "mixed_throughput_ratio": e["mixed_throughput_ratio"]})
+    return rows
 
 
 def other_device(run: Path) -> dict:

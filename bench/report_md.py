@@ -400,7 +400,10 @@ others are from later runs on the same machine kind. Sources per step: {src}.
 
 def render_edits(x: dict) -> str:
     """The image-edits section (bench/steps/edits.py), from its own run: another device than the sections above."""
-    env, st, o, c = x["environment"], x["stock"], x["ours"], x["encode_on_cpu_run41"]
+    env, st, o, c, p, p0 = (x["environment"], x["stock"], x["ours"], x["encode_on_cpu_run41"], x["profile_run44"],
+                            x["profile_run43"])
+    met = lambda ok: "met" if ok else "not met"
+    stages = lambda ms: ", ".join(f"{k} {v}" for k, v in ms.items())
     return f"""
 ## Image edits ({x['run']}: {short(said(env['gpu']))}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])})
 
@@ -409,20 +412,34 @@ def render_edits(x: dict) -> str:
 all on the GPU, `ZImageImg2ImgPipeline` / `ZImageInpaintPipeline` built from its components (as
 ../shared/gpu/stock_features.py does), end to end from the prompt to PNG bytes, median of 5. Ours: the Serve
 app over HTTP, `POST /v1/images/edits` as the openai client sends it (multipart, the 1024² PNG uploaded),
-one request in flight, median of 10, on the production default plan (resident, compiled, CUDA graphs,
-`encode_on: auto`). Mixed traffic: 64 requests from 16 clients, generations alone, then a quarter image to
+one request in flight, median of 10, with serve_config.yaml's generator (resident plan, compiled, CUDA graphs,
+`encode_on: auto`, 2 CPUs for its PNG threads). Mixed traffic: 64 requests from 16 clients, generations alone, then a quarter image to
 image, a quarter inpainting and half generations.
 
 | | stock diffusers | zimage-serve over HTTP | ratio (target) |
 |---|---|---|---|
-| image to image, strength 0.6 (5 transformer calls) | {st['img2img_p50_s']} s | {o['img2img_http_p50_s']} s | **{x['img2img_ratio']}** (≤ 0.75: not met) |
-| inpainting, strength 1.0 (8 calls) | {st['inpaint_p50_s']} s | {o['inpaint_http_p50_s']} s | **{x['inpaint_ratio']}** (≤ 0.75: met) |
+| image to image, strength 0.6 (5 transformer calls) | {st['img2img_p50_s']} s | {o['img2img_http_p50_s']} s | **{x['img2img_ratio']}** (≤ 0.75: {met(x['img2img_ratio'] <= 0.75)}) |
+| inpainting, strength 1.0 (8 calls) | {st['inpaint_p50_s']} s | {o['inpaint_http_p50_s']} s | **{x['inpaint_ratio']}** (≤ 0.75: {met(x['inpaint_ratio'] <= 0.75)}) |
 | text to image in the same run, for reference | | {o['generate_http_p50_s']} s | |
-| throughput, 16 clients: generations alone / mixed | | {o['generations_throughput_img_s']} / {o['mixed_throughput_img_s']} img/s | **{x['mixed_throughput_ratio']}** (≥ 0.9: met) |
+| throughput, 16 clients: generations alone / mixed | | {o['generations_throughput_img_s']} / {o['mixed_throughput_img_s']} img/s | **{x['mixed_throughput_ratio']}** (≥ 0.9: {met(x['mixed_throughput_ratio'] >= 0.9)}) |
 
-Image to image misses its target by a few hundredths: its 5 steps leave less denoising to speed up, while the
-HTTP path adds what stock does not pay (the upload, the input decoded at the ingress to check it and again on
-the generator, the response's base64). With the prompt always on the CPU encoders (`BENCH_ENCODE_ON=cpu`, run41)
-image to image took {c['img2img_http_p50_s']} s (ratio {c['img2img_ratio']}): the idle GPU encoding a lone request's prompt is most of the
-gain. Stock's own figure moves between runs on this machine (image to image {c['stock_img2img_p50_s']} s in run41, {st['img2img_p50_s']} s here).
+Where an image-to-image edit's time goes ({x['run']}, `Server-Timing` of the response, medians in ms):
+{stages(o['img2img_server_timing_p50_ms'])}. `queue` runs from admission to the GPU batch: the upload's decode
+and the prompt's encoding on the idle GPU, side by side (the ingress asks the generator for the embeddings before
+it decodes the upload). In-process on the engine (`python3 bench/run.py build edits_profile`, run44): the edit
+{p['img2img_0.6_generate_s']} s against text to image with the same 5 transformer calls {p['t2i_5_steps_generate_s']} s (run43, before the changes:
+{p0['img2img_0.6_generate_s']} s against {p0['t2i_5_steps_generate_s']} s); the PNG decode of the 2.3 MB upload {p['upload_decode_s']} s, the pipeline's
+preprocess {p['preprocess_s']} s, the VAE encode {p['vae_encode_eager_s']} s with its fused norms ({p0['vae_encode_s']} s unfused, run43;
+compiling them gained nothing: {p['vae_encode_s']} s, so they run eagerly).
+
+The same step after each change (stock diffusers' own figure moves between runs on this machine, from
+{min(h['stock_img2img_p50_s'] for h in x['history'])} to {max(h['stock_img2img_p50_s'] for h in x['history'])} s; its reference figure on 2026-12-02 was 0.962 s, against which
+{o['img2img_http_p50_s']} s would be {round(o['img2img_http_p50_s'] / 0.962, 3)}; each ratio is against the stock figure of its own run):
+
+| run | change | stock img2img | ours | img2img ratio | inpaint ratio | mixed throughput |
+|---|---|---|---|---|---|---|
+""" + "".join(f"| {h['run']} | {h['change']} | {h['stock_img2img_p50_s']} s | {h['img2img_http_p50_s']} s | {h['img2img_ratio']} | "
+              f"{h['inpaint_ratio']} | {h['mixed_throughput_ratio']} |\n" for h in x['history']) + f"""
+With the prompt always on the CPU encoders (`BENCH_ENCODE_ON=cpu`, run41, before these changes) image to image
+took {c['img2img_http_p50_s']} s (ratio {c['img2img_ratio']}): the idle GPU encoding a lone request's prompt is most of the gain.
 """

@@ -67,7 +67,7 @@ def accelerate_vae(vae: torch.nn.Module, cache_dir: str | None = None, whole: bo
     ``whole`` compiles the whole decoder instead (Inductor also fuses the residual adds): 0.043 s against 0.051 s
     at 1024² on the H100, but its activations peak 0.38 GiB higher than eager and it compiles twice as long
     (bench run36), so the engine doesn't. The encoder's pairs stay eager: compiled, a 1024² encode took the
-    same 0.045 s (bench run43).
+    same 0.045 s (bench run44).
 
     Static shapes (dynamic ones were slower and still compiled again for a new size, bench run21):
     Engine._decode runs any size but the plan's under :func:`compiled_shapes_only`, eagerly, instead of
