@@ -112,3 +112,41 @@ def test_bad_edit_arguments_give_one_line_and_exit_2(capsys, tmp_path, args, mes
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_make_lora_then_generate_with_it_equals_stock_diffusers_with_the_adapter(capsys, tmp_path, tiny_path):
+    import torch
+    from diffusers import ZImagePipeline
+
+    code, out, err = run_cli(capsys, "make-lora", str(tmp_path / "ink"), "--rank", "8", "--seed", "5")
+    assert code == 0, err
+    assert out.startswith("wrote a rank-8 LoRA adapter with random test weights to ")
+    image = tmp_path / "ink.png"
+    code, out, err = run_cli(capsys, "generate", "--prompt", "a tram", "--model", "tiny", "--size", "64x64",
+                             "--steps", "3", "--seed", "7", "--lora", f"{tmp_path / 'ink'}:0.6", "--out", str(image))
+    assert code == 0, err
+    assert "LoRA" in out and "scale 0.6" in out
+    pipe = ZImagePipeline.from_pretrained(tiny_path, dtype=torch.float32)  # its own: the adapter stays there
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path / "ink"), adapter_name="ink")
+    pipe.set_adapters(["ink"], [0.6])
+    ref = pipe(prompt="a tram", height=64, width=64, num_inference_steps=3, guidance_scale=0.0,
+               generator=torch.Generator("cpu").manual_seed(7)).images[0]
+    assert max_pixel_diff(Image.open(image).convert("RGB"), ref) <= 1
+
+
+@pytest.mark.parametrize("lora, message", [
+    ("/no/such/adapter", "--lora: /no/such/adapter does not exist"),
+    ("{dir}:2.5", "--lora must be from 0 to 2, got 2.5"),
+    ("{bad}", "is not a readable safetensors file"),  # before the model loads
+])
+def test_a_bad_lora_gives_one_line_and_exit_2(capsys, tmp_path, lora, message):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00not json")
+    code, out, err = run_cli(capsys, "generate", "--prompt", "x", "--model", "tiny", "--size", "64x64", "--steps", "1",
+                             "--out", str(tmp_path / "o.png"),
+                             "--lora", lora.format(dir=tmp_path / "adapter", bad=tmp_path / "bad.safetensors"))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
+    assert not (tmp_path / "o.png").exists()

@@ -1,4 +1,4 @@
-"""The ``zimage-serve`` command: generate, plan, make-tiny, serve, batch.
+"""The ``zimage-serve`` command: generate, plan, make-tiny, make-lora, serve, batch.
 
 Errors the user can fix print as one line on stderr and exit 2; nothing prints a traceback.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .arguments import Parser, add_model_arguments, integer, run_command
 from .batch.job import add_arguments as add_batch_arguments
-from .core.bounds import Bounds, check_prompt, check_seed, check_steps, check_strength, parse_bytes, parse_size
+from .core.bounds import (Bounds, check_prompt, check_seed, check_steps, check_strength, parse_bytes, parse_lora,
+                          parse_size)
 from .core.checkpoints import DEFAULT_HUB_ID
 from .core.errors import ZImageError
 from .core.formats import format_of_path
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                                                 "of a mask with alpha); the image's size")
     g.add_argument("--strength", type=float, default=None,
                    help="an edit's strength in (0, 1]: how far from the image (default 0.6; 1.0 with --mask)")
+    g.add_argument("--lora", default=None, metavar="SOURCE[:SCALE]",
+                   help="a LoRA adapter: a .safetensors file in diffusers' (or kohya/ComfyUI) format, or a directory "
+                        "holding one; SCALE from 0 to 2 (default 1)")
 
     p = sub.add_parser("plan", help="show the staging plan for a GPU")
     add_model_arguments(p, default="Tongyi-MAI/Z-Image-Turbo")
@@ -60,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("dir")
     t.add_argument("--shape", choices=["tiny", "full"], default="tiny")
     t.add_argument("--device", default="cpu", help="where to build the weights (cuda is faster for full)")
+
+    lo = sub.add_parser("make-lora", help="write a LoRA adapter with random weights (for tests and benchmarks)")
+    lo.add_argument("dir", help="output directory (gets pytorch_lora_weights.safetensors)")
+    lo.add_argument("--model", default="tiny", help="'tiny' or a checkpoint directory: the transformer it adapts")
+    lo.add_argument("--rank", type=integer, default=4)
+    lo.add_argument("--seed", type=integer, default=0, help="the same seed writes the same file")
 
     s = sub.add_parser("serve", help="start the Ray Serve application (HTTP API)")
     s.add_argument("--config", default=None, help="a serve config YAML (default: built-in, for this machine)")
@@ -87,6 +97,12 @@ def _request(args) -> GenerationRequest:
                                 seed=check_seed(args.seed) if args.seed is not None else random.randrange(2**31),
                                 width=width, height=height, steps=check_steps(args.steps),
                                 guidance_scale=args.guidance_scale, output_format=fmt.name)
+    if args.lora:
+        source, scale = parse_lora(args.lora)
+        from .model.adapters import adapter_file  # no torch: checked before a model loads
+
+        adapter_file(source, "--lora", param="lora")
+        request = request.replace(adapter="lora", adapter_scale=scale)
     if args.image is None:
         return request
     strength = check_strength(args.strength) if args.strength is not None else None
@@ -102,6 +118,8 @@ def _generate(args) -> int:
     plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy)
     t0 = time.perf_counter()
     engine = Engine.load(source, plan)  # logs the plan, once
+    if request.adapter:
+        engine.load_adapter(request.adapter, parse_lora(args.lora)[0])
     engine.set_progress(True)
     print(f"loaded {source.label} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     t0 = time.perf_counter()
@@ -109,6 +127,9 @@ def _generate(args) -> int:
     result.images[0].save(args.out, format=format_of_path(args.out).pil_name)
     note = " (random test weights: the image is noise)" if source.random_weights else ""
     edit = f", {request.mode} of {args.image} at strength {request.strength:g}" if args.image else ""
+    if request.adapter:
+        scale = request.adapter_scale if request.adapter_scale is not None else 1.0
+        edit += f", LoRA {parse_lora(args.lora)[0]} at scale {scale:g}"
     print(f"wrote {args.out} ({request.size}, seed {request.seed}, {request.steps} steps{edit}, "
           f"{time.perf_counter() - t0:.2f}s){note}")
     return 0
@@ -142,6 +163,16 @@ def _make_tiny(args) -> int:
     return 0
 
 
+def _make_lora(args) -> int:
+    from .testing.lora import write_lora  # its torch and diffusers: only for this command
+
+    if args.rank < 1:
+        raise ZImageError(f"--rank must be at least 1, got {args.rank}")
+    path = write_lora(args.dir, resolve(args.model).path, args.rank, args.seed)
+    print(f"wrote a rank-{args.rank} LoRA adapter with random test weights to {path}")
+    return 0
+
+
 def _serve(args) -> int:
     from .serving.local import serve_main  # Ray: only for this command
 
@@ -154,7 +185,8 @@ def _batch(args) -> int:
     return run(args)
 
 
-COMMANDS = {"generate": _generate, "plan": _plan, "make-tiny": _make_tiny, "serve": _serve, "batch": _batch}
+COMMANDS = {"generate": _generate, "plan": _plan, "make-tiny": _make_tiny, "make-lora": _make_lora, "serve": _serve,
+            "batch": _batch}
 
 
 def main(argv: list[str] | None = None) -> int:

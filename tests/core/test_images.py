@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from zimage_serve.core.errors import InvalidInput
-from zimage_serve.core.images import Pixels, read_edit_inputs, read_image, read_mask
+from zimage_serve.core.images import read_edit_inputs, read_image, read_mask
+from zimage_serve.core.pixels import Pixels
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -100,3 +100,25 @@ def edit_size(width: int, height: int, bounds: Bounds = Bounds(), param: str = "
 def base64_length(max_bytes: int) -> int:
     """The longest base64 text, or data: URL (its header up to 64 characters), of at most ``max_bytes`` bytes."""
     return 4 * -(-max_bytes // 3) + 64
+
+
+MAX_LORA_SCALE = 2.0
+
+
+def check_lora_scale(scale: float, param: str = "lora_scale") -> float:
+    """An adapter's scale, in [0, MAX_LORA_SCALE]."""
+    if not 0.0 <= scale <= MAX_LORA_SCALE:
+        raise InvalidInput(f"{param} must be from 0 to {MAX_LORA_SCALE:g}, got {scale:g}", param=param)
+    return float(scale)
+
+
+def parse_lora(spec: str, param: str = "--lora") -> tuple[str, float | None]:
+    """``SOURCE[:SCALE]`` as (source, scale or None: the adapter's own)."""
+    source, sep, tail = spec.rpartition(":")
+    if sep and source:
+        try:
+            return source, check_lora_scale(float(tail), param)
+        except ValueError as e:
+            if isinstance(e, InvalidInput):
+                raise
+    return spec, None

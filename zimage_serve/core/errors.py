@@ -42,6 +42,14 @@ class ModelSourceError(ZImageError):
     """A model can't be found, fetched or validated."""
 
 
+class AdapterError(InvalidInput):
+    """A LoRA adapter can't be used: its file is missing, corrupt, or made for another model; ``param`` names
+    the adapter."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_adapter"):
+        super().__init__(message, param, code)
+
+
 class PlanError(ZImageError):
     """No staging plan fits the GPU for the asked workload."""
 

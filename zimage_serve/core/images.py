@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .bounds import Bounds, edit_size
 from .errors import InvalidInput, TooLarge
+from .pixels import Pixels
 from .request import GenerationRequest
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -61,29 +61,6 @@ def _open(data: bytes, param: str, max_pixels: int) -> Image.Image:
     except Exception as e:  # OSError (truncated), struct.error (a corrupt GIF's frames), ...
         raise InvalidInput(f"{param} could not be decoded: the file is truncated or corrupt ({e})", param=param,
                            code="invalid_image") from None
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """An upload, checked and decoded: its 8-bit pixels as they travel in a request (across Ray handles, in Ray
-    Data rows). ``mode`` is ``"RGB"`` for an input image, ``"L"`` for a mask (white = repaint). :meth:`image` is
-    the PIL image again, without decoding anything."""
-
-    mode: str
-    width: int
-    height: int
-    data: bytes = field(repr=False)  # width x height x channels bytes, row by row
-
-    @classmethod
-    def of(cls, image: Image.Image) -> "Pixels":
-        return cls(image.mode, image.width, image.height, image.tobytes())
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
-
-    def image(self) -> Image.Image:
-        return Image.frombytes(self.mode, self.size, self.data)
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from .formats import OutputFormat
 
 if TYPE_CHECKING:
-    from .images import Pixels
+    from .pixels import Pixels
 
 Mode = Literal["text-to-image", "image-to-image", "inpaint"]
 # diffusers' defaults: ZImageImg2ImgPipeline's strength 0.6, ZImageInpaintPipeline's 1.0
@@ -28,7 +28,7 @@ DEFAULT_STRENGTH = {"image-to-image": 0.6, "inpaint": 1.0}
 class GenerationRequest:
     """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
 
-    Images (``init_image``, ``mask_image``, ``control_image``) travel decoded, as ``core.images.Pixels``: the
+    Images (``init_image``, ``mask_image``, ``control_image``) travel decoded, as ``core.pixels.Pixels``: the
     layer that received the upload checked and decoded it once (``core.images.with_edit_inputs``). An edit
     without a ``strength`` gets its mode's default (:data:`DEFAULT_STRENGTH`), so that equal edits have equal
     batch keys."""
@@ -101,7 +101,7 @@ class GenerationRequest:
 
     def unsupported(self) -> str | None:
         """The first field set for a mode this version does not serve yet (None: all served)."""
-        for name in ("adapter", "control_image"):
+        for name in ("control_image",):
             if getattr(self, name) is not None:
                 return name
         return None

@@ -5,6 +5,7 @@
 - ``loader``: loads a checkpoint following a plan; ``weights_cache``: the optional bf16 transformer cache.
 - ``engine``: a loaded model that turns typed requests and their embeddings into images, in batches.
 - ``encoding``: prompt encoding as its own batched step.
+- ``adapters``: LoRA adapters: finding an adapter's file, loading it through diffusers with clear errors.
 - ``imaging`` and ``png``: encoded images for responses and files (Pillow and numpy, no torch).
 - ``optim/``: GPU speed-ups (fused projections, regional compile, CUDA graphs, FP8, the lean VAE decoder).
 

@@ -82,6 +82,8 @@ class Engine:
         self.compiled_decoder = False
         self.warmup_calls: list = []
         self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
+        self.adapters: dict[str, float] = {}  # LoRA adapters loaded (load_adapter): name -> default scale
+        self._active_adapter: tuple | None = None  # (name, scale) the transformer runs with now; None: the base
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
@@ -190,6 +192,37 @@ class Engine:
             self._pipelines[cls] = pipe
         return self._pipelines[cls]
 
+    def load_adapter(self, name: str, source: str, scale: float = 1.0) -> None:
+        """Load the LoRA adapter at ``source`` (model/adapters.py) as ``name``, used by the requests that name it
+        (``GenerationRequest.adapter``) at their ``adapter_scale``, by default ``scale``. Load adapters before
+        the speed-ups: the engine's fused projections and compiled blocks are made without them."""
+        from .adapters import load_adapter  # safetensors and peft's loader: only when an adapter is loaded
+
+        load_adapter(self.pipe, name, source)
+        self.adapters[name] = scale
+        if self._active_adapter is None:  # loading activates an adapter in diffusers: the base stays the base
+            self.pipe.disable_lora()
+
+    def _use_adapter(self, request: GenerationRequest) -> None:
+        """The transformer as ``request`` asks: with its adapter at its scale (what stock diffusers'
+        ``set_adapters([name], [scale])`` makes), or the base model (``disable_lora``: the base weights were
+        never changed, so it is exactly the base)."""
+        if request.adapter is None:
+            wanted = None
+        elif request.adapter not in self.adapters:
+            raise ValueError(f"adapter {request.adapter!r} is not loaded; loaded: {sorted(self.adapters) or 'none'}")
+        else:
+            scale = request.adapter_scale if request.adapter_scale is not None else self.adapters[request.adapter]
+            wanted = (request.adapter, scale)
+        if wanted == self._active_adapter:
+            return
+        if wanted is None:
+            self.pipe.disable_lora()
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([wanted[0]], [wanted[1]])
+        self._active_adapter = wanted
+
     def _embeds(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.to(self.device, self.loaded.dtype, non_blocking=True) for t in tensors]
 
@@ -219,6 +252,7 @@ class Engine:
             if any(j.negative_embeds is None for j in jobs):
                 raise ValueError("guidance_scale > 0 needs negative_embeds (the encoding of the negative prompt, '' by default)")
             negative = self._embeds([j.negative_embeds for j in jobs])
+        self._use_adapter(j0)  # a batch holds one adapter and scale (GenerationRequest.batch_key)
         t0 = time.perf_counter()
         latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
         self._sync()

@@ -120,6 +120,9 @@ class Generator:
         if unsupported:
             raise InvalidInput(f"{unsupported} is not served by this version", param=unsupported,
                                code="unsupported_value")
+        if request.adapter is not None and request.adapter not in self.engine.adapters:  # refused before batching
+            raise InvalidInput(f"adapter {request.adapter!r} is not loaded on this replica", param="model",
+                               code="model_not_found")
         start = time.time()
         image, seconds, batch_size = await self._batcher.submit((request, encoded))
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.

@@ -1,0 +1,124 @@
+"""LoRA adapters on the engine (model/adapters.py, Engine.load_adapter) against stock diffusers' ZImagePipeline +
+load_lora_weights + set_adapters, pixel for pixel on the tiny model, with adapters written by testing/lora.py."""
+
+import pytest
+import torch
+from diffusers import ZImagePipeline
+
+from conftest import max_pixel_diff, stock_image
+from zimage_serve.core.errors import AdapterError
+from zimage_serve.core.request import GenerationRequest
+from zimage_serve.model.engine import Engine, Job
+from zimage_serve.model.planner import Workload, make_plan
+from zimage_serve.model.sizes import sizes_of
+from zimage_serve.testing.lora import write_lora
+
+PROMPT = "a lighthouse at dusk"
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {name: write_lora(root / name, tiny_path, rank=4, seed=seed).parent for name, seed in (("ink", 1), ("oil", 2))}
+
+
+@pytest.fixture(scope="module")
+def stock(tiny_path, loras):
+    """Stock diffusers with both adapters loaded, as their users load them."""
+    pipe = ZImagePipeline.from_pretrained(tiny_path, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    for name, path in loras.items():
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    return pipe
+
+
+def stock_with(pipe, adapter: str | None, scale: float, seed: int):
+    if adapter is None:
+        pipe.disable_lora()
+    else:
+        pipe.enable_lora()
+        pipe.set_adapters([adapter], [scale])
+    return stock_image(pipe, PROMPT, seed, 64, 64, steps=4)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_source, loras):
+    e = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 4)))
+    e.set_progress(False)
+    e.load_adapter("ink", str(loras["ink"]), scale=0.8)
+    e.load_adapter("oil", str(loras["oil"] / "pytorch_lora_weights.safetensors"))  # the file itself
+    return e
+
+
+def job(engine, seed, adapter=None, scale=None):
+    request = GenerationRequest(PROMPT, seed=seed, width=64, height=64, steps=4, adapter=adapter, adapter_scale=scale)
+    return Job.of(request, engine.encode([PROMPT]))
+
+
+def test_make_lora_writes_the_same_adapter_for_the_same_seed_and_another_for_another(tiny_path, tmp_path, loras):
+    """The same tensors and metadata (safetensors orders its header's metadata keys as it likes, so not always
+    the same bytes)."""
+    from safetensors import safe_open
+
+    def content(path):
+        with safe_open(str(path), "pt") as f:
+            return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+    again_meta, again = content(write_lora(tmp_path / "again", tiny_path, rank=4, seed=1))
+    ink_meta, ink = content(loras["ink"] / "pytorch_lora_weights.safetensors")
+    _, oil = content(loras["oil"] / "pytorch_lora_weights.safetensors")
+    assert again_meta == ink_meta and ink_meta["lora_adapter_metadata"]
+    assert again.keys() == ink.keys() == oil.keys() and len(ink) == 2 * 7 * 4  # A and B, 7 layers, 4 blocks
+    assert all(torch.equal(again[k], ink[k]) for k in ink) and not any(torch.equal(oil[k], ink[k]) for k in ink)
+
+
+def test_an_adapter_at_its_scale_equals_stock_and_visibly_changes_the_image(engine, stock, stock_pipe):
+    base = stock_image(stock_pipe, PROMPT, 3, 64, 64, steps=4)
+    (ink,) = engine.generate([job(engine, 3, "ink")]).images  # its configured scale, 0.8
+    assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) <= 1
+    assert max_pixel_diff(ink, base) > 8
+    (oil,) = engine.generate([job(engine, 3, "oil", 1.7)]).images
+    assert max_pixel_diff(oil, stock_with(stock, "oil", 1.7, 3)) <= 1
+
+
+def test_base_and_adapters_in_one_call_each_equal_their_solo_stock_image_and_nothing_leaks(engine, stock, stock_pipe):
+    jobs = [job(engine, 1, "ink"), job(engine, 2), job(engine, 3, "oil"), job(engine, 4, "ink", 0.3), job(engine, 5)]
+    result = engine.generate(jobs)
+    assert sorted(result.batch_sizes) == [1, 1, 1, 2]  # never two adapters (or scales) in one batch
+    refs = [stock_with(stock, "ink", 0.8, 1), stock_image(stock_pipe, PROMPT, 2, 64, 64, steps=4),
+            stock_with(stock, "oil", 1.0, 3), stock_with(stock, "ink", 0.3, 4),
+            stock_image(stock_pipe, PROMPT, 5, 64, 64, steps=4)]
+    for image, ref in zip(result.images, refs):
+        assert max_pixel_diff(image, ref) <= 1
+    for _ in range(20):  # switching back and forth never changes the base weights
+        engine.generate([job(engine, 9, "oil", 2.0)])
+        engine.generate([job(engine, 9, "ink", 0.5)])
+    (base,) = engine.generate([job(engine, 2)]).images
+    assert max_pixel_diff(base, refs[1]) == 0
+
+
+def test_an_unusable_adapter_is_refused_by_name_and_leaves_the_engine_as_it_was(engine, tmp_path, loras, stock_pipe):
+    from safetensors.torch import load_file, save_file
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00not safetensors at all")
+    other = load_file(loras["ink"] / "pytorch_lora_weights.safetensors")
+    key = next(k for k in other if k.endswith("lora_A.weight"))
+    other[key] = torch.zeros(4, other[key].shape[1] + 8, dtype=other[key].dtype)  # made for a wider model
+    save_file(other, str(tmp_path / "other.safetensors"))
+    (tmp_path / "two").mkdir()
+    for name in ("a", "b"):
+        save_file({}, str(tmp_path / "two" / f"{name}.safetensors"))
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "no-lora.safetensors"))
+    for source, says in ((tmp_path / "missing", "does not exist"), (corrupt, "is not a readable safetensors file"),
+                         (tmp_path / "no-lora.safetensors", "holds no LoRA weights"),
+                         (tmp_path / "other.safetensors", "could not be loaded"), (tmp_path / "two", "holds 2")):
+        with pytest.raises(AdapterError, match=says) as e:
+            engine.load_adapter("bad", str(source))
+        assert "'bad'" in str(e.value)
+    assert sorted(engine.adapters) == ["ink", "oil"]
+    assert "bad" not in engine.pipe.get_list_adapters().get("transformer", [])
+    (base,) = engine.generate([job(engine, 2)]).images
+    assert max_pixel_diff(base, stock_image(stock_pipe, PROMPT, 2, 64, 64, steps=4)) == 0
+    with pytest.raises(ValueError, match="adapter 'bad' is not loaded"):
+        engine.generate([job(engine, 2, "bad")])
