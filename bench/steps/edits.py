@@ -196,7 +196,8 @@ def edits_profile():
     out["preprocess_s"] = round(timed(lambda: pipe.image_processor.preprocess(pil, height=side, width=side), reps=7), 4)
     pixels = pipe.image_processor.preprocess(pil, height=side, width=side).to(eng.device, eng.pipe.vae.dtype)
     with torch.inference_mode():
-        out["vae_encode_s"] = round(timed(lambda: eng.pipe.vae.encode(pixels), reps=7), 4)  # norms compiled
+        # run44 compiled the encoder's norms here (accel.accelerate_vae did then); since, they run eagerly
+        out["vae_encode_s"] = round(timed(lambda: eng.pipe.vae.encode(pixels), reps=7), 4)
         with torch.compiler.set_stance("force_eager"):
             out["vae_encode_eager_s"] = round(timed(lambda: eng.pipe.vae.encode(pixels), reps=7), 4)
         a = eng.pipe.vae.encode(pixels).latent_dist.mean

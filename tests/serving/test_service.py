@@ -152,25 +152,64 @@ def _png_bytes(side: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def test_an_edit_on_an_idle_gpu_starts_its_prompt_on_the_generator_before_the_upload_is_decoded():
-    backends = Backends(plan_encode_on="gpu")
-    backends.gate.set()
-    events, sent = [], []
+class Started:
+    """What a handle call returns: a pending response, which can be cancelled."""
 
-    def generator_encode(request):
-        events.append(("encode", request.mode, request.prompt))
-        return "embeds from the generator"
+    def __init__(self, events: list, what: str):
+        self.events, self.what = events, what
+        events.append(("encode", what))
+
+    def cancel(self):
+        self.events.append(("cancelled", self.what))
+
+
+def edit_service(events: list, sent: list, encode_on: str = "auto") -> ImageService:
+    backends = Backends(plan_encode_on="gpu")
 
     async def generate(request, encoded) -> dict:
-        sent.append((request.mode, request.size, encoded))
+        sent.append((request.mode, request.size, encoded.what if encoded else None))
         return {"image": b"png", "seed": request.seed, "seconds": {}}
 
-    svc = ImageService(AppConfig(generator={"encode_on": "auto"}), encode=backends.encode, generate=generate,
-                       generator_info=backends.info, is_retryable=lambda e: False, generator_encode=generator_encode)
+    return ImageService(AppConfig(generator={"encode_on": encode_on}), encode=lambda r: Started(events, "cpu"),
+                        generate=generate, generator_info=backends.info, is_retryable=lambda e: False,
+                        generator_encode=lambda r: Started(events, f"generator: {r.mode} {r.prompt}"))
+
+
+def test_an_edit_on_an_idle_gpu_starts_its_prompt_on_the_generator_before_the_upload_is_decoded(monkeypatch):
+    from zimage_serve.serving.service import EditUploads
+
+    events, sent = [], []
+    read = EditUploads.read
+    monkeypatch.setattr(EditUploads, "read", lambda self, r: events.append(("decode", r.mode)) or read(self, r))
+    svc = edit_service(events, sent)
     reply = asyncio.run(svc.edits({"prompt": "a red door", "seed": 1}, {"image": _png_bytes(80)}))
-    assert events == [("encode", "text-to-image", "a red door")]  # the texts only, before there was an image
-    assert sent == [("image-to-image", "80x80", "embeds from the generator")] and backends.encoded == []
+    assert events == [("encode", "generator: text-to-image a red door"), ("decode", "text-to-image")]
+    assert sent == [("image-to-image", "80x80", "generator: text-to-image a red door")]
     assert reply.response.size == "80x80" and "upload_decode" in reply.seconds
+
+
+def test_an_upload_that_does_not_decode_cancels_the_encoding_started_for_it():
+    from zimage_serve.core.errors import InvalidInput
+
+    events, sent = [], []
+    svc = edit_service(events, sent)
+    with pytest.raises(InvalidInput, match="image is not a PNG"):
+        asyncio.run(svc.edits({"prompt": "a red door"}, {"image": b"not an image"}))
+    assert events == [("encode", "generator: text-to-image a red door"), ("cancelled", "generator: text-to-image a red door")]
+    assert sent == [] and svc.pending == 0
+
+
+def test_an_edit_on_a_busy_gpu_is_encoded_in_the_batch_and_a_strength_without_steps_costs_nothing():
+    events, sent = [], []
+    svc = edit_service(events, sent, encode_on="gpu")
+    svc.pending = 3  # other images in flight
+    asyncio.run(svc.edits({"prompt": "a red door", "seed": 1}, {"image": _png_bytes(64)}))
+    assert events == [] and sent == [("image-to-image", "64x64", None)]
+    from zimage_serve.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="leaves no denoising step"):
+        asyncio.run(svc.edits({"prompt": "a red door", "strength": 1e-17}, {"image": b"never read"}))
+    assert events == []
 
 
 def test_an_edit_refused_at_admission_is_never_decoded():

@@ -137,8 +137,13 @@ def with_edit_inputs(request: GenerationRequest, image: bytes, mask: bytes | Non
     picture, stencil = read_edit_inputs(image, mask, bounds.max_upload_pixels)
     width, height = size or edit_size(*picture.size, bounds)
     edit = request.replace(init_image=picture, mask_image=stencil, width=width, height=height)
-    # diffusers' count of the steps an edit runs (ZImageImg2ImgPipeline.get_timesteps): at least one
-    if edit.steps - int(max(edit.steps - edit.steps * edit.strength, 0)) < 1:
-        raise InvalidInput(f"strength {edit.strength:g} leaves no denoising step of the {edit.steps}: it must be at "
-                           f"least 1/{edit.steps}", param="strength")
+    check_edit_steps(edit.steps, edit.strength)
     return edit
+
+
+def check_edit_steps(steps: int, strength: float) -> None:
+    """An edit of ``steps`` at ``strength`` runs at least one step, as diffusers counts them
+    (ZImageImg2ImgPipeline.get_timesteps)."""
+    if steps - int(max(steps - steps * strength, 0)) < 1:
+        raise InvalidInput(f"strength {strength:g} leaves no denoising step of the {steps}: it must be at "
+                           f"least 1/{steps}", param="strength")

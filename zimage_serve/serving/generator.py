@@ -45,7 +45,7 @@ class Generator:
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
-        self._text_encoder = threading.Lock()  # batches and encode() call it from their threads: one at a time
+        self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         try:
             self._load()
@@ -95,19 +95,33 @@ class Generator:
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
                 "prompts_encoded": self.prompts_encoded}
 
-    async def encode(self, request: GenerationRequest) -> tuple:
+    async def encode(self, request: GenerationRequest) -> tuple | None:
         """(embeds, negative embeds or None) of the request's texts, encoded on this replica's GPU, as the
         PromptEncoder returns them (float32 CPU tensors: bf16 widened, exactly). The ingress asks for them when
-        an edit arrives on an idle GPU, so that its prompt is encoded while its uploads are decoded."""
+        an edit arrives on an idle GPU, so that its prompt is encoded while its uploads are decoded. It waits for
+        a batch in progress (the GPU runs one thing at a time). None when this replica's text encoder does not stay
+        where it is (offload plans move it in and out around the transformer): the batch encodes it then."""
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if self.engine.encoder is None:
             raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
+        if self.engine.plan.text_encoder not in ("gpu", "cpu"):  # moved in and out with the transformer
+            return None
+        from ..model.engine import OutOfMemory  # in the replica, with torch
+
         t0 = time.perf_counter()
-        embeds = await asyncio.to_thread(lambda: [e.float().cpu() for e in self._encode_texts(list(request.texts))])
+        try:
+            embeds = await asyncio.to_thread(self._encode_alone, list(request.texts))
+        except OutOfMemory:
+            self.engine.free_memory()
+            raise Overloaded("out of GPU memory encoding the prompt; retry later") from None
         metrics.observe_stage("text_encode", time.perf_counter() - t0)
-        self.prompts_encoded += len(embeds)
         return embeds[0], (embeds[1] if len(embeds) > 1 else None)
+
+    def _encode_alone(self, texts: list[str]) -> list:
+        with self._gpu:
+            self.prompts_encoded += len(texts)
+            return [e.float().cpu() for e in self.engine.encode(texts)]
 
     async def generate(self, request: GenerationRequest, encoded: tuple | None) -> dict:
         """One image of ``request``. ``encoded``: (embeds, negative embeds or None) from the PromptEncoder (Serve
@@ -145,13 +159,17 @@ class Generator:
         return [(image, {**result.seconds, "queue": q}, len(items)) for image, q in zip(result.images, queued)]
 
     def _denoise(self, items: list[tuple]):
+        with self._gpu:  # never beside a lone prompt's encode()
+            return self._denoise_batch(items)
+
+    def _denoise_batch(self, items: list[tuple]):
         from ..model.engine import Job  # in the replica, with torch
 
         # what this replica encodes itself (plans that encode on the GPU), each text once: the n images of one
         # request share their prompt
         texts = list(dict.fromkeys(t for request, encoded in items if encoded is None for t in request.texts))
         t0 = time.perf_counter()
-        own = dict(zip(texts, self._encode_texts(texts))) if texts else {}
+        own = dict(zip(texts, self.engine.encode(texts))) if texts else {}
         encode_s = time.perf_counter() - t0
         self.prompts_encoded += len(texts)
         jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts])
@@ -160,10 +178,6 @@ class Generator:
         if texts:
             result.seconds["text_encode"] = encode_s
         return result
-
-    def _encode_texts(self, texts: list[str]) -> list:
-        with self._text_encoder:
-            return self.engine.encode(texts)
 
     def _encode_image(self, image, request: GenerationRequest) -> bytes:
         from ..model.imaging import encode_image  # model/ in the replica only

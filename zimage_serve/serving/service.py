@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from ..core.bounds import SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, check_strength, parse_size
 from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
-from ..core.images import with_edit_inputs
+from ..core.images import check_edit_steps, with_edit_inputs
 from ..core.formats import image_format
-from ..core.request import GenerationRequest
+from ..core.request import DEFAULT_STRENGTH, GenerationRequest
 from ..settings import AppConfig
 from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, wire_types
 
@@ -72,7 +72,8 @@ def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: 
 def server_timing(seconds: dict) -> str:
     """A W3C Server-Timing header value: each stage's duration in milliseconds. The stages: upload_read (a
     multipart body read) and upload_decode (an edit's images checked and decoded), queue (admitted at the
-    ingress until its generator batch starts; includes CPU prompt encoding), text_encode (on the GPU), denoise
+    ingress until its generator batch starts; includes prompt encoding before the batch, on the CPU encoders or
+    for an edit by the generator), text_encode (on the GPU, in the batch), denoise
     and decode (the batch's), image_encode, generator (this request at its generator replica, arrival to
     encoded image) and ingress (this request at the ingress, start to end). For n images, each stage's longest."""
     return ", ".join(f"{name};dur={1000 * s:.1f}" for name, s in seconds.items())
@@ -157,16 +158,13 @@ class ImageService:
         height = check_dimension(req.height or default_h, "height", self.config.bounds)
         return self._request(req, width, height)
 
-    def request_from_edit(self, body: Any, files: dict[str, bytes] | None = None) -> GenerationRequest:
-        """``POST /v1/images/edits``'s body (OpenAI's images.edit) as a request: image to image, or inpainting
-        with a mask. ``files`` None: a JSON body, its images base64 or data: URLs. Otherwise a multipart body:
-        ``body`` its text fields (read as their types say: ``"7"`` is 7 there) and ``files`` its image parts."""
-        request, uploads = self.edit_parts(body, files)
-        return uploads.read(request)
-
     def edit_parts(self, body: Any, files: dict[str, bytes] | None = None) -> tuple[GenerationRequest, "EditUploads"]:
-        """An edit's body checked, its uploads not yet decoded: (the request of its texts and options, at the
-        size asked for or the default, and the uploads, which :meth:`EditUploads.read` makes it an edit of)."""
+        """``POST /v1/images/edits``'s body (OpenAI's images.edit: image to image, or inpainting with a mask)
+        checked, its uploads not yet decoded: (the request of its texts and options, at the size asked for or
+        the default, and the uploads, which :meth:`EditUploads.read` makes it the edit of). ``files`` None: a
+        JSON body, its images base64 or data: URLs. Otherwise a multipart body: ``body`` its text fields (read
+        as their types say: ``"7"`` is 7 there) and ``files`` its image parts. What needs no decoding (the
+        strength against the steps) is checked here, before any work is spent on the edit."""
         if files is None:
             req = self._validate(self.wire.edits, body)
             image, mask = (_base64(getattr(req, name), name) for name in ("image", "mask"))
@@ -181,6 +179,8 @@ class ImageService:
         strength = check_strength(req.strength) if req.strength is not None else None
         size = None if req.size == "auto" else self._size(req.size)
         request = self._request(req, *(size or self._size("auto")), n=req.n, quality=req.output_compression)
+        check_edit_steps(request.steps, strength if strength is not None else
+                         DEFAULT_STRENGTH["inpaint" if mask is not None else "image-to-image"])
         return request.replace(strength=strength), EditUploads(image, mask, size, self.config.bounds)
 
     # ---- where the prompt is encoded ----------------------------------------------------------------
@@ -235,18 +235,24 @@ class ImageService:
     async def _admitted(self, request: GenerationRequest, uploads: "EditUploads | None",
                         seconds: dict | None) -> tuple[GenerationRequest, list[dict]]:
         on_generator = await self._encode_on_generator(request.n)
-        if uploads is None:  # the generator encodes the prompt in its batch, or the CPU encoders have it now
-            encoded = None if on_generator else self._encode(request)
-        else:  # started now, it runs while the uploads are decoded
-            encoded = (self._generator_encode(request.without_images()) if on_generator and self._generator_encode
-                       else None if on_generator else self._encode(request))
+        encoded = None if on_generator else self._encode(request)  # the CPU encoders start now
+        early = uploads is not None and on_generator and self._generator_encode is not None and self.pending == request.n
+        if early:  # an edit on an idle GPU: the generator encodes its prompt while the ingress decodes the uploads
+            encoded = self._generator_encode(request.without_images())  # None from it: encoded in the batch
+        if uploads is not None:
             t0 = time.perf_counter()
-            request = await asyncio.to_thread(uploads.read, request)
+            try:
+                request = await asyncio.to_thread(uploads.read, request)
+            except BaseException:
+                getattr(encoded, "cancel", lambda: None)()  # the encoding started for it is not wanted
+                raise
             if seconds is not None:
                 seconds["upload_decode"] = time.perf_counter() - t0
-        return request, await asyncio.gather(*(self._one(request, image, encoded) for image in request.images()))
+        return request, await asyncio.gather(*(self._one(request, image, encoded, early) for image in request.images()))
 
-    async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded) -> dict:
+    async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded, by_generator: bool = False) -> dict:
+        """One image; ``by_generator``: ``encoded`` came from Generator.encode (a retry lets the generator encode
+        again, in its batch, so that the embeddings are the same)."""
         retried = False
         while True:
             try:
@@ -266,7 +272,7 @@ class ImageService:
                     log.warning("a replica failed mid-request (%s); retrying once", type(e).__name__)
                     retried = True
                     if encoded is not None:
-                        encoded = self._encode(request)
+                        encoded = None if by_generator else self._encode(request)
                     continue
                 mapped = self._backend_error(e)
                 if mapped is None:
@@ -279,9 +285,10 @@ class ImageService:
         return await self._images_response(self.request_from_images(body), start)
 
     async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> ImagesReply:
-        """``POST /v1/images/edits`` (see :meth:`request_from_edit`): the OpenAI ImagesResponse body."""
+        """``POST /v1/images/edits`` (see :meth:`edit_parts`): the OpenAI ImagesResponse body."""
         start = time.perf_counter()
-        request, uploads = self.edit_parts(body, files)
+        # a JSON body's base64 (up to tens of MB) is read off the event loop, which serves every route
+        request, uploads = await asyncio.to_thread(self.edit_parts, body, files)
         return await self._images_response(request, start, uploads)
 
     async def _images_response(self, request: GenerationRequest, start: float,
