@@ -75,10 +75,10 @@ def test_make_lora_writes_the_same_adapter_for_the_same_seed_and_another_for_ano
 def test_an_adapter_at_its_scale_equals_stock_and_visibly_changes_the_image(engine, stock, stock_pipe):
     base = stock_image(stock_pipe, PROMPT, 3, 64, 64, steps=4)
     (ink,) = engine.generate([job(engine, 3, "ink")]).images  # its configured scale, 0.8
-    assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) <= 1
+    assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) == 0
     assert max_pixel_diff(ink, base) > 8
     (oil,) = engine.generate([job(engine, 3, "oil", 1.7)]).images
-    assert max_pixel_diff(oil, stock_with(stock, "oil", 1.7, 3)) <= 1
+    assert max_pixel_diff(oil, stock_with(stock, "oil", 1.7, 3)) == 0
 
 
 def test_base_and_adapters_in_one_call_each_equal_their_solo_stock_image_and_nothing_leaks(engine, stock, stock_pipe):
@@ -89,7 +89,7 @@ def test_base_and_adapters_in_one_call_each_equal_their_solo_stock_image_and_not
             stock_with(stock, "oil", 1.0, 3), stock_with(stock, "ink", 0.3, 4),
             stock_image(stock_pipe, PROMPT, 5, 64, 64, steps=4)]
     for image, ref in zip(result.images, refs):
-        assert max_pixel_diff(image, ref) <= 1
+        assert max_pixel_diff(image, ref) == 0
     for _ in range(20):  # switching back and forth never changes the base weights
         engine.generate([job(engine, 9, "oil", 2.0)])
         engine.generate([job(engine, 9, "ink", 0.5)])
@@ -112,13 +112,79 @@ def test_an_unusable_adapter_is_refused_by_name_and_leaves_the_engine_as_it_was(
     save_file({"x": torch.zeros(2)}, str(tmp_path / "no-lora.safetensors"))
     for source, says in ((tmp_path / "missing", "does not exist"), (corrupt, "is not a readable safetensors file"),
                          (tmp_path / "no-lora.safetensors", "holds no LoRA weights"),
-                         (tmp_path / "other.safetensors", "could not be loaded"), (tmp_path / "two", "holds 2")):
+                         (tmp_path / "other.safetensors", "was made for other shapes"), (tmp_path / "two", "holds 2")):
         with pytest.raises(AdapterError, match=says) as e:
             engine.load_adapter("bad", str(source))
         assert "'bad'" in str(e.value)
     assert sorted(engine.adapters) == ["ink", "oil"]
-    assert "bad" not in engine.pipe.get_list_adapters().get("transformer", [])
     (base,) = engine.generate([job(engine, 2)]).images
     assert max_pixel_diff(base, stock_image(stock_pipe, PROMPT, 2, 64, 64, steps=4)) == 0
     with pytest.raises(ValueError, match="adapter 'bad' is not loaded"):
         engine.generate([job(engine, 2, "bad")])
+
+
+def test_a_thousand_switches_leave_the_base_bit_identical_and_an_evicted_adapter_gone(engine, tiny_source, loras):
+    """The LoRA slots never touch the base weights: after 1,000 switches (and generating with each adapter) the
+    base image is a fresh engine's (one that never held an adapter), bit for bit; an unloaded adapter is refused, and loaded again it
+    makes the same image as before."""
+    (ink_before,) = engine.generate([job(engine, 6, "ink", 1.3)]).images
+    choices = [("ink", 0.8), (None, None), ("oil", 2.0), ("ink", 0.1), ("oil", 1.0)]
+    for i in range(1000):
+        adapter, scale = choices[i % len(choices)]
+        engine._use_adapter(GenerationRequest(PROMPT, seed=0, adapter=adapter, adapter_scale=scale))
+    (base,) = engine.generate([job(engine, 7)]).images
+    fresh = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 4)))
+    fresh.set_progress(False)
+    assert fresh.slots is None
+    assert max_pixel_diff(base, fresh.generate([job(fresh, 7)]).images[0]) == 0
+    engine.unload_adapter("ink")
+    with pytest.raises(ValueError, match="adapter 'ink' is not loaded"):
+        engine.generate([job(engine, 6, "ink")])
+    engine.load_adapter("ink", str(loras["ink"]), scale=0.8)
+    (ink_after,) = engine.generate([job(engine, 6, "ink", 1.3)]).images
+    assert max_pixel_diff(ink_after, ink_before) == 0
+
+
+def test_a_kohya_layout_adapter_with_alphas_equals_stock_loading_the_same_file(engine, stock, loras, tmp_path):
+    """``lora_unet_..._to_q.lora_down.weight`` / ``lora_up`` / ``.alpha`` keys, as kohya's trainer writes them:
+    diffusers converts them (alpha folded into the matrices) and so do we."""
+    from safetensors.torch import load_file, save_file
+
+    kohya = {}
+    for key, tensor in load_file(loras["oil"] / "pytorch_lora_weights.safetensors").items():
+        module, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
+        base = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{base}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor
+        kohya[f"{base}.alpha"] = torch.tensor(2.0)  # alpha 2 at rank 4: half the update
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    engine.load_adapter("kohya", str(tmp_path / "kohya.safetensors"))
+    stock.load_lora_weights(str(tmp_path / "kohya.safetensors"), adapter_name="kohya")
+    try:
+        (image,) = engine.generate([job(engine, 8, "kohya", 1.5)]).images
+        assert max_pixel_diff(image, stock_with(stock, "kohya", 1.5, 8)) == 0
+        (oil,) = engine.generate([job(engine, 8, "oil", 1.5)]).images
+        assert max_pixel_diff(image, oil) > 0  # the alpha took effect
+    finally:
+        engine.unload_adapter("kohya")
+        stock.delete_adapters(["kohya"])
+
+
+def test_fused_projections_and_wider_slots_run_adapters_as_stock_does_up_to_rounding(tiny_source, loras, stock,
+                                                                                    tmp_path):
+    """On a fused transformer (to_qkv, w13: one slot per fused layer, lora_b block-diagonal) whose slots were made
+    for a rank-8 adapter, a rank-4 adapter's image is stock's up to float rounding; the base stays exact."""
+    from zimage_serve.model.adapters import slot_spec
+    from zimage_serve.model.optim.fusion import fuse_projections
+
+    e = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 4)))
+    e.set_progress(False)
+    assert fuse_projections(e.pipe.transformer) == 4
+    wide = e.read_adapter("wide", str(write_lora(tmp_path / "wide", tiny_source.path, rank=8, seed=5).parent))
+    e._install_slots(slot_spec([wide]))
+    assert e.slots.rank == 8 and sorted(e.slots.layers)[0].endswith("attention.to_out.0")
+    assert sum(layer.slot.parts for layer in e.slots.layers.values()) == 7 * 4
+    e.load_adapter("ink", str(loras["ink"]))
+    (ink,) = e.generate([job(e, 3, "ink", 0.8)]).images
+    assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) <= 1
+    with pytest.raises(AdapterError, match="needs rank 16"):
+        e.load_adapter("huge", str(write_lora(tmp_path / "huge", tiny_source.path, rank=16, seed=6).parent))

@@ -1,13 +1,15 @@
 """LoRA adapters on the engine's transformer: where an adapter's file is, and loading it through diffusers
-(``load_lora_weights``, which also converts the kohya / ComfyUI key layouts it knows for Z-Image).
+(``ZImagePipeline.lora_state_dict``, which also converts the kohya / ComfyUI key layouts it knows for Z-Image),
+as plain tensors for the engine's LoRA slots (optim/lora_slots.py): peft never wraps the engine's layers.
 
 An adapter that can't be used (a missing file, one that is no safetensors file, one made for another model or
 with other shapes) is an :class:`~zimage_serve.core.errors.AdapterError` naming the adapter and why, raised
-before anything is generated; a failed load leaves no part of the adapter in the model.
+before anything is generated.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import AdapterError
@@ -49,25 +51,92 @@ def _checked(path: Path, label: str, param: str | None) -> Path:
     return path
 
 
-def load_adapter(pipe, name: str, source: str) -> Path:
-    """Load the adapter at ``source`` into ``pipe``'s transformer as ``name`` (inactive until selected); returns
-    its file."""
-    path = adapter_file(source, f"adapter {name!r}")
-    try:
-        pipe.load_lora_weights(str(path), adapter_name=name)
-    except Exception as e:  # safetensors' and peft's errors: a corrupt file, unknown keys, mismatched shapes
-        _forget(pipe, name)
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise AdapterError(f"adapter {name!r} ({path}) could not be loaded: {reason}", param=name) from None
-    if name not in pipe.get_list_adapters().get("transformer", []):
-        raise AdapterError(f"adapter {name!r} ({path}) holds no weights for this model's transformer", param=name)
-    return path
+@dataclass(frozen=True)
+class AdapterWeights:
+    """An adapter read from its file, on the CPU: per layer of the transformer (its name before fusing), the LoRA
+    matrices and what peft scales them by: {name: (A [r, in], B [out, r], (lora_alpha, r, use_rslora))}."""
+
+    name: str
+    path: Path
+    modules: dict
+
+    @property
+    def rank(self) -> int:
+        return max(a.shape[0] for a, _, _ in self.modules.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in self.modules.values())
 
 
-def _forget(pipe, name: str) -> None:
-    """Whatever part of a failed adapter was injected, removed."""
+def read_adapter(name: str, source: str, shapes: dict[str, tuple[int, int]]) -> AdapterWeights:
+    """The adapter at ``source`` as diffusers' ``ZImagePipeline.load_lora_weights`` reads it (its key layouts,
+    kohya / ComfyUI included, and the rank and alpha peft would give each layer), checked against the
+    transformer's Linear layers ``shapes`` ({name: (out, in)}, lora_slots.linear_shapes). Raises AdapterError
+    naming the adapter and what is wrong."""
+    # diffusers' and peft's readers: only when an adapter is read
+    from diffusers import ZImagePipeline
+    from diffusers.utils.peft_utils import _create_lora_config
+    from peft.utils.other import get_pattern_key
+
+    path = adapter_file(source, f"adapter {name!r}", param=name)
+    label = f"adapter {name!r} ({path})"
     try:
-        if name in pipe.get_list_adapters().get("transformer", []):
-            pipe.delete_adapters([name])
-    except Exception:  # nothing was injected
-        pass
+        state_dict, metadata = ZImagePipeline.lora_state_dict(str(path), return_lora_metadata=True)
+    except Exception as e:  # safetensors' and diffusers' errors: a corrupt file, a layout diffusers can't convert
+        raise AdapterError(f"{label} could not be read: {_first_line(e)}", param=name) from None
+    prefix = "transformer."
+    state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    metadata = {k[len(prefix):]: v for k, v in (metadata or {}).items() if k.startswith(prefix)} or None
+    if not state_dict:
+        raise AdapterError(f"{label} holds no weights for this model's transformer", param=name)
+    unsupported = next((kind for kind, hit in (("LoKr", any(".lokr_" in k for k in state_dict)),
+                                               ("DoRA", any("lora_magnitude_vector" in k for k in state_dict)),
+                                               ("LoRA biases", any(".lora_B.bias" in k for k in state_dict)))
+                        if hit), None)
+    if unsupported:
+        raise AdapterError(f"{label} uses {unsupported}, which zimage-serve does not serve (plain LoRA only)",
+                           param=name)
+    modules = {}
+    for key, a in state_dict.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[:-len(".lora_A.weight")]
+        b = state_dict.get(f"{module}.lora_B.weight")
+        if b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise AdapterError(f"{label} is not a LoRA adapter diffusers can load: {module} has no matching lora_A "
+                               "and lora_B", param=name)
+        if module not in shapes:
+            raise AdapterError(f"{label} was made for another base model: it has weights for {module}, which this "
+                               "transformer does not have", param=name)
+        out, inp = shapes[module]
+        if (b.shape[0], a.shape[1]) != (out, inp):
+            raise AdapterError(f"{label} was made for other shapes: {module} is {out}x{inp} here, the adapter's "
+                               f"update is {b.shape[0]}x{a.shape[1]}", param=name)
+        modules[module] = (a, b)
+    if not modules:
+        raise AdapterError(f"{label} holds no LoRA matrices (lora_A / lora_B) for this model's transformer", param=name)
+    # the LoraConfig diffusers makes for peft from this file, and peft's per-layer rank and alpha from it
+    ranks = {f"^{m}.lora_B.weight": b.shape[1] for m, (_, b) in modules.items()}
+    try:
+        config = _create_lora_config(state_dict, None, metadata, ranks, is_unet=True)
+    except Exception as e:
+        raise AdapterError(f"{label} has LoRA metadata peft can't use: {_first_line(e)}", param=name) from None
+    weights = {}
+    for module, (a, b) in modules.items():
+        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module), config.r)
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
+        weights[module] = (a, b, (alpha, r, bool(config.use_rslora)))
+    return AdapterWeights(name, path, weights)
+
+
+def slot_spec(adapters: list[AdapterWeights]):
+    """The LoRA slots that fit every one of ``adapters``: the layers any of them changes, at the largest rank."""
+    from .optim.lora_slots import SlotSpec  # torch: only when adapters are used
+
+    return SlotSpec(frozenset(m for a in adapters for m in a.modules), max(a.rank for a in adapters))
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__

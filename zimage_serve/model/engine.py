@@ -14,13 +14,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 
 import torch
 from PIL import Image
 
+from ..core.errors import AdapterError
 from ..core.request import GenerationRequest
 from ..settings import environment
 from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
+from .optim.lora_slots import linear_shapes
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .modes import MODES
@@ -44,11 +47,26 @@ class Job:
     request: GenerationRequest
     embeds: torch.Tensor  # [tokens, hidden]
     negative_embeds: torch.Tensor | None = None  # when the request is guided
+    adapter: "HeldAdapter | None" = None  # request.adapter as held when it was admitted (None: by name, now)
 
     @classmethod
-    def of(cls, request: GenerationRequest, embeds: list[torch.Tensor]) -> "Job":
+    def of(cls, request: GenerationRequest, embeds: list[torch.Tensor], adapter: "HeldAdapter | None" = None) -> "Job":
         """A job from the encodings of ``request.texts``, in their order."""
-        return cls(request, embeds[0], embeds[1] if request.guided else None)
+        return cls(request, embeds[0], embeds[1] if request.guided else None, adapter)
+
+
+@dataclass(eq=False)
+class HeldAdapter:
+    """A LoRA adapter held on the engine's device, in its LoRA slots' layout (Engine.load_adapter)."""
+
+    name: str
+    path: str
+    scale: float  # its default scale
+    weights: object  # lora_slots.SlotWeights
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes
 
 
 @dataclass
@@ -82,23 +100,29 @@ class Engine:
         self.compiled_decoder = False
         self.warmup_calls: list = []
         self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
-        self.adapters: dict[str, float] = {}  # LoRA adapters loaded (load_adapter): name -> default scale
-        self._active_adapter: tuple | None = None  # (name, scale) the transformer runs with now; None: the base
+        self.adapters: dict[str, HeldAdapter] = {}  # LoRA adapters held (load_adapter), by name
+        self.slots = None  # the transformer's LoRA slots (optim/lora_slots.py), when adapters are used
+        # the Linear layers' shapes by their names before fusing, which adapters are checked against
+        self.base_shapes = linear_shapes(self.pipe.transformer)
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
-             **overrides) -> "Engine":
+             lora=None, **overrides) -> "Engine":
         """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments (with
-        ``compile``, the VAE decoder is compiled too where the plan has room)."""
+        ``compile``, the VAE decoder is compiled too where the plan has room). ``lora``: the LoRA slots to make
+        (a ``lora_slots.SlotSpec``, adapters.slot_spec of the adapters to serve), after fusing and before FP8,
+        compiling and CUDA graphs, so that any adapter that fits them runs without recompiling."""
         log.info("model %s\n%s", source.label, plan.describe())
         engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
         if plan.vae_tiling:
             engine.enable_vae_tiling()
         if speedups and engine.device.type == "cuda":
-            engine._accelerate(dict(speedups))
+            engine._accelerate(dict(speedups), lora)
+        elif lora is not None:
+            engine._install_slots(lora)
         return engine
 
-    def _accelerate(self, speedups: dict) -> None:
+    def _accelerate(self, speedups: dict, lora=None) -> None:
         """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs need
         headroom over the plan's peak. With ``compile``, the VAE decoder's GroupNorm+SiLU pairs are compiled too
         (the same activation peak as eager, bench run36), unless it decodes in tiles."""
@@ -111,7 +135,10 @@ class Engine:
         if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
             speedups["cuda_graphs"] = False
-        self.speedups = accelerate(self.pipe.transformer, **speedups)
+        install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
+        self.speedups = accelerate(self.pipe.transformer, before_quantize=install, **speedups)
+        if self.slots is not None:
+            self.speedups["lora_slots"] = f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
         if speedups.get("compile") and not plan.vae_tiling:
             self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
             self.compiled_decoder = True
@@ -192,36 +219,61 @@ class Engine:
             self._pipelines[cls] = pipe
         return self._pipelines[cls]
 
-    def load_adapter(self, name: str, source: str, scale: float = 1.0) -> None:
-        """Load the LoRA adapter at ``source`` (model/adapters.py) as ``name``, used by the requests that name it
-        (``GenerationRequest.adapter``) at their ``adapter_scale``, by default ``scale``. Load adapters before
-        the speed-ups: the engine's fused projections and compiled blocks are made without them."""
-        from .adapters import load_adapter  # safetensors and peft's loader: only when an adapter is loaded
+    def read_adapter(self, name: str, source: str):
+        """The LoRA adapter at ``source``, read and checked against this transformer (model/adapters.py), on the
+        CPU: what :meth:`load_adapter` takes. Raises AdapterError naming what is wrong."""
+        from .adapters import read_adapter  # safetensors and diffusers' LoRA readers: only when adapters are used
 
-        load_adapter(self.pipe, name, source)
-        self.adapters[name] = scale
-        if self._active_adapter is None:  # loading activates an adapter in diffusers: the base stays the base
-            self.pipe.disable_lora()
+        return read_adapter(name, source, self.base_shapes)
 
-    def _use_adapter(self, request: GenerationRequest) -> None:
-        """The transformer as ``request`` asks: with its adapter at its scale (what stock diffusers'
-        ``set_adapters([name], [scale])`` makes), or the base model (``disable_lora``: the base weights were
-        never changed, so it is exactly the base)."""
+    def load_adapter(self, name: str, source, scale: float = 1.0) -> "HeldAdapter":
+        """Hold the LoRA adapter ``source`` (a path, or what :meth:`read_adapter` returned) on the model's device as
+        ``name``, for the requests that name it (``GenerationRequest.adapter``) at their ``adapter_scale``, by
+        default ``scale``. The adapter must fit the LoRA slots made at load (``Engine.load(lora=...)``); an engine
+        loaded without them makes them for its first adapter, unless compiled code or CUDA graphs already run."""
+        from .adapters import slot_spec  # (see read_adapter)
+
+        weights = self.read_adapter(name, source) if isinstance(source, (str, Path)) else source
+        if self.slots is None:
+            if self.speedups.get("compile") or self.speedups.get("cuda_graph_blocks"):
+                raise AdapterError(f"adapter {name!r}: this engine was compiled without LoRA slots; name its adapters "
+                                   "when it loads", param=name)
+            self._install_slots(slot_spec([weights]))
+        missing = sorted(set(weights.modules) - self.slots.modules)
+        if missing or weights.rank > self.slots.rank:
+            what = f"layer {missing[0]}" if missing else f"rank {weights.rank}"
+            raise AdapterError(f"adapter {name!r} needs {what}, beyond the LoRA slots this replica made at start "
+                               f"(rank {self.slots.rank}, {len(self.slots.modules)} layers): configure it before "
+                               "the replica starts", param=name)
+        modules = {m: (a, b, factor) for m, (a, b, factor) in weights.modules.items()}
+        held = HeldAdapter(name, str(weights.path), scale, self.slots.layout(modules))
+        self.adapters[name] = held
+        return held
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop holding ``name`` (a batch already given it still runs with it)."""
+        held = self.adapters.pop(name, None)
+        if held is not None and self.slots is not None:
+            self.slots.forget(held)
+
+    def _install_slots(self, spec) -> None:
+        from .optim.lora_slots import install_slots  # only when adapters are used
+
+        self.slots = install_slots(self.pipe.transformer, spec, device=self.device)
+
+    def _use_adapter(self, request: GenerationRequest, held: "HeldAdapter | None" = None) -> None:
+        """The transformer as ``request`` asks: with its adapter (``held``, else the one held by that name) at its
+        scale, what stock diffusers' ``set_adapters([name], [scale])`` makes, or the base model (every slot's scale
+        zero: exactly the base, whose weights adapters never change)."""
         if request.adapter is None:
-            wanted = None
-        elif request.adapter not in self.adapters:
-            raise ValueError(f"adapter {request.adapter!r} is not loaded; loaded: {sorted(self.adapters) or 'none'}")
-        else:
-            scale = request.adapter_scale if request.adapter_scale is not None else self.adapters[request.adapter]
-            wanted = (request.adapter, scale)
-        if wanted == self._active_adapter:
+            if self.slots is not None:
+                self.slots.use(None, None)
             return
-        if wanted is None:
-            self.pipe.disable_lora()
-        else:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([wanted[0]], [wanted[1]])
-        self._active_adapter = wanted
+        held = held if held is not None and held.name == request.adapter else self.adapters.get(request.adapter)
+        if held is None:
+            raise ValueError(f"adapter {request.adapter!r} is not loaded; loaded: {sorted(self.adapters) or 'none'}")
+        scale = request.adapter_scale if request.adapter_scale is not None else held.scale
+        self.slots.use(held, held.weights, scale)
 
     def _embeds(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.to(self.device, self.loaded.dtype, non_blocking=True) for t in tensors]
@@ -252,7 +304,7 @@ class Engine:
             if any(j.negative_embeds is None for j in jobs):
                 raise ValueError("guidance_scale > 0 needs negative_embeds (the encoding of the negative prompt, '' by default)")
             negative = self._embeds([j.negative_embeds for j in jobs])
-        self._use_adapter(j0)  # a batch holds one adapter and scale (GenerationRequest.batch_key)
+        self._use_adapter(j0, jobs[0].adapter)  # a batch holds one adapter and scale (GenerationRequest.batch_key)
         t0 = time.perf_counter()
         latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
         self._sync()

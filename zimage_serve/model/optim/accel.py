@@ -101,8 +101,11 @@ def compile_setup(cache_dir: str | None) -> None:
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
                fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None,
-               cuda_graphs: bool = False) -> dict:
+               cuda_graphs: bool = False, before_quantize=None) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
+
+    ``before_quantize(transformer)``, when given, runs after fusing and before FP8, compiling and CUDA graphs
+    (the engine makes its LoRA slots there).
 
     ``fuse`` and ``cuda_graphs`` need a resident transformer (all weights on the GPU, no offload hooks).
     ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile."""
@@ -111,6 +114,8 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         from .fusion import fuse_projections  # only when fusing
 
         applied["fused_blocks"] = fuse_projections(transformer)
+    if before_quantize is not None:
+        before_quantize(transformer)
     if attention_backend:
         transformer.set_attention_backend(attention_backend)
         applied["attention_backend"] = attention_backend

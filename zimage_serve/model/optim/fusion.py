@@ -21,6 +21,9 @@ from diffusers.models.transformers.transformer_z_image import FeedForward, ZSing
 from torch import nn
 from torch.nn import functional as F
 
+# fused layer -> the layers it replaces, in the order of its outputs (lora_slots.py maps adapters through this)
+FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "w13": ("w1", "w3")}
+
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [batch, seq, heads, head_dim] with interleaved (real, imaginary) pairs; cos/sin: [batch, seq, 1, head_dim/2]."""

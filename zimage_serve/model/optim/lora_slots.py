@@ -1,0 +1,198 @@
+"""LoRA slots: a transformer that runs any of its LoRA adapters, or none, with the same modules, so that switching
+adapters recompiles nothing, re-captures no CUDA graph and never touches the base weights.
+
+:func:`install_slots` wraps each targeted Linear layer (after fusing, before FP8, compiling and CUDA graphs) in a
+:class:`LoraSlot`: buffers ``lora_a`` [parts x rank, in] and ``lora_b`` [out, parts x rank], zero-padded to the
+slot rank (the largest configured), and a per-output ``scale``. Its forward is peft's LoRA Linear's:
+``result = base(x); result = result + lora_b(lora_a(x in the adapter's dtype)) * scale`` in that dtype, then cast
+back. A fused layer (``to_qkv``, ``w13``) carries its parts' matrices side by side: ``lora_a`` stacked,
+``lora_b`` block-diagonal, each part's scale on its own rows.
+
+:meth:`LoraSlots.use` copies an adapter's matrices into the buffers in place (one ``torch._foreach_copy_``) or
+sets every scale to zero, which makes each slot's output exactly its base layer's (``result + 0``, cast back).
+Compiled blocks read the buffers as inputs and captured graphs read their memory, so both see the change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .fusion import FUSED_PARTS
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """The layers to give slots (their names before fusing) and the rank of every slot."""
+
+    modules: frozenset[str]
+    rank: int
+
+
+class LoraSlot(nn.Module):
+    """A base layer plus the active adapter's low-rank update (see the module's docstring)."""
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, parts: int, rank: int,
+                 dtype: torch.dtype, device):
+        super().__init__()
+        self.base = base
+        self.register_buffer("lora_a", torch.zeros(parts * rank, in_features, dtype=dtype, device=device))
+        self.register_buffer("lora_b", torch.zeros(out_features, parts * rank, dtype=dtype, device=device))
+        self.register_buffer("scale", torch.zeros(out_features, dtype=dtype, device=device))
+        self.parts, self.rank = parts, rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        dtype = result.dtype
+        x = x if x.dtype == self.lora_a.dtype else x.to(self.lora_a.dtype)
+        result = result + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+        return result.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"parts={self.parts}, rank={self.rank}"
+
+
+def linear_shapes(transformer: nn.Module) -> dict[str, tuple[int, int]]:
+    """{name: (out, in)} of the transformer's Linear layers, by their names before fusing (fusion.py), slotted or
+    not."""
+    shapes = {}
+    for parent_name, child_name, layer in _linears(transformer):
+        parts = FUSED_PARTS.get(child_name)
+        for name in _part_names(parent_name, child_name, parts):
+            shapes[name] = (layer.out_features // (len(parts) if parts else 1), layer.in_features)
+    return shapes
+
+
+def _linears(transformer: nn.Module):
+    """(parent's name, child's name, Linear) of every Linear layer, a slot's base counted as the slot."""
+    for parent_name, parent in transformer.named_modules():
+        if isinstance(parent, LoraSlot):
+            continue
+        for child_name, child in parent.named_children():
+            layer = child.base if isinstance(child, LoraSlot) else child
+            if isinstance(layer, nn.Linear):
+                yield parent_name, child_name, layer
+
+
+def _part_names(parent_name: str, child_name: str, parts) -> tuple[str, ...]:
+    prefix = f"{parent_name}." if parent_name else ""
+    return tuple(prefix + p for p in parts) if parts else (prefix + child_name,)
+
+
+@dataclass
+class _Layer:
+    slot: LoraSlot
+    parts: tuple[str, ...]  # the names (before fusing) whose updates this slot carries, in its row order
+    out_per_part: int
+
+
+@dataclass(frozen=True)
+class SlotWeights:
+    """An adapter in the slots' layout, on their device (:meth:`LoraSlots.layout`): per slot, in slot order, its
+    ``lora_a`` and ``lora_b`` and, per part, peft's (lora_alpha, r, use_rslora), None for a part it lacks."""
+
+    a: list
+    b: list
+    factors: list
+    nbytes: int
+
+
+class LoraSlots:
+    """The slots of one transformer and the adapter they run now (None: the base)."""
+
+    def __init__(self, layers: dict[str, _Layer], rank: int, dtype: torch.dtype, device):
+        self.layers, self.rank, self.dtype, self.device = layers, rank, dtype, device
+        self.active = None  # (adapter key, scale) the slots run now; None: the base
+        self._in_buffers = None  # the key of the adapter whose matrices the buffers hold
+        self.switches = 0
+
+    @property
+    def modules(self) -> set[str]:
+        return {part for layer in self.layers.values() for part in layer.parts}
+
+    def layout(self, modules: dict) -> SlotWeights:
+        """An adapter's matrices in the slots' layout. ``modules``: {name before fusing: (A [r, in], B [out, r],
+        (lora_alpha, r, use_rslora))}; a slot part the adapter lacks stays zero."""
+        a_s, b_s, factors = [], [], []
+        for layer in self.layers.values():
+            a = torch.zeros_like(layer.slot.lora_a)
+            b = torch.zeros_like(layer.slot.lora_b)
+            per_part = []
+            for i, part in enumerate(layer.parts):
+                if part not in modules:
+                    per_part.append(None)
+                    continue
+                pa, pb, factor = modules[part]
+                r, rows = pa.shape[0], slice(i * layer.out_per_part, (i + 1) * layer.out_per_part)
+                a[i * self.rank:i * self.rank + r] = pa.to(self.device, self.dtype)
+                b[rows, i * self.rank:i * self.rank + r] = pb.to(self.device, self.dtype)
+                per_part.append(factor)
+            a_s.append(a)
+            b_s.append(b)
+            factors.append(per_part)
+        nbytes = sum(t.numel() * t.element_size() for t in a_s + b_s)
+        return SlotWeights(a_s, b_s, factors, nbytes)
+
+    def use(self, key, weights: SlotWeights | None, scale: float = 1.0) -> None:
+        """Run ``weights`` (named ``key``) at ``scale``, as peft's ``set_adapters([key], [scale])`` does; None:
+        the base model. Nothing is done when that is what runs already."""
+        wanted = None if weights is None else (key, scale)
+        if wanted == self.active:
+            return
+        slots = [layer.slot for layer in self.layers.values()]
+        with torch.no_grad():
+            if weights is None:
+                torch._foreach_zero_([s.scale for s in slots])
+            else:
+                if self._in_buffers != key:
+                    torch._foreach_copy_([s.lora_a for s in slots], weights.a)
+                    torch._foreach_copy_([s.lora_b for s in slots], weights.b)
+                    self._in_buffers = key
+                torch._foreach_copy_([s.scale for s in slots],
+                                     [_scales(layer, f, scale) for layer, f in zip(self.layers.values(), weights.factors)])
+        self.active = wanted
+        self.switches += 1
+
+    def forget(self, key) -> None:
+        """``key``'s matrices may be freed: the buffers no longer count as holding them (the next use copies)."""
+        if self._in_buffers == key and (self.active is None or self.active[0] != key):
+            self._in_buffers = None
+
+
+def _scales(layer: _Layer, factors: list, scale: float) -> torch.Tensor:
+    """A slot's per-row scale: peft's ``set_scale`` (``scale * lora_alpha / r``, or over sqrt(r) with rsLoRA),
+    computed in Python floats as peft does, per part; 0 for a part the adapter lacks."""
+    values = []
+    for factor in factors:
+        if factor is None:
+            values.append(0.0)
+        else:
+            alpha, r, rslora = factor
+            values.append(scale * alpha / math.sqrt(r) if rslora else scale * alpha / r)
+    return torch.tensor(values, dtype=layer.slot.scale.dtype).repeat_interleave(layer.out_per_part)
+
+
+def install_slots(transformer: nn.Module, spec: SlotSpec, device, dtype: torch.dtype = torch.float32) -> LoraSlots:
+    """Wrap the layers ``spec`` names (fused or not) in :class:`LoraSlot` s, in place, their buffers on ``device``
+    (where the model computes; layers offloaded to the CPU between batches take them along, streamed ones leave
+    them there); returns their manager. ``dtype``: peft's, float32 (it computes LoRA in float32 for bf16 adapters).
+    Raises ValueError naming a layer the transformer does not have."""
+    targets = set(spec.modules)
+    layers: dict[str, _Layer] = {}
+    modules = dict(transformer.named_modules())
+    for parent_name, child_name, layer in list(_linears(transformer)):
+        names = _part_names(parent_name, child_name, FUSED_PARTS.get(child_name))
+        if not targets.intersection(names):
+            continue
+        slot = LoraSlot(layer, layer.in_features, layer.out_features, len(names), spec.rank, dtype, device)
+        setattr(modules[parent_name], child_name, slot)
+        layers[f"{parent_name}.{child_name}" if parent_name else child_name] = _Layer(
+            slot, names, layer.out_features // len(names))
+        targets.difference_update(names)
+    if targets:
+        raise ValueError(f"the transformer has no layer {sorted(targets)[0]!r} ({len(targets)} missing)")
+    return LoraSlots(layers, spec.rank, dtype, device)
