@@ -19,13 +19,14 @@ being ignored. Imports only ``core``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .core.bounds import Bounds, base64_length, parse_size
+from .core.bounds import MAX_LORA_SCALE, Bounds, base64_length, parse_size
 from .core.errors import ZImageError
 
 TINY_SERVED_NAME = "z-image-tiny-random"  # what /v1/models calls the embedded random-weight checkpoint
@@ -87,6 +88,7 @@ class GeneratorOptions(_Strict):
     max_queued_requests: int = Field(64, ge=-1, description="Images waiting for a replica before 503 (-1: unbounded).")
     graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
     health_check_period_s: float = Field(10, gt=0, description="How often the replica's GPU is checked.")
+    max_adapters_per_replica: int = Field(8, ge=1, le=64, description="LoRA adapters one replica holds on its GPU at once (Serve's multiplexing evicts the least recently used); the staging plan reserves their memory.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Generator replica scaling.")
 
     @model_validator(mode="after")
@@ -95,6 +97,14 @@ class GeneratorOptions(_Strict):
             raise ValueError("generator.max_ongoing_requests must be >= generator.max_batch_size")
         parse_size(self.plan_size, Bounds(max_side=8192), param="plan_size")
         return self
+
+
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class AdapterSpec(_Strict):
+    source: str = Field(min_length=1, description="A .safetensors file, a directory holding one (diffusers' LoRA format, kohya / ComfyUI layouts too), or a ModelScope id.")
+    scale: float = Field(1.0, ge=0, le=MAX_LORA_SCALE, description="The scale requests get unless they give lora_scale.")
 
 
 class AppConfig(_Strict):
@@ -118,9 +128,23 @@ class AppConfig(_Strict):
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (CPU, light).")
     encoder: EncoderOptions = Field(default_factory=EncoderOptions, description="The CPU prompt encoders.")
     generator: GeneratorOptions = Field(default_factory=GeneratorOptions, description="The GPU generators.")
+    adapters: dict[str, AdapterSpec] = Field(default_factory=dict, description="LoRA adapters served, by the name requests give as `model`: NAME: SOURCE or NAME: {source, scale}.")
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapter_sources(cls, value):
+        if isinstance(value, dict):  # NAME: SOURCE is short for NAME: {source: SOURCE}
+            return {k: {"source": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _check(self):
+        for name in self.adapters:
+            if not re.match(ADAPTER_NAME_PATTERN, name):
+                raise ValueError(f"adapter name {name!r}: letters, digits and . _ : - only (at most 64), not "
+                                 "starting with a symbol")
+            if name == self.model_name:
+                raise ValueError(f"adapter name {name!r} is the served model's name")
         if self.min_side > self.max_side:
             raise ValueError("min_side must be <= max_side")
         if self.default_steps > self.max_steps:  # a request without steps would be refused

@@ -116,7 +116,6 @@ BAD = [
     ("/v1/images/generations", {"prompt": "x", "n": "two"}, "n"),
     ("/v1/images/generations", {"prompt": "x", "seed": -1}, "seed"),
     ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "response_format"),
-    ("/v1/images/generations", {"prompt": "x", "model": "dall-e-3"}, "model"),
     ("/v1/images/generations", {"prompt": "x", "output_format": "gif"}, "output_format"),
     ("/v1/images/generations", {}, "prompt"),
     ("/generate", {"prompt": "x", "width": 65}, "width"),
@@ -134,6 +133,15 @@ def test_bad_input_gets_400_naming_the_field(app_url, path, body, param):
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["message"]
+
+
+def test_an_unknown_model_is_404_model_not_found_naming_what_is_served(app_url):
+    for path in ("/v1/images/generations", "/generate"):
+        r = httpx.post(f"{app_url}{path}", json={"prompt": "x", "model": "dall-e-3"}, timeout=30)
+        assert r.status_code == 404, r.text
+        error = r.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert "'dall-e-3'" in error["message"] and "'z-image-turbo'" in error["message"]
 
 
 def test_malformed_json_and_oversized_body(app_url):

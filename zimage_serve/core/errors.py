@@ -42,6 +42,13 @@ class ModelSourceError(ZImageError):
     """A model can't be found, fetched or validated."""
 
 
+class ModelNotFound(InvalidInput):
+    """A request names a model (or LoRA adapter) this deployment does not serve (HTTP 404)."""
+
+    def __init__(self, message: str, param: str | None = "model", code: str = "model_not_found"):
+        super().__init__(message, param, code)
+
+
 class AdapterError(InvalidInput):
     """A LoRA adapter can't be used: its file is missing, corrupt, or made for another model; ``param`` names
     the adapter."""

@@ -31,8 +31,16 @@ def adapter_file(source: str, label: str = "the adapter", param: str | None = No
             return _checked(files[0], label, param)
         raise AdapterError(f"{label}: {path} holds {len(files)} .safetensors files; name the one to load",
                            param=param)
-    raise AdapterError(f"{label}: {source} does not exist (a .safetensors file, or a directory with one)",
-                       param=param)
+    from ..core.errors import ModelSourceError
+    from .sources import HUB_ID, _from_hub  # a ModelScope id: resolved like the model
+
+    if HUB_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
+        try:
+            return adapter_file(str(_from_hub(str(source))), label, param)
+        except ModelSourceError as e:
+            raise AdapterError(f"{label}: {e}", param=param) from None
+    raise AdapterError(f"{label}: {source} does not exist (a .safetensors file, a directory with one, or a "
+                       "ModelScope id)", param=param)
 
 
 def _checked(path: Path, label: str, param: str | None) -> Path:
@@ -128,6 +136,19 @@ def read_adapter(name: str, source: str, shapes: dict[str, tuple[int, int]]) -> 
         alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
         weights[module] = (a, b, (alpha, r, bool(config.use_rslora)))
     return AdapterWeights(name, path, weights)
+
+
+def transformer_shapes(model_dir) -> dict[str, tuple[int, int]]:
+    """{name: (out, in)} of the Linear layers of the transformer in ``model_dir``, from its config alone (made on
+    the meta device: no weights read), which adapters are checked against before the model loads."""
+    import torch  # (see read_adapter)
+    from diffusers import ZImageTransformer2DModel
+
+    from .optim.lora_slots import linear_shapes
+
+    config = ZImageTransformer2DModel.load_config(str(model_dir), subfolder="transformer")
+    with torch.device("meta"):
+        return linear_shapes(ZImageTransformer2DModel.from_config(config))
 
 
 def slot_spec(adapters: list[AdapterWeights]):

@@ -86,8 +86,11 @@ def gpu_free_bytes(device: str | None = None) -> int | None:
 
 
 def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
-                          device: str | None = None) -> Plan:
-    return make_plan(sizes_of(source), gpu_free_bytes(device), workload, policy, encode_on)
+                          device: str | None = None, reserve_bytes: int = 0) -> Plan:
+    """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters)."""
+    free = gpu_free_bytes(device)
+    return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
+                     encode_on)
 
 
 class Engine:

@@ -19,7 +19,7 @@ import time
 from ray import serve
 
 from ..core.bounds import Bounds, parse_size
-from ..core.errors import InvalidInput, NeedsEmbeddings, NotReady, Overloaded, ZImageError
+from ..core.errors import AdapterError, InvalidInput, NeedsEmbeddings, NotReady, Overloaded, ZImageError
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from . import metrics
@@ -47,6 +47,16 @@ class Generator:
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
         self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
+        # LoRA adapters: {name: file} of those that passed their checks at start, {name: reason} of the others
+        self.adapter_files: dict[str, str] = {}
+        self.adapter_errors: dict[str, str] = {}
+        self.adapter_stats = {"loads": 0, "hits": 0, "evictions": 0, "load_seconds": 0.0}
+        if self.config.adapters:
+            async def load(name: str):  # a plain function: Serve keeps its multiplexing state on it
+                return await self._load_adapter(name)
+
+            # Serve's model multiplexing: at most max_adapters_per_replica held, least recently used evicted
+            self._held_adapter = serve.multiplexed(max_num_models_per_replica=opts.max_adapters_per_replica)(load)
         try:
             self._load()
         except Exception as e:  # CUDA OOM, a corrupt file, a bug: stay up, not ready, and say why
@@ -63,11 +73,12 @@ class Generator:
         device = None if opts.device == "auto" else opts.device
         t0 = time.perf_counter()
         source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
+        lora, reserve = self._check_adapters(source)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
-        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device)
+        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve)
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
                     "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
-        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups)
+        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora)
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
@@ -79,6 +90,69 @@ class Generator:
         metrics.set_plan(plan)
         log.info("Generator ready in %.1fs: %s", self.load_seconds, source.label)
 
+    def _check_adapters(self, source) -> tuple:
+        """Read every configured adapter once (on the CPU, then let go) and check it against the model: those
+        that pass are served, the others listed with why (the base and the rest serve on). Returns (the LoRA
+        slots that fit them all, or None; the GPU bytes to keep free for max_adapters_per_replica of them)."""
+        if not self.config.adapters:
+            return None, 0
+        from ..model.adapters import read_adapter, slot_spec, transformer_shapes  # in the replica, with torch
+
+        shapes, good = transformer_shapes(source.path), []
+        for name, spec in self.config.adapters.items():
+            try:
+                weights = read_adapter(name, spec.source, shapes)
+            except ZImageError as e:
+                self.adapter_errors[name] = str(e)
+                log.error("adapter %r not served: %s", name, e)
+                continue
+            good.append(weights)
+            self.adapter_files[name] = str(weights.path)
+        if not good:
+            return None, 0
+        spec = slot_spec(good)
+        # held adapters and the slots are float32 at the slots' rank: (rank x (in + out) + out) x 4 bytes a layer
+        layer_bytes = sum((spec.rank * (shapes[m][0] + shapes[m][1]) + shapes[m][0]) * 4 for m in spec.modules)
+        return spec, layer_bytes * (self.config.generator.max_adapters_per_replica + 1)
+
+    async def _load_adapter(self, name: str):
+        """Serve's multiplexed loader: the adapter ``name`` read from its file (the node's disk or page cache) onto
+        this replica's GPU; what it returns Serve keeps until it evicts it (calling its ``__del__``)."""
+        if name in self.adapter_errors:
+            raise AdapterError(self.adapter_errors[name], param="model")
+        t0 = time.perf_counter()
+        held = await asyncio.to_thread(self.engine.load_adapter, name, self.adapter_files[name],
+                                       self.config.adapters[name].scale)
+        seconds = time.perf_counter() - t0
+        self.adapter_stats["loads"] += 1
+        self.adapter_stats["load_seconds"] += seconds
+        metrics.count_adapter("load", name, seconds)
+        log.info("adapter %r held in %.2fs (%.0f MiB)", name, seconds, held.nbytes / 2**20)
+        return _Evictable(held, self._evicted)
+
+    def _evicted(self, name: str) -> None:
+        if self.engine is not None:
+            self.engine.unload_adapter(name)
+        self.adapter_stats["evictions"] += 1
+        metrics.count_adapter("eviction", name)
+
+    async def _adapter_for(self, request: GenerationRequest):
+        """The held adapter ``request`` names (loaded here first when this replica does not hold it), or None."""
+        name = request.adapter
+        if name is None:
+            return None
+        if name in self.adapter_errors:
+            raise AdapterError(self.adapter_errors[name], param="model")
+        if name not in self.adapter_files:
+            raise InvalidInput(f"adapter {name!r} is not configured on this replica", param="model",
+                               code="model_not_found")
+        hit = name in self.engine.adapters
+        held = await self._held_adapter(name)
+        if hit:
+            self.adapter_stats["hits"] += 1
+            metrics.count_adapter("hit", name)
+        return held.held
+
     def check_health(self) -> None:
         """Fails when the GPU is unusable (Serve then replaces the replica)."""
         if self.engine is not None and self.engine.device.type == "cuda":
@@ -87,13 +161,24 @@ class Generator:
     async def info(self) -> dict:
         """Readiness, the plan in force, and where this replica runs."""
         if self.engine is None:
-            return {"ready": False, "reason": self.reason}
+            return {"ready": False, "reason": self.reason, **self._adapters_info()}
         e = self.engine
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
-                "prompts_encoded": self.prompts_encoded}
+                "prompts_encoded": self.prompts_encoded, **self._adapters_info()}
+
+    def _adapters_info(self) -> dict:
+        if not self.config.adapters:
+            return {}
+        held = set(self.engine.adapters) if self.engine is not None else set()
+        adapters = {name: {"status": "failed", "reason": self.adapter_errors[name]} if name in self.adapter_errors
+                    else {"status": "ready", "held": name in held, "file": self.adapter_files.get(name)}
+                    for name in self.config.adapters}
+        for name, spec in self.config.adapters.items():
+            adapters[name].update(source=spec.source, scale=spec.scale)
+        return {"adapters": adapters, "adapter_stats": dict(self.adapter_stats)}
 
     async def encode(self, request: GenerationRequest) -> tuple | None:
         """(embeds, negative embeds or None) of the request's texts, encoded on this replica's GPU, as the
@@ -134,11 +219,9 @@ class Generator:
         if unsupported:
             raise InvalidInput(f"{unsupported} is not served by this version", param=unsupported,
                                code="unsupported_value")
-        if request.adapter is not None and request.adapter not in self.engine.adapters:  # refused before batching
-            raise InvalidInput(f"adapter {request.adapter!r} is not loaded on this replica", param="model",
-                               code="model_not_found")
         start = time.time()
-        image, seconds, batch_size = await self._batcher.submit((request, encoded))
+        held = await self._adapter_for(request)  # refused before batching: no other request fails with it
+        image, seconds, batch_size = await self._batcher.submit((request, encoded, held))
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
         t0 = time.perf_counter()
         data = await asyncio.to_thread(self._encode_image, image, request)
@@ -151,7 +234,7 @@ class Generator:
         """(PIL image, seconds, batch size) per item: the GPU part (prompt encoding on plans that do it there,
         denoise, decode)."""
         start = time.time()
-        queued = [max(0.0, start - (request.enqueued_at or start)) for request, _ in items]
+        queued = [max(0.0, start - (request.enqueued_at or start)) for request, _, _ in items]
         for q in queued:
             metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
@@ -167,13 +250,13 @@ class Generator:
 
         # what this replica encodes itself (plans that encode on the GPU), each text once: the n images of one
         # request share their prompt
-        texts = list(dict.fromkeys(t for request, encoded in items if encoded is None for t in request.texts))
+        texts = list(dict.fromkeys(t for request, encoded, _ in items if encoded is None for t in request.texts))
         t0 = time.perf_counter()
         own = dict(zip(texts, self.engine.encode(texts))) if texts else {}
         encode_s = time.perf_counter() - t0
         self.prompts_encoded += len(texts)
-        jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts])
-                for request, encoded in items]
+        jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts], held)
+                for request, encoded, held in items]
         result = self._generate_with_oom_fallback(jobs)
         if texts:
             result.seconds["text_encode"] = encode_s
@@ -221,6 +304,19 @@ class Generator:
         except OutOfMemory:
             self.engine.free_memory()
             raise Overloaded("out of GPU memory for this request; retry later or ask for a smaller size") from None
+
+
+class _Evictable:
+    """What Serve's multiplexing keeps for a held adapter: on eviction Serve calls ``__del__``, which lets the
+    engine forget it (a batch already given it still runs with it)."""
+
+    def __init__(self, held, on_evict):
+        self.held, self._on_evict = held, on_evict
+
+    def __del__(self):
+        on_evict, self._on_evict = getattr(self, "_on_evict", None), None  # once: Serve calls it, then the GC
+        if on_evict is not None:
+            on_evict(self.held.name)
 
 
 GeneratorDeployment = serve.deployment(name="Generator")(Generator)

@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
-                           TooLarge, ZImageError, user_message)
+                           ModelNotFound, TooLarge, ZImageError, user_message)
 from . import metrics
 from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
 from .service import ImageService, ImagesReply, server_timing
@@ -61,6 +61,7 @@ def _header(description: str, type: str = "string") -> dict:
 _WHY = {
     400: "Invalid request: the error names the field (`param`).",
     401: "A valid API key is required (Authorization: Bearer <key>, or X-API-Key).",
+    404: "The `model` names no model or LoRA adapter served here (see /v1/models); the message lists them.",
     413: "The request body, or an uploaded image, is over the server's limit (max_body_bytes, max_upload_bytes).",
     415: "The body is not sent as application/json (or, to the edits route, multipart/form-data).",
     503: "At capacity, or no generator is ready: retry after Retry-After seconds.",
@@ -91,6 +92,7 @@ class ApiError(Exception):
 # Domain error class -> (status, OpenAI error type). The most specific class that matches wins (the MRO).
 _STATUS = {
     TooLarge: (413, "invalid_request_error"),
+    ModelNotFound: (404, "invalid_request_error"),
     InvalidInput: (400, "invalid_request_error"),
     Overloaded: (503, "server_error"),
     NotReady: (503, "server_error"),
@@ -241,7 +243,7 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     auth = (401,) if api_keys else ()
     wire = service.wire
 
-    refusals = _errors(400, *auth, 413, 415, 503, 504)  # every status a POST route answers with, but 200
+    refusals = _errors(400, *auth, 404, 413, 415, 503, 504)  # every status a POST route answers with, but 200
 
     stages = "queue, text_encode, denoise, decode, image_encode, generator, ingress"
     timed = lambda extra="": {"Server-Timing": _header(f"Milliseconds per stage: {extra}{stages}.")}

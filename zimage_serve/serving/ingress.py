@@ -128,7 +128,9 @@ class IngressDeployment:
         self.api_keys = api_keys(self.config)
 
         def generate(image: GenerationRequest, encoded):
-            return generator.generate.remote(image, encoded)
+            # Serve's model multiplexing: an adapter's requests go to the replicas that hold it (base: any)
+            routed = generator.options(multiplexed_model_id=image.adapter) if image.adapter else generator
+            return routed.generate.remote(image, encoded)
 
         self.service = ImageService(
             self.config, encode=lambda request: encoder.encode.remote(request), generate=generate,

@@ -26,6 +26,10 @@ def _metrics():
         "vram": m.Gauge("zimage_peak_vram_bytes", description="Peak GPU memory allocated by this replica."),
         "plan": m.Gauge("zimage_plan_info", description="The staging plan in force (value 1, the plan in tags).",
                         tag_keys=("kind", "transformer", "vae", "text_encoder", "encode_on", "device")),
+        "adapters": m.Counter("zimage_adapter_events_total", description="LoRA adapter loads onto a replica's GPU, "
+                              "hits (already held) and evictions, per adapter.", tag_keys=("event", "adapter")),
+        "adapter_load": m.Histogram("zimage_adapter_load_seconds", description="Seconds to load a LoRA adapter onto "
+                                    "a replica's GPU.", boundaries=_LATENCY_BUCKETS),
         "requests": m.Counter("zimage_http_requests_total", description="HTTP requests by route and status.",
                               tag_keys=("route", "status")),
     }
@@ -58,3 +62,10 @@ def set_plan(plan) -> None:
 
 def count_request(route: str, status: int) -> None:
     _metrics()["requests"].inc(1, tags={"route": route, "status": str(status)})
+
+
+def count_adapter(event: str, adapter: str, seconds: float | None = None) -> None:
+    """A LoRA adapter ``event`` (load, hit, eviction) on this replica; a load's ``seconds``."""
+    _metrics()["adapters"].inc(1, tags={"event": event, "adapter": adapter})
+    if seconds is not None:
+        _metrics()["adapter_load"].observe(seconds)

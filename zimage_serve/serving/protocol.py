@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-from ..core.bounds import SIZE_MULTIPLE, Bounds, base64_length
+from ..core.bounds import MAX_LORA_SCALE, SIZE_MULTIPLE, Bounds, base64_length
 from ..core.formats import OutputFormat
 
 # ---- the error shape --------------------------------------------------------------------------------
@@ -143,6 +143,9 @@ def _common(b: Bounds, n: int) -> dict:
         "negative_prompt": (str | None, Field(None, max_length=b.max_prompt_chars, pattern=NEGATIVE_PROMPT_PATTERN,
                                               description="What to avoid (used when guidance_scale > 0): empty, or "
                                                           "like prompt.")),
+        "lora_scale": (float | None, Field(None, ge=0, le=MAX_LORA_SCALE, description=(
+            f"How strongly the LoRA adapter named by `model` applies, 0..{MAX_LORA_SCALE:g} (default: its configured "
+            "scale). Only with an adapter."))),
         "seed": (_integer(0, max_seed(b, n)) | None,
                  Field(None, description=f"Seed of {first}. Random when absent; the response reports it.")),
         "num_inference_steps": (_integer(1, b.max_steps) | None,
@@ -173,14 +176,17 @@ def _compatibility(max_length: int) -> tuple:
 
 
 @lru_cache(maxsize=None)
-def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> WireTypes:
-    """The request types of a deployment with these bounds that serves ``model_name`` (None: ``model`` may
-    be any name). Cached: one pair of classes per deployment."""
+def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapters: tuple[str, ...] = ()) -> WireTypes:
+    """The request types of a deployment with these bounds that serves ``model_name`` and the LoRA ``adapters``
+    (``model`` names one of them; None: ``model`` may be any name). Cached: one set of classes per deployment."""
     b = bounds
     sizes = f"{b.min_side}..{b.max_side}, a multiple of {SIZE_MULTIPLE}"
     side = _integer(b.min_side, b.max_side, SIZE_MULTIPLE) | None
-    model = (Literal[model_name] | None, Field(None, description="The served model's name (see /v1/models).")) \
-        if model_name else (str | None, Field(None, max_length=256, description="The served model's name."))
+    served = (model_name, *adapters) if model_name else ()
+    model = (Literal[served] | None, Field(None, description=(  # type: ignore[valid-type]
+        "The served model's name" + (", or one of its LoRA adapters'" if adapters else "") +
+        " (see /v1/models); absent: the base model."))) \
+        if served else (str | None, Field(None, max_length=256, description="The served model's name."))
     sized = f"WIDTHxHEIGHT, each side {sizes}"
     images = create_model(
         "ImagesRequest", __base__=ImagesRequest, __doc__=ImagesRequest.__doc__, __module__=__name__,
@@ -209,7 +215,7 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None) -> Wire
     )
     generate = create_model(
         "GenerateRequest", __base__=GenerateRequest, __doc__=GenerateRequest.__doc__, __module__=__name__,
-        **_common(b, 1),
+        **_common(b, 1), model=model,
         width=(side, Field(None, description=f"Width in pixels, {sizes} (default: the server's).")),
         height=(side, Field(None, description=f"Height in pixels, {sizes} (default: the server's).")),
     )
@@ -242,6 +248,7 @@ class ModelCard(BaseModel):
     created: int = 0
     owned_by: str = "zimage-serve"
     root: str = Field(description="The checkpoint served (a hub id or a directory).")
+    parent: str | None = Field(None, description="For a LoRA adapter: the id of the model it applies to.")
     random_weights: bool | None = Field(None, description="True for the embedded random-weight test checkpoint "
                                                           "(its images are noise); absent until a generator reports.")
 

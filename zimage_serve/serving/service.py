@@ -18,8 +18,9 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
-from ..core.bounds import SIZE_MULTIPLE, Bounds, check_dimension, check_prompt, check_steps, check_strength, parse_size
-from ..core.errors import InvalidInput, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
+from ..core.bounds import (SIZE_MULTIPLE, Bounds, check_dimension, check_lora_scale, check_prompt, check_steps,
+                           check_strength, parse_size)
+from ..core.errors import InvalidInput, ModelNotFound, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
 from ..core.images import check_edit_steps, with_edit_inputs
 from ..core.formats import image_format
 from ..core.request import DEFAULT_STRENGTH, GenerationRequest
@@ -34,7 +35,7 @@ Encode = Callable[[GenerationRequest], Any]
 Generate = Callable[[GenerationRequest, Any], Awaitable[dict]]
 
 
-def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: str | None = None) -> InvalidInput:
+def validation_error(e: ValidationError, bounds: Bounds = Bounds(), served: tuple[str, ...] | str = ()) -> InvalidInput:
     """The first pydantic error as an InvalidInput naming its field, in words (not the pattern's regex)."""
     err = e.errors()[0]
     param = ".".join(str(p) for p in err.get("loc", ())) or None
@@ -60,8 +61,13 @@ def validation_error(e: ValidationError, bounds: Bounds = Bounds(), model_name: 
                             f"{SIZE_MULTIPLE} between {bounds.min_side} and {bounds.max_side}, got {value!r}",
                             param=param)
     if param == "model" and kind == "literal_error":
-        return InvalidInput(f"model {value!r} is not served here; this server serves {model_name!r}", param=param,
-                            code="model_not_found")
+        names = (served,) if isinstance(served, str) else served
+        return ModelNotFound(f"model {value!r} is not served here; served: {', '.join(repr(m) for m in names)}")
+    if param == "lora_scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:  # out of range, said as the CLI says it
+            check_lora_scale(value)
+        except InvalidInput as refused:
+            return refused
     if param == "response_format" and value == "url":
         return InvalidInput("response_format 'url' is not supported: images are not stored; use b64_json",
                             param=param, code="unsupported_value")
@@ -106,7 +112,7 @@ class ImageService:
         (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
         replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded."""
         self.config = config
-        self.wire = wire_types(config.bounds, config.model_name)  # the request types, with the config's bounds
+        self.wire = wire_types(config.bounds, config.model_name, tuple(config.adapters))  # the request types, with the config's bounds
         self._generate, self._info = generate, generator_info
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._generator_encode = generator_encode
@@ -128,7 +134,7 @@ class ImageService:
         try:
             return model.model_validate(body, strict=strict)
         except ValidationError as e:
-            raise validation_error(e, self.config.bounds, self.config.model_name) from None
+            raise validation_error(e, self.config.bounds, (self.config.model_name, *self.config.adapters)) from None
 
     def _request(self, req, width: int, height: int, n: int = 1, quality: int | None = None) -> GenerationRequest:
         b = self.config.bounds
@@ -138,9 +144,22 @@ class ImageService:
         steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
         # the wire types bound the seed by max_seed - (max n - 1): seed + n - 1 never passes max_seed
         seed = req.seed if req.seed is not None else random.randrange(2**31)
+        adapter, scale = self._adapter(req.model, req.lora_scale)
         return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
                                  height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
-                                 output_format=req.output_format, quality=quality)
+                                 output_format=req.output_format, quality=quality, adapter=adapter,
+                                 adapter_scale=scale)
+
+    def _adapter(self, model: str | None, lora_scale: float | None) -> tuple[str | None, float | None]:
+        """(adapter, scale) that ``model`` names: (None, None) for the base model ("", absent or its name), else a
+        configured adapter at ``lora_scale`` or its configured scale."""
+        if not model or model == self.config.model_name:
+            if lora_scale is not None:
+                raise InvalidInput("lora_scale applies to a LoRA adapter: name one as model (see /v1/models)",
+                                   param="lora_scale")
+            return None, None
+        spec = self.config.adapters[model]  # the wire types allow the served names only
+        return model, float(lora_scale if lora_scale is not None else spec.scale)
 
     def _size(self, text: str, param: str = "size") -> tuple[int, int]:
         return parse_size(self.config.default_size if text == "auto" else text, self.config.bounds, param=param)
@@ -301,7 +320,7 @@ class ImageService:
         seconds["ingress"] = time.perf_counter() - start
         response = ImagesResponse(
             created=int(time.time()), output_format=request.output_format, size=request.size, seed=request.seed,
-            model=self.config.model_name,
+            model=request.adapter or self.config.model_name,
             data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results])
         return ImagesReply(response, seconds)
 
@@ -327,9 +346,10 @@ class ImageService:
             info = await asyncio.wait_for(self._info(), timeout=5)
         except Exception:
             info = {}
-        card = ModelCard(id=self.config.model_name, root=info.get("model", self.config.model),
-                         random_weights=info.get("random_weights"))
-        return ModelList(data=[card]).model_dump(exclude_none=True)
+        base = self.config.model_name
+        cards = [ModelCard(id=base, root=info.get("model", self.config.model), random_weights=info.get("random_weights"))]
+        cards += [ModelCard(id=name, root=spec.source, parent=base) for name, spec in self.config.adapters.items()]
+        return ModelList(data=cards).model_dump(exclude_none=True)
 
 
 def _form_values(fields: dict) -> dict:
