@@ -319,9 +319,20 @@ def other_device(run: Path) -> dict:
     }
 
 
+def lora(x: dict, float32_slots: dict) -> dict:
+    """The lora step (bench/steps/lora.py) under issue 18's keys, from its own run; ``float32_slots``: the same
+    step before the slots computed in the model's dtype (run47)."""
+    return {"run": x["_run"], "environment": recorded(RESULTS / x["_run"]),
+            "p50_ratio": x["p50_ratio"], "cold_adapter_extra_s": x["cold_adapter_load_s"], "switch_s": x["switch_s"],
+            "mixed_throughput_ratio": x["mixed_ratio"], "recompiles": x["recompiles_after_warmup"],
+            "measured": "engine denoise (8 steps, 1024², batch 1, compiled + fused), not over HTTP",
+            "step": {k: v for k, v in x.items() if not k.startswith("_")},
+            "float32_slots_run47": {k: v for k, v in float32_slots.items() if not k.startswith("_")}}
+
+
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
-    from bench.report_md import render, render_edits, render_other
+    from bench.report_md import render, render_edits, render_lora, render_other
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -336,13 +347,16 @@ def main() -> None:
         steps[f"_coldstart_{run}"] = json.loads((RESULTS / run / "coldstart.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
-    summary = summarize({k: v for k, v in steps.items() if k != "edits"})  # edits: its own section, device
+    summary = summarize({k: v for k, v in steps.items() if k not in ("edits", "lora")})  # their own sections
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
+    if "lora" in steps:
+        summary["lora"] = lora(steps["lora"], json.loads((RESULTS / "run47" / "lora.json").read_text()))
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
         render(summary) + (render_edits(summary["edits"]) if "edits" in summary else "")
+        + (render_lora(summary["lora"]) if "lora" in summary else "")
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

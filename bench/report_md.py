@@ -443,3 +443,38 @@ The same step after each change (stock diffusers' own figure moves between runs 
 With the prompt always on the CPU encoders (`BENCH_ENCODE_ON=cpu`, run41, before these changes) image to image
 took {c['img2img_http_p50_s']} s (ratio {c['img2img_ratio']}): the idle GPU encoding a lone request's prompt is most of the gain.
 """
+
+
+def render_lora(x: dict) -> str:
+    """The LoRA section (bench/steps/lora.py), from its own run."""
+    env, s, f = x["environment"], x["step"], x["float32_slots_run47"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    return f"""
+## LoRA adapters ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])})
+
+`python3 bench/run.py build lora` (run47), then `python3 bench/run.py lora` on the same warm machine ({x['run']}), each
+step in one process (`bench/steps/lora.py`): full-size random weights,
+a rank-{s['rank']} adapter written by `make-lora` on attention and feed-forward of every block, 1024², 8 steps,
+batch 1, the **engine's denoise** (compiled, fused projections; no CUDA graphs), the same prompt embeddings.
+Not over HTTP: the issue's HTTP p50 and its 16-client throughput are not measured yet.
+
+| | seconds | ratio |
+|---|---|---|
+| base, engine without LoRA slots | {s['base_no_slots_denoise_s']} | 1 |
+| base, engine with slots (every scale 0) | {s['slots_base_denoise_s']} | {s['slots_base_denoise_s'] / s['base_no_slots_denoise_s']:.3f} |
+| adapter through the slots (`p50_ratio`) | {s['adapter_denoise_s']} | **{x['p50_ratio']}** (target 1.05: not met) |
+| 4 adapters round-robin, per image (`mixed_throughput_ratio` = base / this) | {s['round_robin_denoise_s']} | **{x['mixed_throughput_ratio']}** (target 0.9) |
+| cold adapter: file (page cache) to the GPU (`cold_adapter_extra_s`) | {s['cold_adapter_load_s']} | target 1.5 |
+| switch between two held adapters (`switch_s`, median of 20) | {s['switch_s']} | target 0.05 |
+| recompiles after warm-up, 4 adapters and the base (`recompiles`) | {s['recompiles_after_warmup']} | target 0 |
+| stock diffusers, base (uncompiled) | {s['stock_base_denoise_s']} | |
+| stock `load_lora_weights` (peft wrappers) | {s['stock_load_lora_s']} | |
+| stock `set_adapters` between two | {s['stock_set_adapters_s']} | |
+| stock with the adapter (peft, unfused) | {s['stock_adapter_denoise_s']} | {s['stock_p50_ratio']} of stock's base |
+| ours with the adapter / stock with it | | **{s['ours_vs_stock_adapter']}** |
+
+The slots compute in the model's dtype on the GPU (bf16). Computed in float32 as peft does (run47), the adapter cost
+{f['p50_ratio']}x the base ({f['adapter_denoise_s']} s: the input cast to float32 and matmuls without tensor cores in every
+targeted layer). The remaining {x['p50_ratio']}x is the slots' two small matmuls per layer, paid by base requests too
+on a replica that serves adapters (a replica with no adapters configured makes no slots).
+"""

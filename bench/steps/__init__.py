@@ -37,6 +37,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "batch": ("bench.steps.batch", "batch", {}),
     "edits": ("bench.steps.edits", "edits", {}),
     "edits_profile": ("bench.steps.edits", "edits_profile", {}),
+    "lora": ("bench.steps.lora", "lora", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }
