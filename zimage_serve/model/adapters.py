@@ -31,8 +31,9 @@ def adapter_file(source: str, label: str = "the adapter", param: str | None = No
             return _checked(files[0], label, param)
         raise AdapterError(f"{label}: {path} holds {len(files)} .safetensors files; name the one to load",
                            param=param)
+    # a ModelScope id: resolved like the model (sources' hub client only for an adapter that is not a local path)
     from ..core.errors import ModelSourceError
-    from .sources import HUB_ID, _from_hub  # a ModelScope id: resolved like the model
+    from .sources import HUB_ID, _from_hub
 
     if HUB_ID.match(str(source)) and not str(source).startswith((".", "/", "~")):
         try:

@@ -143,9 +143,6 @@ def _common(b: Bounds, n: int) -> dict:
         "negative_prompt": (str | None, Field(None, max_length=b.max_prompt_chars, pattern=NEGATIVE_PROMPT_PATTERN,
                                               description="What to avoid (used when guidance_scale > 0): empty, or "
                                                           "like prompt.")),
-        "lora_scale": (float | None, Field(None, ge=0, le=MAX_LORA_SCALE, description=(
-            f"How strongly the LoRA adapter named by `model` applies, 0..{MAX_LORA_SCALE:g} (default: its configured "
-            "scale). Only with an adapter."))),
         "seed": (_integer(0, max_seed(b, n)) | None,
                  Field(None, description=f"Seed of {first}. Random when absent; the response reports it.")),
         "num_inference_steps": (_integer(1, b.max_steps) | None,
@@ -187,16 +184,20 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapter
         "The served model's name" + (", or one of its LoRA adapters'" if adapters else "") +
         " (see /v1/models); absent: the base model."))) \
         if served else (str | None, Field(None, max_length=256, description="The served model's name."))
+    # a deployment with adapters takes lora_scale (with an adapter only: the service refuses it for the base)
+    lora = {"lora_scale": (float | None, Field(None, ge=0, le=MAX_LORA_SCALE, description=(
+        f"How strongly the LoRA adapter named by `model` applies, 0..{MAX_LORA_SCALE:g} (default: its configured "
+        "scale). Only with an adapter.")))} if adapters else {}
     sized = f"WIDTHxHEIGHT, each side {sizes}"
     images = create_model(
         "ImagesRequest", __base__=ImagesRequest, __doc__=ImagesRequest.__doc__, __module__=__name__,
-        **_common(b, b.max_images), **_openai_fields(b, model, f"{sized}; 'auto': the server's default size."),
+        **_common(b, b.max_images), **lora, **_openai_fields(b, model, f"{sized}; 'auto': the server's default size."),
         style=_compatibility(32),
     )
     upload = base64_length(b.max_upload_bytes)
     edits = create_model(
         "EditsRequest", __base__=EditsRequest, __doc__=EditsRequest.__doc__, __module__=__name__,
-        **_common(b, b.max_images),
+        **_common(b, b.max_images), **lora,
         **_openai_fields(b, model, f"{sized}: the input (and mask) are resized to it first; 'auto': the input's "
                                    f"size, within {sizes} (scaled down to fit, each side rounded down)."),
         image=(str | None, Field(None, max_length=upload,
@@ -215,7 +216,7 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapter
     )
     generate = create_model(
         "GenerateRequest", __base__=GenerateRequest, __doc__=GenerateRequest.__doc__, __module__=__name__,
-        **_common(b, 1), model=model,
+        **_common(b, 1), **lora, model=model,
         width=(side, Field(None, description=f"Width in pixels, {sizes} (default: the server's).")),
         height=(side, Field(None, description=f"Height in pixels, {sizes} (default: the server's).")),
     )

@@ -144,7 +144,7 @@ class ImageService:
         steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
         # the wire types bound the seed by max_seed - (max n - 1): seed + n - 1 never passes max_seed
         seed = req.seed if req.seed is not None else random.randrange(2**31)
-        adapter, scale = self._adapter(req.model, req.lora_scale)
+        adapter, scale = self._adapter(req.model, getattr(req, "lora_scale", None))  # (wire_types: with adapters)
         return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
                                  height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
                                  output_format=req.output_format, quality=quality, adapter=adapter,
