@@ -24,16 +24,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # flags name instead of first building and loading a probe library per ISA, in every new cache directory and
 # process (about 6 s each, on 2 cores); the kernels themselves are compiled and run as ever
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
+# pytest-xdist's workers share the cores: torch's threads split them (2 workers of 2 threads on 2 cores spun against
+# each other); set before any test module imports torch
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 RAY_FIXTURES = {"serve_cluster", "app_url"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.ray)
+def pytest_itemcollected(item):
+    """Marks as each test is collected: before -m selects, and before xdist reads the groups (pytest-xdist's
+    own pytest_collection_modifyitems turns them into node ids)."""
+    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.ray)
+        item.add_marker(pytest.mark.xdist_group("serve_cluster"))  # one worker holds the session's cluster
+    else:
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # a module's fixtures run once
 
 
 @pytest.fixture(autouse=True)

@@ -114,10 +114,12 @@ def _request(args) -> GenerationRequest:
 
 
 def _generate(args) -> int:
+    request = _request(args)
+    # any model but `auto` is checked before torch is imported: a bad --model is one line in a second, not six
+    source = resolve(args.model) if args.model != "auto" else None
     from .model.engine import Engine, Job, gpu_free_bytes, plan_for_this_machine  # torch: only when generating
 
-    request = _request(args)
-    source = resolve(args.model, gpu=gpu_free_bytes() is not None)
+    source = source or resolve(args.model, gpu=gpu_free_bytes() is not None)
     plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy)
     t0 = time.perf_counter()
     engine = Engine.load(source, plan)  # logs the plan, once

@@ -161,7 +161,7 @@ def test_a_kohya_layout_adapter_with_alphas_equals_stock_loading_the_same_file(e
     stock.load_lora_weights(str(tmp_path / "kohya.safetensors"), adapter_name="kohya")
     try:
         (image,) = engine.generate([job(engine, 8, "kohya", 1.5)]).images
-        assert max_pixel_diff(image, stock_with(stock, "kohya", 1.5, 8)) == 0
+        assert max_pixel_diff(image, stock_with(stock, "kohya", 1.5, 8)) <= 1  # alpha folded: rounding, as elsewhere
         (oil,) = engine.generate([job(engine, 8, "oil", 1.5)]).images
         assert max_pixel_diff(image, oil) > 0  # the alpha took effect
     finally:

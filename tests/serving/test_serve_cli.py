@@ -25,7 +25,9 @@ def test_serve_command_serves_then_shuts_down_cleanly(tiny_path, tmp_path):
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                # what a user waits for: the examples printed (/readyz can turn 200 a moment before)
+                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200 and \
+                        "curl" in open(tmp_path / "serve.log").read():
                     break
             except httpx.HTTPError:
                 pass

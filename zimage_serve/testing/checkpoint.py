@@ -114,7 +114,11 @@ def write_checkpoint(out_dir: str | os.PathLike, shape: str = "tiny", device: st
             if not overwrite and (out / "model_index.json").exists():
                 return out  # another process wrote it first
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process renamed its copy there since (a directory is never replaced)
+            if overwrite or not (out / "model_index.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -36,7 +36,9 @@ print(json.dumps({"graphs": torch._dynamo.utils.counters["stats"]["unique_graphs
 
 
 def _replica(cache_dir, **env) -> dict:
-    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}, **env}
+    # one compile thread: Inductor's pool of compile processes (each importing torch) costs more than it saves here
+    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
+           "TORCHINDUCTOR_COMPILE_THREADS": "1", **env}
     r = subprocess.run([sys.executable, "-c", _REPLICA, str(cache_dir)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
