@@ -1,5 +1,5 @@
 """Command-line pieces shared by ``zimage-serve`` (cli.py) and ``python -m zimage_serve.batch``: a parser whose
-errors are one line, integer arguments, the model and policy options, and running a command so that a
+errors are one line, integer arguments, the model, policy and LoRA adapter options, and running a command so that a
 domain error prints as one line and exits 2. No torch."""
 
 from __future__ import annotations
@@ -10,8 +10,13 @@ import os
 import sys
 from typing import Callable
 
-from .core.errors import ZImageError
+from pathlib import Path
+
+from .core.bounds import parse_lora
+from .core.errors import InvalidInput, ZImageError
+from .model.adapters import adapter_file
 from .model.planner import POLICIES
+from .model.sources import HUB_ID
 from .settings import environment
 
 
@@ -32,6 +37,28 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str = "auto") -> No
                    help="'tiny', a local diffusers directory, or a hub id such as Tongyi-MAI/Z-Image-Turbo "
                         "('auto': the hub model on a GPU when cached, else tiny)")
     p.add_argument("--policy", choices=POLICIES, default="auto", help="staging policy (default: fastest that fits)")
+
+
+def add_adapter_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=SOURCE[:SCALE]",
+                   help=f"{what}: a .safetensors file, a directory with one, or a ModelScope id")
+
+
+def parse_adapters(specs: list[str], param: str = "--adapter") -> dict:
+    """``NAME=SOURCE[:SCALE]`` arguments as the config's ``adapters``; a local SOURCE is checked here (it exists and
+    holds LoRA weights: a safetensors header is read, no torch), before anything starts."""
+    adapters = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise InvalidInput(f"{param} {spec!r}: expected NAME=SOURCE or NAME=SOURCE:SCALE", param=param)
+        if name in adapters:
+            raise InvalidInput(f"{param} {name!r} is given twice", param=param)
+        source, scale = parse_lora(rest, param)
+        if not HUB_ID.match(source) or source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
+            adapter_file(source, f"{param} {name}", param=param)
+        adapters[name] = {"source": source, **({"scale": scale} if scale is not None else {})}
+    return adapters
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -13,18 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import Parser, add_model_arguments, integer, run_command
+from .arguments import Parser, add_adapter_argument, add_model_arguments, integer, parse_adapters, run_command
 from .batch.job import add_arguments as add_batch_arguments
 from .core.bounds import (Bounds, check_prompt, check_seed, check_steps, check_strength, parse_bytes, parse_lora,
                           parse_size)
 from .core.checkpoints import DEFAULT_HUB_ID
-from .core.errors import InvalidInput, ZImageError
+from .core.errors import ZImageError
 from .core.formats import format_of_path
 from .core.images import read_file, with_edit_inputs
 from .core.request import GenerationRequest
 from .model.planner import ENCODE_CHOICES, Workload, make_plan
 from .model.sizes import sizes_of
-from .model.sources import HUB_ID, cached_hub, resolve
+from .model.sources import cached_hub, resolve
 
 log = logging.getLogger("zimage_serve")
 
@@ -76,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="overrides the config's model")
     s.add_argument("--host", default=None, help="default: the config's http_options.host, else 127.0.0.1")
     s.add_argument("--port", type=integer, default=None, help="default: the config's http_options.port, else 8000")
-    s.add_argument("--adapter", action="append", default=[], metavar="NAME=SOURCE[:SCALE]",
-                   help="serve a LoRA adapter as model NAME (repeatable; added to the config's adapters): a "
-                        ".safetensors file, a directory with one, or a ModelScope id")
+    add_adapter_argument(s, "serve a LoRA adapter as model NAME (repeatable; added to the config's adapters)")
 
     add_batch_arguments(sub.add_parser("batch", help="generate images for a prompts file with Ray Data"))
     return parser
@@ -183,23 +181,6 @@ def _serve(args) -> int:
 
     args.adapters = parse_adapters(args.adapter)
     return serve_main(args)
-
-
-def parse_adapters(specs: list[str], param: str = "--adapter") -> dict:
-    """``NAME=SOURCE[:SCALE]`` arguments as the config's ``adapters``; a local SOURCE is checked here (it exists and
-    holds LoRA weights), before anything starts."""
-    from .model.adapters import adapter_file  # no torch: reads a safetensors header
-
-    adapters = {}
-    for spec in specs:
-        name, sep, rest = spec.partition("=")
-        if not sep or not name or not rest:
-            raise InvalidInput(f"{param} {spec!r}: expected NAME=SOURCE or NAME=SOURCE:SCALE", param=param)
-        source, scale = parse_lora(rest, param)
-        if not HUB_ID.match(source) or source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
-            adapter_file(source, f"{param} {name}", param=param)
-        adapters[name] = {"source": source, **({"scale": scale} if scale is not None else {})}
-    return adapters
 
 
 def _batch(args) -> int:

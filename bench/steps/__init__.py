@@ -38,6 +38,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "edits": ("bench.steps.edits", "edits", {}),
     "edits_profile": ("bench.steps.edits", "edits_profile", {}),
     "lora": ("bench.steps.lora", "lora", {}),
+    "lora_http": ("bench.steps.lora", "lora_http", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }

@@ -5,6 +5,7 @@ Engine level (no HTTP): the issue's HTTP p50 and 16-client mixed throughput are 
 
 from __future__ import annotations
 
+import statistics
 import time
 
 from ..common import checkpoint, compile_cache, denoise, load_engine, save, size, sync, timed
@@ -106,3 +107,93 @@ def lora(rank: int = 32):
     out["ours_vs_stock_adapter"] = round(out["adapter_denoise_s"] / out["stock_adapter_denoise_s"], 3)
     save("lora", **out)
     print("LORA", out, flush=True)
+
+
+def lora_http(rank: int = 32):
+    """Issue 18's figures over HTTP, the production default generator (serve_config.yaml's, one replica): an app
+    without adapters (the base), then one serving 4 rank-``rank`` adapters: one request in flight (p50) for the
+    base and an adapter, the first request for an adapter the replica does not hold yet, alternating two held
+    ones, and 64 requests from 16 clients (the base alone, then the 4 adapters round-robin)."""
+    import asyncio
+
+    import aiohttp
+
+    from zimage_serve.testing.lora import write_lora
+
+    from .edits import _production_generator
+    from .http import _config, _start, _stop
+
+    files = {name: str(write_lora(f"/tmp/lora-{name}", checkpoint(), rank=rank, seed=seed).parent)
+             for name, seed in (("a", 1), ("b", 2), ("c", 3), ("d", 4))}
+    url = "http://127.0.0.1:8000/v1/images/generations"
+    side = size()
+
+    async def call(session, i, model=None) -> float:
+        body = {"prompt": f"a lighthouse at dusk #{i} {time.time()}", "seed": i, "size": f"{side}x{side}",
+                **({"model": model} if model else {})}
+        t = time.perf_counter()
+        async with session.post(url, json=body) as r:
+            await r.read()
+            assert r.status == 200, (r.status, await r.text())
+        return time.perf_counter() - t
+
+    async def saturate(session, models, clients=16) -> float:
+        sem = asyncio.Semaphore(clients)
+
+        async def limited(i, model):
+            async with sem:
+                return await call(session, 5000 + i, model)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(limited(i, m) for i, m in enumerate(models)))
+        return len(models) / (time.perf_counter() - t)
+
+    p50 = lambda xs: round(statistics.median(xs), 4)
+    generator = {**_production_generator(), "max_queued_requests": 256}
+    encoder = {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0}
+    out = {"rank": rank, "generator": generator}
+
+    async def base_phase():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
+            for i in range(3):
+                await call(s, i)
+            single = [await call(s, 100 + i) for i in range(20)]
+            await saturate(s, [None] * 16)  # the saturated path warmed
+            return {"base_p50_s": p50(single), "base_runs": [round(x, 3) for x in single],
+                    "base_throughput_img_s": round(await saturate(s, [None] * 64), 3)}
+
+    out["deploy_base_s"] = round(_start(_config(encoder, generator)), 1)
+    out.update(asyncio.run(base_phase()))
+    _stop()
+
+    async def adapter_phase():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
+            for i in range(3):
+                await call(s, i)
+            await call(s, 3, "a")
+            res = {"slots_base_p50_s": p50([await call(s, 200 + i) for i in range(20)]),
+                   "adapter_p50_s": p50([await call(s, 300 + i, "a") for i in range(20)])}
+            res["cold_adapter_s"] = round(await call(s, 400, "b"), 4)  # b: not held by the replica yet
+            await call(s, 401, "c"), await call(s, 402, "d")
+            alternating = [await call(s, 500 + i, "ab"[i % 2]) for i in range(20)]
+            res["alternating_p50_s"] = p50(alternating)
+            await saturate(s, ["abcd"[i % 4] for i in range(16)])
+            res["round_robin_throughput_img_s"] = round(await saturate(s, ["abcd"[i % 4] for i in range(64)]), 3)
+            return res
+
+    adapters = {name: {"source": path} for name, path in files.items()}
+    config = {**_config(encoder, generator), "adapters": adapters}
+    out["deploy_adapters_s"] = round(_start(config), 1)
+    out.update(asyncio.run(adapter_phase()))
+    from ray import serve
+
+    info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
+    out.update(speedups=info["speedups"], plan=info["plan"], adapter_stats=info.get("adapter_stats"))
+    _stop()
+    out["p50_ratio"] = round(out["adapter_p50_s"] / out["base_p50_s"], 3)
+    out["slots_base_p50_ratio"] = round(out["slots_base_p50_s"] / out["base_p50_s"], 3)
+    out["cold_adapter_extra_s"] = round(out["cold_adapter_s"] - out["adapter_p50_s"], 3)
+    out["switch_s"] = round(out["alternating_p50_s"] - out["adapter_p50_s"], 4)
+    out["mixed_throughput_ratio"] = round(out["round_robin_throughput_img_s"] / out["base_throughput_img_s"], 3)
+    save("lora_http", **out)
+    print("LORA_HTTP", {k: v for k, v in out.items() if not isinstance(v, (dict, list))}, flush=True)

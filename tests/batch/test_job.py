@@ -1,5 +1,6 @@
 """The batch job on local Ray with the tiny checkpoint: images, manifest, resume, kill -9, bad files."""
 
+import copy
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import time
 from argparse import Namespace
 
 import pytest
+from diffusers import ZImagePipeline
 from PIL import Image
 
 from conftest import max_pixel_diff, run_cli, stock_image
@@ -19,6 +21,8 @@ from zimage_serve.batch.stages import EncodeStage
 from zimage_serve.core.request import GenerationRequest
 from zimage_serve.core.errors import ZImageError
 from zimage_serve.batch.prompts_file import PromptsFileError, read_prompts
+from zimage_serve.model.sources import resolve
+from zimage_serve.testing.lora import write_lora
 
 
 def _prompts(path, n, size="64x64"):
@@ -98,9 +102,14 @@ def killed_then_rerun(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("killed")
     prompts = tmp_path / "prompts.jsonl"
     n = _prompts(prompts, 24, size="128x128")  # at least 9 GPU batches left when killed: ample time
+    ink = write_lora(tmp_path / "ink", resolve("tiny").path, rank=4, seed=1).parent
+    with open(prompts, "a") as f:  # a line with a LoRA adapter of the job's (--adapter), at the adapter's scale
+        f.write(json.dumps({"id": "inked", "prompt": "prompt number 3", "seed": 1003, "size": "128x128",
+                            "model": "ink"}) + "\n")
+    n += 1
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "zimage_serve.batch", "--prompts", str(prompts), "--out", str(out), "--model", "tiny",
-           "--batch-size", "2", "--gpus", "1", "--steps", "6"]
+           "--batch-size", "2", "--gpus", "1", "--steps", "6", "--adapter", f"ink={ink}:0.7"]
     env = dict(os.environ, RAY_ADDRESS="")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     manifest = out / "manifest.jsonl"
@@ -147,11 +156,21 @@ def test_kill_9_midway_then_rerun_ends_with_exactly_one_image_per_id_equal_to_st
     late = Image.open(out / after["late"]["file"]).convert("RGB")
     assert max_pixel_diff(late, stock_image(stock_pipe, "a late prompt", 9, 64, 64, steps=6)) <= 1
     assert after["../../escape"]["file"].startswith("id-")  # never a path outside the output directory
+    inked = after["inked"]
+    assert (inked["model"], inked["lora_scale"]) == ("ink", 0.7) and "model" not in m
+    # stock diffusers with the adapter, on a copy of the session's transformer (peft wraps the layers it adapts)
+    stock = ZImagePipeline(**{**stock_pipe.components, "transformer": copy.deepcopy(stock_pipe.transformer)})
+    stock.set_progress_bar_config(disable=True)
+    stock.load_lora_weights(str(out.parent / "ink"), adapter_name="ink")
+    stock.set_adapters(["ink"], [0.7])
+    assert max_pixel_diff(Image.open(out / inked["file"]).convert("RGB"),
+                          stock_image(stock, "prompt number 3", 1003, 128, 128, steps=6)) <= 1
     assert not (out.parent / "escape.png").exists()
     # a third run has nothing to do: it says so and returns before starting Ray (here, in this process)
     before = manifest.read_text()
     capsys.readouterr()
-    assert run(Namespace(**{**vars(_args(prompts, out)), "steps": 6})) == 0
+    adapter = [f"ink={out.parent / 'ink'}:0.7"]
+    assert run(Namespace(**{**vars(_args(prompts, out, adapter=adapter)), "steps": 6})) == 0
     assert f"{n + 1} prompts: {n + 1} already done in {out}, 0 to generate" in capsys.readouterr().err
     assert manifest.read_text() == before
 

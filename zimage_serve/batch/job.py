@@ -12,11 +12,12 @@ directory does only the rest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 
-from ..arguments import RAY_RUNTIME_ENV, add_model_arguments, integer
+from ..arguments import RAY_RUNTIME_ENV, add_adapter_argument, add_model_arguments, integer, parse_adapters
 from ..core.bounds import Bounds
 from ..core.errors import ZImageError
 from ..core.formats import FORMATS
@@ -34,9 +35,11 @@ MAX_BLOCKS = 10_000
 
 def add_arguments(b: argparse.ArgumentParser) -> None:
     """The batch job's options (``zimage-serve batch`` and ``python -m zimage_serve.batch``)."""
-    b.add_argument("--prompts", required=True, help="JSONL (id, prompt, seed, size, steps, negative_prompt) or text")
+    b.add_argument("--prompts", required=True,
+                   help="JSONL (id, prompt, seed, size, steps, negative_prompt, model, lora_scale, image, ...) or text")
     b.add_argument("--out", required=True, help="output directory (resumable)")
     add_model_arguments(b)
+    add_adapter_argument(b, "a LoRA adapter that prompts-file lines name in 'model' (repeatable)")
     b.add_argument("--size", default="1024x1024")
     b.add_argument("--steps", type=integer, default=8)
     b.add_argument("--seed", type=integer, default=0, help="base seed: a line without one gets seed + line number")
@@ -85,7 +88,12 @@ def block_count(prompts: int, batch_size: int) -> int:
 
 
 def run(args) -> int:
-    items = read_prompts(args.prompts, args.size, args.steps, args.seed)  # every line checked, before Ray
+    adapters = parse_adapters(getattr(args, "adapter", None) or [])  # local files checked, before Ray
+    items = read_prompts(args.prompts, args.size, args.steps, args.seed,  # every line checked, before Ray
+                         adapters=frozenset(adapters))
+    # a line without lora_scale gets its adapter's: every request says the scale it ran with (and the manifest)
+    items = [dataclasses.replace(i, adapter_scale=adapters[i.adapter].get("scale", 1.0))
+             if i.adapter and i.adapter_scale is None else i for i in items]
     actors = parse_actors(args.gpus)
     if args.batch_size < 1:
         raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -140,8 +148,10 @@ def run(args) -> int:
     ds = ds.map_batches(EncodeStage, fn_constructor_args=(model, enc_cpus, args.encoder_dtype),
                         batch_size=max(4, args.batch_size), compute=ray.data.ActorPoolStrategy(size=1),
                         num_cpus=enc_cpus, batch_format="numpy")
+    used = {r.adapter for _, r in todo if r.adapter}  # the actors hold the adapters this run's lines name
     ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, args.batch_size, args.policy, max_side,
-                                                            args.compile, args.fp8),
+                                                            args.compile, args.fp8,
+                                                            {n: a for n, a in adapters.items() if n in used}),
                         batch_size=args.batch_size, compute=pool(), num_gpus=gpus_per_actor,
                         num_cpus=1, batch_format="numpy")
     # One writer per generator keeps up: a PNG takes about 0.03 s (png.py), an image about 0.8 s of an H100.
@@ -157,11 +167,13 @@ def run(args) -> int:
             bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr, smoothing=0, delay=1e-3)
             bar.start_t -= time.perf_counter() - t0  # its rate (the mean: smoothing=0) counts from the start
         if row["error"]:  # no image: the line says why (a rerun tries it again)
-            out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "error": str(row["error"])})
+            lora = {"model": str(row["model"])} if row["model"] else {}
+            out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), **lora, "error": str(row["error"])})
             failed += 1
         else:
+            lora = {"model": str(row["model"]), "lora_scale": float(row["lora_scale"])} if row["model"] else {}
             out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), "seed": int(row["seed"]),
-                        "size": str(row["size"]), "steps": int(row["steps"]), "file": str(row["file"]),
+                        "size": str(row["size"]), "steps": int(row["steps"]), **lora, "file": str(row["file"]),
                         "bytes": int(row["bytes"]), "sha256": str(row["sha256"]), "seconds": float(row["seconds"])})
             count += 1
         bar.update(1)

@@ -1,8 +1,9 @@
 """Reading and checking a batch job's prompts file, all of it, before any model is loaded.
 
 JSONL: one object a line with ``id``, ``prompt`` and optional ``seed``, ``size``, ``steps``,
-``negative_prompt``, ``guidance_scale``, and for an edit ``image`` (a path, relative to the prompts file's
-directory unless absolute), optional ``mask`` (inpainting) and ``strength``. Plain text: one prompt a line, ids
+``negative_prompt``, ``guidance_scale``, ``model`` (a LoRA adapter the job was given with ``--adapter``; absent
+or empty: the base model) and ``lora_scale`` (0 to 2; default the adapter's), and for an edit ``image`` (a path,
+relative to the prompts file's directory unless absolute), optional ``mask`` (inpainting) and ``strength``. Plain text: one prompt a line, ids
 from line numbers. Every problem of the file itself is reported with its line number, before anything runs; an
 input image that is missing or unreadable is found when the job reads it (batch/stages.py), and is that line's
 error in the manifest while the rest of the job goes on.
@@ -18,10 +19,12 @@ from pathlib import Path
 
 from ..core.errors import InvalidInput, ZImageError
 from ..core.request import GenerationRequest
-from ..core.bounds import Bounds, check_prompt, check_seed, check_steps, check_strength, parse_size
+from ..core.bounds import (Bounds, check_lora_scale, check_prompt, check_seed, check_steps, check_strength,
+                           parse_size)
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale", "image", "mask", "strength"}
+FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale", "image", "mask", "strength",
+          "model", "lora_scale"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Item:
     mask: str | None = None  # inpainting
     strength: float | None = None
     sized: bool = True  # the line (or the job) set the size; False: an edit made at its input's size
+    adapter: str | None = None  # a LoRA adapter's name (the line's ``model``)
+    adapter_scale: float | None = None  # None: the adapter's own scale
 
     @property
     def stem(self) -> str:
@@ -57,7 +62,7 @@ class Item:
         return GenerationRequest(prompt=self.prompt, seed=self.seed, width=self.width, height=self.height,
                                  steps=self.steps, guidance_scale=self.guidance_scale,
                                  negative_prompt=self.negative_prompt, output_format=output_format,
-                                 strength=self.strength)
+                                 strength=self.strength, adapter=self.adapter, adapter_scale=self.adapter_scale)
 
 
 class PromptsFileError(ZImageError):
@@ -68,8 +73,9 @@ class PromptsFileError(ZImageError):
 
 
 def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base_seed: int = 0,
-                 bounds: Bounds = Bounds()) -> list[Item]:
-    """All items of the file, or PromptsFileError listing every bad line."""
+                 bounds: Bounds = Bounds(), adapters: frozenset[str] = frozenset()) -> list[Item]:
+    """All items of the file, or PromptsFileError listing every bad line. ``adapters``: the names a line's
+    ``model`` may give (the job's ``--adapter`` names)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -98,6 +104,8 @@ def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base
                 item = Item(**{**item.to_dict(), "width": w, "height": h})
             if "image" in record or "mask" in record or "strength" in record:
                 item = _edit(item, record, path.parent, sized="size" in record)
+            if "model" in record or "lora_scale" in record:
+                item = _adapter(item, record, adapters)
         except InvalidInput as e:
             problems.append(f"line {number}: {e}")
             continue
@@ -120,6 +128,18 @@ def _edit(item: Item, record: dict, base: Path, sized: bool) -> Item:
     paths = {name: str(base / _str(record[name], name)) for name in ("image", "mask") if name in record}
     strength = check_strength(_number(record["strength"], "strength")) if "strength" in record else None
     return Item(**{**item.to_dict(), **paths, "strength": strength, "sized": sized})
+
+
+def _adapter(item: Item, record: dict, adapters: frozenset[str]) -> Item:
+    """The line's LoRA adapter (``model``) and its scale, checked against the adapters the job was given."""
+    name = _str(record.get("model", ""), "model")
+    if name and name not in adapters:
+        given = ", ".join(sorted(adapters)) if adapters else "none (give them with --adapter NAME=SOURCE)"
+        raise InvalidInput(f"model {name!r} is not an adapter of this job; adapters: {given}")
+    if "lora_scale" in record and not name:
+        raise InvalidInput("lora_scale needs a model (the LoRA adapter it scales)")
+    scale = check_lora_scale(_number(record["lora_scale"], "lora_scale")) if "lora_scale" in record else None
+    return Item(**{**item.to_dict(), "adapter": name or None, "adapter_scale": scale})
 
 
 def _record(raw: str, number: int, jsonl: bool) -> dict:

@@ -80,16 +80,27 @@ class GenerateStage:
     It hands the pixels on instead of encoding and writing them itself, so the GPU starts the next
     batch while another actor encodes and writes this one."""
 
-    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False):
+    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False,
+                 adapters: dict | None = None):
+        """``adapters``: {name: {"source", "scale"}} of the job's LoRA adapters (``--adapter``), all held by the
+        actor (LoRA slots made at load, as a serving replica makes them); one that can't be used is listed in
+        ``adapter_errors`` and its rows become their manifest lines' errors."""
         # imported here, in the GPU actor
+        from ..model.adapters import read_adapters, slot_spec, transformer_shapes
         from ..model.engine import Engine, plan_for_this_machine
         from ..model.planner import Workload
         from ..model.sources import resolve
 
         source = resolve(model)
+        adapters = adapters or {}
+        weights, self.adapter_errors = read_adapters({n: a["source"] for n, a in adapters.items()},
+                                                     transformer_shapes(source.path)) if adapters else ({}, {})
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
         # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
-        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8})
+        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8},
+                                  lora=slot_spec(list(weights.values())) if weights else None)
+        for name, held in weights.items():
+            self.engine.load_adapter(name, held, adapters[name].get("scale", 1.0))
         self.engine.set_progress(False)
 
     def __call__(self, batch: dict) -> dict:
@@ -98,7 +109,9 @@ class GenerateStage:
         from ..model.engine import Job
 
         tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
-        rows = [i for i, error in enumerate(batch["error"]) if not error]
+        errors = [error or self.adapter_errors.get(request.adapter, "")
+                  for error, request in zip(batch["error"], batch["request"])]
+        rows = [i for i, error in enumerate(errors) if not error]
         jobs = [Job.of(batch["request"][i], [tensor(batch["embeds"][i]), tensor(batch["negative_embeds"][i])])
                 for i in rows]
         t0 = time.perf_counter()
@@ -109,7 +122,7 @@ class GenerateStage:
             pixels[i] = np.asarray(image)
         # the writer needs the requests' fields, not their input images' pixels
         requests = objects([r.without_images() for r in batch["request"]])
-        return {"id": batch["id"], "stem": batch["stem"], "request": requests, "error": batch["error"],
+        return {"id": batch["id"], "stem": batch["stem"], "request": requests, "error": np.array(errors),
                 "pixels": objects(pixels), "seconds": np.full(len(pixels), seconds)}
 
 
@@ -124,20 +137,26 @@ class WriteStage:
     def __call__(self, batch: dict) -> dict:
         from ..model.imaging import encode_image  # model/ in the writer actor only
 
-        rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "file", "bytes", "sha256", "seconds", "error")}
+        rows = {k: [] for k in ("id", "prompt", "seed", "size", "steps", "model", "lora_scale", "file", "bytes",
+                                "sha256", "seconds", "error")}
         for rid, stem, request, pixels, seconds, error in zip(batch["id"], batch["stem"], batch["request"],
                                                               batch["pixels"], batch["seconds"], batch["error"]):
             if error:  # the row's manifest line says why; no file
                 for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", ""),
-                                   ("steps", request.steps), ("file", ""), ("bytes", 0), ("sha256", ""),
-                                   ("seconds", 0.0), ("error", error)):
+                                   ("steps", request.steps), *_adapter_fields(request), ("file", ""), ("bytes", 0),
+                                   ("sha256", ""), ("seconds", 0.0), ("error", error)):
                     rows[key].append(value)
                 continue
             data = encode_image(Image.fromarray(pixels), request.output_format, workers=self.png_workers)
             name = f"{stem}.{image_format(request.output_format).extension}"
             write_atomic(self.out.path, name, data)
             for key, value in (("id", rid), ("prompt", request.prompt), ("seed", request.seed), ("size", request.size),
-                               ("steps", request.steps), ("file", name), ("bytes", len(data)),
+                               ("steps", request.steps), *_adapter_fields(request), ("file", name), ("bytes", len(data)),
                                ("sha256", hashlib.sha256(data).hexdigest()), ("seconds", seconds), ("error", "")):
                 rows[key].append(value)
         return {k: np.array(v) for k, v in rows.items()}
+
+
+def _adapter_fields(request) -> tuple:
+    """The manifest's ``model`` (the LoRA adapter, "" for the base) and ``lora_scale`` (0.0 for the base)."""
+    return ("model", request.adapter or ""), ("lora_scale", request.adapter_scale if request.adapter else 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import AdapterError
+from ..core.errors import AdapterError, ZImageError
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what pipeline.save_lora_weights writes
 
@@ -150,6 +150,19 @@ def transformer_shapes(model_dir) -> dict[str, tuple[int, int]]:
     config = ZImageTransformer2DModel.load_config(str(model_dir), subfolder="transformer")
     with torch.device("meta"):
         return linear_shapes(ZImageTransformer2DModel.from_config(config))
+
+
+def read_adapters(adapters: dict[str, str], shapes: dict[str, tuple[int, int]]) -> tuple[dict, dict[str, str]]:
+    """Every adapter of ``adapters`` ({name: source}) read and checked against the transformer's ``shapes``
+    (:func:`transformer_shapes`): ({name: its AdapterWeights} of those that can be used, {name: why not} of the
+    others). One that can't be used never stops the rest."""
+    good, errors = {}, {}
+    for name, source in adapters.items():
+        try:
+            good[name] = read_adapter(name, source, shapes)
+        except ZImageError as e:  # AdapterError, or the hub's error for an id that can't be fetched
+            errors[name] = str(e)
+    return good, errors
 
 
 def slot_spec(adapters: list[AdapterWeights]):

@@ -96,18 +96,14 @@ class Generator:
         slots that fit them all, or None; the GPU bytes to keep free for max_adapters_per_replica of them)."""
         if not self.config.adapters:
             return None, 0
-        from ..model.adapters import read_adapter, slot_spec, transformer_shapes  # in the replica, with torch
+        from ..model.adapters import read_adapters, slot_spec, transformer_shapes  # in the replica, with torch
 
-        shapes, good = transformer_shapes(source.path), []
-        for name, spec in self.config.adapters.items():
-            try:
-                weights = read_adapter(name, spec.source, shapes)
-            except ZImageError as e:
-                self.adapter_errors[name] = str(e)
-                log.error("adapter %r not served: %s", name, e)
-                continue
-            good.append(weights)
-            self.adapter_files[name] = str(weights.path)
+        shapes = transformer_shapes(source.path)
+        weights, self.adapter_errors = read_adapters({n: a.source for n, a in self.config.adapters.items()}, shapes)
+        for name, reason in self.adapter_errors.items():
+            log.error("adapter %r not served: %s", name, reason)
+        self.adapter_files = {name: str(w.path) for name, w in weights.items()}
+        good = list(weights.values())
         if not good:
             return None, 0
         spec = slot_spec(good)
