@@ -2,7 +2,7 @@
 
 Two tiers: every test that starts Ray carries the ``ray`` marker, so ``python -m pytest -m "not ray"`` needs no
 Ray cluster. Tests that use the ``serve_cluster`` or ``app_url`` fixture (or one built on them) get the marker
-here, automatically (``pytest_collection_modifyitems``); a test that starts Ray in a subprocess of its own
+here, automatically (``pytest_itemcollected``, which also groups them on one pytest-xdist worker); a test that starts Ray in a subprocess of its own
 (``zimage-serve serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls
 ``ray.init`` in this process fails, saying so (``_no_ray_unless_marked``).
 """
@@ -41,7 +41,8 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.ray)
         item.add_marker(pytest.mark.xdist_group("serve_cluster"))  # one worker holds the session's cluster
     else:
-        item.add_marker(pytest.mark.xdist_group(item.module.__name__))  # a module's fixtures run once
+        # by module (its file: doctests have no module object), so that a module's fixtures run once
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
-
 from pathlib import Path
+from typing import Callable
 
 from .core.bounds import parse_lora
 from .core.errors import InvalidInput, ZImageError
@@ -57,6 +56,7 @@ def parse_adapters(specs: list[str], param: str = "--adapter") -> dict:
         source, scale = parse_lora(rest, param)
         if not HUB_ID.match(source) or source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
             adapter_file(source, f"{param} {name}", param=param)
+            source = str(Path(source).expanduser().resolve())  # the replicas and actors may run in another directory
         adapters[name] = {"source": source, **({"scale": scale} if scale is not None else {})}
     return adapters
 

@@ -1,7 +1,7 @@
 """LoRA adapters through the engine's LoRA slots against the same engine without them, and stock diffusers' peft
 path on the same transformer, in one process: denoise time (8 steps, batch 1, compiled, fused), the cost of a
-cold adapter (read from page cache onto the GPU) and of a switch between held ones, and recompiles after warm-up.
-Engine level (no HTTP): the issue's HTTP p50 and 16-client mixed throughput are not measured here."""
+cold adapter (read from page cache onto the GPU) and of a switch between held ones, and recompiles after warm-up
+(``lora``, engine level); the same over HTTP on the Serve app with serve_config.yaml's generator (``lora_http``)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_adapter_lines_are_checked_with_the_file(tmp_path):
     assert read_prompts(path)[0].request().adapter is None
 
 
-def test_a_bad_adapter_argument_is_one_line_before_ray_starts(capsys, tmp_path, ink):
+def test_a_bad_adapter_argument_is_one_line_before_ray_starts(capsys, tmp_path, ink, monkeypatch):
     """In this process, not marked ray: a job that started Ray here would fail the test (conftest.py)."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "a", "prompt": "x", "model": "ink"}) + "\n")
@@ -53,6 +53,11 @@ def test_a_bad_adapter_argument_is_one_line_before_ray_starts(capsys, tmp_path, 
         assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
     with pytest.raises(InvalidInput, match="given twice"):
         parse_adapters([f"ink={ink}", f"ink={ink}:0.5"])
+    with pytest.raises(InvalidInput, match="~nosuchuser-zimage"):  # one line, not the home lookup's traceback
+        parse_adapters(["ink=~nosuchuser-zimage/x.safetensors"])
+    relative = ink.relative_to(ink.parent.parent)  # the actors may run elsewhere: they get the absolute path
+    monkeypatch.chdir(ink.parent.parent)
+    assert parse_adapters([f"ink={relative}:0.5"]) == {"ink": {"source": str(ink), "scale": 0.5}}
 
 
 def test_the_stages_run_each_line_with_its_adapter_as_stock_does_and_a_broken_one_fails_only_its_lines(
@@ -80,6 +85,7 @@ def test_the_stages_run_each_line_with_its_adapter_as_stock_does_and_a_broken_on
     rows = {rid: (file, error, model, scale) for rid, file, error, model, scale in
             zip(written["id"], written["file"], written["error"], written["model"], written["lora_scale"])}
     assert rows["base"] == ("base.png", "", "", 0.0)
+    assert rows["inked"] == ("inked.png", "", "ink", 0.8) and rows["strong"] == ("strong.png", "", "ink", 1.7)
     assert rows["broken"][:3] == ("", stage.adapter_errors["bad"], "bad") and "not a readable safetensors file" in rows["broken"][1]
 
     stock = ZImagePipeline.from_pretrained(tiny_path, dtype=torch.float32)

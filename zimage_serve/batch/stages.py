@@ -86,21 +86,26 @@ class GenerateStage:
         actor (LoRA slots made at load, as a serving replica makes them); one that can't be used is listed in
         ``adapter_errors`` and its rows become their manifest lines' errors."""
         # imported here, in the GPU actor
-        from ..model.adapters import read_adapters, slot_spec, transformer_shapes
+        from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes
         from ..model.engine import Engine, plan_for_this_machine
         from ..model.planner import Workload
         from ..model.sources import resolve
 
         source = resolve(model)
         adapters = adapters or {}
-        weights, self.adapter_errors = read_adapters({n: a["source"] for n, a in adapters.items()},
-                                                     transformer_shapes(source.path)) if adapters else ({}, {})
-        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu")
+        shapes = transformer_shapes(source.path) if adapters else {}
+        weights, self.adapter_errors = read_adapters({n: a["source"] for n, a in adapters.items()}, shapes)
+        spec = slot_spec(list(weights.values())) if weights else None
+        # the plan leaves room for the slots and every adapter held, as a serving replica's does
+        reserve = slot_reserve_bytes(spec, shapes, len(weights)) if spec else 0
+        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu",
+                                     reserve_bytes=reserve)
         # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
         self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8},
-                                  lora=slot_spec(list(weights.values())) if weights else None)
+                                  lora=spec)
+        self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in weights}
         for name, held in weights.items():
-            self.engine.load_adapter(name, held, adapters[name].get("scale", 1.0))
+            self.engine.load_adapter(name, held, self.adapter_scales[name])
         self.engine.set_progress(False)
 
     def __call__(self, batch: dict) -> dict:
@@ -109,10 +114,13 @@ class GenerateStage:
         from ..model.engine import Job
 
         tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
+        # every request says the scale it runs at (the manifest's lora_scale): its own, else its adapter's
+        requests = [r.replace(adapter_scale=self.adapter_scales[r.adapter])
+                    if r.adapter in self.adapter_scales and r.adapter_scale is None else r for r in batch["request"]]
         errors = [error or self.adapter_errors.get(request.adapter, "")
-                  for error, request in zip(batch["error"], batch["request"])]
+                  for error, request in zip(batch["error"], requests)]
         rows = [i for i, error in enumerate(errors) if not error]
-        jobs = [Job.of(batch["request"][i], [tensor(batch["embeds"][i]), tensor(batch["negative_embeds"][i])])
+        jobs = [Job.of(requests[i], [tensor(batch["embeds"][i]), tensor(batch["negative_embeds"][i])])
                 for i in rows]
         t0 = time.perf_counter()
         images = self.engine.generate(jobs).images if jobs else []
@@ -121,7 +129,7 @@ class GenerateStage:
         for i, image in zip(rows, images):
             pixels[i] = np.asarray(image)
         # the writer needs the requests' fields, not their input images' pixels
-        requests = objects([r.without_images() for r in batch["request"]])
+        requests = objects([r.without_images() for r in requests])
         return {"id": batch["id"], "stem": batch["stem"], "request": requests, "error": np.array(errors),
                 "pixels": objects(pixels), "seconds": np.full(len(pixels), seconds)}
 

@@ -20,7 +20,10 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what pipeline.save_lora_weig
 def adapter_file(source: str, label: str = "the adapter", param: str | None = None) -> Path:
     """The .safetensors file of an adapter: ``source`` itself, or the one in the directory ``source`` (diffusers'
     ``pytorch_lora_weights.safetensors``, else its only .safetensors file). ``label`` names it in errors."""
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError as e:  # ~user that does not exist
+        raise AdapterError(f"{label}: {source}: {e}", param=param) from None
     if path.is_file():
         return _checked(path, label, param)
     if path.is_dir():
@@ -163,6 +166,13 @@ def read_adapters(adapters: dict[str, str], shapes: dict[str, tuple[int, int]]) 
         except ZImageError as e:  # AdapterError, or the hub's error for an id that can't be fetched
             errors[name] = str(e)
     return good, errors
+
+
+def slot_reserve_bytes(spec, shapes: dict[str, tuple[int, int]], held: int) -> int:
+    """GPU bytes to keep free for LoRA slots of ``spec`` and ``held`` adapters held beside them: float32 at the slots'
+    rank, (rank x (in + out) + out) x 4 bytes a layer each (an upper bound: the engine's are in its dtype)."""
+    layer_bytes = sum((spec.rank * (shapes[m][0] + shapes[m][1]) + shapes[m][0]) * 4 for m in spec.modules)
+    return layer_bytes * (held + 1)
 
 
 def slot_spec(adapters: list[AdapterWeights]):

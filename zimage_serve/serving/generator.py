@@ -96,7 +96,7 @@ class Generator:
         slots that fit them all, or None; the GPU bytes to keep free for max_adapters_per_replica of them)."""
         if not self.config.adapters:
             return None, 0
-        from ..model.adapters import read_adapters, slot_spec, transformer_shapes  # in the replica, with torch
+        from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes  # (with torch)
 
         shapes = transformer_shapes(source.path)
         weights, self.adapter_errors = read_adapters({n: a.source for n, a in self.config.adapters.items()}, shapes)
@@ -107,9 +107,7 @@ class Generator:
         if not good:
             return None, 0
         spec = slot_spec(good)
-        # held adapters and the slots are float32 at the slots' rank: (rank x (in + out) + out) x 4 bytes a layer
-        layer_bytes = sum((spec.rank * (shapes[m][0] + shapes[m][1]) + shapes[m][0]) * 4 for m in spec.modules)
-        return spec, layer_bytes * (self.config.generator.max_adapters_per_replica + 1)
+        return spec, slot_reserve_bytes(spec, shapes, self.config.generator.max_adapters_per_replica)
 
     async def _load_adapter(self, name: str):
         """Serve's multiplexed loader: the adapter ``name`` read from its file (the node's disk or page cache) onto
