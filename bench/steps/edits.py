@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..common import PROMPT, checkpoint, save, size, sync
-from .http import _config, _start, _stop
+from .http import _config, _start, _stop, saturate
 
 BASE = "http://127.0.0.1:8000"
 
@@ -126,17 +126,6 @@ def edits():
                     {k: float(v) for k, v in (p.split(";dur=") for p in r.headers["Server-Timing"].split(", "))})
         return time.perf_counter() - t
 
-    async def saturate(session, kinds: list[str], clients: int = 16) -> float:
-        sem = asyncio.Semaphore(clients)
-
-        async def limited(i, kind):
-            async with sem:
-                return await call(session, 5000 + i, kind)
-
-        t = time.perf_counter()
-        await asyncio.gather(*(limited(i, k) for i, k in enumerate(kinds)))
-        return len(kinds) / (time.perf_counter() - t)
-
     async def run() -> dict:
         out = {}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as s:
@@ -148,9 +137,9 @@ def edits():
                 out[f"{kind}_server_timing_p50_ms"] = {k: round(statistics.median(t[k] for t in stages[kind] if k in t), 1)
                                                        for k in stages[kind][0]}
             n = 64
-            out["generations_throughput_img_s"] = round(await saturate(s, ["generate"] * n), 3)
+            out["generations_throughput_img_s"] = round(await saturate(call, s, ["generate"] * n), 3)
             mixed = [("generate", "img2img", "generate", "inpaint")[i % 4] for i in range(n)]
-            out["mixed_throughput_img_s"] = round(await saturate(s, mixed), 3)
+            out["mixed_throughput_img_s"] = round(await saturate(call, s, mixed), 3)
         return out
 
     ours = asyncio.run(run())

@@ -43,6 +43,21 @@ def _stop() -> None:
     ray.shutdown()
 
 
+async def saturate(call, session, kinds: list, clients: int = 16) -> float:
+    """Requests per second for ``call(session, i, kind)`` of each of ``kinds`` (i from 5000), ``clients`` at once."""
+    import asyncio
+
+    sem = asyncio.Semaphore(clients)
+
+    async def limited(i, kind):
+        async with sem:
+            return await call(session, 5000 + i, kind)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(limited(i, k) for i, k in enumerate(kinds)))
+    return len(kinds) / (time.perf_counter() - t)
+
+
 def steady_rate(done: list[float], skip: int, gap: float = 0.3) -> float:
     """Answers per second after the warm-up: the answers of one GPU batch arrive together (within ``gap``
     seconds), so count whole batches, from the end of the one that holds answer number ``skip`` to the end

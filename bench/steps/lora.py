@@ -121,7 +121,7 @@ def lora_http(rank: int = 32):
     from zimage_serve.testing.lora import write_lora
 
     from .edits import _production_generator
-    from .http import _config, _start, _stop
+    from .http import _config, _start, _stop, saturate
 
     files = {name: str(write_lora(f"/tmp/lora-{name}", checkpoint(), rank=rank, seed=seed).parent)
              for name, seed in (("a", 1), ("b", 2), ("c", 3), ("d", 4))}
@@ -137,17 +137,6 @@ def lora_http(rank: int = 32):
             assert r.status == 200, (r.status, await r.text())
         return time.perf_counter() - t
 
-    async def saturate(session, models, clients=16) -> float:
-        sem = asyncio.Semaphore(clients)
-
-        async def limited(i, model):
-            async with sem:
-                return await call(session, 5000 + i, model)
-
-        t = time.perf_counter()
-        await asyncio.gather(*(limited(i, m) for i, m in enumerate(models)))
-        return len(models) / (time.perf_counter() - t)
-
     p50 = lambda xs: round(statistics.median(xs), 4)
     generator = {**_production_generator(), "max_queued_requests": 256}
     encoder = {"num_cpus": 8, "threads": 8, "max_batch_size": 8, "cache_size": 0}
@@ -158,9 +147,9 @@ def lora_http(rank: int = 32):
             for i in range(3):
                 await call(s, i)
             single = [await call(s, 100 + i) for i in range(20)]
-            await saturate(s, [None] * 16)  # the saturated path warmed
+            await saturate(call, s, [None] * 16)  # the saturated path warmed
             return {"base_p50_s": p50(single), "base_runs": [round(x, 3) for x in single],
-                    "base_throughput_img_s": round(await saturate(s, [None] * 64), 3)}
+                    "base_throughput_img_s": round(await saturate(call, s, [None] * 64), 3)}
 
     out["deploy_base_s"] = round(_start(_config(encoder, generator)), 1)
     out.update(asyncio.run(base_phase()))
@@ -177,8 +166,8 @@ def lora_http(rank: int = 32):
             await call(s, 401, "c"), await call(s, 402, "d")
             alternating = [await call(s, 500 + i, "ab"[i % 2]) for i in range(20)]
             res["alternating_p50_s"] = p50(alternating)
-            await saturate(s, ["abcd"[i % 4] for i in range(16)])
-            res["round_robin_throughput_img_s"] = round(await saturate(s, ["abcd"[i % 4] for i in range(64)]), 3)
+            await saturate(call, s, ["abcd"[i % 4] for i in range(16)])
+            res["round_robin_throughput_img_s"] = round(await saturate(call, s, ["abcd"[i % 4] for i in range(64)]), 3)
             return res
 
     adapters = {name: {"source": path} for name, path in files.items()}
