@@ -2,8 +2,8 @@
 
 Two tiers: every test that starts Ray carries the ``ray`` marker, so ``python -m pytest -m "not ray"`` needs no
 Ray cluster. Tests that use the ``serve_cluster`` or ``app_url`` fixture (or one built on them) get the marker
-here, automatically (``pytest_itemcollected``, which also groups them on one pytest-xdist worker); a test that starts Ray in a subprocess of its own
-(``zimage-serve serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls
+here, automatically (``pytest_itemcollected``, which also groups them on one pytest-xdist worker); a test that
+starts Ray in a subprocess of its own (``zimage-serve serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls
 ``ray.init`` in this process fails, saying so (``_no_ray_unless_marked``).
 """
 

@@ -12,7 +12,6 @@ directory does only the rest.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -91,9 +90,6 @@ def run(args) -> int:
     adapters = parse_adapters(getattr(args, "adapter", None) or [])  # local files checked, before Ray
     items = read_prompts(args.prompts, args.size, args.steps, args.seed,  # every line checked, before Ray
                          adapters=frozenset(adapters))
-    # a line without lora_scale gets its adapter's: every request says the scale it ran with (and the manifest)
-    items = [dataclasses.replace(i, adapter_scale=adapters[i.adapter].get("scale", 1.0))
-             if i.adapter and i.adapter_scale is None else i for i in items]
     actors = parse_actors(args.gpus)
     if args.batch_size < 1:
         raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -167,4 +167,4 @@ class WriteStage:
 
 def _adapter_fields(request) -> tuple:
     """The manifest's ``model`` (the LoRA adapter, "" for the base) and ``lora_scale`` (0.0 for the base)."""
-    return ("model", request.adapter or ""), ("lora_scale", request.adapter_scale if request.adapter else 0.0)
+    return ("model", request.adapter or ""), ("lora_scale", request.adapter_scale or 0.0)
