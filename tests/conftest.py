@@ -74,6 +74,27 @@ def tiny_path(tiny_source) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnets(tiny_path) -> dict:
+    """Random ControlNets for the tiny model, written once per machine: {"1.0": the single file as published,
+    "2.1": a diffusers directory, "2.0": a single file (its control noise-refiner input zero)}."""
+    from zimage_serve.testing.controlnet import write_controlnet
+
+    root = _CACHE / "controlnets-v1"
+    wanted = {"1.0": (root / "union-1.0.safetensors", "single-file"), "2.1": (root / "union-2.1", "diffusers"),
+              "2.0": (root / "union-2.0.safetensors", "single-file")}
+    for version, (path, layout) in wanted.items():
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            write_controlnet(tmp, tiny_path, version, layout, seed=3)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another worker wrote it first
+                if not path.exists():
+                    raise
+    return {version: path for version, (path, _) in wanted.items()}
+
+
+@pytest.fixture(scope="session")
 def stock_pipe(tiny_path):
     """Stock diffusers ZImagePipeline on the same checkpoint: the reference every image is compared with."""
     import torch

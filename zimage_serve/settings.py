@@ -128,6 +128,7 @@ class AppConfig(_Strict):
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (CPU, light).")
     encoder: EncoderOptions = Field(default_factory=EncoderOptions, description="The CPU prompt encoders.")
     generator: GeneratorOptions = Field(default_factory=GeneratorOptions, description="The GPU generators.")
+    controlnet: str | None = Field(None, min_length=1, description="A Z-Image Union ControlNet to serve (requests then take control_image): a diffusers ZImageControlNetModel directory, the single .safetensors file as published (1.0 or 2.x), or a ModelScope id. The staging plan places it beside the transformer.")
     adapters: dict[str, AdapterSpec] = Field(default_factory=dict, description="LoRA adapters served, by the name requests give as `model`: NAME: SOURCE or NAME: {source, scale}.")
 
     @field_validator("adapters", mode="before")

@@ -4,6 +4,8 @@ import pickle
 
 import pytest
 
+from zimage_serve.core.errors import InvalidInput
+
 from zimage_serve.core.pixels import Pixels
 from zimage_serve.core.request import GenerationRequest
 
@@ -30,21 +32,31 @@ def test_batch_key_separates_what_cannot_share_a_transformer_batch():
     base = GenerationRequest("a fox", seed=1)
     assert base.batch_key == base.replace(prompt="a tram", seed=9, negative_prompt="x").batch_key
     for change in ({"width": 512}, {"steps": 4}, {"guidance_scale": 1.5}, {"adapter": "ink"},
-                   {"init_image": PX, "strength": 0.6}, {"control_image": PX}):
+                   {"init_image": PX, "strength": 0.6}, {"control_image": PX},
+                   {"control_image": PX, "control_scale": 1.2}):
         assert base.replace(**change).batch_key != base.batch_key, change
 
 
 @pytest.mark.parametrize("fields, mode", [({}, "text-to-image"), ({"init_image": PX}, "image-to-image"),
-                                          ({"init_image": PX, "mask_image": MASK}, "inpaint")])
+                                          ({"init_image": PX, "mask_image": MASK}, "inpaint"),
+                                          ({"control_image": PX}, "controlnet"),
+                                          ({"init_image": PX, "mask_image": MASK, "control_image": PX},
+                                           "controlnet-inpaint")])
 def test_mode_follows_the_images_given(fields, mode):
     assert GenerationRequest("a fox", seed=1, **fields).mode == mode
 
 
-def test_modes_not_served_yet_are_named():
-    assert GenerationRequest("a fox", seed=1).unsupported() is None
-    assert GenerationRequest("a fox", seed=1, adapter="ink").unsupported() is None  # the engine and CLI serve them
-    assert GenerationRequest("a fox", seed=1, control_image=PX).unsupported() == "control_image"
-    assert GenerationRequest("a fox", seed=1, init_image=PX, mask_image=MASK).unsupported() is None  # edits are
+def test_control_requests_get_diffusers_scale_and_refuse_what_no_pipeline_runs():
+    assert GenerationRequest("a fox", seed=1, control_image=PX).control_scale == 0.75
+    inpaint = GenerationRequest("a fox", seed=1, control_image=PX, init_image=PX, mask_image=MASK)
+    assert inpaint.strength is None  # ControlNet inpainting generates from noise
+    with pytest.raises(InvalidInput, match="needs a mask") as e:
+        GenerationRequest("a fox", seed=1, control_image=PX, init_image=PX)
+    assert e.value.param == "control_image"
+    with pytest.raises(InvalidInput, match="strength does not apply"):
+        GenerationRequest("a fox", seed=1, control_image=PX, init_image=PX, mask_image=MASK, strength=0.5)
+    with pytest.raises(InvalidInput, match="needs a control_image"):
+        GenerationRequest("a fox", seed=1, control_scale=1.0)
 
 
 def test_an_edit_gets_its_modes_default_strength_and_a_mask_needs_an_image():

@@ -137,7 +137,8 @@ def with_edit_inputs(request: GenerationRequest, image: bytes, mask: bytes | Non
     picture, stencil = read_edit_inputs(image, mask, bounds.max_upload_pixels)
     width, height = size or edit_size(*picture.size, bounds)
     edit = request.replace(init_image=picture, mask_image=stencil, width=width, height=height)
-    check_edit_steps(edit.steps, edit.strength)
+    if edit.strength is not None:  # (ControlNet inpainting has none: it generates from noise)
+        check_edit_steps(edit.steps, edit.strength)
     return edit
 
 

@@ -1,11 +1,9 @@
 """The one typed request, built once from the wire types (or a CLI's arguments, or a prompts-file line) and
 carried unchanged ingress -> prompt encoder -> generator -> engine, across Ray handles.
 
-A new generation mode adds fields here (and a file in the layer that runs it), not new plumbing: the
-fields for the modes that come next (a LoRA adapter, image-to-image, inpainting, ControlNet) are already
-part of the contract, and :attr:`GenerationRequest.batch_key` keeps requests that can't share a
-transformer batch apart. The modes not yet served are refused by name where the request is built
-(:meth:`GenerationRequest.unsupported`).
+A new generation mode adds fields here (and a file in the layer that runs it, ``model/modes``), not new
+plumbing: a LoRA adapter, image-to-image, inpainting and ControlNet are fields of this one request, and
+:attr:`GenerationRequest.batch_key` keeps requests that can't share a transformer batch apart.
 """
 
 from __future__ import annotations
@@ -14,14 +12,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from .errors import InvalidInput
 from .formats import OutputFormat
 
 if TYPE_CHECKING:
     from .pixels import Pixels
 
-Mode = Literal["text-to-image", "image-to-image", "inpaint"]
+Mode = Literal["text-to-image", "image-to-image", "inpaint", "controlnet", "controlnet-inpaint"]
 # diffusers' defaults: ZImageImg2ImgPipeline's strength 0.6, ZImageInpaintPipeline's 1.0
 DEFAULT_STRENGTH = {"image-to-image": 0.6, "inpaint": 1.0}
+DEFAULT_CONTROL_SCALE = 0.75  # ZImageControlNetPipeline's controlnet_conditioning_scale
+MAX_CONTROL_SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,15 @@ class GenerationRequest:
     """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
 
     Images (``init_image``, ``mask_image``, ``control_image``) travel decoded, as ``core.pixels.Pixels``: the
-    layer that received the upload checked and decoded it once (``core.images.with_edit_inputs``). An edit
-    without a ``strength`` gets its mode's default (:data:`DEFAULT_STRENGTH`), so that equal edits have equal
-    batch keys."""
+    layer that received the upload checked and decoded it once (``core.images.with_edit_inputs``,
+    ``core.images.with_control_image``). An edit without a ``strength`` gets its mode's default
+    (:data:`DEFAULT_STRENGTH`), a control image without a ``control_scale`` diffusers' 0.75, so that equal
+    requests have equal batch keys.
+
+    A ``control_image`` (the control map: edges, depth, pose, ...) makes a text-to-image request ``controlnet``
+    (``ZImageControlNetPipeline``) and an inpainting one ``controlnet-inpaint``
+    (``ZImageControlNetInpaintPipeline``, which generates from noise: no strength). diffusers has no ControlNet
+    image-to-image: a control image with an input image needs a mask."""
 
     prompt: str
     seed: int
@@ -56,7 +63,18 @@ class GenerationRequest:
     def __post_init__(self):
         if self.mask_image is not None and self.init_image is None:
             raise ValueError("a mask_image needs an init_image")
-        if self.init_image is not None and self.strength is None:
+        if self.control_image is not None:
+            if self.init_image is not None and self.mask_image is None:
+                raise InvalidInput("control_image with an image to edit needs a mask (ControlNet inpainting); "
+                                   "image-to-image with a ControlNet is not served", param="control_image")
+            if self.init_image is not None and self.strength is not None:
+                raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise, "
+                                   "the image outside the mask as a condition)", param="strength")
+            if self.control_scale is None:
+                object.__setattr__(self, "control_scale", DEFAULT_CONTROL_SCALE)
+        elif self.control_scale is not None:
+            raise InvalidInput("controlnet_conditioning_scale needs a control_image", param="controlnet_conditioning_scale")
+        elif self.init_image is not None and self.strength is None:
             object.__setattr__(self, "strength", DEFAULT_STRENGTH[self.mode])
 
     @property
@@ -72,6 +90,8 @@ class GenerationRequest:
 
     @property
     def mode(self) -> Mode:
+        if self.control_image is not None:
+            return "controlnet" if self.init_image is None else "controlnet-inpaint"
         if self.init_image is None:
             return "text-to-image"
         return "inpaint" if self.mask_image is not None else "image-to-image"
@@ -83,9 +103,9 @@ class GenerationRequest:
     @property
     def batch_key(self) -> tuple:
         """Requests share a transformer batch only when this is equal: the same shape, steps, guidance, mode,
-        strength and adapter (the seed, prompt and images may differ)."""
+        strength, adapter and control scale (the seed, prompt and images may differ)."""
         return (self.width, self.height, self.steps, float(self.guidance_scale), self.mode, self.strength,
-                self.adapter, self.adapter_scale, self.control_image is not None, self.control_scale)
+                self.adapter, self.adapter_scale, self.control_scale)
 
     def images(self) -> list["GenerationRequest"]:
         """The request split into its ``n`` single images, image ``i`` with seed ``seed + i``."""
@@ -98,10 +118,3 @@ class GenerationRequest:
         """The request as the prompt encoder needs it: its texts, not its images' pixels (nor the mode they
         make; the strength stays as it was resolved)."""
         return dataclasses.replace(self, init_image=None, mask_image=None, control_image=None)
-
-    def unsupported(self) -> str | None:
-        """The first field set for a mode this version does not serve yet (None: all served)."""
-        for name in ("control_image",):
-            if getattr(self, name) is not None:
-                return name
-        return None

@@ -10,6 +10,7 @@ its own seed. The VAE decodes one image at a time, which bounds its memory whate
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from .optim.lora_slots import linear_shapes
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .modes import MODES
-from .planner import Plan, Workload, make_plan
+from .planner import ControlNetSizes, Plan, Workload, make_plan
 from .sizes import sizes_of
 from .sources import ModelSource
 
@@ -86,11 +87,12 @@ def gpu_free_bytes(device: str | None = None) -> int | None:
 
 
 def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
-                          device: str | None = None, reserve_bytes: int = 0) -> Plan:
-    """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters)."""
+                          device: str | None = None, reserve_bytes: int = 0, controlnet=None) -> Plan:
+    """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters), with
+    the ``controlnet`` (a controlnet.ControlNetSource) when one is served."""
     free = gpu_free_bytes(device)
     return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
-                     encode_on)
+                     encode_on, ControlNetSizes.of(controlnet.shapes) if controlnet is not None else None)
 
 
 class Engine:
@@ -110,13 +112,15 @@ class Engine:
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
-             lora=None, **overrides) -> "Engine":
+             lora=None, controlnet=None, **overrides) -> "Engine":
         """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments (with
         ``compile``, the VAE decoder is compiled too where the plan has room). ``lora``: the LoRA slots to make
         (a ``lora_slots.SlotSpec``, adapters.slot_spec of the adapters to serve), after fusing and before FP8,
-        compiling and CUDA graphs, so that any adapter that fits them runs without recompiling."""
+        compiling and CUDA graphs, so that any adapter that fits them runs without recompiling. ``controlnet``: the
+        ControlNet to serve (a controlnet.ControlNetSource; ``plan`` must have been made with it)."""
         log.info("model %s\n%s", source.label, plan.describe())
-        engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, **overrides))
+        engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, controlnet=controlnet,
+                                        **overrides))
         if plan.vae_tiling:
             engine.enable_vae_tiling()
         if speedups and engine.device.type == "cuda":
@@ -140,6 +144,10 @@ class Engine:
             speedups["cuda_graphs"] = False
         install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
         self.speedups = accelerate(self.pipe.transformer, before_quantize=install, **speedups)
+        if self.controlnet is not None and plan.controlnet == "gpu":
+            from .optim.accel import accelerate_controlnet  # a ControlNet served
+
+            self.speedups.update(accelerate_controlnet(self.controlnet, **speedups))
         if self.slots is not None:
             self.speedups["lora_slots"] = f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
         if speedups.get("compile") and not plan.vae_tiling:
@@ -166,6 +174,11 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.loaded.device
+
+    @property
+    def controlnet(self):
+        """The ControlNet served (diffusers' ZImageControlNetModel), or None."""
+        return self.loaded.controlnet
 
     @property
     def _vae_scale(self) -> int:
@@ -216,8 +229,13 @@ class Engine:
             return self.pipe
         if cls not in self._pipelines:
             p = self.pipe
+            extra = {}
+            if "controlnet" in inspect.signature(cls.__init__).parameters:  # it shares the transformer's modules
+                if self.controlnet is None:
+                    raise ValueError("this engine was loaded without a ControlNet")
+                extra["controlnet"] = self.controlnet
             pipe = cls(scheduler=type(p.scheduler).from_config(p.scheduler.config), vae=p.vae,
-                       text_encoder=p.text_encoder, tokenizer=p.tokenizer, transformer=p.transformer)
+                       text_encoder=p.text_encoder, tokenizer=p.tokenizer, transformer=p.transformer, **extra)
             pipe.set_progress_bar_config(**getattr(p, "_progress_bar_config", {}))
             self._pipelines[cls] = pipe
         return self._pipelines[cls]
@@ -299,11 +317,17 @@ class Engine:
                 result.batch_sizes.append(len(idx))
         return result
 
+    def blocks_one_by_one(self):
+        """A context in which the transformer's block stacks run block by block, not as one CUDA graph each: a
+        ControlNet adds its hints between blocks (optim/graphs.py)."""
+        from .optim.graphs import blocks_one_by_one
+
+        return blocks_one_by_one(self.pipe.transformer)
+
     def _run(self, jobs: list[Job], result: Result) -> list:
         j0 = jobs[0].request
-        unsupported = j0.unsupported()
-        if unsupported:
-            raise ValueError(f"this engine does not serve {unsupported} yet")
+        if j0.control_image is not None and self.controlnet is None:
+            raise ValueError("this engine was loaded without a ControlNet")
         negative = None
         if j0.guided:
             if any(j.negative_embeds is None for j in jobs):

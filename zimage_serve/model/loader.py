@@ -33,6 +33,7 @@ class Loaded:
     device: torch.device
     dtype: torch.dtype
     hooks: list = field(default_factory=list)  # model-level offload hooks, offloaded after each batch
+    controlnet: object | None = None  # diffusers.ZImageControlNetModel, when one is served
     seconds: dict = field(default_factory=dict)
 
 
@@ -86,17 +87,19 @@ def parallel_loading(enabled: bool | None):
 
 
 def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
-         with_text_encoder: bool = True, parallel: bool | None = None) -> Loaded:
+         with_text_encoder: bool = True, parallel: bool | None = None, controlnet=None) -> Loaded:
     """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU).
+    ``controlnet``: a controlnet.ControlNetSource, placed where ``plan.controlnet`` says.
 
     ``parallel``: whether diffusers reads the shards in threads, for this load only (:func:`parallel_loading`);
     default: on CUDA yes, elsewhere as diffusers' own setting says."""
     dev = torch.device(device or plan.device)
     with parallel_loading(parallel if parallel is not None else (True if dev.type == "cuda" else None)):
-        return _load(source, plan, dev, getattr(torch, dtype or plan.dtype), with_text_encoder)
+        return _load(source, plan, dev, getattr(torch, dtype or plan.dtype), with_text_encoder, controlnet)
 
 
-def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool) -> Loaded:
+def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool,
+          controlnet_source=None) -> Loaded:
     # diffusers only where a model is loaded, as above
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
@@ -126,6 +129,19 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
         seconds["text_encoder"] = time.perf_counter() - t0
     for m in (transformer, vae):
         m.eval().requires_grad_(False)
+    controlnet = None
+    if controlnet_source is not None:
+        from .controlnet import load_controlnet  # a ControlNet served
+
+        t0 = time.perf_counter()
+        controlnet = load_controlnet(controlnet_source, dict(transformer.config),
+                                     _target("gpu" if plan.controlnet == "gpu" else "cpu", dev), dt)
+        seconds["controlnet"] = time.perf_counter() - t0
+        if plan.controlnet == "stream":  # its own blocks, before it shares the transformer's (ZImageControlNetPipeline)
+            controlnet.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"),
+                                            offload_type="block_level", num_blocks_per_group=1,
+                                            use_stream=dev.type == "cuda", record_stream=dev.type == "cuda",
+                                            non_blocking=dev.type == "cuda")
     hooks = []
     if plan.transformer == "stream":
         transformer.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"), offload_type="block_level",
@@ -134,11 +150,13 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
     if plan.transformer == "offload":
         from accelerate import cpu_offload_with_hook  # an offload plan only
 
-        prev = None
-        for m in ([text_model] if text_model is not None and plan.text_encoder == "offload" else []) + [transformer]:
+        prev = None  # the text encoder's turn, then the transformer's, the ControlNet moved in for each of its calls
+        first = [text_model] if text_model is not None and plan.text_encoder == "offload" else []
+        for m in first + ([controlnet] if controlnet is not None else []) + [transformer]:
             _, prev = cpu_offload_with_hook(m, dev, prev_module_hook=prev)
             hooks.append(prev)
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     # debug: each caller says it has loaded (the CLI, the replicas' "ready"); the breakdown is for profiling
     log.debug("loaded %s: %s; VAE %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)
-    return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds)
+    return Loaded(pipe=pipe, text_model=text_model, tokenizer=tokenizer, device=dev, dtype=dt, hooks=hooks, seconds=seconds,
+                  controlnet=controlnet)

@@ -29,6 +29,7 @@ VAE_TILE_BYTES_PER_PIXEL_BF16 = 2600
 VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
 TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
+_CONTROL_BLOCK = re.compile(r"^((?:control_layers|control_noise_refiner)\.\d+)\.")
 _TE_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 
 
@@ -78,6 +79,35 @@ Z_IMAGE_TURBO = ModelSizes(
 
 
 @dataclass(frozen=True)
+class ControlNetSizes:
+    """What a ControlNet adds (model/controlnet.py counts it from its headers): its parameters, and its largest
+    block's (the unit it streams in)."""
+
+    params: int
+    block_params: int
+    blocks: int
+
+    @property
+    def not_in_blocks(self) -> int:
+        return self.params - self.blocks * self.block_params
+
+    @classmethod
+    def of(cls, shapes: dict) -> "ControlNetSizes":
+        """From {tensor name: shape} of the ControlNet's files."""
+        blocks: dict[str, int] = {}
+        total = 0
+        for name, shape in shapes.items():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+            m = _CONTROL_BLOCK.match(name)
+            if m:
+                blocks[m.group(1)] = blocks.get(m.group(1), 0) + n
+        return cls(total, max(blocks.values(), default=0), len(blocks))
+
+
+@dataclass(frozen=True)
 class Workload:
     """The largest request a replica must serve: it bounds activation memory."""
 
@@ -105,6 +135,8 @@ class Plan:
     activations_gib: float
     workload: Workload
     origin: str
+    controlnet: str = "none"  # where the ControlNet lives (as the transformer: gpu, offload, stream), or none
+    controlnet_gib: float = 0.0  # its weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,20 +151,29 @@ class Plan:
             f"  transformer   {self.transformer}",
             f"  vae           {self.vae}{' (tiled decode)' if self.vae_tiling else ''}",
             f"  text encoder  {self.text_encoder} (prompts encoded on {self.encode_on})",
+            *([f"  controlnet    {self.controlnet} ({self.controlnet_gib:.2f} GiB)"] if self.controlnet != "none" else []),
             f"  envelope      {w.width}x{w.height}, batch {w.batch}",
             memory,
         ])
 
 
-def _candidates(s: ModelSizes, w: Workload, bpe: int):
-    """(kind, placements, weights on GPU, activations) in order of speed, fastest first."""
-    T, TE, V = s.transformer_params * bpe, s.text_encoder_params * bpe, s.vae_params * bpe
+def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None):
+    """(kind, placements, weights on GPU, activations) in order of speed, fastest first. A ControlNet goes where
+    the transformer goes: resident beside it, offloaded with it (the two on the GPU together while denoising),
+    or streamed a block at a time beside it."""
+    C = cn.params * bpe if cn else 0
+    T, TE, V = s.transformer_params * bpe + C, s.text_encoder_params * bpe, s.vae_params * bpe
     tokens = (w.width // 16) * (w.height // 16) + MAX_TEXT_TOKENS
     act_t = w.batch * tokens * s.transformer_dim * bpe * TRANSFORMER_ACT_FACTOR
+    if cn:  # the ControlNet's hints (one per control block) live through the transformer's forward
+        act_t += w.batch * tokens * s.transformer_dim * bpe * cn.blocks
     act_v = w.width * w.height * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2
     act_te = w.batch * MAX_TEXT_TOKENS * s.text_hidden * bpe * TRANSFORMER_ACT_FACTOR
     block = s.transformer_block_params * bpe
-    non_block = T - s.transformer_blocks * block
+    # streamed: two groups of each model (current + prefetched) and what is in no block; its blocks, the
+    # ControlNet's streamed too (what it runs of the transformer's shares the transformer's groups)
+    streamed = s.transformer_params * bpe - s.transformer_blocks * block + 2 * block
+    streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
     act_tile = min(act_v, VAE_TILE * VAE_TILE * VAE_TILE_BYTES_PER_PIXEL_BF16 * bpe // 2)
     yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te)
     yield "resident", ("gpu", "gpu", "cpu", "cpu", False), T + V, max(act_t, act_v)
@@ -144,12 +185,13 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int):
         yield "offload", ("offload", "gpu", "offload", "gpu", tiled), big[0] + V, max(big[1], act_tile if tiled else act_v)
     # streamed: two block groups (current + prefetched) plus what is not in a block
     for tiled in (False, True):
-        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), non_block + 2 * block + V, max(act_t, act_tile if tiled else act_v)
+        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_t, act_tile if tiled else act_v)
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
-              policy: str = "auto", encode_on: str = "auto") -> Plan:
-    """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU).
+              policy: str = "auto", encode_on: str = "auto", controlnet: ControlNetSizes | None = None) -> Plan:
+    """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU), with the
+    ``controlnet`` where it goes (as the transformer) when one is served.
 
     Raises PlanError, with the numbers, when the policy asked for can't fit.
     """
@@ -161,9 +203,11 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
         return Plan(device="cpu", dtype="float32", policy=policy, kind="cpu", transformer="cpu", vae="cpu",
                     text_encoder="cpu", encode_on="gpu" if encode_on == "gpu" else "cpu",  # "gpu": in the generator
                     vae_tiling=False, budget_gib=None,
-                    peak_gib=0.0, weights_on_gpu_gib=0.0, activations_gib=0.0, workload=workload, origin=sizes.origin)
+                    peak_gib=0.0, weights_on_gpu_gib=0.0, activations_gib=0.0, workload=workload, origin=sizes.origin,
+                    controlnet="cpu" if controlnet else "none",
+                    controlnet_gib=round(controlnet.params * 4 / GiB, 2) if controlnet else 0.0)
     tried = []
-    for kind, (tr, vae, te, enc, tiled), weights, act in _candidates(sizes, workload, bpe=2):
+    for kind, (tr, vae, te, enc, tiled), weights, act in _candidates(sizes, workload, 2, controlnet):
         if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
             continue
         peak = weights + act + RESERVE_BYTES
@@ -172,7 +216,9 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
             return Plan(device="cuda", dtype="bfloat16", policy=policy, kind=kind, transformer=tr, vae=vae,
                         text_encoder=te, encode_on=enc, vae_tiling=tiled, budget_gib=round(free_bytes / GiB, 2),
                         peak_gib=round(peak / GiB, 2), weights_on_gpu_gib=round(weights / GiB, 2),
-                        activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin)
+                        activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin,
+                        controlnet=tr if controlnet else "none",
+                        controlnet_gib=round(controlnet.params * 2 / GiB, 2) if controlnet else 0.0)
     if not tried:
         raise PlanError(f"policy {policy!r} can't encode prompts on the {encode_on.upper()}; use encode_on auto")
     w = workload

@@ -74,11 +74,18 @@ class Generator:
         t0 = time.perf_counter()
         source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
         lora, reserve = self._check_adapters(source)
+        controlnet = None
+        if self.config.controlnet:
+            from ..model.controlnet import find_controlnet
+
+            controlnet = find_controlnet(self.config.controlnet)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
-        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve)
+        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve,
+                                     controlnet=controlnet)
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend, "fp8": opts.fp8,
                     "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
-        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora)
+        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora,
+                             controlnet=controlnet)
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
@@ -147,6 +154,18 @@ class Generator:
             metrics.count_adapter("hit", name)
         return held.held
 
+    def _check_control(self, request: GenerationRequest) -> None:
+        """A control request this replica can serve, or InvalidInput naming what is missing (before batching)."""
+        controlnet = self.engine.controlnet
+        if controlnet is None:
+            raise InvalidInput("control_image needs a ControlNet, and this deployment serves none: set `controlnet` "
+                               "in the app's args (or zimage-serve serve --controlnet SOURCE)", param="control_image",
+                               code="controlnet_not_configured")
+        if request.mode == "controlnet-inpaint" and \
+                controlnet.config.control_in_dim == self.engine.pipe.transformer.config.in_channels:
+            raise InvalidInput("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); the "
+                               "one served is 1.0", param="control_image", code="unsupported_value")
+
     def check_health(self) -> None:
         """Fails when the GPU is unusable (Serve then replaces the replica)."""
         if self.engine is not None and self.engine.device.type == "cuda":
@@ -209,10 +228,8 @@ class Generator:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if encoded is None and self.engine.encoder is None:  # refused before batching: no other request fails with it
             raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
-        unsupported = request.unsupported()
-        if unsupported:
-            raise InvalidInput(f"{unsupported} is not served by this version", param=unsupported,
-                               code="unsupported_value")
+        if request.control_image is not None:
+            self._check_control(request)
         start = time.time()
         held = await self._adapter_for(request)  # refused before batching: no other request fails with it
         image, seconds, batch_size = await self._batcher.submit((request, encoded, held))

@@ -1,5 +1,5 @@
-"""What image-to-image and inpainting share: the input images at the size of the edit, and the seeds'
-generators."""
+"""What the edit and ControlNet modes share: the input images at the size of the edit, masks, control images, and
+the seeds' generators."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def init_images(pipe, jobs) -> list:
 def masks(jobs) -> list:
     """Each job's mask as diffusers reads one (white = repaint); the pipeline resizes it to the edit's size."""
     return [job.request.mask_image.image() for job in jobs]
+
+
+def control_images(jobs) -> list:
+    """Each job's control image (RGB) as it arrived; the ControlNet pipelines resize it to the request's size."""
+    return [job.request.control_image.image() for job in jobs]
 
 
 def generators(jobs) -> list:

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.controlnets import controlnet_z_image
 from diffusers.models.transformers.transformer_z_image import FeedForward, ZSingleStreamAttnProcessor
 from torch import nn
 from torch.nn import functional as F
+
+# the ControlNet's blocks use copies of the transformer's classes (the same arithmetic)
+_PROCESSORS = (ZSingleStreamAttnProcessor, controlnet_z_image.ZSingleStreamAttnProcessor)
+_FEED_FORWARDS = (FeedForward, controlnet_z_image.FeedForward)
 
 # fused layer -> the layers it replaces, in the order of its outputs (lora_slots.py maps adapters through this)
 FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "w13": ("w1", "w3")}
@@ -84,13 +89,13 @@ def _concat(linears: list[nn.Linear]) -> nn.Linear:
 
 
 def fuse_projections(transformer: nn.Module) -> int:
-    """Fuse every Z-Image block of ``transformer`` in place; returns how many blocks were fused.
+    """Fuse every Z-Image block of ``transformer`` (or of a ControlNet) in place; returns how many blocks were fused.
 
     Call on a resident model (weights on one device, no offload hooks), before compiling or quantizing."""
     count = 0
     for block in transformer.modules():
         attn, ff = getattr(block, "attention", None), getattr(block, "feed_forward", None)
-        if attn is None or not isinstance(attn.processor, ZSingleStreamAttnProcessor) or not isinstance(ff, FeedForward):
+        if attn is None or not isinstance(attn.processor, _PROCESSORS) or not isinstance(ff, _FEED_FORWARDS):
             continue
         attn.to_qkv = _concat([attn.to_q, attn.to_k, attn.to_v])
         del attn.to_q, attn.to_k, attn.to_v

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -56,6 +57,8 @@ class GraphedBlocks(nn.ModuleList):
         self.captures = 0
 
     def __iter__(self):
+        if self._shared.get("one_by_one"):  # see blocks_one_by_one
+            return iter(self._modules.values())
         return iter((self._run,))
 
     def __getitem__(self, idx):
@@ -105,6 +108,21 @@ class GraphedBlocks(nn.ModuleList):
         while len(self._graphs) > 1 and sum(c.bytes for c in self._graphs.values()) > self._max_bytes:
             self._graphs.popitem(last=False)
         return result
+
+
+@contextmanager
+def blocks_one_by_one(transformer: nn.Module):
+    """Within this context the GraphedBlocks of ``transformer`` iterate their blocks one by one (each compiled, none
+    replayed from a graph), as diffusers' forward needs when a ControlNet adds a hint after some of them. Nothing
+    changes for a transformer without graphs."""
+    stacks = [s for s in (getattr(transformer, name, None) for name in STACKS) if isinstance(s, GraphedBlocks)]
+    for stack in stacks:
+        stack._shared["one_by_one"] = True
+    try:
+        yield
+    finally:
+        for stack in stacks:
+            stack._shared["one_by_one"] = False
 
 
 def use_cuda_graphs(transformer: nn.Module, max_bytes: int = 1 << 30) -> int:
