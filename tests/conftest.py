@@ -114,6 +114,46 @@ def stock_image(pipe, prompt: str, seed: int, width: int, height: int, steps: in
                 generator=torch.Generator("cpu").manual_seed(seed)).images[0]
 
 
+def png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def picture(width=64, height=64, seed=0):
+    """A smooth picture with some texture: what an edit starts from."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
+    rgb += np.random.RandomState(seed).normal(0, 12, rgb.shape)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def square_mask(width=64, height=64):
+    """White (repaint) in the middle half of each side, black around."""
+    import numpy as np
+    from PIL import Image
+
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    return Image.fromarray(mask)
+
+
+def edges(width=64, height=64):
+    """A control map: white lines on black."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.zeros((height, width, 3), np.uint8)
+    a[height // 3, :] = 255
+    a[:, width // 2] = 255
+    return Image.fromarray(a)
+
+
 def max_pixel_diff(a, b) -> int:
     import numpy as np
 
@@ -212,6 +252,28 @@ def undeploy(name: str) -> None:
 def app_url(serve_cluster, tiny_path):
     """The main test application (one logical GPU for its generator), deployed once under /main."""
     return deploy(serve_cluster, "main", tiny_app_config(tiny_path, generator={"num_gpus": 1}))
+
+
+@pytest.fixture(scope="session")
+def loras(tiny_path, tmp_path_factory) -> dict:
+    """Random LoRA adapters for the tiny model ({name: directory}), and a file that is no adapter ("broken")."""
+    from zimage_serve.testing.lora import write_lora
+
+    root = tmp_path_factory.mktemp("served-loras")
+    made = {name: str(write_lora(root / name, tiny_path, rank=4, seed=seed).parent) for name, seed in (("ink", 11), ("oil", 12))}
+    (root / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    made["broken"] = str(root / "broken.safetensors")
+    return made
+
+
+@pytest.fixture(scope="session")
+def lora_url(serve_cluster, tiny_path, loras, tiny_controlnets):
+    """The application with what a request may add to the base model: LoRA adapters (one held per replica, so
+    every switch evicts) and a 2.1 Union ControlNet, deployed once under /lora."""
+    config = tiny_app_config(tiny_path, adapters={"ink": {"source": loras["ink"], "scale": 0.7}, "oil": loras["oil"],
+                                                  "broken": loras["broken"]},
+                             controlnet=str(tiny_controlnets["2.1"]), generator={"max_adapters_per_replica": 1})
+    return deploy(serve_cluster, "lora", config)
 
 
 @pytest.fixture(scope="session")

@@ -172,9 +172,16 @@ class AppConfig(_Strict):
 
     @property
     def max_edit_body_bytes(self) -> int:
-        """The body cap of ``POST /v1/images/edits``: an image and a mask of ``max_upload_bytes`` each, as base64
-        in JSON (the larger encoding), and the other fields under ``max_body_bytes``."""
-        return 2 * base64_length(self.max_upload_bytes) + self.max_body_bytes
+        """The body cap of ``POST /v1/images/edits``: an image and a mask (and with a ControlNet a control image) of
+        ``max_upload_bytes`` each, as base64 in JSON (the larger encoding), and the other fields under
+        ``max_body_bytes``."""
+        return (3 if self.controlnet else 2) * base64_length(self.max_upload_bytes) + self.max_body_bytes
+
+    @property
+    def max_generation_body_bytes(self) -> int:
+        """The body cap of ``POST /v1/images/generations`` and ``/generate``: ``max_body_bytes``, and with a
+        ControlNet room for a control image of ``max_upload_bytes`` as base64."""
+        return (base64_length(self.max_upload_bytes) if self.controlnet else 0) + self.max_body_bytes
 
 
 # ---- the environment ------------------------------------------------------------------------------------

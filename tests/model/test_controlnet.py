@@ -2,15 +2,14 @@
 ZImageControlNetInpaintPipeline built from the same tiny checkpoint's components and the same random ControlNet,
 pixel for pixel; both published layouts load; the planner counts the ControlNet."""
 
-import io
 
 import numpy as np
 import pytest
 import torch
 from diffusers import ZImageControlNetInpaintPipeline, ZImageControlNetModel, ZImageControlNetPipeline
 
-from conftest import max_pixel_diff
-from test_modes import PROMPT, picture, png, square_mask
+from conftest import edges, max_pixel_diff, picture, png, square_mask
+PROMPT = "a red barn in snow"
 from zimage_serve.core.control import with_control_image
 from zimage_serve.core.errors import ModelSourceError
 from zimage_serve.core.images import with_edit_inputs
@@ -19,16 +18,6 @@ from zimage_serve.model.controlnet import find_controlnet, inferred_config
 from zimage_serve.model.engine import Engine, Job
 from zimage_serve.model.planner import ControlNetSizes, Workload, make_plan
 from zimage_serve.model.sizes import sizes_of
-
-
-def edges(width=64, height=64) -> "Image.Image":
-    """A control map: white lines on black."""
-    from PIL import Image
-
-    a = np.zeros((height, width, 3), np.uint8)
-    a[height // 3, :] = 255
-    a[:, width // 2] = 255
-    return Image.fromarray(a)
 
 
 def engine_with(tiny_source, path):

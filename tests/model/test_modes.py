@@ -1,15 +1,13 @@
 """The edit modes (model/modes) against stock ZImageImg2ImgPipeline / ZImageInpaintPipeline built from the same
 tiny checkpoint's components, pixel for pixel, solo and batched with other modes."""
 
-import io
 
-import numpy as np
 import pytest
 import torch
 from diffusers import ZImageImg2ImgPipeline, ZImageInpaintPipeline
 from PIL import Image
 
-from conftest import max_pixel_diff
+from conftest import max_pixel_diff, picture, png, square_mask
 from zimage_serve.core.images import with_edit_inputs
 from zimage_serve.core.request import GenerationRequest
 from zimage_serve.model.engine import Engine, Job
@@ -17,26 +15,6 @@ from zimage_serve.model.planner import Workload, make_plan
 from zimage_serve.model.sizes import sizes_of
 
 PROMPT = "a red barn in snow"
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def picture(width=64, height=64, seed=0) -> Image.Image:
-    """A smooth picture with some texture: what an edit starts from."""
-    y, x = np.mgrid[0:height, 0:width]
-    rgb = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
-    rgb += np.random.RandomState(seed).normal(0, 12, rgb.shape)
-    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
-
-
-def square_mask(width=64, height=64) -> Image.Image:
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
-    return Image.fromarray(mask)
 
 
 @pytest.fixture(scope="module")

@@ -15,28 +15,9 @@ import torch
 from diffusers import ZImagePipeline
 from PIL import Image
 
-from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config, undeploy
-from zimage_serve.testing.lora import write_lora
+from conftest import max_pixel_diff, stock_image
 
 PROMPT = "a paper boat on a pond"
-
-
-@pytest.fixture(scope="module")
-def loras(tiny_path, tmp_path_factory):
-    root = tmp_path_factory.mktemp("served-loras")
-    made = {name: str(write_lora(root / name, tiny_path, rank=4, seed=seed).parent) for name, seed in (("ink", 11), ("oil", 12))}
-    (root / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
-    made["broken"] = str(root / "broken.safetensors")
-    return made
-
-
-@pytest.fixture(scope="module")
-def lora_url(serve_cluster, tiny_path, loras):
-    config = tiny_app_config(tiny_path, adapters={"ink": {"source": loras["ink"], "scale": 0.7}, "oil": loras["oil"],
-                                                  "broken": loras["broken"]},
-                             generator={"max_adapters_per_replica": 1})
-    yield deploy(serve_cluster, "lora", config)
-    undeploy("lora")
 
 
 @pytest.fixture(scope="module")

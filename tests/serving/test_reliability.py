@@ -163,7 +163,7 @@ FIELDS = st.fixed_dictionaries({}, optional={
 def test_validation_gives_params_within_bounds_or_a_400(body):
     for parse in (SERVICE.request_from_images, SERVICE.request_from_generate):
         try:
-            request = parse(body)
+            request, _ = parse(body)
         except InvalidInput as e:
             assert str(e)
             continue
@@ -182,7 +182,7 @@ def test_validation_gives_params_within_bounds_or_a_400(body):
 def test_hostile_prompts(prompt, refused):
     for parse in (SERVICE.request_from_images, SERVICE.request_from_generate):
         if refused is None:
-            assert parse({"prompt": prompt}).prompt == prompt
+            assert parse({"prompt": prompt})[0].prompt == prompt
         else:
             with pytest.raises(InvalidInput) as e:
                 parse({"prompt": prompt})

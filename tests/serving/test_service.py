@@ -176,11 +176,11 @@ def edit_service(events: list, sent: list, encode_on: str = "auto") -> ImageServ
 
 
 def test_an_edit_on_an_idle_gpu_starts_its_prompt_on_the_generator_before_the_upload_is_decoded(monkeypatch):
-    from zimage_serve.serving.service import EditUploads
+    from zimage_serve.serving.parsing import Uploads
 
     events, sent = [], []
-    read = EditUploads.read
-    monkeypatch.setattr(EditUploads, "read", lambda self, r: events.append(("decode", r.mode)) or read(self, r))
+    read = Uploads.read
+    monkeypatch.setattr(Uploads, "read", lambda self, r: events.append(("decode", r.mode)) or read(self, r))
     svc = edit_service(events, sent)
     reply = asyncio.run(svc.edits({"prompt": "a red door", "seed": 1}, {"image": _png_bytes(80)}))
     assert events == [("encode", "generator: text-to-image a red door"), ("decode", "text-to-image")]

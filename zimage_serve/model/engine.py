@@ -320,7 +320,7 @@ class Engine:
     def blocks_one_by_one(self):
         """A context in which the transformer's block stacks run block by block, not as one CUDA graph each: a
         ControlNet adds its hints between blocks (optim/graphs.py)."""
-        from .optim.graphs import blocks_one_by_one
+        from .optim.graphs import blocks_one_by_one  # CUDA graphs: only where a ControlNet runs
 
         return blocks_one_by_one(self.pipe.transformer)
 

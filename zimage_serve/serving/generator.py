@@ -76,7 +76,7 @@ class Generator:
         lora, reserve = self._check_adapters(source)
         controlnet = None
         if self.config.controlnet:
-            from ..model.controlnet import find_controlnet
+            from ..model.controlnet import find_controlnet  # in the replica, with the model layer (see above)
 
             controlnet = find_controlnet(self.config.controlnet)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)

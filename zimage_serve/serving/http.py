@@ -50,7 +50,7 @@ def _edits_body(model) -> dict:
     binary = {"type": "string", "format": "binary"}
     as_form = {**as_json, "properties": {**schema["properties"],
                                          **{name: {**binary, "description": schema["properties"][name]["description"]}
-                                            for name in FILE_FIELDS}}}
+                                            for name in FILE_FIELDS if name in schema["properties"]}}}
     return {"requestBody": {"required": True, "content": {JSON: {"schema": as_json}, MULTIPART: {"schema": as_form}}}}
 
 
@@ -313,5 +313,7 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
     app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes,
-                       max_body_by_path={EDITS: config.max_edit_body_bytes})
+                       max_body_by_path={EDITS: config.max_edit_body_bytes,
+                                         "/v1/images/generations": config.max_generation_body_bytes,
+                                         "/generate": config.max_generation_body_bytes})
     return app

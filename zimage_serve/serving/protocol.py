@@ -21,7 +21,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
 from ..core.bounds import MAX_LORA_SCALE, SIZE_MULTIPLE, Bounds, base64_length
+from ..core.control import CANNY_HIGH, CANNY_LOW, Preprocess
 from ..core.formats import OutputFormat
+from ..core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE
+
+CONTROL_FIELDS = ("control_image", "controlnet_conditioning_scale", "control_preprocess")
 
 # ---- the error shape --------------------------------------------------------------------------------
 
@@ -172,10 +176,29 @@ def _compatibility(max_length: int) -> tuple:
     return str | None, Field(None, max_length=max_length, description="Accepted for compatibility; ignored.")
 
 
+def _control(b: Bounds, file_part: str) -> dict:
+    """The fields of a request a ControlNet guides (the deployments that serve one)."""
+    return {
+        "control_image": (str | None, Field(None, max_length=base64_length(b.max_upload_bytes), description=(
+            f"The control map the ControlNet follows (edges, depth, pose, HED, MLSD; PNG, JPEG, WebP, GIF or BMP, at "
+            f"most {b.max_upload_bytes} bytes and {b.max_upload_pixels} pixels): base64 or a data: URL{file_part}. "
+            "Resized to the image's size, as diffusers resizes it. With an image and a mask (edits): ControlNet "
+            "inpainting."))),
+        "controlnet_conditioning_scale": (float | None, Field(None, ge=0, le=MAX_CONTROL_SCALE, description=(
+            f"How strongly the control applies, 0..{MAX_CONTROL_SCALE:g} (default {DEFAULT_CONTROL_SCALE}, "
+            "diffusers'). Only with a control_image."))),
+        "control_preprocess": (Preprocess, Field("none", description=(
+            "none: control_image already is the control map; canny: edges of control_image, computed by the server "
+            f"(OpenCV Canny, thresholds {CANNY_LOW} and {CANNY_HIGH})."))),
+    }
+
+
 @lru_cache(maxsize=None)
-def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapters: tuple[str, ...] = ()) -> WireTypes:
+def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapters: tuple[str, ...] = (),
+               controlnet: bool = False) -> WireTypes:
     """The request types of a deployment with these bounds that serves ``model_name`` and the LoRA ``adapters``
-    (``model`` names one of them; None: ``model`` may be any name). Cached: one set of classes per deployment."""
+    (``model`` names one of them; None: ``model`` may be any name), and a ControlNet or not (the control fields).
+    Cached: one set of classes per deployment."""
     b = bounds
     sizes = f"{b.min_side}..{b.max_side}, a multiple of {SIZE_MULTIPLE}"
     side = _integer(b.min_side, b.max_side, SIZE_MULTIPLE) | None
@@ -189,15 +212,17 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapter
         f"How strongly the LoRA adapter named by `model` applies, 0..{MAX_LORA_SCALE:g} (default: its configured "
         "scale). Only with an adapter.")))} if adapters else {}
     sized = f"WIDTHxHEIGHT, each side {sizes}"
+    control = _control(b, " in a JSON body") if controlnet else {}
     images = create_model(
         "ImagesRequest", __base__=ImagesRequest, __doc__=ImagesRequest.__doc__, __module__=__name__,
-        **_common(b, b.max_images), **lora, **_openai_fields(b, model, f"{sized}; 'auto': the server's default size."),
+        **_common(b, b.max_images), **lora, **control,
+        **_openai_fields(b, model, f"{sized}; 'auto': the server's default size."),
         style=_compatibility(32),
     )
     upload = base64_length(b.max_upload_bytes)
     edits = create_model(
         "EditsRequest", __base__=EditsRequest, __doc__=EditsRequest.__doc__, __module__=__name__,
-        **_common(b, b.max_images), **lora,
+        **_common(b, b.max_images), **lora, **(_control(b, " in a JSON body; a file part in multipart") if controlnet else {}),
         **_openai_fields(b, model, f"{sized}: the input (and mask) are resized to it first; 'auto': the input's "
                                    f"size, within {sizes} (scaled down to fit, each side rounded down)."),
         image=(str | None, Field(None, max_length=upload,
@@ -211,12 +236,13 @@ def wire_types(bounds: Bounds = Bounds(), model_name: str | None = None, adapter
                                             "to image.")),
         strength=(float | None, Field(None, gt=0, le=1, description=(
             "How far from the input, in (0, 1]; the transformer runs steps - int(steps - steps x strength) times (at least 1). "
-            "Default 0.6, or 1.0 with a mask."))),
+            "Default 0.6, or 1.0 with a mask." + (" Not with a control_image (ControlNet inpainting generates from "
+                                                  "noise)." if controlnet else "")))),
         input_fidelity=_compatibility(32),
     )
     generate = create_model(
         "GenerateRequest", __base__=GenerateRequest, __doc__=GenerateRequest.__doc__, __module__=__name__,
-        **_common(b, 1), **lora, model=model,
+        **_common(b, 1), **lora, **control, model=model,
         width=(side, Field(None, description=f"Width in pixels, {sizes} (default: the server's).")),
         height=(side, Field(None, description=f"Height in pixels, {sizes} (default: the server's).")),
     )

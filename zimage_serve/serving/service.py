@@ -1,7 +1,7 @@
 """ImageService: what the HTTP routes do, as a plain class (no HTTP, no Serve).
 
-It turns a wire body into the one typed :class:`GenerationRequest` (checked against the config's
-bounds, seed assigned), admits it, fans its n images out to the generator (each image its own call, so
+It turns a wire body into the one typed :class:`GenerationRequest` (``parsing.RequestParser``: checked against
+the config's bounds, seed assigned), admits it, decodes its uploads, fans its n images out to the generator (each image its own call, so
 the generator's batcher can group them) and answers with domain results. Every failure is raised as a
 domain error (``core.errors``); the HTTP layer maps each to its status, headers and the error shape.
 """
@@ -11,21 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from pydantic import ValidationError
-
-from ..core.bounds import (SIZE_MULTIPLE, Bounds, check_dimension, check_lora_scale, check_prompt, check_steps,
-                           check_strength, parse_size)
-from ..core.errors import InvalidInput, ModelNotFound, NeedsEmbeddings, QueueFull, RequestTimeout, TooLarge, ZImageError
-from ..core.images import check_edit_steps, with_edit_inputs
+from ..core.errors import NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
 from ..core.formats import image_format
-from ..core.request import DEFAULT_STRENGTH, GenerationRequest
+from ..core.request import GenerationRequest
 from ..settings import AppConfig
-from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, wire_types
+from .parsing import RequestParser, Uploads
+from .protocol import ImageData, ImagesResponse, ModelCard, ModelList
 
 log = logging.getLogger("zimage_serve")
 
@@ -33,46 +28,6 @@ log = logging.getLogger("zimage_serve")
 Encode = Callable[[GenerationRequest], Any]
 # (one image's request, encodings or None: the generator encodes) -> awaitable result dict
 Generate = Callable[[GenerationRequest, Any], Awaitable[dict]]
-
-
-def validation_error(e: ValidationError, bounds: Bounds = Bounds(), served: tuple[str, ...] | str = ()) -> InvalidInput:
-    """The first pydantic error as an InvalidInput naming its field, in words (not the pattern's regex)."""
-    err = e.errors()[0]
-    param = ".".join(str(p) for p in err.get("loc", ())) or None
-    kind, value = err.get("type"), err.get("input")
-    if kind == "extra_forbidden":
-        return InvalidInput(f"unknown field {param!r}", param=param, code="unknown_field")
-    if kind == "model_type":
-        return InvalidInput("the request body must be a JSON object", code="invalid_body")
-    if param in ("prompt", "negative_prompt") and isinstance(value, str):
-        try:  # its length, emptiness or NUL, as the CLI and the batch job say it
-            check_prompt(value, bounds, param=param)
-        except InvalidInput as refused:
-            return refused
-    if param in ("image", "mask") and kind == "string_too_long":
-        return TooLarge(f"{param} is over the upload limit of {bounds.max_upload_bytes} bytes", param=param)
-    if param == "strength" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:  # out of (0, 1], said as the CLI says it
-            check_strength(value)
-        except InvalidInput as refused:
-            return refused
-    if param == "size" and kind == "string_pattern_mismatch":
-        return InvalidInput(f"size must be 'auto' or WIDTHxHEIGHT (like 1024x1024), each side a multiple of "
-                            f"{SIZE_MULTIPLE} between {bounds.min_side} and {bounds.max_side}, got {value!r}",
-                            param=param)
-    if param == "model" and kind == "literal_error":
-        names = (served,) if isinstance(served, str) else served
-        return ModelNotFound(f"model {value!r} is not served here; served: {', '.join(repr(m) for m in names)}")
-    if param == "lora_scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:  # out of range, said as the CLI says it
-            check_lora_scale(value)
-        except InvalidInput as refused:
-            return refused
-    if param == "response_format" and value == "url":
-        return InvalidInput("response_format 'url' is not supported: images are not stored; use b64_json",
-                            param=param, code="unsupported_value")
-    msg = err.get("msg", "invalid value")
-    return InvalidInput(f"{param}: {msg}" if param else msg, param=param)
 
 
 def server_timing(seconds: dict) -> str:
@@ -103,7 +58,9 @@ class ImageBytes:
     seconds: dict
 
 
-class ImageService:
+class ImageService(RequestParser):
+    """The routes' work; :class:`RequestParser` builds its requests from wire bodies."""
+
     def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
                  backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
@@ -111,8 +68,7 @@ class ImageService:
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
         (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
         replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded."""
-        self.config = config
-        self.wire = wire_types(config.bounds, config.model_name, tuple(config.adapters))  # the request types, with the config's bounds
+        super().__init__(config)
         self._generate, self._info = generate, generator_info
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._generator_encode = generator_encode
@@ -125,82 +81,6 @@ class ImageService:
         self.max_pending = -1 if g.max_queued_requests < 0 else (
             g.max_ongoing_requests * g.autoscaling.max_replicas + g.max_queued_requests) // config.ingress_replicas
         self.pending = 0
-
-    # ---- wire body -> GenerationRequest -------------------------------------------------------------
-    # The wire types (protocol.wire_types) carry every bound of the config, so what /openapi.json states
-    # is what is checked here; the core checks after them only turn the valid body into the request.
-
-    def _validate(self, model, body: Any, strict: bool = True):
-        try:
-            return model.model_validate(body, strict=strict)
-        except ValidationError as e:
-            raise validation_error(e, self.config.bounds, (self.config.model_name, *self.config.adapters)) from None
-
-    def _request(self, req, width: int, height: int, n: int = 1, quality: int | None = None) -> GenerationRequest:
-        b = self.config.bounds
-        check_prompt(req.prompt, b)
-        if req.negative_prompt:
-            check_prompt(req.negative_prompt, b, param="negative_prompt")
-        steps = check_steps(req.num_inference_steps or self.config.default_steps, b)
-        # the wire types bound the seed by max_seed - (max n - 1): seed + n - 1 never passes max_seed
-        seed = req.seed if req.seed is not None else random.randrange(2**31)
-        adapter, scale = self._adapter(req.model, getattr(req, "lora_scale", None))  # (wire_types: with adapters)
-        return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
-                                 height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
-                                 output_format=req.output_format, quality=quality, adapter=adapter,
-                                 adapter_scale=scale)
-
-    def _adapter(self, model: str | None, lora_scale: float | None) -> tuple[str | None, float | None]:
-        """(adapter, scale) that ``model`` names: (None, None) for the base model ("", absent or its name), else a
-        configured adapter at ``lora_scale`` or its configured scale."""
-        if not model or model == self.config.model_name:
-            if lora_scale is not None:
-                raise InvalidInput("lora_scale applies to a LoRA adapter: name one as model (see /v1/models)",
-                                   param="lora_scale")
-            return None, None
-        spec = self.config.adapters[model]  # the wire types allow the served names only
-        return model, float(lora_scale if lora_scale is not None else spec.scale)
-
-    def _size(self, text: str, param: str = "size") -> tuple[int, int]:
-        return parse_size(self.config.default_size if text == "auto" else text, self.config.bounds, param=param)
-
-    def request_from_images(self, body: Any) -> GenerationRequest:
-        """``POST /v1/images/generations``'s body (OpenAI's images.generate) as a request."""
-        req = self._validate(self.wire.images, body)
-        return self._request(req, *self._size(req.size), n=req.n, quality=req.output_compression)
-
-    def request_from_generate(self, body: Any) -> GenerationRequest:
-        """``POST /generate``'s body as a request (one image)."""
-        req = self._validate(self.wire.generate, body)
-        default_w, default_h = self._size("auto")
-        width = check_dimension(req.width or default_w, "width", self.config.bounds)
-        height = check_dimension(req.height or default_h, "height", self.config.bounds)
-        return self._request(req, width, height)
-
-    def edit_parts(self, body: Any, files: dict[str, bytes] | None = None) -> tuple[GenerationRequest, "EditUploads"]:
-        """``POST /v1/images/edits``'s body (OpenAI's images.edit: image to image, or inpainting with a mask)
-        checked, its uploads not yet decoded: (the request of its texts and options, at the size asked for or
-        the default, and the uploads, which :meth:`EditUploads.read` makes it the edit of). ``files`` None: a
-        JSON body, its images base64 or data: URLs. Otherwise a multipart body: ``body`` its text fields (read
-        as their types say: ``"7"`` is 7 there) and ``files`` its image parts. What needs no decoding (the
-        strength against the steps) is checked here, before any work is spent on the edit."""
-        if files is None:
-            req = self._validate(self.wire.edits, body)
-            image, mask = (_base64(getattr(req, name), name) for name in ("image", "mask"))
-        else:
-            req = self._validate(self.wire.edits, _form_values(body), strict=False)
-            for name in ("image", "mask"):
-                if getattr(req, name) is not None:
-                    raise InvalidInput(f"in a multipart body, {name} is a file part, not a text field", param=name)
-            image, mask = files.get("image"), files.get("mask")
-        if image is None:
-            raise InvalidInput("image is required: the image to edit", param="image", code="missing_image")
-        strength = check_strength(req.strength) if req.strength is not None else None
-        size = None if req.size == "auto" else self._size(req.size)
-        request = self._request(req, *(size or self._size("auto")), n=req.n, quality=req.output_compression)
-        check_edit_steps(request.steps, strength if strength is not None else
-                         DEFAULT_STRENGTH["inpaint" if mask is not None else "image-to-image"])
-        return request.replace(strength=strength), EditUploads(image, mask, size, self.config.bounds)
 
     # ---- where the prompt is encoded ----------------------------------------------------------------
 
@@ -235,7 +115,7 @@ class ImageService:
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    async def _images(self, request: GenerationRequest, uploads: "EditUploads | None" = None,
+    async def _images(self, request: GenerationRequest, uploads: "Uploads | None" = None,
                       seconds: dict | None = None) -> tuple[GenerationRequest, list[dict]]:
         """(the request as made, its images). An edit's ``uploads`` are decoded after admission (what is refused
         is never decoded), off the event loop, while its prompt is being encoded: the request made is the edit,
@@ -251,12 +131,12 @@ class ImageService:
         finally:
             self.pending -= request.n
 
-    async def _admitted(self, request: GenerationRequest, uploads: "EditUploads | None",
+    async def _admitted(self, request: GenerationRequest, uploads: "Uploads | None",
                         seconds: dict | None) -> tuple[GenerationRequest, list[dict]]:
         on_generator = await self._encode_on_generator(request.n)
         encoded = None if on_generator else self._encode(request)  # the CPU encoders start now
         early = uploads is not None and on_generator and self._generator_encode is not None and self.pending == request.n
-        if early:  # an edit on an idle GPU: the generator encodes its prompt while the ingress decodes the uploads
+        if early:  # uploads on an idle GPU: the generator encodes the prompt while the ingress decodes the uploads
             encoded = self._generator_encode(request.without_images())  # None from it: encoded in the batch
         if uploads is not None:
             t0 = time.perf_counter()
@@ -301,7 +181,9 @@ class ImageService:
     async def images(self, body: Any) -> ImagesReply:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
         start = time.perf_counter()
-        return await self._images_response(self.request_from_images(body), start)
+        # a control image's base64 (up to tens of MB) is read off the event loop, as an edit's
+        request, uploads = await asyncio.to_thread(self.request_from_images, body)
+        return await self._images_response(request, start, uploads)
 
     async def edits(self, body: Any, files: dict[str, bytes] | None = None) -> ImagesReply:
         """``POST /v1/images/edits`` (see :meth:`edit_parts`): the OpenAI ImagesResponse body."""
@@ -311,7 +193,7 @@ class ImageService:
         return await self._images_response(request, start, uploads)
 
     async def _images_response(self, request: GenerationRequest, start: float,
-                               uploads: "EditUploads | None" = None) -> ImagesReply:
+                               uploads: "Uploads | None" = None) -> ImagesReply:
         seconds: dict = {}
         request, results = await self._images(request, uploads, seconds)
         for r in results:  # the images ran side by side: each stage's longest
@@ -327,8 +209,8 @@ class ImageService:
     async def generate(self, body: Any) -> ImageBytes:
         """``POST /generate``: one image's bytes."""
         start = time.perf_counter()
-        request = self.request_from_generate(body)
-        _, (result,) = await self._images(request)
+        request, uploads = await asyncio.to_thread(self.request_from_generate, body)
+        _, (result,) = await self._images(request, uploads)
         seconds = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
         return ImageBytes(result["image"], image_format(request.output_format).media_type, result["seed"], seconds)
 
@@ -352,44 +234,8 @@ class ImageService:
         return ModelList(data=cards).model_dump(exclude_none=True)
 
 
-def _form_values(fields: dict) -> dict:
-    """A form's text fields as the edits body's types read them: ``stream`` is a JSON-style boolean there."""
-    stream = fields.get("stream")
-    if isinstance(stream, str) and stream.lower() in ("true", "false"):
-        return {**fields, "stream": stream.lower() == "true"}
-    return fields
-
-
-def _base64(text: str | None, param: str) -> bytes | None:
-    """An image sent in JSON: base64, or a ``data:[<type>];base64,`` URL."""
-    if text is None:
-        return None
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise InvalidInput(f"{param} must be base64, or a data: URL with ;base64", param=param, code="invalid_image")
-    try:  # line breaks (base64's default output wraps at 76 characters) are not part of the data
-        return base64.b64decode("".join(text.split()), validate=True)
-    except ValueError:
-        raise InvalidInput(f"{param} is not valid base64", param=param, code="invalid_image") from None
-
-
 def _unwrapped(e: ZImageError) -> ZImageError:
     """Our error as raised in the replica: Ray wraps it in a RayTaskError that is also an instance of its class
     (its message a traceback) and keeps the original as ``cause``."""
     cause = getattr(e, "cause", None)
     return cause if isinstance(cause, ZImageError) else e
-
-
-@dataclass(frozen=True)
-class EditUploads:
-    """An edit's uploads as received, not yet decoded, and the size asked for (None: the input's)."""
-
-    image: bytes
-    mask: bytes | None
-    size: tuple[int, int] | None
-    bounds: Bounds
-
-    def read(self, request: GenerationRequest) -> GenerationRequest:
-        """``request`` as the edit of these uploads, checked and decoded (``core.images.with_edit_inputs``)."""
-        return with_edit_inputs(request, self.image, self.mask, self.size, self.bounds)

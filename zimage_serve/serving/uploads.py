@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from ..core.errors import InvalidInput, TooLarge
 
-FILE_FIELDS = ("image", "mask")
+FILE_FIELDS = ("image", "mask", "control_image")
 
 
 def _name(key: str) -> str:
@@ -20,8 +20,8 @@ def _name(key: str) -> str:
 
 
 async def read_form(request: Request, max_upload_bytes: int, max_field_bytes: int) -> tuple[dict, dict]:
-    """(text fields, {file field: bytes}) of the request's multipart body. One image and one mask at most; a
-    file over ``max_upload_bytes`` is refused (413) after reading at most one byte more than the limit."""
+    """(text fields, {file field: bytes}) of the request's multipart body. One image, one mask and one control
+    image at most; a file over ``max_upload_bytes`` is refused (413) after reading at most one byte more than the limit."""
     try:
         form = await request.form(max_files=len(FILE_FIELDS) + 1, max_fields=64, max_part_size=max_field_bytes)
     except (MultiPartException, HTTPException) as e:  # Starlette raises the parser's error as a 400 HTTPException
@@ -39,7 +39,8 @@ async def read_form(request: Request, max_upload_bytes: int, max_field_bytes: in
                 fields[name] = value
                 continue
             if name not in FILE_FIELDS:
-                raise InvalidInput(f"unexpected file part {key!r}: the files are image and mask", param=name)
+                raise InvalidInput(f"unexpected file part {key!r}: the files are image, mask and control_image",
+                                   param=name)
             if name in files:
                 raise InvalidInput(f"one {name} is edited per request; this one sends several", param=name)
             data = await value.read(max_upload_bytes + 1)
