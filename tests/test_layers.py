@@ -11,10 +11,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zimage_serve"
 # Each layer may import the layers of lower rank and itself; two layers of one rank never import each other.
-RANKS = {"core": 0, "settings": 1, "testing.checkpoint": 2, "testing.lora": 2, "model": 3, "arguments": 4, "serving": 5, "batch": 5,
+RANKS = {"core": 0, "settings": 1, "testing.checkpoint": 2, "testing.lora": 2, "testing.controlnet": 2, "model": 3, "arguments": 4, "serving": 5, "batch": 5,
          "testing.faults": 6, "cli": 7, "app": 7, "__main__": 8, "": 0}
 # What a module of a layer may import only inside a function (in the processes that need it), never at import.
-LAZY_ONLY = {"serving": {"model"}, "batch": {"model"}, "cli": {"serving", "testing.checkpoint", "testing.lora"}}
+LAZY_ONLY = {"serving": {"model"}, "batch": {"model"}, "cli": {"serving", "testing.checkpoint", "testing.lora", "testing.controlnet"}}
 
 
 def _modules() -> dict[str, Path]:

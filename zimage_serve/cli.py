@@ -17,12 +17,13 @@ from .arguments import Parser, add_adapter_argument, add_model_arguments, intege
 from .batch.job import add_arguments as add_batch_arguments
 from .core.bounds import (Bounds, check_prompt, check_seed, check_steps, check_strength, parse_bytes, parse_lora,
                           parse_size)
-from .core.checkpoints import DEFAULT_HUB_ID
+from .core.checkpoints import CONTROLNET_VERSIONS, DEFAULT_HUB_ID
 from .core.errors import ZImageError
 from .core.formats import format_of_path
+from .core.control import CANNY_HIGH, CANNY_LOW, with_control_image
 from .core.images import read_file, with_edit_inputs
-from .core.request import GenerationRequest
-from .model.planner import ENCODE_CHOICES, Workload, make_plan
+from .core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE, GenerationRequest
+from .model.planner import ENCODE_CHOICES, ControlNetSizes, Workload, make_plan
 from .model.sizes import sizes_of
 from .model.sources import cached_hub, resolve
 
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", default=None, metavar="SOURCE[:SCALE]",
                    help="a LoRA adapter: a .safetensors file in diffusers' (or kohya/ComfyUI) format, or a directory "
                         "holding one; SCALE from 0 to 2 (default 1)")
+    add_controlnet_argument(g)
+    g.add_argument("--control-image", default=None, help="the control map the ControlNet follows (edges, depth, pose, "
+                                                         "...); with --image and --mask: ControlNet inpainting")
+    g.add_argument("--control-scale", type=float, default=None,
+                   help=f"how strongly the control applies, 0 to {MAX_CONTROL_SCALE:g} (default {DEFAULT_CONTROL_SCALE})")
+    g.add_argument("--canny", action="store_true", help="use the edges of --control-image (OpenCV Canny, thresholds "
+                                                        f"{CANNY_LOW} and {CANNY_HIGH}) as the control map")
 
     p = sub.add_parser("plan", help="show the staging plan for a GPU")
     add_model_arguments(p, default="Tongyi-MAI/Z-Image-Turbo")
@@ -59,11 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=integer, default=1)
     p.add_argument("--encode-on", choices=ENCODE_CHOICES, default="auto")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_controlnet_argument(p)
 
     t = sub.add_parser("make-tiny", help="write a random-weight checkpoint (tiny, or full-size for benchmarks)")
     t.add_argument("dir")
     t.add_argument("--shape", choices=["tiny", "full"], default="tiny")
     t.add_argument("--device", default="cpu", help="where to build the weights (cuda is faster for full)")
+    t.add_argument("--controlnet", default=None, metavar="PATH",
+                   help="also write a random Union ControlNet for the checkpoint: PATH.safetensors as the single "
+                        "published file, else a diffusers directory")
+    t.add_argument("--controlnet-version", choices=CONTROLNET_VERSIONS, default="2.1",
+                   help="1.0: 16 control channels; 2.0 and 2.1: 33, with the inpaint mode (default 2.1)")
 
     lo = sub.add_parser("make-lora", help="write a LoRA adapter with random weights (for tests and benchmarks)")
     lo.add_argument("dir", help="output directory (gets pytorch_lora_weights.safetensors)")
@@ -77,15 +91,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="default: the config's http_options.host, else 127.0.0.1")
     s.add_argument("--port", type=integer, default=None, help="default: the config's http_options.port, else 8000")
     add_adapter_argument(s, "serve a LoRA adapter as model NAME (repeatable; added to the config's adapters)")
+    add_controlnet_argument(s, "serve this ControlNet (overrides the config's controlnet)")
 
     add_batch_arguments(sub.add_parser("batch", help="generate images for a prompts file with Ray Data"))
     return parser
+
+
+def add_controlnet_argument(p: argparse.ArgumentParser, what: str = "a Z-Image Union ControlNet") -> None:
+    p.add_argument("--controlnet", default=None, metavar="SOURCE",
+                   help=f"{what}: a ZImageControlNetModel directory, the single .safetensors file as published, or a "
+                        "ModelScope id")
+
+
+def _controlnet(args):
+    """--controlnet, checked from its headers (no torch), or None."""
+    if not args.controlnet:
+        return None
+    from .model.controlnet import find_controlnet  # safetensors headers only
+
+    return find_controlnet(args.controlnet)
 
 
 def _request(args) -> GenerationRequest:
     """The command line as the typed request, every bound checked before a model is loaded."""
     if args.image is None and (args.mask is not None or args.strength is not None):
         raise ZImageError("--mask and --strength edit an image: give it with --image")
+    if args.control_image is None and (args.control_scale is not None or args.canny):
+        raise ZImageError("--control-scale and --canny apply to a control image: give it with --control-image")
+    if args.control_image is not None and not args.controlnet:
+        raise ZImageError("--control-image needs a ControlNet: give it with --controlnet SOURCE")
+    if args.control_scale is not None and not 0 <= args.control_scale <= MAX_CONTROL_SCALE:
+        raise ZImageError(f"--control-scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {args.control_scale:g}")
     size = parse_size(args.size) if args.size else None
     width, height = size or parse_size("1024x1024")
     fmt = format_of_path(args.out)
@@ -104,6 +140,9 @@ def _request(args) -> GenerationRequest:
 
         adapter_file(source, "--lora", param="lora")
         request = request.replace(adapter="lora", adapter_scale=scale)
+    if args.control_image is not None:
+        request = with_control_image(request, read_file(args.control_image, "--control-image"),
+                                     "canny" if args.canny else "none", scale=args.control_scale)
     if args.image is None:
         return request
     strength = check_strength(args.strength) if args.strength is not None else None
@@ -118,9 +157,13 @@ def _generate(args) -> int:
     from .model.engine import Engine, Job, gpu_free_bytes, plan_for_this_machine  # torch: only when generating
 
     source = source or resolve(args.model, gpu=gpu_free_bytes() is not None)
-    plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy)
+    controlnet = _controlnet(args)
+    if request.mode == "controlnet-inpaint" and not controlnet.inpaint:
+        raise ZImageError("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); "
+                          f"{args.controlnet} is 1.0")
+    plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy, controlnet=controlnet)
     t0 = time.perf_counter()
-    engine = Engine.load(source, plan)  # logs the plan, once
+    engine = Engine.load(source, plan, controlnet=controlnet)  # logs the plan, once
     if request.adapter:
         engine.load_adapter(request.adapter, parse_lora(args.lora)[0])
     engine.set_progress(True)
@@ -129,7 +172,10 @@ def _generate(args) -> int:
     result = engine.generate([Job.of(request, engine.encode(list(request.texts)))])
     result.images[0].save(args.out, format=format_of_path(args.out).pil_name)
     note = " (random test weights: the image is noise)" if source.random_weights else ""
-    edit = f", {request.mode} of {args.image} at strength {request.strength:g}" if args.image else ""
+    edit = f", {request.mode} of {args.image}" + (f" at strength {request.strength:g}" if request.strength else "") \
+        if args.image else ""
+    if request.control_image is not None:
+        edit += f", {'canny edges of ' if args.canny else ''}{args.control_image} at control scale {request.control_scale:g}"
     if request.adapter:
         scale = request.adapter_scale if request.adapter_scale is not None else 1.0
         edit += f", LoRA {parse_lora(args.lora)[0]} at scale {scale:g}"
@@ -153,7 +199,9 @@ def _plan(args) -> int:
         from .model.engine import gpu_free_bytes  # torch: only when no --vram is given
 
         free = gpu_free_bytes()
-    plan = make_plan(sizes, free, Workload(width, height, args.batch), args.policy, args.encode_on)
+    cn = _controlnet(args)
+    plan = make_plan(sizes, free, Workload(width, height, args.batch), args.policy, args.encode_on,
+                     ControlNetSizes.of(cn.shapes) if cn else None)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
     return 0
 
@@ -163,6 +211,13 @@ def _make_tiny(args) -> int:
 
     path = write_checkpoint(args.dir, args.shape, device=args.device)
     print(f"wrote a {args.shape} Z-Image checkpoint with random test weights to {path}")
+    if args.controlnet:
+        from .testing.controlnet import write_controlnet  # (see above)
+
+        single = args.controlnet.endswith(".safetensors")
+        out = write_controlnet(args.controlnet, path, args.controlnet_version, "single-file" if single else "diffusers",
+                               dtype="float32" if args.shape == "tiny" else "bfloat16", device=args.device)
+        print(f"wrote a {args.controlnet_version} Union ControlNet with random test weights to {out}")
     return 0
 
 
@@ -180,6 +235,7 @@ def _serve(args) -> int:
     from .serving.local import serve_main  # Ray: only for this command
 
     args.adapters = parse_adapters(args.adapter)
+    _controlnet(args)  # checked here, in one line, before Ray starts
     return serve_main(args)
 
 

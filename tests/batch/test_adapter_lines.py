@@ -6,7 +6,6 @@ them; the job's driver over Ray is test_job.py's."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from diffusers import ZImagePipeline
@@ -15,7 +14,7 @@ from PIL import Image
 from conftest import max_pixel_diff, run_cli, stock_image
 from zimage_serve.arguments import parse_adapters
 from zimage_serve.batch.prompts_file import PromptsFileError, read_prompts
-from zimage_serve.batch.stages import EncodeStage, GenerateStage, WriteStage, objects
+from zimage_serve.batch.stages import EncodeStage, GenerateStage, WriteStage, batch_of, row
 from zimage_serve.core.errors import InvalidInput
 from zimage_serve.testing.lora import write_lora
 
@@ -75,9 +74,7 @@ def test_the_stages_run_each_line_with_its_adapter_as_stock_does_and_a_broken_on
     items = read_prompts(path, size="64x64", steps=4, adapters=frozenset(adapters))
     requests = [i.request() for i in items]
     assert [(r.adapter, r.adapter_scale) for r in requests] == [(None, None), ("ink", None), ("ink", 1.7), ("bad", None)]
-    batch = {"id": np.array([i.id for i in items]), "stem": np.array([i.stem for i in items]),
-             "request": objects(requests), "image": np.array([""] * 4), "mask": np.array([""] * 4),
-             "sized": np.array([True] * 4)}
+    batch = batch_of([row(i, r) for i, r in zip(items, requests)])
     encoded = EncodeStage("tiny", threads=1, dtype="float32")(batch)
     stage = GenerateStage("tiny", batch_size=4, policy="auto", max_side=64, adapters=adapters)
     assert list(stage.adapter_errors) == ["bad"]

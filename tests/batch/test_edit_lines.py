@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import max_pixel_diff
 from zimage_serve.batch.prompts_file import PromptsFileError, read_prompts
-from zimage_serve.batch.stages import EncodeStage, GenerateStage, WriteStage, objects
+from zimage_serve.batch.stages import EncodeStage, GenerateStage, WriteStage, batch_of, row
 
 
 def picture(width=80, height=72, seed=0) -> Image.Image:
@@ -51,9 +51,7 @@ def test_edit_lines_are_checked_with_the_file(tmp_path):
 def test_the_stages_edit_report_bad_inputs_per_line_and_go_on(prompts, tmp_path, stock_pipe):
     items = read_prompts(prompts, size="64x64")
     assert items[0].image == str(prompts.parent / "in.png") and not items[0].sized and items[1].sized
-    batch = {"id": np.array([i.id for i in items]), "stem": np.array([i.stem for i in items]),
-             "request": objects([i.request() for i in items]), "image": np.array([i.image or "" for i in items]),
-             "mask": np.array([i.mask or "" for i in items]), "sized": np.array([i.sized for i in items])}
+    batch = batch_of([row(i, i.request()) for i in items])
     encoded = EncodeStage("tiny", threads=1, dtype="float32")(batch)
     errors = dict(zip(batch["id"], encoded["error"]))
     assert errors["missing"].startswith("can't read image") and "nowhere.png" in errors["missing"]

@@ -17,10 +17,10 @@ from PIL import Image
 from conftest import max_pixel_diff, run_cli, stock_image
 from test_startup_output import lines_of, message, repeated
 from zimage_serve.batch.job import encoder_cpus, run
-from zimage_serve.batch.stages import EncodeStage
+from zimage_serve.batch.stages import EncodeStage, batch_of, row
 from zimage_serve.core.request import GenerationRequest
 from zimage_serve.core.errors import ZImageError
-from zimage_serve.batch.prompts_file import PromptsFileError, read_prompts
+from zimage_serve.batch.prompts_file import Item, PromptsFileError, read_prompts
 from zimage_serve.model.sources import resolve
 from zimage_serve.testing.lora import write_lora
 
@@ -211,8 +211,9 @@ def test_the_encoder_stage_gets_the_cpus_and_dtype_it_is_given():
     threads = torch.get_num_threads()
     try:
         requests = [GenerationRequest("a red fox", seed=0), GenerationRequest("a lighthouse at dusk, oil painting", seed=1)]
-        batch = {"request": np.array(requests, dtype=object), "image": np.array(["", ""]), "mask": np.array(["", ""]),
-                 "sized": np.array([True, True])}
+        items = [Item(id=str(i), prompt=r.prompt, seed=r.seed, width=r.width, height=r.height, steps=r.steps)
+                 for i, r in enumerate(requests)]
+        batch = batch_of([row(i, r) for i, r in zip(items, requests)])
         exact = EncodeStage("tiny", threads=1, dtype="float32")
         assert torch.get_num_threads() == 1 and exact.dtype == torch.float32
         fast = EncodeStage("tiny", threads=2, dtype="bfloat16")

@@ -144,3 +144,10 @@ def test_a_deployment_without_a_controlnet_names_the_setting(app_url):
     r = httpx.post(f"{app_url}/v1/images/edits", data={"prompt": PROMPT}, timeout=60,
                    files={"image": ("i.png", png(picture())), "control_image": ("c.png", png(edges()))})
     assert r.status_code == 400 and r.json()["error"]["code"] == "controlnet_not_configured", r.text
+
+
+def test_readyz_says_which_controlnet_is_served_and_where(lora_url, tiny_controlnets):
+    info = httpx.get(f"{lora_url}/readyz", timeout=30).json()
+    assert info["controlnet"] == {"source": str(tiny_controlnets["2.1"]), "placement": "cpu", "control_layers": 1,
+                                  "version": "2.x (with inpaint)"}
+    assert info["plan"]["controlnet"] == "cpu"

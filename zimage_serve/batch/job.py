@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from ..arguments import RAY_RUNTIME_ENV, add_adapter_argument, add_model_arguments, integer, parse_adapters
 from ..core.bounds import Bounds
@@ -22,7 +23,7 @@ from ..core.errors import ZImageError
 from ..core.formats import FORMATS
 from .output import OutputDir
 from .prompts_file import read_prompts
-from .stages import EncodeStage, GenerateStage, WriteStage
+from .stages import EncodeStage, GenerateStage, WriteStage, row as row_of
 
 log = logging.getLogger("zimage_serve")
 # Ray Data hands a block on when its task ends, so blocks of one GPU batch make the first image and each
@@ -39,6 +40,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--out", required=True, help="output directory (resumable)")
     add_model_arguments(b)
     add_adapter_argument(b, "a LoRA adapter that prompts-file lines name in 'model' (repeatable)")
+    b.add_argument("--controlnet", default=None, metavar="SOURCE",
+                   help="a Z-Image Union ControlNet for lines with a control_image: a ZImageControlNetModel directory, "
+                        "the single .safetensors file as published, or a ModelScope id")
     b.add_argument("--size", default="1024x1024")
     b.add_argument("--steps", type=integer, default=8)
     b.add_argument("--seed", type=integer, default=0, help="base seed: a line without one gets seed + line number")
@@ -88,8 +92,14 @@ def block_count(prompts: int, batch_size: int) -> int:
 
 def run(args) -> int:
     adapters = parse_adapters(getattr(args, "adapter", None) or [])  # local files checked, before Ray
+    controlnet = getattr(args, "controlnet", None)
+    if controlnet:
+        from ..model.controlnet import find_controlnet  # headers only, before Ray
+
+        path = Path(controlnet).expanduser()
+        controlnet = str(find_controlnet(str(path.resolve()) if path.exists() else controlnet).path)
     items = read_prompts(args.prompts, args.size, args.steps, args.seed,  # every line checked, before Ray
-                         adapters=frozenset(adapters))
+                         adapters=frozenset(adapters), controlnet=bool(controlnet))
     actors = parse_actors(args.gpus)
     if args.batch_size < 1:
         raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -99,7 +109,8 @@ def run(args) -> int:
     done = out.recover(verify=args.verify)
     todo = [(i, i.request(args.format)) for i in items if i.id not in done]
     # batches that share a transformer batch run together (an edit's mode is known once its inputs are read)
-    todo.sort(key=lambda pair: repr((pair[1].batch_key, pair[0].image is not None, pair[0].mask is not None)))
+    todo.sort(key=lambda pair: repr((pair[1].batch_key, pair[0].image is not None, pair[0].mask is not None,
+                                     pair[0].control_image is not None)))
     print(f"{len(items)} prompts: {len(items) - len(todo)} already done in {out.path}, {len(todo)} to generate",
           file=sys.stderr, flush=True)
     if not todo:
@@ -136,8 +147,7 @@ def run(args) -> int:
     model = str(source.path)
     # the plan's size: the largest asked for, or the bounds' when an edit is made at its input's size
     max_side = max(max(r.width, r.height) if i.sized else Bounds().max_side for i, r in todo)
-    rows = [{"id": i.id, "stem": i.stem, "request": r, "image": i.image or "", "mask": i.mask or "", "sized": i.sized}
-            for i, r in todo]
+    rows = [row_of(i, r) for i, r in todo]
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), args.batch_size))
     # encoder blocks of one GPU batch, at least 4 prompts (bf16 on AMX: 0.19 s a prompt at 4, 0.18 at 8,
     # ../shared/gpu/README.md): the GPU stage then answers, and the manifest and progress advance, batch by batch
@@ -147,7 +157,8 @@ def run(args) -> int:
     used = {r.adapter for _, r in todo if r.adapter}  # the actors hold the adapters this run's lines name
     ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, args.batch_size, args.policy, max_side,
                                                             args.compile, args.fp8,
-                                                            {n: a for n, a in adapters.items() if n in used}),
+                                                            {n: a for n, a in adapters.items() if n in used},
+                                                            controlnet if any(i.control_image for i, _ in todo) else None),
                         batch_size=args.batch_size, compute=pool(), num_gpus=gpus_per_actor,
                         num_cpus=1, batch_format="numpy")
     # One writer per generator keeps up: a PNG takes about 0.03 s (png.py), an image about 0.8 s of an H100.

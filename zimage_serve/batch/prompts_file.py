@@ -3,7 +3,10 @@
 JSONL: one object a line with ``id``, ``prompt`` and optional ``seed``, ``size``, ``steps``,
 ``negative_prompt``, ``guidance_scale``, ``model`` (a LoRA adapter the job was given with ``--adapter``; absent
 or empty: the base model) and ``lora_scale`` (0 to 2; default the adapter's), and for an edit ``image`` (a path,
-relative to the prompts file's directory unless absolute), optional ``mask`` (inpainting) and ``strength``. Plain text: one prompt a line, ids
+relative to the prompts file's directory unless absolute), optional ``mask`` (inpainting) and ``strength``; with a
+ControlNet (the job's ``--controlnet``) ``control_image`` (a path, as ``image``), ``controlnet_conditioning_scale``
+(0 to 2, default 0.75) and ``control_preprocess`` (``none`` or ``canny``), a control image with an ``image`` and a
+``mask`` making it ControlNet inpainting. Plain text: one prompt a line, ids
 from line numbers. Every problem of the file itself is reported with its line number, before anything runs; an
 input image that is missing or unreadable is found when the job reads it (batch/stages.py), and is that line's
 error in the manifest while the rest of the job goes on.
@@ -17,14 +20,16 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..core.control import PREPROCESS
 from ..core.errors import InvalidInput, ZImageError
-from ..core.request import GenerationRequest
+from ..core.request import MAX_CONTROL_SCALE, GenerationRequest
 from ..core.bounds import (Bounds, check_lora_scale, check_prompt, check_seed, check_steps, check_strength,
                            parse_size)
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FIELDS = {"id", "prompt", "seed", "size", "steps", "negative_prompt", "guidance_scale", "image", "mask", "strength",
-          "model", "lora_scale"}
+          "model", "lora_scale", "control_image", "controlnet_conditioning_scale", "control_preprocess"}
+CONTROL_FIELDS = ("control_image", "controlnet_conditioning_scale", "control_preprocess")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Item:
     sized: bool = True  # the line (or the job) set the size; False: an edit made at its input's size
     adapter: str | None = None  # a LoRA adapter's name (the line's ``model``)
     adapter_scale: float | None = None  # None: the adapter's own scale
+    control_image: str | None = None  # a ControlNet's control image (an absolute path), read by the job
+    control_scale: float | None = None  # None: diffusers' 0.75
+    control_preprocess: str = "none"
 
     @property
     def stem(self) -> str:
@@ -73,9 +81,11 @@ class PromptsFileError(ZImageError):
 
 
 def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base_seed: int = 0,
-                 bounds: Bounds = Bounds(), adapters: frozenset[str] = frozenset()) -> list[Item]:
+                 bounds: Bounds = Bounds(), adapters: frozenset[str] = frozenset(),
+                 controlnet: bool = False) -> list[Item]:
     """All items of the file, or PromptsFileError listing every bad line. ``adapters``: the names a line's
-    ``model`` may give (the job's ``--adapter`` names)."""
+    ``model`` may give (the job's ``--adapter`` names); ``controlnet``: whether lines may carry a control image
+    (the job has a ``--controlnet``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,6 +116,8 @@ def read_prompts(path: str | Path, size: str = "1024x1024", steps: int = 8, base
                 item = _edit(item, record, path.parent, sized="size" in record)
             if "model" in record or "lora_scale" in record:
                 item = _adapter(item, record, adapters)
+            if any(name in record for name in CONTROL_FIELDS):
+                item = _control(item, record, path.parent, controlnet)
         except InvalidInput as e:
             problems.append(f"line {number}: {e}")
             continue
@@ -140,6 +152,29 @@ def _adapter(item: Item, record: dict, adapters: frozenset[str]) -> Item:
         raise InvalidInput("lora_scale needs a model (the LoRA adapter it scales)")
     scale = check_lora_scale(_number(record["lora_scale"], "lora_scale")) if "lora_scale" in record else None
     return Item(**{**item.to_dict(), "adapter": name or None, "adapter_scale": scale})
+
+
+def _control(item: Item, record: dict, base: Path, controlnet: bool) -> Item:
+    """The line's control image (its path made absolute), scale and preprocessing."""
+    if "control_image" not in record:
+        raise InvalidInput("controlnet_conditioning_scale and control_preprocess need a control_image")
+    if not controlnet:
+        raise InvalidInput("control_image needs a ControlNet: give the job one with --controlnet SOURCE")
+    if item.image is not None and item.mask is None:
+        raise InvalidInput("control_image with an image needs a mask (ControlNet inpainting); image-to-image with a "
+                           "ControlNet is not served")
+    if item.strength is not None:
+        raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise)")
+    scale = None
+    if "controlnet_conditioning_scale" in record:
+        scale = _number(record["controlnet_conditioning_scale"], "controlnet_conditioning_scale")
+        if not 0 <= scale <= MAX_CONTROL_SCALE:
+            raise InvalidInput(f"controlnet_conditioning_scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {scale:g}")
+    preprocess = _str(record.get("control_preprocess", "none"), "control_preprocess")
+    if preprocess not in PREPROCESS:
+        raise InvalidInput(f"control_preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+    return Item(**{**item.to_dict(), "control_image": str(base / _str(record["control_image"], "control_image")),
+                   "control_scale": scale, "control_preprocess": preprocess})
 
 
 def _record(raw: str, number: int, jsonl: bool) -> dict:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..core.errors import ZImageError, user_message
 from ..core.formats import image_format
+from ..core.control import with_control_image
 from ..core.images import read_file, with_edit_inputs
 from .output import OutputDir, write_atomic
 
@@ -30,6 +31,20 @@ def objects(values: list) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
+
+
+def row(item, request) -> dict:
+    """The row of a prompts-file line (``prompts_file.Item``) and its request, as the stages read it: the request and
+    the paths of its inputs (read by the EncodeStage), flat (Arrow holds them as columns)."""
+    return {"id": item.id, "stem": item.stem, "request": request, "image": item.image or "", "mask": item.mask or "",
+            "sized": item.sized, "control_image": item.control_image or "", "control_preprocess": item.control_preprocess,
+            "control_scale": -1.0 if item.control_scale is None else item.control_scale}
+
+
+def batch_of(rows: list[dict]) -> dict:
+    """Rows as the numpy batch Ray Data hands a stage (``batch_format="numpy"``)."""
+    return {key: objects([r[key] for r in rows]) if key == "request" else np.array([r[key] for r in rows])
+            for key in rows[0]}
 
 
 class EncodeStage:
@@ -51,8 +66,10 @@ class EncodeStage:
         self.encoder = PromptEncoder(*load_text_encoder(resolve(model), torch.device("cpu"), self.dtype))
 
     def __call__(self, batch: dict) -> dict:
-        loaded = [_with_inputs(r, image, mask, sized)
-                  for r, image, mask, sized in zip(batch["request"], batch["image"], batch["mask"], batch["sized"])]
+        controls = zip(batch["control_image"], batch["control_preprocess"], batch["control_scale"])
+        loaded = [_with_inputs(r, image, mask, sized, control)
+                  for r, image, mask, sized, control in zip(batch["request"], batch["image"], batch["mask"],
+                                                            batch["sized"], controls)]
         requests = [r for r, _ in loaded]
         texts = list(dict.fromkeys(t for r in requests for t in r.texts))
         encoded = dict(zip(texts, (e.float().numpy() for e in self.encoder.encode(texts))))
@@ -63,11 +80,16 @@ class EncodeStage:
                 "negative_embeds": objects([encoded[r.negative_prompt] if r.guided else none for r in requests])}
 
 
-def _with_inputs(request, image: str, mask: str, sized: bool) -> tuple:
-    """(the row's request with its edit's inputs read, "") or, when they can't be, (the request, why)."""
-    if not image:
-        return request, ""
+def _with_inputs(request, image: str, mask: str, sized: bool, control: tuple = ("", "none", -1.0)) -> tuple:
+    """(the row's request with its control image and edit's inputs read, "") or, when they can't be, (the request,
+    why). ``control``: (the control image's path or "", its preprocessing, its scale or -1: the default)."""
+    control_image, preprocess, scale = control
     try:
+        if control_image:
+            request = with_control_image(request, read_file(str(control_image), "control_image"), str(preprocess),
+                                         scale=None if scale < 0 else float(scale))
+        if not image:
+            return request, ""
         size = (request.width, request.height) if sized else None
         return with_edit_inputs(request, read_file(image, "image"), read_file(mask, "mask") if mask else None, size), ""
     except ZImageError as e:
@@ -81,12 +103,14 @@ class GenerateStage:
     batch while another actor encodes and writes this one."""
 
     def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False,
-                 adapters: dict | None = None):
+                 adapters: dict | None = None, controlnet: str | None = None):
         """``adapters``: {name: {"source", "scale"}} of the job's LoRA adapters (``--adapter``), all held by the
         actor (LoRA slots made at load, as a serving replica makes them); one that can't be used is listed in
-        ``adapter_errors`` and its rows become their manifest lines' errors."""
+        ``adapter_errors`` and its rows become their manifest lines' errors. ``controlnet``: the job's ControlNet
+        (``--controlnet``), placed by the plan as a serving replica places it."""
         # imported here, in the GPU actor
         from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes
+        from ..model.controlnet import find_controlnet
         from ..model.engine import Engine, plan_for_this_machine
         from ..model.planner import Workload
         from ..model.sources import resolve
@@ -98,11 +122,12 @@ class GenerateStage:
         spec = slot_spec(list(weights.values())) if weights else None
         # the plan leaves room for the slots and every adapter held, as a serving replica's does
         reserve = slot_reserve_bytes(spec, shapes, len(weights)) if spec else 0
+        cn = find_controlnet(controlnet) if controlnet else None
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu",
-                                     reserve_bytes=reserve)
+                                     reserve_bytes=reserve, controlnet=cn)
         # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
         self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8},
-                                  lora=spec)
+                                  lora=spec, controlnet=cn)
         self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in weights}
         for name, held in weights.items():
             self.engine.load_adapter(name, held, self.adapter_scales[name])

@@ -116,5 +116,5 @@ class GenerationRequest:
 
     def without_images(self) -> "GenerationRequest":
         """The request as the prompt encoder needs it: its texts, not its images' pixels (nor the mode they
-        make; the strength stays as it was resolved)."""
-        return dataclasses.replace(self, init_image=None, mask_image=None, control_image=None)
+        make, nor the control scale; the strength stays as it was resolved)."""
+        return dataclasses.replace(self, init_image=None, mask_image=None, control_image=None, control_scale=None)

@@ -161,8 +161,7 @@ class Generator:
             raise InvalidInput("control_image needs a ControlNet, and this deployment serves none: set `controlnet` "
                                "in the app's args (or zimage-serve serve --controlnet SOURCE)", param="control_image",
                                code="controlnet_not_configured")
-        if request.mode == "controlnet-inpaint" and \
-                controlnet.config.control_in_dim == self.engine.pipe.transformer.config.in_channels:
+        if request.mode == "controlnet-inpaint" and self._controlnet_info()["controlnet"]["version"] == "1.0":
             raise InvalidInput("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); the "
                                "one served is 1.0", param="control_image", code="unsupported_value")
 
@@ -180,7 +179,16 @@ class Generator:
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
-                "prompts_encoded": self.prompts_encoded, **self._adapters_info()}
+                "prompts_encoded": self.prompts_encoded, **self._adapters_info(), **self._controlnet_info()}
+
+    def _controlnet_info(self) -> dict:
+        cn = self.engine.controlnet
+        if cn is None:
+            return {}
+        inpaint = cn.config.control_in_dim != self.engine.pipe.transformer.config.in_channels
+        return {"controlnet": {"source": self.config.controlnet, "placement": self.engine.plan.controlnet,
+                               "control_layers": len(cn.config.control_layers_places),
+                               "version": "2.x (with inpaint)" if inpaint else "1.0"}}
 
     def _adapters_info(self) -> dict:
         if not self.config.adapters:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-VERSIONS = ("1.0", "2.0", "2.1")
+from ..core.checkpoints import CONTROLNET_VERSIONS as VERSIONS
 LAYOUTS = ("diffusers", "single-file")
 
 
