@@ -141,3 +141,34 @@ def test_a_controlnet_for_another_model_is_refused(tmp_path, tiny_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ModelSourceError, match="holds no Z-Image ControlNet weights"):
         find_controlnet(str(tmp_path / "other.safetensors"))
+
+
+def test_warmup_runs_the_controlnet_path_too(engines):
+    engine = engines["1.0"]
+    engine.warmup(64, 64, batch_sizes=(1, 2), steps=1, caption_tokens=(16,))
+    assert [call[:2] + call[3:] for call in engine.warmup_calls] == [(1, 16), (1, 16, "controlnet"), (2, 16),
+                                                                     (2, 16, "controlnet")]
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.1"])
+def test_compiled_and_fused_control_blocks_equal_eager(tiny_controlnets, tiny_source, version):
+    """accelerate_controlnet's fused projections and one compiled graph for every control block (of every stack
+    depth): the hints equal the eager ControlNet's up to float rounding."""
+    from zimage_serve.model.optim.accel import accelerate_controlnet
+
+    engine = engine_with(tiny_source, tiny_controlnets[version])
+    pipe = engine.pipeline(ZImageControlNetPipeline)  # the ControlNet shares the transformer's modules
+    cn = pipe.controlnet
+    torch.manual_seed(0)
+    x = [torch.randn(16, 1, 8, 8)]
+    t = torch.tensor([0.5])
+    cap = [torch.randn(7, engine.pipe.transformer.config.cap_feat_dim)]
+    ctx = [torch.randn(cn.config.control_in_dim, 1, 8, 8)]
+    with torch.inference_mode():
+        eager = cn(x, t, cap, ctx, conditioning_scale=0.8)
+        applied = accelerate_controlnet(cn, compile=True, fuse=True)
+        compiled = cn(x, t, cap, ctx, conditioning_scale=0.8)
+    assert applied["controlnet_fused_blocks"] >= 1 and "one graph" in applied["controlnet_compile"]
+    assert eager.keys() == compiled.keys()
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-4)

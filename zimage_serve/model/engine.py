@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import AdapterError
+from ..core.pixels import Pixels
 from ..core.request import GenerationRequest
 from ..settings import environment
 from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
@@ -155,19 +156,24 @@ class Engine:
             self.compiled_decoder = True
 
     def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
-        """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs);
-        returns seconds. Two prompt lengths make torch.compile build its dynamic-shape kernels here, not on
+        """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with
+        the ControlNet too when one is served; returns seconds. Two prompt lengths make torch.compile build its dynamic-shape kernels here, not on
         the first request whose prompt length differs."""
         t0 = time.perf_counter()
         hidden = self.pipe.transformer.config.cap_feat_dim
         self.warmup_calls = []  # (batch, caption tokens, seconds): where a replica's start-up goes
+        control = None
+        if self.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
+            control = Pixels("RGB", width, height, bytes(width * height * 3))
         for n in batch_sizes:
             for tokens in caption_tokens:
-                t = time.perf_counter()
-                embeds = torch.zeros(tokens, hidden)
-                self.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps), embeds)
-                               for i in range(n)])
-                self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)))
+                for image in (None, control) if control is not None else (None,):
+                    t = time.perf_counter()
+                    embeds = torch.zeros(tokens, hidden)
+                    self.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps,
+                                                         control_image=image), embeds) for i in range(n)])
+                    self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)) + (("controlnet",) if image
+                                                                                               else ()))
         log.info("warm-up calls (batch, caption tokens, seconds): %s", self.warmup_calls)
         return time.perf_counter() - t0
 

@@ -103,7 +103,7 @@ def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True
                           compile_mode: str | None = None, cache_dir: str | None = None, **_) -> dict:
     """The transformer's speed-ups on a resident ControlNet's own blocks (its control layers and control
     noise refiner; what it runs of the transformer's is the transformer's, already accelerated): fused
-    projections, FP8, and a regional compile of each block. Returns what was applied."""
+    projections, FP8, and a regional compile of its blocks (control_blocks.py). Returns what was applied."""
     blocks = [b for name in ("control_layers", "control_noise_refiner")
               for b in (getattr(controlnet, name, None) or ())]
     applied = {}
@@ -116,10 +116,11 @@ def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True
 
         applied["controlnet_fp8_linear_layers"] = sum(quantize_linears(b, 1024) for b in blocks)
     if compile:
+        from .control_blocks import compile_control_blocks  # only for a ControlNet
+
         compile_setup(cache_dir)
-        for b in blocks:
-            b.compile(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
-        applied["controlnet_compile"] = f"{len(blocks)} blocks"
+        count = compile_control_blocks(controlnet, **({"mode": compile_mode} if compile_mode else {}))
+        applied["controlnet_compile"] = f"{count} blocks, one graph"
     log.info("controlnet speed-ups: %s", applied or "none")
     return applied
 
