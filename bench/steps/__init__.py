@@ -39,6 +39,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "edits_profile": ("bench.steps.edits", "edits_profile", {}),
     "lora": ("bench.steps.lora", "lora", {}),
     "lora_http": ("bench.steps.lora", "lora_http", {}),
+    "controlnet": ("bench.steps.controlnet", "controlnet", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }

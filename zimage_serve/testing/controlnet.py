@@ -62,12 +62,13 @@ def write_controlnet(out: str | Path, model_dir: str | Path, version: str = "2.1
                     p.normal_(0, p.shape[1] ** -0.5)
                 elif name.endswith(("before_proj.bias", "after_proj.bias")):
                     p.normal_(0, 0.02)
-    model = model.to(getattr(torch, dtype))
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
     out = Path(out)
     if layout == "diffusers":
         model.save_pretrained(out, safe_serialization=True)
         return out
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous().cpu() for k, v in model.state_dict().items()}
     if version == "2.0":  # the published 2.0 file carries control noise-refiner blocks whose input is zero
         refiner = ZImageControlNetModel(**{**config, "add_control_noise_refiner": "control_noise_refiner"})
         for k, v in refiner.state_dict().items():
