@@ -40,6 +40,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "lora": ("bench.steps.lora", "lora", {}),
     "lora_http": ("bench.steps.lora", "lora_http", {}),
     "controlnet": ("bench.steps.controlnet", "controlnet", {}),
+    "controlnet_24": ("bench.steps.controlnet", "controlnet_card", {"gib": 24}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }

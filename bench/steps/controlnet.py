@@ -179,3 +179,97 @@ def controlnet():
                peak_vram_gib=(info.get("gpu") or {}).get("peak_allocated_gib"))
     save("controlnet", **out)
     print("CONTROLNET", {k: v for k, v in out.items() if not isinstance(v, (dict, list))}, flush=True)
+
+
+HOLDER = """
+import sys, time, torch
+keep = int(float(sys.argv[1]) * 2**30)
+free, _ = torch.cuda.mem_get_info()
+held = torch.empty(max(free - keep, 0), dtype=torch.uint8, device="cuda")
+open("/tmp/hold_memory.ready", "w").write(str(torch.cuda.mem_get_info()[0]))
+time.sleep(3600)
+"""
+
+
+def _hold(gib: float):
+    """A second process holding all of the GPU's free memory but ``gib`` GiB (../shared/gpu/hold_memory.py's
+    method): this process then sees a card of that size. Returns the process (kill it to give the memory back)."""
+    import os
+    import subprocess
+    import sys
+
+    ready = Path("/tmp/hold_memory.ready")
+    ready.unlink(missing_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(gib)])
+    while not ready.exists():
+        if holder.poll() is not None:
+            raise RuntimeError(f"the memory holder exited with {holder.returncode}")
+        time.sleep(0.5)
+    return holder
+
+
+def controlnet_card(gib: float = 24):
+    """The ControlNet on an emulated ``gib`` GiB card (another process holds the rest of the H200): the plan the
+    engine makes there with serve_config.yaml's generator options, the replica's warm-up, then a control image and
+    a plain one in process (prompt encoded where the plan says, PNG bytes), p50 of 5, and the peak allocated."""
+    import torch
+
+    from zimage_serve.core.control import with_control_image
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.controlnet import find_controlnet
+    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.imaging import encode_image
+    from zimage_serve.model.planner import Workload
+    from zimage_serve.model.sources import resolve
+
+    from ..common import compile_cache
+    from .edits import _production_generator
+
+    side = size()
+    path = controlnet_file()
+    holder = _hold(gib)
+    out = {"card_gib": gib, "free_gib_seen": round(torch.cuda.mem_get_info()[0] / GiB, 2)}
+    try:
+        g = _production_generator()
+        source, cn = resolve(str(checkpoint())), find_controlnet(str(path))
+        plan = plan_for_this_machine(source, Workload(side, side, g["max_batch_size"]), g["policy"], g["encode_on"],
+                                     controlnet=cn)
+        out["plan"] = plan.describe()
+        save(f"controlnet_card_{gib:g}", **out)
+        t = time.perf_counter()
+        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", controlnet=cn, speedups={
+            "compile": g.get("compile", True), "fuse": g.get("fuse_projections", True),
+            "cuda_graphs": g.get("cuda_graphs", True), "cache_dir": compile_cache()})
+        engine.set_progress(False)
+        out["load_s"] = round(time.perf_counter() - t, 1)
+        out["warmup_s"] = round(engine.warmup(side, side, sorted({1, min(2, g["max_batch_size"])})), 1)
+        out["speedups"] = engine.speedups
+        png = control_png(side)
+        reset_peak()
+
+        def once(seed: int, control: bool) -> None:
+            request = GenerationRequest(f"{PROMPT} {seed}", seed=seed, width=side, height=side)
+            if control:
+                request = with_control_image(request, png)
+            if engine.encoder is not None:
+                embeds = engine.encode(list(request.texts))
+            else:  # the plan encodes on the CPU encoders: not this card's work (as served), not timed
+                embeds = [torch.zeros(32, engine.pipe.transformer.config.cap_feat_dim)]
+            encode_image(engine.generate([Job.of(request, embeds)]).images[0], "png")
+
+        for control in (True, False):
+            once(0, control)
+            times = []
+            for i in range(5):
+                sync()
+                t = time.perf_counter()
+                once(1 + i, control)
+                sync()
+                times.append(time.perf_counter() - t)
+            out[f"{'controlnet' if control else 'plain'}_p50_s"] = round(statistics.median(times), 3)
+        out["peak_allocated_gib"] = peak_gib()
+        out["peak_within_card"] = out["peak_allocated_gib"] <= gib
+        out["extra_over_plain_s"] = round(out["controlnet_p50_s"] - out["plain_p50_s"], 3)
+    finally:
+        holder.kill()
+    save(f"controlnet_card_{gib:g}", **out)
