@@ -194,7 +194,6 @@ time.sleep(3600)
 def _hold(gib: float):
     """A second process holding all of the GPU's free memory but ``gib`` GiB (../shared/gpu/hold_memory.py's
     method): this process then sees a card of that size. Returns the process (kill it to give the memory back)."""
-    import os
     import subprocess
     import sys
 
