@@ -339,9 +339,18 @@ def lora(x: dict, float32_slots: dict, http: dict | None) -> dict:
             "float32_slots_run47": {k: v for k, v in float32_slots.items() if not k.startswith("_")}}
 
 
+def controlnet(c: dict, card: dict | None) -> dict:
+    """Issue 20's keys (the controlnet step), and the emulated-card run (controlnet_24) beside them."""
+    keep = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}
+    return {"run": c["_run"], "environment": recorded(RESULTS / c["_run"]), "p50_ratio": c["p50_ratio"],
+            "extra_over_plain_s": c["extra_over_plain_s"], "peak_vram_gib": c["peak_vram_gib"],
+            "step": keep(c), **({"card_24gib": {"run": card["_run"], "environment": recorded(RESULTS / card["_run"]),
+                                                **keep(card)}} if card else {})}
+
+
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
-    from bench.report_md import render, render_edits, render_lora, render_other
+    from bench.report_md import render, render_controlnet, render_edits, render_lora, render_other
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -356,17 +365,21 @@ def main() -> None:
         steps[f"_coldstart_{run}"] = json.loads((RESULTS / run / "coldstart.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
-    summary = summarize({k: v for k, v in steps.items() if k not in ("edits", "lora", "lora_http")})  # their own sections
+    own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24")  # steps with sections of their own
+    summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
     if "lora" in steps:
         summary["lora"] = lora(steps["lora"], json.loads((RESULTS / "run47" / "lora.json").read_text()),
                                steps.get("lora_http"))
+    if "controlnet" in steps:
+        summary["controlnet"] = controlnet(steps["controlnet"], steps.get("controlnet_card_24"))
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
         render(summary) + (render_edits(summary["edits"]) if "edits" in summary else "")
         + (render_lora(summary["lora"]) if "lora" in summary else "")
+        + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

@@ -503,3 +503,57 @@ The slots compute in the model's dtype on the GPU (bf16). Computed in float32 as
 targeted layer). The remaining {e['p50_ratio']}x is the slots' two small matmuls per layer, paid by base requests too
 on a replica that serves adapters (a replica with no adapters configured makes no slots).
 """
+
+
+def render_controlnet(x: dict) -> str:
+    """The ControlNet section (bench/steps/controlnet.py), from its own run."""
+    env, s = x["environment"], x["step"]
+    st, ours = s["stock"], s["ours"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    card = x.get("card_24gib")
+    card_part = "" if not card else f"""
+### On a 24 GiB card ({card['run']}: `python3 bench/run.py build controlnet_24`)
+
+Another process holds all of the H200's memory but 24 GiB (../shared/gpu/hold_memory.py's method; compute stays the
+H200's). The engine makes its plan there with serve_config.yaml's generator options, warms up as a replica does
+({card['warmup_s']} s), then makes a control image and a plain one in process, PNG bytes included, prompts encoded
+off the GPU as this plan says (not timed), median of 5:
+
+```
+{card['plan']}
+```
+
+| | seconds |
+|---|---|
+| a control image | {card['controlnet_p50_s']} |
+| a plain image | {card['plain_p50_s']} |
+| peak allocated | {card['peak_allocated_gib']} GiB of the 24 |
+
+The plan leaves no room for CUDA graphs there (speed-ups: {', '.join(f'{k}: {v}' for k, v in card['speedups'].items())}).
+Stock diffusers all on the GPU needs {st['controlnet_peak_gib']} GiB with the text encoder (above): it does not fit.
+"""
+    return f"""
+## ControlNet ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])}; the keys in latest.json's `controlnet`)
+
+`python3 bench/run.py build controlnet` (`bench/steps/controlnet.py`): a full-size random Union-2.1 ControlNet
+(15 control layers at 0, 2, ..., 28, control noise refiner, 33 control channels; {st['controlnet_params'] / 1e9:.2f} B
+parameters, the single .safetensors file as published, written by `testing/controlnet.py`), 1024², 8 steps, a
+1024² control map. Stock: `ZImagePipeline.from_pretrained` (bf16, on the GPU) with
+`ZImageControlNetModel.from_single_file` and `ZImageControlNetPipeline`, end to end from the prompt to a PNG's bytes,
+median of 5. Ours: the Serve app with serve_config.yaml's generator and `controlnet:` set, `POST
+/v1/images/generations` with `control_image` (base64 PNG), one in flight, median of 10.
+
+| | stock | ours over HTTP | ratio | target |
+|---|---|---|---|---|
+| a control request (`p50_ratio`) | {st['controlnet_p50_s']} s | {ours['controlnet_http_p50_s']} s | **{x['p50_ratio']}** | 0.75: {'met' if x['p50_ratio'] <= 0.75 else '**not met**'} |
+| a plain generation | {st['plain_p50_s']} s | {ours['plain_http_p50_s']} s | {ours['plain_http_p50_s'] / st['plain_p50_s']:.3f} | |
+| the control's extra (`extra_over_plain_s`) | +{s['stock_extra_over_plain_s']} s | **+{x['extra_over_plain_s']} s** | | |
+| peak VRAM (`peak_vram_gib`: ours as served, the replica's peak allocated with its warm-up at batch 1 and 2) | {st['controlnet_peak_gib']} GiB | **{x['peak_vram_gib']} GiB** | | |
+
+Ours, per stage (Server-Timing p50, ms): control {ours['controlnet_server_timing_p50_ms']}; plain
+{ours['plain_server_timing_p50_ms']}. The replica's speed-ups: {', '.join(f'{k}: {v}' for k, v in s['speedups'].items())}.
+The ControlNet's blocks run fused and compiled as one graph for all 17 (`model/optim/control_blocks.py`); during a
+control batch the transformer's block stacks run block by block (the hints are added between blocks), not from
+their CUDA graphs. Deploying the app took {s['deploy_s']} s (the generator's load and warm-up {s['load_seconds']} s,
+with the ControlNet's path warmed too).
+{card_part}"""
