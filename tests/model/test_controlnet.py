@@ -172,3 +172,22 @@ def test_compiled_and_fused_control_blocks_equal_eager(tiny_controlnets, tiny_so
     assert eager.keys() == compiled.keys()
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-4)
+
+
+def test_a_modelscope_id_is_read_from_the_cache_as_published(tiny_controlnets, tiny_source, tmp_path, monkeypatch):
+    """The published repo holds the single file (and its README): an id found in MODELSCOPE_CACHE loads as the file
+    does; an id neither cached nor reachable is one line naming the cache."""
+    import shutil
+
+    repo = tmp_path / "ms" / "PAI" / "Z-Image-Turbo-Fun-Controlnet-Union"
+    repo.mkdir(parents=True)
+    shutil.copy(tiny_controlnets["1.0"], repo / "Z-Image-Turbo-Fun-Controlnet-Union.safetensors")
+    (repo / "README.md").write_text("a model card\n")
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "127.0.0.1")  # unreachable: nothing is downloaded
+    cn = find_controlnet("PAI/Z-Image-Turbo-Fun-Controlnet-Union")
+    assert cn.single_file and cn.version == "1.0" and cn.path.name.endswith(".safetensors")
+    engine = engine_with(tiny_source, cn.path)
+    assert engine.controlnet.config.control_in_dim == 16
+    with pytest.raises(ModelSourceError, match="MODELSCOPE_CACHE"):
+        find_controlnet("PAI/not-in-the-cache")
