@@ -191,3 +191,27 @@ def test_a_modelscope_id_is_read_from_the_cache_as_published(tiny_controlnets, t
     assert engine.controlnet.config.control_in_dim == 16
     with pytest.raises(ModelSourceError, match="MODELSCOPE_CACHE"):
         find_controlnet("PAI/not-in-the-cache")
+
+
+@pytest.mark.parametrize("policy", ["offload", "sequential"])
+def test_every_plan_kind_places_the_controlnet_and_makes_the_resident_image(tiny_source, tiny_controlnets, engines,
+                                                                             policy):
+    """GPU plans followed on CPU (the CPU as 'GPU'): the ControlNet offloaded with the transformer (model offload
+    hooks), or its blocks streamed (group offloading); the image equals the resident engine's."""
+    from zimage_serve.model.planner import GiB
+
+    cn = find_controlnet(str(tiny_controlnets["2.1"]))
+    plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy=policy,
+                     controlnet=ControlNetSizes.of(cn.shapes))
+    assert (plan.kind, plan.controlnet) == (policy, {"offload": "offload", "sequential": "stream"}[policy])
+    engine = Engine.load(tiny_source, plan, device="cpu", dtype="float32", controlnet=cn)
+    engine.set_progress(False)
+    if policy == "sequential":
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+        assert _is_group_offload_enabled(engine.controlnet)
+    else:
+        assert len(engine.loaded.hooks) == 3  # the text encoder's turn, then the ControlNet's and the transformer's
+    image = engine.generate([control_job(engine, 4, edges())]).images[0]
+    resident = engines["2.1"]
+    assert max_pixel_diff(image, resident.generate([control_job(resident, 4, edges())]).images[0]) <= 1
