@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=integer, default=1)
     p.add_argument("--encode-on", choices=ENCODE_CHOICES, default="auto")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--fp8", choices=["off", "on", "auto"], default="off",
+                   help="FP8 weights: auto where bf16 doesn't fit resident, on always (as generator.fp8; for --vram "
+                        "a card with FP8 matmuls is assumed)")
     add_controlnet_argument(p)
 
     t = sub.add_parser("make-tiny", help="write a random-weight checkpoint (tiny, or full-size for benchmarks)")
@@ -200,8 +203,13 @@ def _plan(args) -> int:
 
         free = gpu_free_bytes()
     cn = _controlnet(args)
+    fp8 = {"off": False, "on": True}.get(args.fp8, args.fp8)
+    if args.vram is None and free is not None:
+        from .model.machine import fp8_plans  # torch: this GPU's compute capability
+
+        fp8 = fp8_plans(fp8, True)
     plan = make_plan(sizes, free, Workload(width, height, args.batch), args.policy, args.encode_on,
-                     ControlNetSizes.of(cn.shapes) if cn else None)
+                     ControlNetSizes.of(cn.shapes) if cn else None, fp8)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
     return 0
 

@@ -69,7 +69,7 @@ class GeneratorOptions(_Strict):
     num_gpus: float | None = Field(None, ge=0, description="GPUs per replica; default 1 when the Ray cluster has GPUs, else 0.")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per generator replica.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica sees a GPU.")
-    policy: Literal["auto", "resident", "offload", "sequential"] = Field("auto", description="Staging policy (see `zimage-serve plan`).")
+    policy: Literal["auto", "resident", "partial", "offload", "sequential"] = Field("auto", description="Staging policy (see `zimage-serve plan`): auto picks the fastest that fits; partial keeps as many transformer blocks resident as fit and streams the rest.")
     encode_on: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where prompts are encoded: cpu (the CPU encoders), gpu (the generator, always), or auto: the generator "
                             "holds a text encoder where its plan fits one, and encodes a prompt when its ingress has nothing else "
@@ -79,7 +79,7 @@ class GeneratorOptions(_Strict):
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
     cuda_graphs: bool = Field(True, description="On a resident GPU plan with memory to spare: each block stack replays as a CUDA graph per shape.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")
-    fp8: bool = Field(False, description="FP8 (e4m3, rowwise scales) matmuls in the wide Linear layers (Ada/Hopper); faster, different images.")
+    fp8: bool | Literal["auto"] = Field(False, description="FP8 (e4m3, rowwise scales) weights and matmuls in the transformer's wide Linear layers (Ada/Hopper: compute capability 8.9+): half their memory, faster, images differ from stock. false: bf16 (images equal stock diffusers'); auto: FP8 only where bf16 doesn't fit resident on this GPU (the plan says so), bf16 on older GPUs; true: always (a config error on older GPUs).")
     vae_tiling: bool = Field(False, description="Decode in overlapping tiles: less VRAM at large sizes, tiny seams.")
     warmup: bool = Field(True, description="Run the model once before reporting ready (compiles at plan_size).")
     max_batch_size: int = Field(4, ge=1, le=64, description="Images of one shape in one transformer batch.")

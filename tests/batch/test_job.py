@@ -194,9 +194,10 @@ def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():
     from zimage_serve.cli import _parser
 
     args = _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o"])
-    assert args.compile is True and args.fp8 is False
+    assert args.compile is True and args.fp8 == "off"
     args = _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o", "--no-compile", "--fp8"])
-    assert args.compile is False and args.fp8 is True
+    assert args.compile is False and args.fp8 == "on"
+    assert _parser().parse_args(["batch", "--prompts", "p.jsonl", "--out", "o", "--fp8", "auto"]).fp8 == "auto"
 
 
 def test_the_encoder_stage_gets_the_cpus_and_dtype_it_is_given():

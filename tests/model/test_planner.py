@@ -32,7 +32,7 @@ def test_auto_plan_fits_its_budget_or_says_why(gib, size):
 
 def test_plans_get_faster_with_more_memory():
     kinds = [make_plan(Z_IMAGE_TURBO, g * GiB, Workload()).kind for g in GPU_GIB]
-    assert kinds == ["sequential", "sequential", "resident", "resident", "resident", "resident"]
+    assert kinds == ["partial", "partial", "resident", "resident", "resident", "resident"]
     assert make_plan(Z_IMAGE_TURBO, 16 * GiB).text_encoder == "cpu"
     big = make_plan(Z_IMAGE_TURBO, 80 * GiB)
     assert (big.text_encoder, big.encode_on) == ("gpu", "gpu")
@@ -45,8 +45,9 @@ def test_sixteen_gib_card_serves_1024_resident_with_cpu_encoder():
 
 
 def test_streamed_plan_is_small():
-    plan = make_plan(Z_IMAGE_TURBO, 8 * GiB, Workload(1024, 1024, 1))
+    plan = make_plan(Z_IMAGE_TURBO, 8 * GiB, Workload(1024, 1024, 1), policy="sequential")
     assert plan.transformer == "stream" and plan.weights_on_gpu_gib < 1.0
+    assert make_plan(Z_IMAGE_TURBO, 3 * GiB, Workload(1024, 1024, 1)).kind == "sequential"  # below a partial plan
 
 
 def test_forced_policies():

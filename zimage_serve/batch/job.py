@@ -55,7 +55,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="on GPU: fused projections, regional torch.compile and the VAE decoder's norms compiled "
                         "(tens of seconds per actor on a cold compile cache; the cache is kept)")
-    b.add_argument("--fp8", action="store_true", help="on Hopper/Ada GPUs: FP8 matmuls (faster, slightly different images)")
+    b.add_argument("--fp8", nargs="?", const="on", default="off", choices=["off", "on", "auto"],
+                   help="FP8 weights and matmuls on Hopper/Ada GPUs (faster, slightly different images): --fp8 always "
+                        "(an error on older GPUs), --fp8 auto where bf16 doesn't fit resident, as generator.fp8 does")
     b.add_argument("--encoder-cpus", type=integer, default=None,
                    help="CPUs (and threads) of the prompt encoder (default: half of those the GPU actors leave, 1 to 16)")
     b.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -156,7 +158,7 @@ def run(args) -> int:
                         num_cpus=enc_cpus, batch_format="numpy")
     used = {r.adapter for _, r in todo if r.adapter}  # the actors hold the adapters this run's lines name
     ds = ds.map_batches(GenerateStage, fn_constructor_args=(model, args.batch_size, args.policy, max_side,
-                                                            args.compile, args.fp8,
+                                                            args.compile, {"off": False, "on": True}.get(args.fp8, args.fp8),
                                                             {n: a for n, a in adapters.items() if n in used},
                                                             controlnet if any(i.control_image for i, _ in todo) else None),
                         batch_size=args.batch_size, compute=pool(), num_gpus=gpus_per_actor,

@@ -102,7 +102,8 @@ class GenerateStage:
     It hands the pixels on instead of encoding and writing them itself, so the GPU starts the next
     batch while another actor encodes and writes this one."""
 
-    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True, fp8: bool = False,
+    def __init__(self, model: str, batch_size: int, policy: str, max_side: int, compile: bool = True,
+                 fp8: bool | str = False,
                  adapters: dict | None = None, controlnet: str | None = None):
         """``adapters``: {name: {"source", "scale"}} of the job's LoRA adapters (``--adapter``), all held by the
         actor (LoRA slots made at load, as a serving replica makes them); one that can't be used is listed in
@@ -124,9 +125,9 @@ class GenerateStage:
         reserve = slot_reserve_bytes(spec, shapes, len(weights)) if spec else 0
         cn = find_controlnet(controlnet) if controlnet else None
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu",
-                                     reserve_bytes=reserve, controlnet=cn)
+                                     reserve_bytes=reserve, controlnet=cn, fp8=fp8)  # FP8 weights where the plan says
         # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
-        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile, "fp8": fp8},
+        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile},
                                   lora=spec, controlnet=cn)
         self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in weights}
         for name, held in weights.items():

@@ -20,17 +20,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..core.errors import AdapterError
+from ..core.errors import AdapterError, PlanError
 from ..core.pixels import Pixels
 from ..core.request import GenerationRequest
-from ..settings import environment
 from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
 from .optim.lora_slots import linear_shapes
 from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .modes import MODES
-from .planner import ControlNetSizes, Plan, Workload, make_plan
-from .sizes import sizes_of
+from .machine import gpu_free_bytes, plan_for_this_machine  # noqa: F401 (the engine's callers plan with them)
+from .planner import Plan
 from .sources import ModelSource
 
 log = logging.getLogger("zimage_serve")
@@ -78,24 +77,6 @@ class Result:
     batch_sizes: list = field(default_factory=list)
 
 
-def gpu_free_bytes(device: str | None = None) -> int | None:
-    """Free memory of the current CUDA device, or None when we run on CPU (or ZIMAGE_DEVICE=cpu)."""
-    device = device or environment().device
-    if device == "cpu" or not torch.cuda.is_available():
-        return None
-    free, _ = torch.cuda.mem_get_info()
-    return free
-
-
-def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
-                          device: str | None = None, reserve_bytes: int = 0, controlnet=None) -> Plan:
-    """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters), with
-    the ``controlnet`` (a controlnet.ControlNetSource) when one is served."""
-    free = gpu_free_bytes(device)
-    return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
-                     encode_on, ControlNetSizes.of(controlnet.shapes) if controlnet is not None else None)
-
-
 class Engine:
     def __init__(self, source: ModelSource, plan: Plan, loaded: Loaded):
         self.source, self.plan, self.loaded = source, plan, loaded
@@ -108,6 +89,8 @@ class Engine:
         self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
         self.adapters: dict[str, HeldAdapter] = {}  # LoRA adapters held (load_adapter), by name
         self.slots = None  # the transformer's LoRA slots (optim/lora_slots.py), when adapters are used
+        self.streamer = None  # a partial plan's streamed blocks (optim/streamer.py)
+        self.placement: dict = {}  # what a partial or FP8 plan's placement applied (placement.py)
         # the Linear layers' shapes by their names before fusing, which adapters are checked against
         self.base_shapes = linear_shapes(self.pipe.transformer)
 
@@ -124,18 +107,39 @@ class Engine:
                                         **overrides))
         if plan.vae_tiling:
             engine.enable_vae_tiling()
+        speedups = dict(speedups or {})
+        if plan.transformer == "partial" or plan.weights == "fp8":  # placed here, from the CPU, on any device
+            lora = engine._place(speedups, lora)
         if speedups and engine.device.type == "cuda":
-            engine._accelerate(dict(speedups), lora)
+            engine._accelerate(speedups, lora)
         elif lora is not None:
             engine._install_slots(lora)
         return engine
+
+    def _place(self, speedups: dict, lora):
+        """A partial or FP8 plan's placement (placement.py), with the fusing and LoRA slots that must come before
+        it; what is left of ``speedups`` then applies as to any plan. Returns the LoRA slots still to make (None)."""
+        from .placement import place_transformer  # partial and FP8 plans only
+
+        if lora is not None and self.plan.blocks_streamed:
+            raise PlanError(f"LoRA adapters need the transformer's blocks resident, and this {self.plan.budget_gib} GiB "
+                            f"plan streams {self.plan.blocks_streamed} of them: serve adapters on a larger card (or "
+                            "with fp8: auto)")
+        install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
+        applied, self.streamer = place_transformer(self.pipe.transformer, self.plan, self.device,
+                                                   fuse=bool(speedups.get("fuse")), before_quantize=install)
+        self.placement = applied
+        speedups.update(fuse=False, fp8=False)
+        if self.streamer is not None:
+            speedups["cuda_graphs"] = False  # the streamed blocks' weights change under them
+        return None
 
     def _accelerate(self, speedups: dict, lora=None) -> None:
         """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs need
         headroom over the plan's peak. With ``compile``, the VAE decoder's GroupNorm+SiLU pairs are compiled too
         (the same activation peak as eager, bench run36), unless it decodes in tiles."""
         plan = self.plan
-        if plan.transformer != "gpu":  # fusing and FP8 rewrite weights, which offload hooks hold copies of
+        if plan.transformer not in ("gpu", "partial"):  # fusing and FP8 rewrite weights, which offload hooks hold copies of
             if speedups.get("fp8"):
                 log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
             speedups.update(fuse=False, fp8=False, cuda_graphs=False)
@@ -144,7 +148,7 @@ class Engine:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
             speedups["cuda_graphs"] = False
         install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
-        self.speedups = accelerate(self.pipe.transformer, before_quantize=install, **speedups)
+        self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, **speedups)}
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 

@@ -107,9 +107,11 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
     t0 = time.perf_counter()
     cached = weights_cache.cache_path(source, str(dt).removeprefix("torch."))
     from_cache = weights_cache.usable(cached)
+    # a partial or FP8 plan places the transformer itself, from the CPU (placement.py, called by the engine)
+    first = "cpu" if plan.transformer == "partial" or plan.weights == "fp8" else _target(plan.transformer, dev)
     transformer = ZImageTransformer2DModel.from_pretrained(
-        cached if from_cache else source.path / "transformer", dtype=dt,
-        device_map={"": str(_target(plan.transformer, dev))}, use_safetensors=True)
+        cached if from_cache else source.path / "transformer", dtype=dt, device_map={"": str(first)},
+        use_safetensors=True)
     seconds["transformer"] = time.perf_counter() - t0
     if cached is not None and not from_cache:
         t0 = time.perf_counter()

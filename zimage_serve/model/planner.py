@@ -4,9 +4,15 @@ Pure arithmetic on component sizes (from safetensors headers, or the official co
 weights are at hand), the serving dtype, the GPU's free memory and a workload envelope. The
 result is a small immutable :class:`Plan`; ``loader.load`` follows it component by component.
 
-Placements: ``gpu`` (resident), ``cpu``, ``offload`` (model-level: lives in host memory, moved
-whole to the GPU for its forward and back), ``stream`` (block-level group offloading with CUDA
-streams: one block group on the GPU while the next is prefetched).
+Placements: ``gpu`` (resident), ``cpu``, ``partial`` (as many of the transformer's main blocks resident as
+the budget holds, the others streamed through two GPU buffers while the resident ones compute:
+optim/streamer.py), ``offload`` (model-level: lives in host memory, moved whole to the GPU for its forward and
+back), ``stream`` (block-level group offloading with CUDA streams: one block group on the GPU while the next is
+prefetched).
+
+Weights are bf16, or with ``fp8="auto"`` on a GPU that has FP8 matmuls (compute capability 8.9+) the wide
+Linear weights of the transformer's blocks in FP8 (e4m3, a scale per row: optim/fp8.py) when that is what makes
+the transformer resident or streams fewer of its blocks: half the bytes of nearly all of its weights.
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ from ..core.bounds import MAX_TEXT_TOKENS
 from ..core.errors import PlanError
 
 GiB = 2**30
-POLICIES = ("auto", "resident", "offload", "sequential")
+POLICIES = ("auto", "resident", "partial", "offload", "sequential")
+# host-to-device copy rate the time estimate of a streamed plan assumes (pinned memory, PCIe 4 x16 measured
+# about 25 GB/s; PCIe 5 about twice that), and one 1024² step of the resident transformer (H100, compiled)
+H2D_BYTES_PER_S = 25e9
+_WIDE_LINEAR = re.compile(r"\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3))\.weight$")
+_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 ENCODE_CHOICES = ("auto", "cpu", "gpu")
 RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
 # VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
@@ -45,6 +56,19 @@ class ModelSizes:
     text_hidden: int
     vae_params: int
     origin: str
+    transformer_layers: int = 0  # the main blocks (``layers.N``): what a partial plan streams
+    block_linear_params: int = 0  # a block's wide Linear weights (q, k, v, out, w1, w2, w3): what FP8 halves
+
+    @property
+    def layers(self) -> int:
+        return self.transformer_layers or self.transformer_blocks
+
+    def transformer_bytes(self, fp8: bool = False) -> int:
+        """The transformer's weights in bf16, or with the wide Linear weights of every block in FP8."""
+        return 2 * self.transformer_params - (self.transformer_blocks * self.block_linear_params if fp8 else 0)
+
+    def block_bytes(self, fp8: bool = False) -> int:
+        return 2 * self.transformer_block_params - (self.block_linear_params if fp8 else 0)
 
     @classmethod
     def from_tensors(cls, tensors: dict, transformer_dim: int, text_hidden: int, origin: str) -> "ModelSizes":
@@ -54,6 +78,10 @@ class ModelSizes:
             m = _BLOCK.match(name)
             if m:
                 blocks[m.group(1)] = blocks.get(m.group(1), 0) + n
+        main = {m.group(1) for m in map(_LAYER.match, tensors["transformer"]) if m}
+        first = min(main, key=int, default=None)
+        linear = sum(n for name, (_, n) in tensors["transformer"].items()
+                     if first is not None and name.startswith(f"layers.{first}.") and _WIDE_LINEAR.search(name))
         te = tensors["text_encoder"]
         layers = [int(m.group(1)) for m in map(_TE_LAYER.match, te) if m]
         last = max(layers) if layers else -1
@@ -66,7 +94,7 @@ class ModelSizes:
             text_encoder_params=te_run,
             text_hidden=text_hidden,
             vae_params=sum(n for _, n in tensors["vae"].values()),
-            origin=origin,
+            origin=origin, transformer_layers=len(main), block_linear_params=linear,
         )
 
 
@@ -74,7 +102,7 @@ class ModelSizes:
 Z_IMAGE_TURBO = ModelSizes(
     transformer_params=6_154_908_736, transformer_block_params=180_910_336, transformer_blocks=34,
     transformer_dim=3840, text_encoder_params=3_921_537_280, text_hidden=2560, vae_params=83_819_683,
-    origin="official Z-Image-Turbo config",
+    origin="official Z-Image-Turbo config", transformer_layers=30, block_linear_params=176_947_200,
 )
 
 
@@ -137,6 +165,10 @@ class Plan:
     origin: str
     controlnet: str = "none"  # where the ControlNet lives (as the transformer: gpu, offload, stream), or none
     controlnet_gib: float = 0.0  # its weights
+    weights: str = "bf16"  # the transformer's block weights: bf16, or fp8 (the wide Linear weights)
+    blocks_resident: int | None = None  # a partial plan: the main blocks kept on the GPU ...
+    blocks_streamed: int = 0  # ... and those streamed
+    streamed_gib_per_step: float = 0.0  # what a partial plan copies to the GPU per transformer call
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,9 +178,15 @@ class Plan:
         memory = (f"  memory        est. peak {self.peak_gib:.2f} GiB = weights {self.weights_on_gpu_gib:.2f} + activations "
                   f"{self.activations_gib:.2f} + reserve {RESERVE_BYTES / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
                   if self.budget_gib is not None else "  memory        no GPU: everything runs on the CPU in float32")
+        transformer = self.transformer + (" (wide Linear weights in FP8)" if self.weights == "fp8" else "")
+        if self.kind == "partial":
+            seconds = self.streamed_gib_per_step * GiB / H2D_BYTES_PER_S
+            transformer += (f": {self.blocks_resident} main blocks resident, {self.blocks_streamed} streamed "
+                            f"({self.streamed_gib_per_step:.2f} GiB a step, ~{seconds:.2f} s at "
+                            f"{H2D_BYTES_PER_S / 1e9:.0f} GB/s, overlapped with the resident blocks' compute)")
         return "\n".join([
             f"plan: {self.kind} on {self.device} ({self.dtype}), policy {self.policy}; sizes from {self.origin}",
-            f"  transformer   {self.transformer}",
+            f"  transformer   {transformer}",
             f"  vae           {self.vae}{' (tiled decode)' if self.vae_tiling else ''}",
             f"  text encoder  {self.text_encoder} (prompts encoded on {self.encode_on})",
             *([f"  controlnet    {self.controlnet} ({self.controlnet_gib:.2f} GiB)"] if self.controlnet != "none" else []),
@@ -157,41 +195,64 @@ class Plan:
         ])
 
 
-def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None):
-    """(kind, placements, weights on GPU, activations) in order of speed, fastest first. A ControlNet goes where
-    the transformer goes: resident beside it, offloaded with it (the two on the GPU together while denoising),
-    or streamed a block at a time beside it."""
+def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None, fp8: bool = False):
+    """(kind, placements, weights on GPU, activations, FP8) in order of speed, fastest first. A ControlNet goes
+    where the transformer goes: resident beside it, offloaded with it (the two on the GPU together while
+    denoising), or streamed a block at a time beside it (a partial plan keeps it resident). A partial plan's
+    weights are those with one main block resident (make_plan fills the budget with more). With ``fp8``, FP8
+    plans come after the bf16 resident ones (bf16 keeps images identical to stock diffusers) and before any plan
+    that would stream more."""
     C = cn.params * bpe if cn else 0
-    T, TE, V = s.transformer_params * bpe + C, s.text_encoder_params * bpe, s.vae_params * bpe
+    TE, V = s.text_encoder_params * bpe, s.vae_params * bpe
     tokens = (w.width // 16) * (w.height // 16) + MAX_TEXT_TOKENS
     act_t = w.batch * tokens * s.transformer_dim * bpe * TRANSFORMER_ACT_FACTOR
     if cn:  # the ControlNet's hints (one per control block) live through the transformer's forward
         act_t += w.batch * tokens * s.transformer_dim * bpe * cn.blocks
     act_v = w.width * w.height * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2
     act_te = w.batch * MAX_TEXT_TOKENS * s.text_hidden * bpe * TRANSFORMER_ACT_FACTOR
-    block = s.transformer_block_params * bpe
-    # streamed: two groups of each model (current + prefetched) and what is in no block; its blocks, the
-    # ControlNet's streamed too (what it runs of the transformer's shares the transformer's groups)
-    streamed = s.transformer_params * bpe - s.transformer_blocks * block + 2 * block
-    streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
     act_tile = min(act_v, VAE_TILE * VAE_TILE * VAE_TILE_BYTES_PER_PIXEL_BF16 * bpe // 2)
-    yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te)
-    yield "resident", ("gpu", "gpu", "cpu", "cpu", False), T + V, max(act_t, act_v)
-    if act_tile < act_v:  # tiled VAE decode: a little slower, much less memory at large sizes
-        yield "resident", ("gpu", "gpu", "cpu", "cpu", True), T + V, max(act_t, act_tile)
+    tilings = (False, True) if act_tile < act_v else (False,)
+
+    def resident(f8: bool):
+        T = s.transformer_bytes(f8) + C
+        if not f8:
+            yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te), f8
+        for tiled in tilings:  # tiled VAE decode: a little slower, much less memory at large sizes
+            yield "resident", ("gpu", "gpu", "cpu", "cpu", tiled), T + V, max(act_t, act_tile if tiled else act_v), f8
+
+    def partial(f8: bool):
+        # the main blocks but one streamed through two buffers, everything else resident
+        one = s.block_bytes(f8)
+        fixed = s.transformer_bytes(f8) - s.layers * one + C + 2 * one + one
+        for tiled in tilings:
+            yield "partial", ("partial", "gpu", "cpu", "cpu", tiled), fixed + V, max(act_t, act_tile if tiled else act_v), f8
+
+    yield from resident(False)
+    if fp8:
+        yield from resident(True)
+        yield from partial(True)
+    yield from partial(False)
     # model-level offload: the text encoder and the transformer take turns on the GPU; the small VAE stays
+    T = s.transformer_bytes() + C
     big = max([(TE, act_te), (T, act_t)], key=lambda p: p[0] + p[1])
     for tiled in (False, True):
-        yield "offload", ("offload", "gpu", "offload", "gpu", tiled), big[0] + V, max(big[1], act_tile if tiled else act_v)
-    # streamed: two block groups (current + prefetched) plus what is not in a block
+        yield "offload", ("offload", "gpu", "offload", "gpu", tiled), big[0] + V, max(big[1], act_tile if tiled else act_v), False
+    # streamed: two block groups (current + prefetched) plus what is not in a block; its blocks, the
+    # ControlNet's streamed too (what it runs of the transformer's shares the transformer's groups)
+    block = s.transformer_block_params * bpe
+    streamed = s.transformer_params * bpe - s.transformer_blocks * block + 2 * block
+    streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
     for tiled in (False, True):
-        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_t, act_tile if tiled else act_v)
+        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_t, act_tile if tiled else act_v), False
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
-              policy: str = "auto", encode_on: str = "auto", controlnet: ControlNetSizes | None = None) -> Plan:
+              policy: str = "auto", encode_on: str = "auto", controlnet: ControlNetSizes | None = None,
+              fp8: bool | str = False) -> Plan:
     """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU), with the
-    ``controlnet`` where it goes (as the transformer) when one is served.
+    ``controlnet`` where it goes (as the transformer) when one is served. ``fp8``: False, bf16 weights only;
+    ``"auto"``, FP8 weights where bf16 ones don't fit resident (the caller says the GPU has FP8 matmuls); True,
+    FP8 weights in every plan that keeps the transformer on the GPU.
 
     Raises PlanError, with the numbers, when the policy asked for can't fit.
     """
@@ -207,20 +268,34 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
                     controlnet="cpu" if controlnet else "none",
                     controlnet_gib=round(controlnet.params * 4 / GiB, 2) if controlnet else 0.0)
     tried = []
-    for kind, (tr, vae, te, enc, tiled), weights, act in _candidates(sizes, workload, 2, controlnet):
+    for kind, (tr, vae, te, enc, tiled), weights, act, f8 in _candidates(sizes, workload, 2, controlnet, bool(fp8)):
         if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
             continue
+        if fp8 is True and not f8 and kind in ("resident", "partial"):  # FP8 asked for: its plans only
+            continue
         peak = weights + act + RESERVE_BYTES
-        tried.append(f"{kind} (text encoder {te}{', tiled VAE' if tiled else ''}) needs {peak / GiB:.2f} GiB")
-        if peak <= free_bytes:
-            return Plan(device="cuda", dtype="bfloat16", policy=policy, kind=kind, transformer=tr, vae=vae,
-                        text_encoder=te, encode_on=enc, vae_tiling=tiled, budget_gib=round(free_bytes / GiB, 2),
-                        peak_gib=round(peak / GiB, 2), weights_on_gpu_gib=round(weights / GiB, 2),
-                        activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin,
-                        controlnet=tr if controlnet else "none",
-                        controlnet_gib=round(controlnet.params * 2 / GiB, 2) if controlnet else 0.0)
+        what = f"{kind}{' fp8' if f8 else ''} (text encoder {te}{', tiled VAE' if tiled else ''})"
+        tried.append(f"{what} needs {peak / GiB:.2f} GiB" + (" with one main block resident" if kind == "partial" else ""))
+        if peak > free_bytes:
+            continue
+        split = {}
+        if kind == "partial":  # as many more main blocks resident as the rest of the budget holds
+            one = sizes.block_bytes(f8)
+            resident = min(sizes.layers - 1, 1 + (free_bytes - peak) // one)
+            weights, peak = weights + (resident - 1) * one, peak + (resident - 1) * one
+            split = dict(blocks_resident=int(resident), blocks_streamed=int(sizes.layers - resident),
+                         streamed_gib_per_step=round((sizes.layers - resident) * one / GiB, 2))
+        return Plan(device="cuda", dtype="bfloat16", policy=policy, kind=kind, transformer=tr, vae=vae,
+                    text_encoder=te, encode_on=enc, vae_tiling=tiled, budget_gib=round(free_bytes / GiB, 2),
+                    peak_gib=round(peak / GiB, 2), weights_on_gpu_gib=round(weights / GiB, 2),
+                    activations_gib=round(act / GiB, 2), workload=workload, origin=sizes.origin,
+                    controlnet=("gpu" if tr == "partial" else tr) if controlnet else "none",
+                    controlnet_gib=round(controlnet.params * 2 / GiB, 2) if controlnet else 0.0,
+                    weights="fp8" if f8 else "bf16", **split)
     if not tried:
         raise PlanError(f"policy {policy!r} can't encode prompts on the {encode_on.upper()}; use encode_on auto")
     w = workload
+    smallest = min(float(t.rsplit(" needs ", 1)[1].split(" GiB")[0]) for t in tried)
     raise PlanError(f"no {policy} plan fits {free_bytes / GiB:.2f} GiB free for {w.width}x{w.height} batch {w.batch}: "
-                    + "; ".join(tried) + ". Use a smaller size or batch, or policy sequential")
+                    + "; ".join(tried) + f". The smallest needs {smallest:.2f} GiB: use a smaller size or batch"
+                    + (", or policy sequential" if policy != "sequential" else ""))

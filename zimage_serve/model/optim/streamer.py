@@ -1,0 +1,103 @@
+"""Partial residency: the transformer's last main blocks streamed from host memory through two GPU buffers, the
+others resident (planner.py's ``partial`` plans).
+
+Every streamed block has the same structure, so two sets of GPU tensors shaped like one block's weights serve them
+all: before block i runs, its weights are in buffer i % 2 (copied from pinned host memory on a copy stream) and the
+block's parameters point at that buffer; as it starts, block i + 1's copy into the other buffer starts, once the
+block that last used that buffer is done with it. The last streamed block prefetches the first for the next call.
+The copies overlap the compute of the blocks before them; a block waits only when its copy is not done yet.
+
+The blocks' parameters keep their identity (only their ``.data`` moves), so compiled code runs them unchanged.
+CUDA graphs can't (weights change under them): the engine keeps them off for these plans. On the CPU (tests) the
+buffers are host tensors and the copies synchronous: the same pointer swaps, checked against the resident model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _tensors(block: nn.Module) -> dict[str, torch.Tensor]:
+    """A block's parameters and buffers, by name: what moves."""
+    return {**dict(block.named_parameters()), **dict(block.named_buffers())}
+
+
+class BlockStreamer:
+    def __init__(self, blocks: list[nn.Module], device: torch.device):
+        self.blocks, self.device = blocks, torch.device(device)
+        cuda = self.device.type == "cuda"
+        # the weights' home: pinned host memory (a copy from pageable memory can't overlap compute)
+        self.host = [{name: (t.data.cpu().pin_memory() if cuda else t.data.cpu().clone())
+                      for name, t in _tensors(b).items()} for b in blocks]
+        self.buffers = [{name: torch.empty_like(t, device=self.device) for name, t in self.host[0].items()}
+                        for _ in range(2)]
+        self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.loaded: list = [None, None]  # per buffer: (block index, copy-done event or None)
+        self.freed: list = [None, None]  # per buffer: event after the compute of the block that last used it
+        self.copies = 0  # blocks copied to the GPU so far
+        for i, block in enumerate(blocks):
+            # the host copy is the weights' home now: every streamed block points at its buffer
+            for name, t in _tensors(block).items():
+                t.data = self.buffers[i % 2][name]
+            block.register_forward_pre_hook(self._before(i))
+            block.register_forward_hook(self._after(i))
+
+    @property
+    def nbytes(self) -> int:
+        """The GPU memory of the two buffers."""
+        return sum(t.numel() * t.element_size() for buf in self.buffers for t in buf.values())
+
+    def _load(self, i: int) -> None:
+        """Start copying block i's weights into its buffer (after the buffer's last user is done)."""
+        slot = i % 2
+        if self.loaded[slot] is not None and self.loaded[slot][0] == i:
+            return
+        host, buffer = self.host[i], self.buffers[slot]
+        self.copies += 1
+        if self.copy_stream is None:
+            for name, dst in buffer.items():
+                dst.copy_(host[name])
+            self.loaded[slot] = (i, None)
+            return
+        with torch.cuda.stream(self.copy_stream):
+            if self.freed[slot] is not None:
+                self.copy_stream.wait_event(self.freed[slot])
+            for name, dst in buffer.items():
+                dst.copy_(host[name], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        self.loaded[slot] = (i, done)
+
+    def _before(self, i: int):
+        def hook(block, args):
+            slot = i % 2
+            self._load(i)  # already under way, unless this is the first call
+            event = self.loaded[slot][1]
+            if event is not None:
+                torch.cuda.current_stream(self.device).wait_event(event)
+            for name, t in _tensors(block).items():
+                t.data = self.buffers[slot][name]
+            if i + 1 < len(self.blocks):
+                self._load(i + 1)
+        return hook
+
+    def _after(self, i: int):
+        def hook(block, args, output):
+            if self.copy_stream is not None:
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.device))
+                self.freed[i % 2] = done
+            if i + 1 == len(self.blocks):
+                self._load(0)  # the next call's first streamed block
+        return hook
+
+
+def stream_blocks(transformer: nn.Module, streamed: int, device) -> BlockStreamer | None:
+    """Stream the last ``streamed`` main blocks (``transformer.layers``) of a transformer whose weights are on the
+    CPU; the caller moves the rest to the GPU afterwards (the streamed blocks' tensors already point at the GPU
+    buffers, so nothing of them is copied twice). None when nothing is streamed."""
+    if streamed <= 0:
+        return None
+    layers = list(transformer.layers)
+    return BlockStreamer(layers[len(layers) - streamed:], device)
