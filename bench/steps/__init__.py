@@ -41,6 +41,8 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "lora_http": ("bench.steps.lora", "lora_http", {}),
     "controlnet": ("bench.steps.controlnet", "controlnet", {}),
     "controlnet_24": ("bench.steps.controlnet", "controlnet_card", {"gib": 24}),
+    "cards": ("bench.steps.cards", "cards", {}),
+    "cards_stock": ("bench.steps.cards", "cards_stock", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),
 }

@@ -37,7 +37,7 @@ def test_a_partial_plan_streams_its_last_blocks_and_makes_the_resident_image(tin
     assert (plan.blocks_resident, plan.blocks_streamed) == (1, 1)  # the tiny model has 2 main blocks
     engine, ours = image(tiny_source, plan)
     streamer = engine.streamer
-    assert streamer is not None and streamer.blocks == [engine.pipe.transformer.layers[1]]
+    assert streamer is not None and streamer.blocks == [engine.pipe.transformer.layers[1].block]
     assert max_pixel_diff(ours, resident) <= 1  # (the suite's bound: a rare value rounds the other way)
     assert "streamed_blocks" in engine.placement and "partial: 1 main blocks resident, 1 streamed" in plan.describe()
 
@@ -46,18 +46,20 @@ def test_more_streamed_blocks_than_buffers_are_copied_in_turn_each_step(tiny_sou
     """Three blocks through the two buffers (the tiny model's noise refiner and its two main blocks, in the order
     they run): the first and the third share a buffer, so both are copied from their host copies at every step, and
     the image is the resident one."""
-    from zimage_serve.model.optim.streamer import BlockStreamer
+    from zimage_serve.model.optim.streamer import BlockStreamer, StreamedBlock
 
     engine = Engine.load(tiny_source, plan_of(tiny_source, "resident"), device="cpu", dtype="float32")
     engine.set_progress(False)
     t = engine.pipe.transformer
     streamer = BlockStreamer([t.noise_refiner[0], t.layers[0], t.layers[1]], "cpu")
+    for i, (stack, j) in enumerate([(t.noise_refiner, 0), (t.layers, 0), (t.layers, 1)]):
+        stack[j] = StreamedBlock(stack[j], streamer, i)
     request = GenerationRequest(PROMPT, seed=7, width=64, height=64)
     ours = engine.generate([Job.of(request, engine.encode([PROMPT]))]).images[0]
     assert max_pixel_diff(ours, resident) <= 1
     # all three once, then blocks 0 and 2 in turn at each of the 7 other steps, and block 0 for the next call
     assert streamer.copies == 3 + 2 * 7 + 1
-    assert t.layers[0].attention.to_out[0].weight.data_ptr() in {b["attention.to_out.0.weight"].data_ptr()
+    assert t.layers[0].block.attention.to_out[0].weight.data_ptr() in {b["attention.to_out.0.weight"].data_ptr()
                                                                  for b in streamer.buffers}
 
 

@@ -40,8 +40,6 @@ class BlockStreamer:
             # the host copy is the weights' home now: every streamed block points at its buffer
             for name, t in _tensors(block).items():
                 t.data = self.buffers[i % 2][name]
-            block.register_forward_pre_hook(self._before(i))
-            block.register_forward_hook(self._after(i))
 
     @property
     def nbytes(self) -> int:
@@ -69,28 +67,44 @@ class BlockStreamer:
             done.record(self.copy_stream)
         self.loaded[slot] = (i, done)
 
-    def _before(self, i: int):
-        def hook(block, args):
-            slot = i % 2
-            self._load(i)  # already under way, unless this is the first call
-            event = self.loaded[slot][1]
-            if event is not None:
-                torch.cuda.current_stream(self.device).wait_event(event)
-            for name, t in _tensors(block).items():
-                t.data = self.buffers[slot][name]
-            if i + 1 < len(self.blocks):
-                self._load(i + 1)
-        return hook
+    def before(self, i: int) -> None:
+        """Block i is about to run: its weights in its buffer (waiting for their copy), the next block's copy
+        started."""
+        slot = i % 2
+        self._load(i)  # already under way, unless this is the first call
+        event = self.loaded[slot][1]
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        for name, t in _tensors(self.blocks[i]).items():
+            t.data = self.buffers[slot][name]
+        if i + 1 < len(self.blocks):
+            self._load(i + 1)
 
-    def _after(self, i: int):
-        def hook(block, args, output):
-            if self.copy_stream is not None:
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream(self.device))
-                self.freed[i % 2] = done
-            if i + 1 == len(self.blocks):
-                self._load(0)  # the next call's first streamed block
-        return hook
+    def after(self, i: int) -> None:
+        """Block i has been launched: its buffer is free once the compute stream gets here."""
+        if self.copy_stream is not None:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+            self.freed[i % 2] = done
+        if i + 1 == len(self.blocks):
+            self._load(0)  # the next call's first streamed block
+
+
+class StreamedBlock(nn.Module):
+    """A streamed block in its place in the transformer: it asks the streamer for its weights around the block's
+    call. The block itself stays a plain block (regional torch.compile compiles it; this wrapper, which moves
+    weights and waits on events, stays eager)."""
+
+    def __init__(self, block: nn.Module, streamer: BlockStreamer, index: int):
+        super().__init__()
+        self.block = block
+        self._streamer, self._index = streamer, index
+
+    def forward(self, *args, **kwargs):
+        self._streamer.before(self._index)
+        out = self.block(*args, **kwargs)
+        self._streamer.after(self._index)
+        return out
 
 
 def stream_blocks(transformer: nn.Module, streamed: int, device) -> BlockStreamer | None:
@@ -99,5 +113,9 @@ def stream_blocks(transformer: nn.Module, streamed: int, device) -> BlockStreame
     buffers, so nothing of them is copied twice). None when nothing is streamed."""
     if streamed <= 0:
         return None
-    layers = list(transformer.layers)
-    return BlockStreamer(layers[len(layers) - streamed:], device)
+    layers = transformer.layers
+    first = len(layers) - streamed
+    streamer = BlockStreamer(list(layers)[first:], device)
+    for i in range(first, len(layers)):
+        layers[i] = StreamedBlock(layers[i], streamer, i - first)
+    return streamer

@@ -1,0 +1,209 @@
+"""Small cards (issue 22): the engine's plan on emulated 24, 16, 12 and 8 GiB cards (another process holds the rest of
+the H200, as ../shared/gpu/hold_memory.py does), bf16 and FP8 (``fp8: auto``) plans, against resident bf16 on the
+24 GiB card; and stock diffusers' low-VRAM recipes at 12 and 8 GiB as anchors (``cards_stock``). Each
+configuration runs in a fresh process (its own CUDA context, compile state and peak), the engine warm (serve_config's
+speed-ups, warmed as a replica warms), 1024², 8 steps; the prompt's embeddings are made once on the CPU beforehand
+(on these plans the CPU encoders encode), so e2e is the generation: denoise, decode and the PNG."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..common import PROMPT, checkpoint, save, size
+from .controlnet import _hold
+
+CARDS = (24, 16, 12, 8)
+FP8_CARDS = (12, 8)
+
+
+def _peak_mib(pid: int) -> int | None:
+    """The GPU memory nvidia-smi shows for process ``pid`` now (MiB)."""
+    r = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        p, used = (x.strip() for x in line.split(","))
+        if p == str(pid):
+            return int(used)
+    return None
+
+
+def one(gib: float, fp8: str) -> dict:
+    """In this (fresh) process, on a card the parent emulates: the plan, load, warm-up, then 5 images."""
+    import threading
+
+    import torch
+
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.imaging import encode_image
+    from zimage_serve.model.planner import Workload
+    from zimage_serve.model.sources import resolve
+
+    import os
+
+    from ..common import compile_cache
+    from .edits import _production_generator
+
+    side, g = size(), _production_generator()
+    out = {"card_gib": gib, "fp8": fp8, "free_gib_seen": round(torch.cuda.mem_get_info()[0] / 2**30, 2)}
+    peak = {"mib": 0}
+    stop = threading.Event()
+
+    def watch():  # nvidia-smi's view of this process, every 0.2 s
+        while not stop.is_set():
+            peak["mib"] = max(peak["mib"], _peak_mib(os.getpid()) or 0)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        source = resolve(str(checkpoint()))
+        plan = plan_for_this_machine(source, Workload(side, side, g["max_batch_size"]), "auto", "cpu",
+                                     fp8={"off": False}.get(fp8, fp8))
+        out.update(plan=plan.kind, weights=plan.weights, blocks_resident=plan.blocks_resident,
+                   blocks_streamed=plan.blocks_streamed, plan_peak_gib=plan.peak_gib, describe=plan.describe())
+        t = time.perf_counter()
+        engine = Engine.load(source, plan, with_text_encoder=False, speedups={
+            "compile": True, "fuse": True, "cuda_graphs": True, "cache_dir": compile_cache()})
+        engine.set_progress(False)
+        out["load_s"] = round(time.perf_counter() - t, 1)
+        out["warmup_s"] = round(engine.warmup(side, side, sorted({1, min(2, g["max_batch_size"])})), 1)
+        out["speedups"] = engine.speedups
+        embeds = torch.load(str(Path("/tmp/cards-embeds.pt")))
+        denoise, e2e = [], []
+        for i in range(6):
+            request = GenerationRequest(PROMPT, seed=i, width=side, height=side)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            result = engine.generate([Job(request, embeds)])
+            encode_image(result.images[0], "png")
+            e2e.append(time.perf_counter() - t)
+            denoise.append(result.seconds["denoise"])
+        out.update(denoise_s=round(statistics.median(denoise[1:]), 3), e2e_s=round(statistics.median(e2e[1:]), 3),
+                   peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                   peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2))
+    except torch.OutOfMemoryError as e:
+        out["error"] = "CUDA OOM: " + str(e).splitlines()[0][:200]
+    except Exception as e:  # noqa: BLE001 (the figure says what failed)
+        out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    stop.set()
+    time.sleep(0.3)
+    out["peak_mib"] = peak["mib"]
+    return out
+
+
+def _embeds() -> None:
+    """The prompt's embeddings, made once on the CPU (as the CPU encoders make them) for every configuration."""
+    import torch
+
+    from zimage_serve.model.encoding import PromptEncoder
+    from zimage_serve.model.loader import load_text_encoder
+    from zimage_serve.model.sources import resolve
+
+    path = Path("/tmp/cards-embeds.pt")
+    if not path.exists():
+        encoder = PromptEncoder(*load_text_encoder(resolve(str(checkpoint())), torch.device("cpu"), torch.bfloat16))
+        torch.save(encoder.encode([PROMPT])[0].float(), str(path))
+
+
+def _in_a_fresh_process(code: str, gib: float) -> dict:
+    holder = _hold(gib)
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
+    if not lines:
+        return {"card_gib": gib, "error": (r.stderr or r.stdout)[-600:]}
+    return json.loads(lines[-1][5:])
+
+
+def cards():
+    """Issue 22's figures: each card's plan, peak (nvidia-smi and allocated), denoise and e2e, bf16 and FP8 plans,
+    and each one's ratio to resident bf16 on the 24 GiB card."""
+    _embeds()
+    results: dict = {"cards": {}, "cards_fp8": {}}
+    for key, fp8, cards_ in (("cards", "off", CARDS), ("cards_fp8", "auto", FP8_CARDS)):
+        for gib in cards_:
+            code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import one; "
+                    f"print('CARD ' + json.dumps(one({gib}, {fp8!r})))")
+            results[key][str(gib)] = _in_a_fresh_process(code, gib)
+            save("cards", **results)
+    base = results["cards"].get("24", {}).get("e2e_s")
+    base_denoise = results["cards"].get("24", {}).get("denoise_s")
+    for key in ("cards", "cards_fp8"):
+        for r in results[key].values():
+            if base and r.get("e2e_s"):
+                r["ratio_to_resident"] = round(r["e2e_s"] / base, 3)
+                r["denoise_ratio_to_resident"] = round(r["denoise_s"] / base_denoise, 3)
+                r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3) if r.get("peak_mib") else None
+    save("cards", **results)
+    print("CARDS", json.dumps({k: {g: (r.get("plan"), r.get("weights"), r.get("e2e_s"), r.get("ratio_to_resident"),
+                                        r.get("peak_mib"), r.get("error")) for g, r in v.items()}
+                               for k, v in results.items()}), flush=True)
+
+
+STOCK = '''
+import json, statistics, sys, time, torch
+from diffusers import ZImagePipeline
+recipe, ckpt, prompt = sys.argv[1], sys.argv[2], sys.argv[3]
+res = {"recipe": recipe}
+try:
+    pipe = ZImagePipeline.from_pretrained(ckpt, torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = None
+    if recipe == "model_offload":
+        pipe.enable_model_cpu_offload()
+    elif recipe == "sequential_offload":
+        pipe.enable_sequential_cpu_offload()
+    else:
+        with torch.no_grad():
+            embeds, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+        pipe.transformer.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                              offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+        pipe.vae.to("cuda")
+    def once(seed):
+        torch.cuda.synchronize(); t = time.perf_counter()
+        kw = dict(height=1024, width=1024, num_inference_steps=8, guidance_scale=0.0,
+                  generator=torch.Generator("cpu").manual_seed(seed))
+        pipe(prompt_embeds=embeds, **kw) if embeds is not None else pipe(prompt=prompt, **kw)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+    torch.cuda.reset_peak_memory_stats()
+    once(0)
+    reps = 1 if recipe == "sequential_offload" else 3
+    ts = [once(1 + i) for i in range(reps)]
+    res.update(e2e_s=round(statistics.median(ts), 3), peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+               note="text encoded on the CPU, not timed" if embeds is not None else "text encoded by the recipe, timed")
+except torch.OutOfMemoryError as e:
+    res["error"] = "CUDA OOM: " + str(e).splitlines()[0][:160]
+except Exception as e:
+    res["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+print("CARD " + json.dumps(res), flush=True)
+'''
+
+
+def cards_stock():
+    """Stock diffusers' low-VRAM recipes at 12 and 8 GiB, each in a fresh process: enable_model_cpu_offload,
+    enable_sequential_cpu_offload (one timed image: it takes some 20 s) and block-level group offloading with CUDA
+    streams (the text encoder on the CPU, not timed)."""
+    results: dict = {}
+    for gib in (12, 8):
+        for recipe in ("model_offload", "group_offload", "sequential_offload"):
+            holder = _hold(gib)
+            try:
+                r = subprocess.run([sys.executable, "-c", STOCK, recipe, str(checkpoint()), PROMPT], capture_output=True,
+                                   text=True, timeout=300)
+            finally:
+                holder.kill()
+                holder.wait()
+            lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
+            results.setdefault(str(gib), {})[recipe] = json.loads(lines[-1][5:]) if lines else {
+                "error": (r.stderr or r.stdout)[-400:]}
+            save("cards_stock", **results)
+    print("CARDS_STOCK", json.dumps(results), flush=True)
