@@ -110,10 +110,13 @@ def _embeds() -> None:
         torch.save(encoder.encode([PROMPT])[0].float(), str(path))
 
 
-def _in_a_fresh_process(code: str, gib: float) -> dict:
+def _in_a_fresh_process(code: str, gib: float, env: dict | None = None) -> dict:
+    import os
+
     holder = _hold(gib)
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420,
+                           env={**os.environ, **(env or {})})
     finally:
         holder.kill()
         holder.wait()
@@ -123,17 +126,19 @@ def _in_a_fresh_process(code: str, gib: float) -> dict:
     return json.loads(lines[-1][5:])
 
 
-def cards():
+def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf: str | None = None):
     """Issue 22's figures: each card's plan, peak (nvidia-smi and allocated), denoise and e2e, bf16 and FP8 plans,
-    and each one's ratio to resident bf16 on the 24 GiB card."""
+    and each one's ratio to resident bf16 on the 24 GiB card. ``alloc_conf``: the children's
+    PYTORCH_CUDA_ALLOC_CONF."""
     _embeds()
-    results: dict = {"cards": {}, "cards_fp8": {}}
-    for key, fp8, cards_ in (("cards", "off", CARDS), ("cards_fp8", "auto", FP8_CARDS)):
+    results: dict = {"cards": {}, "cards_fp8": {}, "alloc_conf": alloc_conf}
+    env = {"PYTORCH_CUDA_ALLOC_CONF": alloc_conf} if alloc_conf else {}
+    for key, fp8, cards_ in (("cards", "off", bf16_cards), ("cards_fp8", "auto", fp8_cards)):
         for gib in cards_:
             code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import one; "
                     f"print('CARD ' + json.dumps(one({gib}, {fp8!r})))")
-            results[key][str(gib)] = _in_a_fresh_process(code, gib)
-            save("cards", **results)
+            results[key][str(gib)] = _in_a_fresh_process(code, gib, env)
+            save(name, **results)
     base = results["cards"].get("24", {}).get("e2e_s")
     base_denoise = results["cards"].get("24", {}).get("denoise_s")
     for key in ("cards", "cards_fp8"):
@@ -142,7 +147,7 @@ def cards():
                 r["ratio_to_resident"] = round(r["e2e_s"] / base, 3)
                 r["denoise_ratio_to_resident"] = round(r["denoise_s"] / base_denoise, 3)
                 r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3) if r.get("peak_mib") else None
-    save("cards", **results)
+    save(name, **results)
     print("CARDS", json.dumps({k: {g: (r.get("plan"), r.get("weights"), r.get("e2e_s"), r.get("ratio_to_resident"),
                                         r.get("peak_mib"), r.get("error")) for g, r in v.items()}
                                for k, v in results.items()}), flush=True)
