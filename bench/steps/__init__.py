@@ -43,7 +43,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "controlnet_24": ("bench.steps.controlnet", "controlnet_card", {"gib": 24}),
     "cards": ("bench.steps.cards", "cards", {}),
     "cards_stock": ("bench.steps.cards", "cards_stock", {}),
-    "cards_expandable": ("bench.steps.cards", "cards", {"bf16_cards": (16,), "fp8_cards": (16,), "name": "cards_expandable",
+    "cards_expandable": ("bench.steps.cards", "cards", {"bf16_cards": (16,), "fp8_cards": (), "name": "cards_expandable",
                                                         "alloc_conf": "expandable_segments:True"}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),

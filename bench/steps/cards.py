@@ -142,7 +142,7 @@ def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf
     base = results["cards"].get("24", {}).get("e2e_s")
     base_denoise = results["cards"].get("24", {}).get("denoise_s")
     for key in ("cards", "cards_fp8"):
-        for r in results[key].values():
+        for r in results[key].values():  # (the 24 GiB card's figures are the base: a run without it has no ratios)
             if base and r.get("e2e_s"):
                 r["ratio_to_resident"] = round(r["e2e_s"] / base, 3)
                 r["denoise_ratio_to_resident"] = round(r["denoise_s"] / base_denoise, 3)
@@ -150,7 +150,7 @@ def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf
     save(name, **results)
     print("CARDS", json.dumps({k: {g: (r.get("plan"), r.get("weights"), r.get("e2e_s"), r.get("ratio_to_resident"),
                                         r.get("peak_mib"), r.get("error")) for g, r in v.items()}
-                               for k, v in results.items()}), flush=True)
+                               for k, v in results.items() if isinstance(v, dict)}), flush=True)
 
 
 STOCK = '''
