@@ -348,9 +348,34 @@ def controlnet(c: dict, card: dict | None) -> dict:
                                                 **keep(card)}} if card else {})}
 
 
+def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
+    """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
+    (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
+    resident bf16 on the 24 GiB card; stock diffusers' recipes (``stock``) beside them."""
+    keys = ("plan", "weights", "blocks_resident", "blocks_streamed", "peak_mib", "denoise_s", "e2e_s",
+            "ratio_to_resident", "denoise_ratio_to_resident", "budget_used", "plan_peak_gib", "peak_allocated_gib",
+            "peak_reserved_gib", "warmup_s", "speedups", "describe", "error")
+    base = run["cards"]["24"]
+    out = {"run": run["_run"], "environment": recorded(RESULTS / run["_run"]), "cards": {}, "cards_fp8": {}}
+    for key in ("cards", "cards_fp8"):
+        for gib, r in run[key].items():
+            if expandable and gib in expandable.get(key, {}) and r.get("error"):
+                first = r["error"].splitlines()[0]
+                r = {**expandable[key][gib], "run": expandable["_run"], "first_run_error": first,
+                     "allocator": expandable.get("alloc_conf")}
+                r["ratio_to_resident"] = round(r["e2e_s"] / base["e2e_s"], 3)
+                r["denoise_ratio_to_resident"] = round(r["denoise_s"] / base["denoise_s"], 3)
+                r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3)
+            out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator") if k in r}
+    if stock:
+        out["stock"] = {k: v for k, v in stock.items() if not k.startswith("_")}
+        out["stock_run"] = stock["_run"]
+    return out
+
+
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
-    from bench.report_md import render, render_controlnet, render_edits, render_lora, render_other
+    from bench.report_md import render, render_cards, render_controlnet, render_edits, render_lora, render_other
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -365,7 +390,8 @@ def main() -> None:
         steps[f"_coldstart_{run}"] = json.loads((RESULTS / run / "coldstart.json").read_text())
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
-    own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24")  # steps with sections of their own
+    own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24", "cards", "cards_expandable",
+           "cards_stock")  # steps with sections of their own
     summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
@@ -374,12 +400,17 @@ def main() -> None:
                                steps.get("lora_http"))
     if "controlnet" in steps:
         summary["controlnet"] = controlnet(steps["controlnet"], steps.get("controlnet_card_24"))
+    if "cards" in steps:
+        figures = cards(steps["cards"], steps.get("cards_expandable"), steps.get("cards_stock"))
+        summary["cards"], summary["cards_fp8"] = figures["cards"], figures["cards_fp8"]
+        summary["cards_run"] = {k: v for k, v in figures.items() if k not in ("cards", "cards_fp8")}
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
         render(summary) + (render_edits(summary["edits"]) if "edits" in summary else "")
         + (render_lora(summary["lora"]) if "lora" in summary else "")
         + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
+        + (render_cards(summary) if "cards" in summary else "")
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

@@ -557,3 +557,70 @@ control batch the transformer's block stacks run block by block (the hints are a
 their CUDA graphs. Deploying the app took {s['deploy_s']} s (the generator's load and warm-up {s['load_seconds']} s,
 with the ControlNet's path warmed too).
 {card_part}"""
+
+
+def render_cards(summary: dict) -> str:
+    """The small-cards section (bench/steps/cards.py)."""
+    meta, c8 = summary["cards_run"], summary["cards_fp8"]
+    env = meta["environment"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    target = {("cards", "12"): 1.25, ("cards", "8"): 1.6, ("cards_fp8", "12"): 0.9, ("cards_fp8", "8"): 1.1}
+
+    def row(key, gib, r):
+        if r.get("error"):
+            return f"| {gib} GiB | {r.get('plan')} {r.get('weights')} | | | | | {r['error'].splitlines()[0]} |"
+        split = f", {r['blocks_resident']} resident / {r['blocks_streamed']} streamed" if r.get("blocks_streamed") else ""
+        t = target.get((key, gib))
+        verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
+        note = f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("run") else ""
+        return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
+                f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "
+                f"{r['denoise_ratio_to_resident']}) |{note} |")
+
+    rows = "\n".join(row("cards", g, r) for g, r in summary["cards"].items())
+    rows8 = "\n".join(row("cards_fp8", g, r) for g, r in c8.items())
+    stock = meta.get("stock", {})
+    stock_rows = "\n".join(
+        f"| {gib} GiB | {recipe} | " + (f"{r['e2e_s']} s, peak {r['peak_allocated_gib']} GiB ({r['note']})" if "e2e_s" in r
+                                       else r.get("error", "")[:60]) + " |"
+        for gib, recipes in stock.items() if isinstance(recipes, dict) for recipe, r in recipes.items())
+    return f"""
+## Small cards ({meta['run']}: {said(env['gpu'])}, {said(env['date'])}; the keys in latest.json's `cards` and `cards_fp8`)
+
+`python3 bench/run.py build cards` (`bench/steps/cards.py`): another process holds all of the H200's memory but the
+card's (../shared/gpu/hold_memory.py's method: compute and bandwidth stay the H200's, so compare the ratios); each
+configuration in a fresh process plans for what it sees free, loads, warms up as a replica does (serve_config's
+speed-ups: fused, compiled, CUDA graphs where the plan has room), then makes 6 images at 1024², 8 steps, the
+median of the last 5; the prompt's embeddings are made on the CPU beforehand (these plans encode on the CPU
+encoders), so e2e is denoise + decode + PNG. `peak` is what nvidia-smi showed for the process (its CUDA context
+included), and the share of the card it used.
+
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
+|---|---|---|---|---|---|---|
+{rows}
+
+FP8 weights as the memory plan (`generator.fp8: auto`):
+
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
+|---|---|---|---|---|---|---|
+{rows8}
+
+The 16 GiB card's resident plan (estimated peak 14.23 GiB) ran out of memory in its warm-up in {meta['run']} with
+PyTorch's default allocator; with expandable segments it served at 0.95 s ({c16_run(summary)}). GPU processes now set
+`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` unless the user set it (`model/machine.py`); the other cards ran
+with the default allocator. The partial plans stream their last main blocks through two GPU buffers
+(`model/optim/streamer.py`) while the resident blocks compute; at 8 GiB in bf16, 22 of 30 blocks stream and the
+copies (7.4 GiB a step) are not hidden: 1.624x, just over the 1.6 target. FP8 weights halve what streams, and make
+the 12 GiB card fully resident, faster than bf16 resident on the large card (FP8 matmuls).
+
+Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
+one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
+
+| card | recipe | e2e |
+|---|---|---|
+{stock_rows}
+"""
+
+
+def c16_run(summary: dict) -> str:
+    return summary["cards"].get("16", {}).get("run", "")

@@ -158,6 +158,9 @@ def _generate(args) -> int:
     # any model but `auto` is checked before torch is imported: a bad --model is one line in a second, not six
     source = resolve(args.model) if args.model != "auto" else None
     from .model.engine import Engine, Job, gpu_free_bytes, plan_for_this_machine  # torch: only when generating
+    from .model.machine import prepare_allocator  # (with torch)
+
+    prepare_allocator()  # before the first CUDA allocation
 
     source = source or resolve(args.model, gpu=gpu_free_bytes() is not None)
     controlnet = _controlnet(args)

@@ -14,6 +14,7 @@ being ignored. Imports only ``core``.
 | MODELSCOPE_DOMAIN | the hub host to reach (ModelScope's own variable; default modelscope.cn) |
 | ZIMAGE_WEIGHTS_CACHE | ``1``: keep the transformer converted to bf16 under ZIMAGE_CACHE_DIR/weights (model/weights_cache.py) |
 | ZIMAGE_MODEL | the CLI's default ``--model`` |
+| PYTORCH_CUDA_ALLOC_CONF | PyTorch's own; unset, GPU processes use ``expandable_segments:True`` (model/machine.py) |
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class Environment:
     hub_domain: str
     weights_cache: bool
     model: str | None
+    cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:
@@ -230,6 +232,7 @@ def environment() -> Environment:
         hub_domain=os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn"),
         weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
         model=os.environ.get("ZIMAGE_MODEL") or None,
+        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
     )
 
 

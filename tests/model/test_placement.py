@@ -110,3 +110,16 @@ def test_below_the_smallest_plan_the_error_names_the_minimum():
 
     with pytest.raises(PlanError, match=r"The smallest needs 2\.\d\d GiB"):
         make_plan(Z_IMAGE_TURBO, 2 * GiB, Workload(1024, 1024, 1))
+
+
+def test_gpu_processes_get_expandable_segments_unless_the_user_chose(monkeypatch):
+    from zimage_serve.model.machine import EXPANDABLE_SEGMENTS, prepare_allocator
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    prepare_allocator()
+    import os
+
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == EXPANDABLE_SEGMENTS
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    prepare_allocator()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"

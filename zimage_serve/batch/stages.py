@@ -113,9 +113,11 @@ class GenerateStage:
         from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes
         from ..model.controlnet import find_controlnet
         from ..model.engine import Engine, plan_for_this_machine
+        from ..model.machine import prepare_allocator
         from ..model.planner import Workload
         from ..model.sources import resolve
 
+        prepare_allocator()  # before this actor's first CUDA allocation
         source = resolve(model)
         adapters = adapters or {}
         shapes = transformer_shapes(source.path) if adapters else {}

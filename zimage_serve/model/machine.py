@@ -1,6 +1,9 @@
-"""This machine's GPU as the planner needs it: its free memory, whether it has FP8 matmuls, and the plan for it."""
+"""This machine's GPU as the planner needs it: its free memory, whether it has FP8 matmuls, and the plan for it;
+and its memory allocator's settings."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -9,6 +12,19 @@ from ..settings import environment
 from .planner import ControlNetSizes, Plan, Workload, make_plan
 from .sizes import sizes_of
 from .sources import ModelSource
+
+
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def prepare_allocator() -> None:
+    """PyTorch's CUDA allocator with expandable segments, unless the user set PYTORCH_CUDA_ALLOC_CONF: a plan fills
+    its card to the last GiB, and the default allocator's fragmentation alone ran a resident plan out of memory on
+    a 16 GiB card (bench run52; with expandable segments it served, run54). Call in a process that will use the
+    GPU, before its first CUDA allocation (a replica's or a batch actor's load, the CLI's generate); the one place
+    the package sets it."""
+    if environment().cuda_alloc_conf is None:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
 
 
 def gpu_free_bytes(device: str | None = None) -> int | None:

@@ -66,9 +66,11 @@ class Generator:
     def _load(self) -> None:
         # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
         from ..model.engine import Engine, gpu_free_bytes, plan_for_this_machine
+        from ..model.machine import prepare_allocator
         from ..model.planner import Workload
         from ..model.sources import resolve
 
+        prepare_allocator()  # before this process's first CUDA allocation
         opts = self.config.generator
         device = None if opts.device == "auto" else opts.device
         t0 = time.perf_counter()
