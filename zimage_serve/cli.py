@@ -246,7 +246,9 @@ def _serve(args) -> int:
     from .serving.local import serve_main  # Ray: only for this command
 
     args.adapters = parse_adapters(args.adapter)
-    _controlnet(args)  # checked here, in one line, before Ray starts
+    if args.controlnet:  # checked here, in one line, before Ray starts; a local one as an absolute path
+        found = _controlnet(args)
+        args.controlnet = str(found.path.resolve()) if Path(args.controlnet).expanduser().exists() else args.controlnet
     return serve_main(args)
 
 

@@ -71,3 +71,19 @@ def test_the_stages_make_control_lines_equal_to_stock(tmp_path, tiny_path, tiny_
     assert max_pixel_diff(made("fill"), stock(ZImageControlNetInpaintPipeline, 5, "a window", image=picture(),
                                               mask_image=square_mask(), control_image=edges())) <= 1
     assert (out / "plain.png").exists() and not (out / "missing.png").exists()
+
+
+def test_inpainting_lines_with_a_1_0_controlnet_are_refused_before_the_job_starts(tmp_path, tiny_controlnets):
+    from argparse import Namespace
+
+    from zimage_serve.batch.job import run
+    from zimage_serve.core.errors import ZImageError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "x", "image": "i.png", "mask": "m.png",
+                                "control_image": "c.png"}) + "\n")
+    args = Namespace(prompts=str(path), out=str(tmp_path / "out"), model="tiny", size="64x64", steps=8, seed=0,
+                     batch_size=4, gpus="1", format="png", policy="auto", compile=True, fp8="off", encoder_cpus=None,
+                     encoder_dtype="float32", verify=False, controlnet=str(tiny_controlnets["1.0"]))
+    with pytest.raises(ZImageError, match="line 1 .* needs a 2.x Union ControlNet"):
+        run(args)

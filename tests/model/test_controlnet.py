@@ -122,8 +122,12 @@ def test_planner_counts_the_controlnet(tiny_controlnets):
     assert "controlnet    gpu" in with_cn.describe()
     small = make_plan(Z_IMAGE_TURBO, 16 * GiB, Workload(), controlnet=union21)
     assert (small.kind, small.controlnet) == ("partial", "gpu")  # the ControlNet resident, transformer blocks streamed
-    streamed = make_plan(Z_IMAGE_TURBO, 16 * GiB, Workload(), policy="sequential", controlnet=union21)
-    assert streamed.controlnet == streamed.transformer == "stream"
+    from zimage_serve.core.errors import PlanError
+
+    with pytest.raises(PlanError, match="a ControlNet is served \\(it is never streamed\\)"):
+        make_plan(Z_IMAGE_TURBO, 16 * GiB, Workload(), policy="sequential", controlnet=union21)
+    with pytest.raises(PlanError, match="The smallest needs"):  # below the smallest partial plan: no streamed one
+        make_plan(Z_IMAGE_TURBO, 6 * GiB, Workload(), controlnet=union21)
     assert small.peak_gib <= 16
 
 
@@ -195,25 +199,25 @@ def test_a_modelscope_id_is_read_from_the_cache_as_published(tiny_controlnets, t
         find_controlnet("PAI/not-in-the-cache")
 
 
-@pytest.mark.parametrize("policy", ["offload", "sequential"])
+@pytest.mark.parametrize("policy", ["offload", "partial"])
 def test_every_plan_kind_places_the_controlnet_and_makes_the_resident_image(tiny_source, tiny_controlnets, engines,
                                                                              policy):
     """GPU plans followed on CPU (the CPU as 'GPU'): the ControlNet offloaded with the transformer (model offload
-    hooks), or its blocks streamed (group offloading); the image equals the resident engine's."""
+    hooks, neither sending the other back), or resident beside a partly streamed transformer; the image equals the
+    resident engine's."""
     from zimage_serve.model.planner import GiB
 
     cn = find_controlnet(str(tiny_controlnets["2.1"]))
     plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy=policy,
                      controlnet=ControlNetSizes.of(cn.shapes))
-    assert (plan.kind, plan.controlnet) == (policy, {"offload": "offload", "sequential": "stream"}[policy])
+    assert (plan.kind, plan.controlnet) == (policy, {"offload": "offload", "partial": "gpu"}[policy])
     engine = Engine.load(tiny_source, plan, device="cpu", dtype="float32", controlnet=cn)
     engine.set_progress(False)
-    if policy == "sequential":
-        from diffusers.hooks.group_offloading import _is_group_offload_enabled
-
-        assert _is_group_offload_enabled(engine.controlnet)
+    if policy == "partial":
+        assert engine.streamer is not None
     else:
-        assert len(engine.loaded.hooks) == 3  # the text encoder's turn, then the ControlNet's and the transformer's
+        te, cn_hook, t_hook = engine.loaded.hooks  # the text encoder's turn, then the ControlNet's and transformer's
+        assert cn_hook.hook.prev_module_hook is te and t_hook.hook.prev_module_hook is te
     image = engine.generate([control_job(engine, 4, edges())]).images[0]
     resident = engines["2.1"]
     assert max_pixel_diff(image, resident.generate([control_job(resident, 4, edges())]).images[0]) <= 1

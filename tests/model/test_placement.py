@@ -123,3 +123,13 @@ def test_gpu_processes_get_expandable_segments_unless_the_user_chose(monkeypatch
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
     prepare_allocator()
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+
+
+def test_fp8_true_keeps_the_text_encoder_on_a_large_card_and_adapters_get_no_partial_plan():
+    from zimage_serve.model.planner import Z_IMAGE_TURBO
+
+    big = make_plan(Z_IMAGE_TURBO, 80 * GiB, Workload(1024, 1024, 4), fp8=True)
+    assert (big.kind, big.weights, big.text_encoder) == ("resident", "fp8", "gpu")
+    lora = make_plan(Z_IMAGE_TURBO, 12 * GiB, Workload(1024, 1024, 4), fp8="auto", partial_ok=False)
+    assert (lora.kind, lora.weights) == ("resident", "fp8")
+    assert make_plan(Z_IMAGE_TURBO, 8 * GiB, Workload(1024, 1024, 4), partial_ok=False).kind == "sequential"

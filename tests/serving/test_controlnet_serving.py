@@ -128,6 +128,12 @@ def test_bad_control_input_is_a_400_naming_the_field(lora_url, route, body, para
     assert (error["param"], error["code"]) == (param, code) and words in error["message"], error
 
 
+def test_an_empty_control_image_part_is_a_400_not_a_plain_edit(lora_url):
+    files = {"image": ("i.png", png(picture())), "mask": ("m.png", png(square_mask())), "control_image": ("c.png", b"")}
+    r = httpx.post(f"{lora_url}/v1/images/edits", data={"prompt": PROMPT}, files=files, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "control_image", r.text
+
+
 def test_a_control_image_over_the_upload_limit_is_413(lora_url):
     r = httpx.post(f"{lora_url}/v1/images/generations", timeout=60,
                    json={"prompt": PROMPT, "control_image": "A" * 30_000_000})

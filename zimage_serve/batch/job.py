@@ -99,9 +99,14 @@ def run(args) -> int:
         from ..model.controlnet import find_controlnet  # headers only, before Ray
 
         path = Path(controlnet).expanduser()
-        controlnet = str(find_controlnet(str(path.resolve()) if path.exists() else controlnet).path)
+        found = find_controlnet(str(path.resolve()) if path.exists() else controlnet)
+        controlnet = str(found.path)
     items = read_prompts(args.prompts, args.size, args.steps, args.seed,  # every line checked, before Ray
                          adapters=frozenset(adapters), controlnet=bool(controlnet))
+    inpaint = [i.line for i in items if i.control_image and i.mask]
+    if inpaint and controlnet and not found.inpaint:
+        raise ZImageError(f"{args.prompts}: line {inpaint[0]} (and {len(inpaint) - 1} more) inpaints with a ControlNet, "
+                          f"which needs a 2.x Union ControlNet (33 control channels); {args.controlnet} is 1.0")
     actors = parse_actors(args.gpus)
     if args.batch_size < 1:
         raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")

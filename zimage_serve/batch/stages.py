@@ -127,7 +127,8 @@ class GenerateStage:
         reserve = slot_reserve_bytes(spec, shapes, len(weights)) if spec else 0
         cn = find_controlnet(controlnet) if controlnet else None
         plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu",
-                                     reserve_bytes=reserve, controlnet=cn, fp8=fp8)  # FP8 weights where the plan says
+                                     reserve_bytes=reserve, controlnet=cn, fp8=fp8,  # FP8 weights where the plan says
+                                     partial_ok=spec is None)  # LoRA slots need every block resident
         # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
         self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile},
                                   lora=spec, controlnet=cn)

@@ -107,16 +107,16 @@ class Engine:
                                         **overrides))
         if plan.vae_tiling:
             engine.enable_vae_tiling()
-        speedups = dict(speedups or {})
+        requested, speedups = bool(speedups), dict(speedups or {})
         if plan.transformer == "partial" or plan.weights == "fp8":  # placed here, from the CPU, on any device
-            lora = engine._place(speedups, lora)
-        if speedups and engine.device.type == "cuda":
+            lora = engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
+        if requested and engine.device.type == "cuda":
             engine._accelerate(speedups, lora)
         elif lora is not None:
             engine._install_slots(lora)
         return engine
 
-    def _place(self, speedups: dict, lora):
+    def _place(self, speedups: dict, lora, fuse: bool):
         """A partial or FP8 plan's placement (placement.py), with the fusing and LoRA slots that must come before
         it; what is left of ``speedups`` then applies as to any plan. Returns the LoRA slots still to make (None)."""
         from .placement import place_transformer  # partial and FP8 plans only
@@ -127,9 +127,9 @@ class Engine:
                             "with fp8: auto)")
         install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
         applied, self.streamer = place_transformer(self.pipe.transformer, self.plan, self.device,
-                                                   fuse=bool(speedups.get("fuse")), before_quantize=install)
+                                                   fuse=fuse, before_quantize=install)
         self.placement = applied
-        speedups.update(fuse=False, fp8=False)
+        speedups.update(fuse=False, fp8=False, controlnet_fuse=fuse)
         if self.streamer is not None:
             speedups["cuda_graphs"] = False  # the streamed blocks' weights change under them
         return None
@@ -139,6 +139,7 @@ class Engine:
         headroom over the plan's peak. With ``compile``, the VAE decoder's GroupNorm+SiLU pairs are compiled too
         (the same activation peak as eager, bench run36), unless it decodes in tiles."""
         plan = self.plan
+        controlnet_fuse = speedups.pop("controlnet_fuse", speedups.get("fuse", True))  # (a placed plan fused already)
         if plan.transformer not in ("gpu", "partial"):  # fusing and FP8 rewrite weights, which offload hooks hold copies of
             if speedups.get("fp8"):
                 log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
@@ -152,7 +153,7 @@ class Engine:
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 
-            self.speedups.update(accelerate_controlnet(self.controlnet, **speedups))
+            self.speedups.update(accelerate_controlnet(self.controlnet, **{**speedups, "fuse": controlnet_fuse}))
         if self.slots is not None:
             self.speedups["lora_slots"] = f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
         if speedups.get("compile") and not plan.vae_tiling:

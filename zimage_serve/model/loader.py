@@ -152,11 +152,14 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
     if plan.transformer == "offload":
         from accelerate import cpu_offload_with_hook  # an offload plan only
 
-        prev = None  # the text encoder's turn, then the transformer's, the ControlNet moved in for each of its calls
-        first = [text_model] if text_model is not None and plan.text_encoder == "offload" else []
-        for m in first + ([controlnet] if controlnet is not None else []) + [transformer]:
-            _, prev = cpu_offload_with_hook(m, dev, prev_module_hook=prev)
-            hooks.append(prev)
+        # the text encoder's turn, then the transformer's with the ControlNet: each of those two sends the text
+        # encoder back, neither the other (the plan counts them on the GPU together)
+        te_hook = None
+        if text_model is not None and plan.text_encoder == "offload":
+            _, te_hook = cpu_offload_with_hook(text_model, dev)
+            hooks.append(te_hook)
+        for m in ([controlnet] if controlnet is not None else []) + [transformer]:
+            hooks.append(cpu_offload_with_hook(m, dev, prev_module_hook=te_hook)[1])
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     # debug: each caller says it has loaded (the CLI, the replicas' "ready"); the breakdown is for profiling
     log.debug("loaded %s: %s; VAE %s", source.label, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()), vae_changes)

@@ -182,7 +182,7 @@ class Plan:
         if self.kind == "partial":
             seconds = self.streamed_gib_per_step * GiB / H2D_BYTES_PER_S
             transformer += (f": {self.blocks_resident} main blocks resident, {self.blocks_streamed} streamed "
-                            f"({self.streamed_gib_per_step:.2f} GiB a step, ~{seconds:.2f} s at "
+                            f"(up to {self.streamed_gib_per_step:.2f} GiB a step, ~{seconds:.2f} s at "
                             f"{H2D_BYTES_PER_S / 1e9:.0f} GB/s, overlapped with the resident blocks' compute)")
         return "\n".join([
             f"plan: {self.kind} on {self.device} ({self.dtype}), policy {self.policy}; sizes from {self.origin}",
@@ -195,7 +195,8 @@ class Plan:
         ])
 
 
-def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None, fp8: bool = False):
+def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None, fp8: bool = False,
+                partial_ok: bool = True):
     """(kind, placements, weights on GPU, activations, FP8) in order of speed, fastest first. A ControlNet goes
     where the transformer goes: resident beside it, offloaded with it (the two on the GPU together while
     denoising), or streamed a block at a time beside it (a partial plan keeps it resident). A partial plan's
@@ -215,8 +216,7 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
 
     def resident(f8: bool):
         T = s.transformer_bytes(f8) + C
-        if not f8:
-            yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te), f8
+        yield "resident", ("gpu", "gpu", "gpu", "gpu", False), T + V + TE, max(act_t, act_v, act_te), f8
         for tiled in tilings:  # tiled VAE decode: a little slower, much less memory at large sizes
             yield "resident", ("gpu", "gpu", "cpu", "cpu", tiled), T + V, max(act_t, act_tile if tiled else act_v), f8
 
@@ -230,9 +230,12 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
     yield from resident(False)
     if fp8:
         yield from resident(True)
-        yield from partial(True)
-    yield from partial(False)
-    # model-level offload: the text encoder and the transformer take turns on the GPU; the small VAE stays
+        if partial_ok:
+            yield from partial(True)
+    if partial_ok:
+        yield from partial(False)
+    # model-level offload: the text encoder and the transformer (with the ControlNet) take turns on the GPU; the
+    # small VAE stays
     T = s.transformer_bytes() + C
     big = max([(TE, act_te), (T, act_t)], key=lambda p: p[0] + p[1])
     for tiled in (False, True):
@@ -242,17 +245,20 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
     block = s.transformer_block_params * bpe
     streamed = s.transformer_params * bpe - s.transformer_blocks * block + 2 * block
     streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
+    if cn:  # the ControlNet runs the transformer's embedders and refiners outside its forward, where group
+        return  # offloading loads them: not streamed (a PlanError names the smallest plan that is)
     for tiled in (False, True):
         yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_t, act_tile if tiled else act_v), False
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
               policy: str = "auto", encode_on: str = "auto", controlnet: ControlNetSizes | None = None,
-              fp8: bool | str = False) -> Plan:
+              fp8: bool | str = False, partial_ok: bool = True) -> Plan:
     """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU), with the
     ``controlnet`` where it goes (as the transformer) when one is served. ``fp8``: False, bf16 weights only;
     ``"auto"``, FP8 weights where bf16 ones don't fit resident (the caller says the GPU has FP8 matmuls); True,
-    FP8 weights in every plan that keeps the transformer on the GPU.
+    FP8 weights in every plan that keeps the transformer on the GPU. ``partial_ok`` False: no partial plans (LoRA
+    adapters need every block resident). A ControlNet is never streamed.
 
     Raises PlanError, with the numbers, when the policy asked for can't fit.
     """
@@ -268,7 +274,8 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
                     controlnet="cpu" if controlnet else "none",
                     controlnet_gib=round(controlnet.params * 4 / GiB, 2) if controlnet else 0.0)
     tried = []
-    for kind, (tr, vae, te, enc, tiled), weights, act, f8 in _candidates(sizes, workload, 2, controlnet, bool(fp8)):
+    for kind, (tr, vae, te, enc, tiled), weights, act, f8 in _candidates(sizes, workload, 2, controlnet, bool(fp8),
+                                                                         partial_ok):
         if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
             continue
         if fp8 is True and not f8 and kind in ("resident", "partial"):  # FP8 asked for: its plans only
@@ -292,6 +299,9 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
                     controlnet=("gpu" if tr == "partial" else tr) if controlnet else "none",
                     controlnet_gib=round(controlnet.params * 2 / GiB, 2) if controlnet else 0.0,
                     weights="fp8" if f8 else "bf16", **split)
+    if not tried and policy in ("sequential", "partial"):
+        why = "a ControlNet is served (it is never streamed)" if policy == "sequential" else "LoRA adapters are served"
+        raise PlanError(f"policy {policy!r} is not available: {why}; use policy auto")
     if not tried:
         raise PlanError(f"policy {policy!r} can't encode prompts on the {encode_on.upper()}; use encode_on auto")
     w = workload

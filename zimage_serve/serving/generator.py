@@ -83,7 +83,8 @@ class Generator:
             controlnet = find_controlnet(self.config.controlnet)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
         plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve,
-                                     controlnet=controlnet, fp8=opts.fp8)  # FP8 weights where the plan says
+                                     controlnet=controlnet, fp8=opts.fp8,  # FP8 weights where the plan says
+                                     partial_ok=lora is None)  # LoRA slots need every block resident
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend,
                     "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
         engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora,

@@ -173,7 +173,8 @@ class RequestParser:
                     raise InvalidInput(f"in a multipart body, {name} is a file part, not a text field", param=name)
             image, mask = files.get("image"), files.get("mask")
             # a control image: a file part, or base64 in a text field (what the openai client's extra_body sends)
-            control = files.get("control_image") or _base64(getattr(req, "control_image", None), "control_image")
+            control = files["control_image"] if "control_image" in files else \
+                _base64(getattr(req, "control_image", None), "control_image")
             if "control_image" in files and getattr(req, "control_image", None) is not None:
                 raise InvalidInput("control_image is given twice (a file part and a text field)", param="control_image")
         if image is None:
