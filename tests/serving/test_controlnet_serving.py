@@ -128,6 +128,21 @@ def test_bad_control_input_is_a_400_naming_the_field(lora_url, route, body, para
     assert (error["param"], error["code"]) == (param, code) and words in error["message"], error
 
 
+def test_a_large_control_image_in_a_multipart_text_field_is_read(lora_url, stock):
+    """The openai client sends extra_body's control_image as a form field: one over max_body_bytes (1 MB) is read."""
+    import numpy as np
+    from PIL import Image
+
+    noisy = Image.fromarray(np.random.RandomState(1).randint(0, 255, (640, 640, 3), dtype=np.uint8))  # ~1.2 MB PNG
+    assert len(b64(noisy)) > 1_000_000
+    files = {"image": ("i.png", png(picture())), "mask": ("m.png", png(square_mask()))}
+    r = httpx.post(f"{lora_url}/v1/images/edits", data={"prompt": PROMPT, "seed": "9", "control_image": b64(noisy)},
+                   files=files, timeout=120)
+    assert r.status_code == 200, r.text
+    ref = stock_control(stock[ZImageControlNetInpaintPipeline], 9, noisy, image=picture(), mask_image=square_mask())
+    assert max_pixel_diff(decoded(r.json()["data"][0]["b64_json"]), ref) <= 1
+
+
 def test_an_empty_control_image_part_is_a_400_not_a_plain_edit(lora_url):
     files = {"image": ("i.png", png(picture())), "mask": ("m.png", png(square_mask())), "control_image": ("c.png", b"")}
     r = httpx.post(f"{lora_url}/v1/images/edits", data={"prompt": PROMPT}, files=files, timeout=60)

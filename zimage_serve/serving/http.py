@@ -269,7 +269,9 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     async def edits(request: Request):
         if _media_type(request, (JSON, MULTIPART)) == MULTIPART:
             start = time.perf_counter()
-            fields, files = await read_form(request, config.max_upload_bytes, config.max_body_bytes)
+            # a text field may hold a control image as base64 (the openai client's extra_body) where one is taken
+            field_cap = config.max_generation_body_bytes
+            fields, files = await read_form(request, config.max_upload_bytes, field_cap)
             upload_read = time.perf_counter() - start
             return images_json(await service.edits(fields, files), upload_read=upload_read)
         return images_json(await service.edits(await _json(request)))
