@@ -110,12 +110,13 @@ def _embeds() -> None:
         torch.save(encoder.encode([PROMPT])[0].float(), str(path))
 
 
-def _in_a_fresh_process(code: str, gib: float, env: dict | None = None) -> dict:
+def _in_a_fresh_process(code: str, gib: float, env: dict | None = None, args: tuple = (), timeout: int = 420) -> dict:
+    """``python -c code *args`` on an emulated ``gib`` GiB card: the JSON it prints after "CARD ", or its error."""
     import os
 
     holder = _hold(gib)
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420,
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
     finally:
         holder.kill()
@@ -200,15 +201,7 @@ def cards_stock():
     results: dict = {}
     for gib in (12, 8):
         for recipe in ("model_offload", "group_offload", "sequential_offload"):
-            holder = _hold(gib)
-            try:
-                r = subprocess.run([sys.executable, "-c", STOCK, recipe, str(checkpoint()), PROMPT], capture_output=True,
-                                   text=True, timeout=300)
-            finally:
-                holder.kill()
-                holder.wait()
-            lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
-            results.setdefault(str(gib), {})[recipe] = json.loads(lines[-1][5:]) if lines else {
-                "error": (r.stderr or r.stdout)[-400:]}
+            results.setdefault(str(gib), {})[recipe] = _in_a_fresh_process(
+                STOCK, gib, args=(recipe, str(checkpoint()), PROMPT), timeout=300)
             save("cards_stock", **results)
     print("CARDS_STOCK", json.dumps(results), flush=True)

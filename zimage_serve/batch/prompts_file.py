@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..core.control import PREPROCESS
 from ..core.errors import InvalidInput, ZImageError
-from ..core.request import MAX_CONTROL_SCALE, GenerationRequest
+from ..core.request import MAX_CONTROL_SCALE, GenerationRequest, check_control_inputs
 from ..core.bounds import (Bounds, check_lora_scale, check_prompt, check_seed, check_steps, check_strength,
                            parse_size)
 
@@ -160,11 +160,7 @@ def _control(item: Item, record: dict, base: Path, controlnet: bool) -> Item:
         raise InvalidInput("controlnet_conditioning_scale and control_preprocess need a control_image")
     if not controlnet:
         raise InvalidInput("control_image needs a ControlNet: give the job one with --controlnet SOURCE")
-    if item.image is not None and item.mask is None:
-        raise InvalidInput("control_image with an image needs a mask (ControlNet inpainting); image-to-image with a "
-                           "ControlNet is not served")
-    if item.strength is not None:
-        raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise)")
+    check_control_inputs(item.image is not None, item.mask is not None, item.strength)
     scale = None
     if "controlnet_conditioning_scale" in record:
         scale = _number(record["controlnet_conditioning_scale"], "controlnet_conditioning_scale")

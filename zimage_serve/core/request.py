@@ -25,6 +25,18 @@ DEFAULT_CONTROL_SCALE = 0.75  # ZImageControlNetPipeline's controlnet_conditioni
 MAX_CONTROL_SCALE = 2.0
 
 
+def check_control_inputs(image: bool, mask: bool, strength: float | None) -> None:
+    """What a control image may come with, as the ControlNet pipelines take it: with an image to edit, a mask
+    (diffusers has no ControlNet image-to-image) and no strength (ControlNet inpainting generates from noise). The
+    one place that says so: the request, the edits route (before decoding) and the prompts file ask here."""
+    if image and not mask:
+        raise InvalidInput("control_image with an image needs a mask (ControlNet inpainting); image-to-image with a "
+                           "ControlNet is not served", param="control_image")
+    if image and strength is not None:
+        raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise, the image "
+                           "outside the mask as a condition)", param="strength")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate: one request, ``n`` images; image ``i`` uses ``seed + i`` (see :meth:`images`).
@@ -64,12 +76,7 @@ class GenerationRequest:
         if self.mask_image is not None and self.init_image is None:
             raise ValueError("a mask_image needs an init_image")
         if self.control_image is not None:
-            if self.init_image is not None and self.mask_image is None:
-                raise InvalidInput("control_image with an image to edit needs a mask (ControlNet inpainting); "
-                                   "image-to-image with a ControlNet is not served", param="control_image")
-            if self.init_image is not None and self.strength is not None:
-                raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise, "
-                                   "the image outside the mask as a condition)", param="strength")
+            check_control_inputs(self.init_image is not None, self.mask_image is not None, self.strength)
             if self.control_scale is None:
                 object.__setattr__(self, "control_scale", DEFAULT_CONTROL_SCALE)
         elif self.control_scale is not None:

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.checkpoints import controlnet_config
 from ..core.errors import ModelSourceError
 
 _EMBEDDER = "control_all_x_embedder."
@@ -27,7 +28,6 @@ class ControlNetSource:
     spec: str
     path: Path
     single_file: bool
-    params: int  # parameters it adds to the transformer's (the planner counts them)
     shapes: dict  # tensor name -> shape, from the headers
 
     @property
@@ -36,9 +36,13 @@ class ControlNetSource:
         return "1.0" if self.control_in_dim <= 16 else "2.x"
 
     @property
+    def embedder_shape(self) -> tuple:
+        """(width, control channels x 4): its control patch embedder's weight."""
+        return next(v for k, v in self.shapes.items() if k.startswith(_EMBEDDER) and k.endswith(".weight"))
+
+    @property
     def control_in_dim(self) -> int:
-        (name,) = [k for k in self.shapes if k.startswith(_EMBEDDER) and k.endswith(".weight")][:1]
-        return self.shapes[name][1] // 4  # patches of 2 x 2 x 1 latent pixels
+        return self.embedder_shape[1] // 4  # patches of 2 x 2 x 1 latent pixels
 
     @property
     def inpaint(self) -> bool:
@@ -92,37 +96,19 @@ def find_controlnet(spec: str) -> ControlNetSource:
     if not any(k.startswith(_EMBEDDER) for k in shapes) or not any(k.startswith("control_layers.") for k in shapes):
         raise ModelSourceError(f"controlnet: {files[0]} holds no Z-Image ControlNet weights (no control_layers, "
                                f"no {_EMBEDDER.rstrip('.')}; {len(shapes)} tensors)")
-    params = 0
-    for shape in shapes.values():
-        n = 1
-        for d in shape:
-            n *= d
-        params += n
-    return ControlNetSource(spec=spec, path=files[0] if single else path, single_file=single, params=params,
-                            shapes=shapes)
+    return ControlNetSource(spec=spec, path=files[0] if single else path, single_file=single, shapes=shapes)
 
 
 def inferred_config(source: ControlNetSource, transformer_config: dict) -> dict:
-    """The ``ZImageControlNetModel`` config of a single file, from its tensors and the transformer's config: control
-    blocks spread evenly over the transformer's layers (every 5th for 1.0's 6, every 2nd for 2.x's 15), 2.x's
-    noise-refiner kind told as diffusers tells it (2.0's control noise-refiner input projections are zero)."""
-    t = transformer_config
-    blocks = sorted({int(k.split(".")[1]) for k in source.shapes if k.startswith("control_layers.")})
-    step = max(1, t.get("n_layers", 30) // len(blocks))
-    if source.version == "1.0":
-        refiner = None
-    else:
+    """The ``ZImageControlNetModel`` config of a single file (``core.checkpoints.controlnet_config``), from its
+    tensors and the transformer's config: its control blocks spread evenly over the transformer's layers, 2.0 told
+    from 2.1 as diffusers tells them (2.0's control noise-refiner input projections are zero)."""
+    blocks = len({k.split(".")[1] for k in source.shapes if k.startswith("control_layers.")})
+    version = "1.0"
+    if source.version != "1.0":
         name = "control_noise_refiner.0.before_proj.weight"
-        refiner = "control_noise_refiner" if name in source.shapes and _nonzero(source.path, name) \
-            else "control_layers"
-    return dict(
-        control_layers_places=[i * step for i in range(len(blocks))],
-        control_refiner_layers_places=list(range(t.get("n_refiner_layers", 2))),
-        control_in_dim=source.control_in_dim, add_control_noise_refiner=refiner,
-        all_patch_size=list(t.get("all_patch_size", [2])), all_f_patch_size=list(t.get("all_f_patch_size", [1])),
-        dim=t.get("dim", 3840), n_refiner_layers=t.get("n_refiner_layers", 2), n_heads=t.get("n_heads", 30),
-        n_kv_heads=t.get("n_kv_heads", 30), norm_eps=t.get("norm_eps", 1e-5), qk_norm=t.get("qk_norm", True),
-    )
+        version = "2.1" if name in source.shapes and _nonzero(source.path, name) else "2.0"
+    return controlnet_config(transformer_config, version, blocks)
 
 
 def _nonzero(path: Path, name: str) -> bool:
@@ -135,8 +121,7 @@ def _nonzero(path: Path, name: str) -> bool:
 def check_fits(source: ControlNetSource, transformer_config: dict) -> None:
     """Refuses a ControlNet made for another transformer (its width, or control at layers it does not have)."""
     dim = transformer_config.get("dim", 3840)
-    (name,) = [k for k in source.shapes if k.startswith(_EMBEDDER) and k.endswith(".weight")][:1]
-    width = source.shapes[name][0]
+    width = source.embedder_shape[0]
     if width != dim:
         raise ModelSourceError(f"controlnet {source.spec}: made for a transformer of width {width}; this model's "
                                f"is {dim}")

@@ -109,7 +109,8 @@ class Engine:
             engine.enable_vae_tiling()
         requested, speedups = bool(speedups), dict(speedups or {})
         if plan.transformer == "partial" or plan.weights == "fp8":  # placed here, from the CPU, on any device
-            lora = engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
+            engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
+            lora = None  # (made by the placement)
         if requested and engine.device.type == "cuda":
             engine._accelerate(speedups, lora)
         elif lora is not None:
@@ -118,7 +119,7 @@ class Engine:
 
     def _place(self, speedups: dict, lora, fuse: bool):
         """A partial or FP8 plan's placement (placement.py), with the fusing and LoRA slots that must come before
-        it; what is left of ``speedups`` then applies as to any plan. Returns the LoRA slots still to make (None)."""
+        it (the LoRA slots among them); what is left of ``speedups`` then applies as to any plan."""
         from .placement import place_transformer  # partial and FP8 plans only
 
         if lora is not None and self.plan.blocks_streamed:
@@ -132,7 +133,6 @@ class Engine:
         speedups.update(fuse=False, fp8=False, controlnet_fuse=fuse)
         if self.streamer is not None:
             speedups["cuda_graphs"] = False  # the streamed blocks' weights change under them
-        return None
 
     def _accelerate(self, speedups: dict, lora=None) -> None:
         """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs need

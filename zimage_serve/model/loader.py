@@ -136,8 +136,7 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
         from .controlnet import load_controlnet  # a ControlNet served
 
         t0 = time.perf_counter()
-        controlnet = load_controlnet(controlnet_source, dict(transformer.config),
-                                     _target("gpu" if plan.controlnet == "gpu" else "cpu", dev), dt)
+        controlnet = load_controlnet(controlnet_source, dict(transformer.config), _target(plan.controlnet, dev), dt)
         seconds["controlnet"] = time.perf_counter() - t0
         if plan.controlnet == "stream":  # its own blocks, before it shares the transformer's (ZImageControlNetPipeline)
             controlnet.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"),

@@ -44,6 +44,7 @@ class Generator:
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
+        self.controlnet = None  # the ControlNet served (model.controlnet.ControlNetSource), once loading found it
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
         self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
@@ -76,19 +77,18 @@ class Generator:
         t0 = time.perf_counter()
         source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
         lora, reserve = self._check_adapters(source)
-        controlnet = None
         if self.config.controlnet:
             from ..model.controlnet import find_controlnet  # in the replica, with the model layer (see above)
 
-            controlnet = find_controlnet(self.config.controlnet)
+            self.controlnet = find_controlnet(self.config.controlnet)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
         plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve,
-                                     controlnet=controlnet, fp8=opts.fp8,  # FP8 weights where the plan says
+                                     controlnet=self.controlnet, fp8=opts.fp8,  # FP8 weights where the plan says
                                      partial_ok=lora is None)  # LoRA slots need every block resident
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend,
                     "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
         engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora,
-                             controlnet=controlnet)
+                             controlnet=self.controlnet)
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
@@ -164,7 +164,7 @@ class Generator:
             raise InvalidInput("control_image needs a ControlNet, and this deployment serves none: set `controlnet` "
                                "in the app's args (or zimage-serve serve --controlnet SOURCE)", param="control_image",
                                code="controlnet_not_configured")
-        if request.mode == "controlnet-inpaint" and self._controlnet_info()["controlnet"]["version"] == "1.0":
+        if request.mode == "controlnet-inpaint" and not self.controlnet.inpaint:
             raise InvalidInput("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); the "
                                "one served is 1.0", param="control_image", code="unsupported_value")
 
@@ -188,10 +188,9 @@ class Generator:
         cn = self.engine.controlnet
         if cn is None:
             return {}
-        inpaint = cn.config.control_in_dim != self.engine.pipe.transformer.config.in_channels
         return {"controlnet": {"source": self.config.controlnet, "placement": self.engine.plan.controlnet,
                                "control_layers": len(cn.config.control_layers_places),
-                               "version": "2.x (with inpaint)" if inpaint else "1.0"}}
+                               "version": "2.x (with inpaint)" if self.controlnet.inpaint else "1.0"}}
 
     def _adapters_info(self) -> dict:
         if not self.config.adapters:

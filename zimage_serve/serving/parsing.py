@@ -20,7 +20,7 @@ from ..core.bounds import (SIZE_MULTIPLE, Bounds, check_dimension, check_lora_sc
 from ..core.control import with_control_image
 from ..core.errors import InvalidInput, ModelNotFound, TooLarge
 from ..core.images import check_edit_steps, with_edit_inputs
-from ..core.request import DEFAULT_STRENGTH, MAX_CONTROL_SCALE, GenerationRequest
+from ..core.request import DEFAULT_STRENGTH, MAX_CONTROL_SCALE, GenerationRequest, check_control_inputs
 from ..settings import AppConfig
 from .protocol import CONTROL_FIELDS, wire_types
 
@@ -179,12 +179,8 @@ class RequestParser:
                 raise InvalidInput("control_image is given twice (a file part and a text field)", param="control_image")
         if image is None:
             raise InvalidInput("image is required: the image to edit", param="image", code="missing_image")
-        if control is not None and mask is None:
-            raise InvalidInput("control_image with an image to edit needs a mask (ControlNet inpainting); "
-                               "image-to-image with a ControlNet is not served", param="control_image")
-        if control is not None and req.strength is not None:
-            raise InvalidInput("strength does not apply to ControlNet inpainting (it generates from noise, the image "
-                               "outside the mask as a condition)", param="strength")
+        if control is not None:  # refused before any upload is decoded
+            check_control_inputs(True, mask is not None, req.strength)
         strength = check_strength(req.strength) if req.strength is not None else None
         size = None if req.size == "auto" else self._size(req.size)
         request = self._request(req, *(size or self._size("auto")), n=req.n, quality=req.output_compression)

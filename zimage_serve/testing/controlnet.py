@@ -1,15 +1,7 @@
 """Writes Z-Image Union ControlNets with random weights, from diffusers' ``ZImageControlNetModel``, for the
 transformer of a checkpoint (its width, heads and layers), in either published layout.
 
-Versions, as the Z-Image-Turbo-Fun-Controlnet-Union checkpoints are built (read from diffusers' single-file
-conversion, ``convert_z_image_controlnet_checkpoint_to_diffusers``, and the model cards):
-
-- ``1.0``: control blocks at every 5th transformer layer (0, 5, ..., 25 on the 30-layer model), 16 control
-  channels (the control image's latents), no control refiner;
-- ``2.0``: control blocks at every 2nd layer (15 on the full model), 33 control channels (control latents,
-  masked image latents and the mask: the inpaint mode), control blocks refine too (``control_layers``);
-- ``2.1``: as 2.0, with control noise-refiner blocks of their own (``control_noise_refiner``).
-
+``version`` 1.0, 2.0 or 2.1, as the published checkpoints are built (``core.checkpoints.controlnet_config``).
 ``layout``: ``diffusers`` (a directory, ``save_pretrained``) or ``single-file`` (one .safetensors file, as
 published). Unlike a freshly initialised ControlNet (whose input and output projections diffusers zeroes), every
 weight is random, so the control visibly changes images.
@@ -19,26 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.checkpoints import CONTROLNET_VERSIONS as VERSIONS
+from ..core.checkpoints import controlnet_config
 LAYOUTS = ("diffusers", "single-file")
-
-
-def controlnet_config(transformer_config: dict, version: str = "2.1") -> dict:
-    """The ``ZImageControlNetModel`` config of a Union ControlNet ``version`` for a transformer of this config."""
-    if version not in VERSIONS:
-        raise ValueError(f"unknown ControlNet version {version!r}; choose one of {', '.join(VERSIONS)}")
-    t = transformer_config
-    n_layers, channels = t.get("n_layers", 30), t.get("in_channels", 16)
-    step = 5 if version == "1.0" else 2
-    return dict(
-        control_layers_places=list(range(0, n_layers, step)),
-        control_refiner_layers_places=list(range(t.get("n_refiner_layers", 2))),
-        control_in_dim=channels if version == "1.0" else 2 * channels + 1,
-        add_control_noise_refiner={"1.0": None, "2.0": "control_layers", "2.1": "control_noise_refiner"}[version],
-        all_patch_size=tuple(t.get("all_patch_size", (2,))), all_f_patch_size=tuple(t.get("all_f_patch_size", (1,))),
-        dim=t.get("dim", 3840), n_refiner_layers=t.get("n_refiner_layers", 2), n_heads=t.get("n_heads", 30),
-        n_kv_heads=t.get("n_kv_heads", 30), norm_eps=t.get("norm_eps", 1e-5), qk_norm=t.get("qk_norm", True),
-    )
 
 
 def write_controlnet(out: str | Path, model_dir: str | Path, version: str = "2.1", layout: str = "diffusers",

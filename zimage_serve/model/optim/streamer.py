@@ -36,10 +36,15 @@ class BlockStreamer:
         self.loaded: list = [None, None]  # per buffer: (block index, copy-done event or None)
         self.freed: list = [None, None]  # per buffer: event after the compute of the block that last used it
         self.copies = 0  # blocks copied to the GPU so far
-        for i, block in enumerate(blocks):
-            # the host copy is the weights' home now: every streamed block points at its buffer
-            for name, t in _tensors(block).items():
-                t.data = self.buffers[i % 2][name]
+        # per block, its tensors and their twins in its buffer: what `before` points it at
+        self.targets = [[(t, self.buffers[i % 2][name]) for name, t in _tensors(b).items()]
+                        for i, b in enumerate(blocks)]
+        for i in range(len(blocks)):  # the host copy is the weights' home now: each block points at its buffer
+            self._point(i)
+
+    def _point(self, i: int) -> None:
+        for tensor, buffered in self.targets[i]:
+            tensor.data = buffered
 
     @property
     def nbytes(self) -> int:
@@ -75,8 +80,7 @@ class BlockStreamer:
         event = self.loaded[slot][1]
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
-        for name, t in _tensors(self.blocks[i]).items():
-            t.data = self.buffers[slot][name]
+        self._point(i)
         if i + 1 < len(self.blocks):
             self._load(i + 1)
 
