@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zimage_serve"
 # Each layer may import the layers of lower rank and itself; two layers of one rank never import each other.
-RANKS = {"core": 0, "settings": 1, "testing.checkpoint": 2, "testing.lora": 2, "testing.controlnet": 2, "model": 3, "arguments": 4, "serving": 5, "batch": 5,
+RANKS = {"core": 0, "settings": 1, "testing.checkpoint": 2, "testing.lora": 2, "testing.controlnet": 2, "progress": 2, "model": 3, "arguments": 4, "jobs": 4, "serving": 5, "batch": 5,
          "testing.faults": 6, "cli": 7, "app": 7, "__main__": 8, "": 0}
 # What a module of a layer may import only inside a function (in the processes that need it), never at import.
 LAZY_ONLY = {"serving": {"model"}, "batch": {"model"}, "cli": {"serving", "testing.checkpoint", "testing.lora", "testing.controlnet"}}
@@ -110,7 +110,7 @@ def test_the_top_level_keeps_entry_points_and_the_config():
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(top) <= 6, top
     subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
-    assert subpackages == ["batch", "core", "model", "serving", "testing"]
+    assert subpackages == ["batch", "core", "jobs", "model", "serving", "testing"]
     for package in PACKAGE.rglob("__init__.py"):  # each says what lives there and what it may import
         doc = ast.get_docstring(ast.parse(package.read_text())) or ""
         assert len(doc) > 80, package

@@ -23,6 +23,16 @@ Mode = Literal["text-to-image", "image-to-image", "inpaint", "controlnet", "cont
 DEFAULT_STRENGTH = {"image-to-image": 0.6, "inpaint": 1.0}
 DEFAULT_CONTROL_SCALE = 0.75  # ZImageControlNetPipeline's controlnet_conditioning_scale
 MAX_CONTROL_SCALE = 2.0
+MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
+
+
+def preview_steps(total: int, count: int) -> tuple[int, ...]:
+    """The steps (1-based: after that many have run) at which ``count`` previews (``partial_images``) fall over
+    ``total`` steps: evenly spaced, before the last (the final image is the last word; a 1-step image has none),
+    at most one a step."""
+    if count <= 0 or total <= 1:
+        return ()
+    return tuple(sorted({min(total - 1, max(1, round(total * (k + 1) / (count + 1)))) for k in range(count)}))
 
 
 def check_control_inputs(image: bool, mask: bool, strength: float | None) -> None:
@@ -71,6 +81,7 @@ class GenerationRequest:
     control_image: Pixels | None = None  # ControlNet conditioning
     control_scale: float | None = None
     enqueued_at: float | None = None  # when the ingress admitted it (time.time()), for the queue metric
+    partial_images: int = 0  # previews wanted while it denoises (streaming), evenly spaced over the steps
 
     def __post_init__(self):
         if self.mask_image is not None and self.init_image is None:

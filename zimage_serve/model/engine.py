@@ -31,6 +31,7 @@ from .modes import MODES
 from .machine import gpu_free_bytes, plan_for_this_machine  # noqa: F401 (the engine's callers plan with them)
 from .planner import Plan
 from .sources import ModelSource
+from .watch import StepWatch, step_hooks
 
 log = logging.getLogger("zimage_serve")
 # CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
@@ -49,11 +50,13 @@ class Job:
     embeds: torch.Tensor  # [tokens, hidden]
     negative_embeds: torch.Tensor | None = None  # when the request is guided
     adapter: "HeldAdapter | None" = None  # request.adapter as held when it was admitted (None: by name, now)
+    watch: StepWatch | None = None  # told of each step (progress, previews); None: nobody watches
 
     @classmethod
-    def of(cls, request: GenerationRequest, embeds: list[torch.Tensor], adapter: "HeldAdapter | None" = None) -> "Job":
+    def of(cls, request: GenerationRequest, embeds: list[torch.Tensor], adapter: "HeldAdapter | None" = None,
+           watch: StepWatch | None = None) -> "Job":
         """A job from the encodings of ``request.texts``, in their order."""
-        return cls(request, embeds[0], embeds[1] if request.guided else None, adapter)
+        return cls(request, embeds[0], embeds[1] if request.guided else None, adapter, watch)
 
 
 @dataclass(eq=False)
@@ -346,16 +349,22 @@ class Engine:
             negative = self._embeds([j.negative_embeds for j in jobs])
         self._use_adapter(j0, jobs[0].adapter)  # a batch holds one adapter and scale (GenerationRequest.batch_key)
         t0 = time.perf_counter()
-        latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
-        self._sync()
-        t1 = time.perf_counter()
-        images = [self._decode(latents[i:i + 1]) for i in range(len(jobs))]
-        for hook in self.loaded.hooks:
-            hook.offload()
+        try:
+            latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
+            self._sync()
+            t1 = time.perf_counter()
+            images = [self._decode(latents[i:i + 1]) for i in range(len(jobs))]
+        finally:
+            for hook in self.loaded.hooks:
+                hook.offload()
         self._sync()
         result.seconds["denoise"] += t1 - t0
         result.seconds["decode"] += time.perf_counter() - t1
         return images
+
+    def step_hooks(self, jobs: list[Job]) -> dict:
+        """The pipeline arguments that tell the jobs' watches of each step (model/watch.py); {} when none watches."""
+        return step_hooks([j.watch for j in jobs])
 
     def _decode(self, latents: torch.Tensor):
         vae = self.pipe.vae

@@ -24,6 +24,7 @@ from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from . import metrics
 from .batcher import GpuBatcher
+from .progress import StepEvents, Wanted
 
 log = logging.getLogger("zimage_serve")
 
@@ -231,9 +232,11 @@ class Generator:
             self.prompts_encoded += len(texts)
             return [e.float().cpu() for e in self.engine.encode(texts)]
 
-    async def generate(self, request: GenerationRequest, encoded: tuple | None) -> dict:
+    async def generate(self, request: GenerationRequest, encoded: tuple | None, watch: Wanted | None = None) -> dict:
         """One image of ``request``. ``encoded``: (embeds, negative embeds or None) from the PromptEncoder (Serve
-        resolves its response here), or None when this replica encodes the request's texts on its GPU."""
+        resolves its response here), or None when this replica encodes the request's texts on its GPU. A caller
+        that leaves (Serve cancels the call) is no longer waited for: its batch stops at its next step when no
+        other image of it is wanted (``watch``: :meth:`generate_stream`'s)."""
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if encoded is None and self.engine.encoder is None:  # refused before batching: no other request fails with it
@@ -241,8 +244,13 @@ class Generator:
         if request.control_image is not None:
             self._check_control(request)
         start = time.time()
-        held = await self._adapter_for(request)  # refused before batching: no other request fails with it
-        image, seconds, batch_size = await self._batcher.submit((request, encoded, held))
+        watch = watch or Wanted()
+        try:
+            held = await self._adapter_for(request)  # refused before batching: no other request fails with it
+            image, seconds, batch_size = await self._batcher.submit((request, encoded, held, watch))
+        except asyncio.CancelledError:
+            watch.cancelled = True
+            raise
         # Encoded here, outside the batch: the next batch forms and runs on the GPU meanwhile.
         t0 = time.perf_counter()
         data = await asyncio.to_thread(self._encode_image, image, request)
@@ -251,11 +259,40 @@ class Generator:
         seconds["generator"] = time.time() - start  # what the ingress reports in its Server-Timing header
         return {"image": data, "seed": request.seed, "batch_size": batch_size, "seconds": seconds}
 
+    async def generate_stream(self, request: GenerationRequest, encoded: tuple | None):
+        """:meth:`generate`, streamed (Serve's streaming handle): ``{"step", "total", "preview"}`` after each
+        denoising step (``preview``: the encoded preview image at the steps ``request.partial_images`` fall on, else
+        None), then ``{"result": what generate returns}``. A consumer that leaves stops the image as
+        :meth:`generate` says."""
+        watch = StepEvents(request, asyncio.get_running_loop())
+        task = asyncio.ensure_future(self.generate(request, encoded, watch))
+        try:
+            while True:
+                event = asyncio.ensure_future(watch.next())
+                await asyncio.wait({event, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not event.done():
+                    event.cancel()
+                    break
+                yield await self._step_event(event.result(), request)
+            for step in watch.pending():
+                yield await self._step_event(step, request)
+            yield {"result": task.result()}
+        finally:
+            if not task.done():
+                watch.cancelled = True
+                task.cancel()
+
+    async def _step_event(self, step: dict, request: GenerationRequest) -> dict:
+        preview = step["preview"]
+        if preview is not None:  # encoded off the event loop, as the images are
+            preview = await asyncio.to_thread(self._encode_image, preview, request)
+        return {**step, "preview": preview}
+
     async def _generate_batch(self, items: list[tuple]) -> list[tuple]:
         """(PIL image, seconds, batch size) per item: the GPU part (prompt encoding on plans that do it there,
         denoise, decode)."""
         start = time.time()
-        queued = [max(0.0, start - (request.enqueued_at or start)) for request, _, _ in items]
+        queued = [max(0.0, start - (request.enqueued_at or start)) for request, *_ in items]
         for q in queued:
             metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
@@ -271,13 +308,13 @@ class Generator:
 
         # what this replica encodes itself (plans that encode on the GPU), each text once: the n images of one
         # request share their prompt
-        texts = list(dict.fromkeys(t for request, encoded, _ in items if encoded is None for t in request.texts))
+        texts = list(dict.fromkeys(t for request, encoded, *_ in items if encoded is None for t in request.texts))
         t0 = time.perf_counter()
         own = dict(zip(texts, self.engine.encode(texts))) if texts else {}
         encode_s = time.perf_counter() - t0
         self.prompts_encoded += len(texts)
-        jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts], held)
-                for request, encoded, held in items]
+        jobs = [Job.of(request, list(encoded) if encoded is not None else [own[t] for t in request.texts], held, watch)
+                for request, encoded, held, watch in items]
         result = self._generate_with_oom_fallback(jobs)
         if texts:
             result.seconds["text_encode"] = encode_s

@@ -16,9 +16,10 @@ import hmac
 import json
 import logging
 import time
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -34,6 +35,7 @@ log = logging.getLogger("zimage_serve")
 OPEN_PATHS = {"/healthz", "/readyz"}
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+EVENT_STREAM = "text/event-stream"
 EDITS = "/v1/images/edits"
 
 
@@ -220,6 +222,35 @@ async def _json(request: Request):
         raise InvalidInput(f"the request body is not valid JSON ({e})", code="invalid_json") from None
 
 
+def sse(event: dict) -> bytes:
+    """One server-sent event: its ``type`` as the event name, the event as JSON data."""
+    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def _sse_events(events) -> AsyncIterator[bytes]:
+    """The stream's events as SSE; an error after the stream began ends it with an ``error`` event in the one
+    error shape (OpenAI's clients raise it as an APIError)."""
+    try:
+        async for event in events:
+            yield sse(event)
+    except Exception as e:
+        e = api_error(e)
+        yield sse({"type": "error", **error_body(e.message, e.type, e.param, e.code)})
+    finally:
+        await events.aclose()
+
+
+async def _streamed(events) -> StreamingResponse:
+    """A text/event-stream response over a stream whose first item (None) says it was checked and admitted: a
+    refusal before it is raised here, and answered as by the other routes."""
+    try:
+        await events.__anext__()
+    except StopAsyncIteration:  # (never: the stream yields its admission first)
+        raise ZImageError("the stream ended before it began") from None
+    return StreamingResponse(_sse_events(events), media_type=EVENT_STREAM,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI:
     config = service.config
     app = FastAPI(title="zimage-serve", version=__version__,
@@ -257,7 +288,10 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses={**images_ok(), **refusals},
               openapi_extra=_body_schema(wire.images))
     async def images(request: Request):
-        return images_json(await service.images(await _json(request)))
+        body = await _json(request)
+        if service.stream_options(body)["stream"]:
+            return await _streamed(service.stream(body))
+        return images_json(await service.images(body))
 
     image_bytes = {"schema": {"type": "string", "format": "binary"}}
     generated = {"description": "The image, encoded as output_format asks.",
@@ -273,8 +307,13 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
             field_cap = config.max_generation_body_bytes
             fields, files = await read_form(request, config.max_upload_bytes, field_cap)
             upload_read = time.perf_counter() - start
+            if service.stream_options(fields)["stream"]:
+                return await _streamed(service.stream(fields, files, edit=True))
             return images_json(await service.edits(fields, files), upload_read=upload_read)
-        return images_json(await service.edits(await _json(request)))
+        body = await _json(request)
+        if service.stream_options(body)["stream"]:
+            return await _streamed(service.stream(body, edit=True))
+        return images_json(await service.edits(body))
 
     @app.post("/generate", responses={200: generated, **refusals},
               response_class=Response, openapi_extra=_body_schema(wire.generate))

@@ -127,15 +127,22 @@ class IngressDeployment:
         self.config = AppConfig.model_validate(config)
         self.api_keys = api_keys(self.config)
 
-        def generate(image: GenerationRequest, encoded):
+        def routed(image: GenerationRequest, **options):
             # Serve's model multiplexing: an adapter's requests go to the replicas that hold it (base: any)
-            routed = generator.options(multiplexed_model_id=image.adapter) if image.adapter else generator
-            return routed.generate.remote(image, encoded)
+            if image.adapter:
+                options["multiplexed_model_id"] = image.adapter
+            return generator.options(**options) if options else generator
+
+        def generate(image: GenerationRequest, encoded):
+            return routed(image).generate.remote(image, encoded)
+
+        def generate_stream(image: GenerationRequest, encoded):
+            return routed(image, stream=True).generate_stream.remote(image, encoded)
 
         self.service = ImageService(
             self.config, encode=lambda request: encoder.encode.remote(request), generate=generate,
             generator_info=lambda: generator.info.remote(), is_retryable=retryable, backend_error=serve_error,
-            generator_encode=lambda request: generator.encode.remote(request))
+            generator_encode=lambda request: generator.encode.remote(request), generate_stream=generate_stream)
         log.info("Ingress ready (API keys %s)", "required" if self.api_keys else "off")
 
     def __serve_build_asgi_app__(self):

@@ -93,6 +93,13 @@ class RequestParser:
         except ValidationError as e:
             raise validation_error(e, self.config.bounds, (self.config.model_name, *self.config.adapters)) from None
 
+    @staticmethod
+    def stream_options(body: Any) -> dict:
+        """{"stream", "progress_events"} as a body (JSON, or a multipart form's text fields) asks, before it is
+        checked (the route to take; the wire types check them with the rest)."""
+        values = _form_values(body) if isinstance(body, dict) else {}
+        return {name: values.get(name) is True for name in ("stream", "progress_events")}
+
     def _request(self, req, width: int, height: int, n: int = 1, quality: int | None = None) -> GenerationRequest:
         b = self.config.bounds
         check_prompt(req.prompt, b)
@@ -105,7 +112,7 @@ class RequestParser:
         return GenerationRequest(prompt=req.prompt, negative_prompt=req.negative_prompt or "", seed=seed, width=width,
                                  height=height, steps=steps, guidance_scale=float(req.guidance_scale), n=n,
                                  output_format=req.output_format, quality=quality, adapter=adapter,
-                                 adapter_scale=scale)
+                                 adapter_scale=scale, partial_images=getattr(req, "partial_images", None) or 0)
 
     def _adapter(self, model: str | None, lora_scale: float | None) -> tuple[str | None, float | None]:
         """(adapter, scale) that ``model`` names: (None, None) for the base model ("", absent or its name), else a
@@ -192,11 +199,11 @@ class RequestParser:
 
 
 def _form_values(fields: dict) -> dict:
-    """A form's text fields as the edits body's types read them: ``stream`` is a JSON-style boolean there."""
-    stream = fields.get("stream")
-    if isinstance(stream, str) and stream.lower() in ("true", "false"):
-        return {**fields, "stream": stream.lower() == "true"}
-    return fields
+    """A form's text fields as the edits body's types read them: ``stream`` and ``progress_events`` are JSON-style
+    booleans there."""
+    flags = {name: fields[name].lower() == "true" for name in ("stream", "progress_events")
+             if isinstance(fields.get(name), str) and fields[name].lower() in ("true", "false")}
+    return {**fields, **flags}
 
 
 def _base64(text: str | None, param: str) -> bytes | None:

@@ -13,6 +13,8 @@ Validation is strict (JSON types as the schema says them: ``"64"`` is not an int
 
 from __future__ import annotations
 
+import base64
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -23,7 +25,7 @@ from pydantic_core import PydanticCustomError
 from ..core.bounds import MAX_LORA_SCALE, SIZE_MULTIPLE, Bounds, base64_length
 from ..core.control import CANNY_HIGH, CANNY_LOW, Preprocess
 from ..core.formats import OutputFormat
-from ..core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE
+from ..core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE, MAX_PARTIAL_IMAGES, GenerationRequest
 
 CONTROL_FIELDS = ("control_image", "controlnet_conditioning_scale", "control_preprocess")
 
@@ -167,8 +169,16 @@ def _openai_fields(b: Bounds, model: tuple, size_description: str) -> dict:
         output_compression=(_integer(0, 100) | None, Field(None, description="Quality for jpeg/webp, 0..100.")),
         quality=_compatibility(32), background=_compatibility(32), moderation=_compatibility(32),
         user=(str | None, Field(None, max_length=256, description="Accepted for compatibility; never logged.")),
-        stream=(Annotated[Literal[False], BeforeValidator(_only_bool)],
-                Field(False, description="Streaming is not supported.")),
+        stream=(Annotated[bool, BeforeValidator(_only_bool)], Field(False, description=(
+            "true: answer text/event-stream with OpenAI's streamed image events: `partial_images` previews an image "
+            "(`*.partial_image`), then each image (`*.completed`; with n > 1 the images' events interleave, each "
+            "naming its `image_index` and `seed`)."))),
+        partial_images=(_integer(0, MAX_PARTIAL_IMAGES) | None, Field(None, description=(
+            f"With stream: previews an image, 0..{MAX_PARTIAL_IMAGES} (default 0), evenly spaced over its steps, from "
+            "the latents (a quarter of the image's side; no VAE decode)."))),
+        progress_events=(Annotated[bool, BeforeValidator(_only_bool)], Field(False, description=(
+            "With stream: a `zimage.progress` event after each denoising step ({image_index, seed, step, "
+            "total_steps}); off by default, as OpenAI's clients know no such event."))),
     )
 
 
@@ -283,3 +293,31 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- the streamed responses' events (OpenAI's ImageGenStreamEvent / ImageEditStreamEvent, with extensions) ----
+
+ZERO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+              "total_tokens": 0}  # OpenAI's event requires usage; images are not counted in tokens here
+
+
+def stream_event(kind: str, request: GenerationRequest, image: GenerationRequest, event: dict, previews: dict[int, int],
+                 progress: bool) -> dict | None:
+    """The event to send for one of ``image``'s generator events (``{"step", "total", "preview"}`` or
+    ``{"result"}``) of the streamed ``request``; ``kind``: "image_generation" or "image_edit"; ``previews``: the
+    partial images sent so far, by image index (updated); ``progress``: send a step without preview as a
+    ``zimage.progress`` event (else nothing)."""
+    index = image.seed - request.seed
+    common = {"created_at": int(time.time()), "size": request.size, "output_format": request.output_format,
+              "background": "opaque", "quality": "auto", "image_index": index, "seed": image.seed}
+    if "result" in event:
+        return {"type": f"{kind}.completed", "b64_json": base64.b64encode(event["result"]["image"]).decode(),
+                **common, "usage": ZERO_USAGE}
+    if event["preview"] is not None:
+        previews[index] = previews.get(index, -1) + 1
+        return {"type": f"{kind}.partial_image", "b64_json": base64.b64encode(event["preview"]).decode(),
+                "partial_image_index": previews[index], **common, "step": event["step"], "total_steps": event["total"]}
+    if progress:
+        return {"type": "zimage.progress", "image_index": index, "seed": image.seed, "step": event["step"],
+                "total_steps": event["total"]}
+    return None

@@ -13,14 +13,14 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..core.errors import NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
 from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from .parsing import RequestParser, Uploads
-from .protocol import ImageData, ImagesResponse, ModelCard, ModelList
+from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, stream_event
 
 log = logging.getLogger("zimage_serve")
 
@@ -28,6 +28,10 @@ log = logging.getLogger("zimage_serve")
 Encode = Callable[[GenerationRequest], Any]
 # (one image's request, encodings or None: the generator encodes) -> awaitable result dict
 Generate = Callable[[GenerationRequest, Any], Awaitable[dict]]
+# the same, streamed: {"step", "total", "preview"} events, then {"result": the result dict}
+GenerateStream = Callable[[GenerationRequest, Any], AsyncIterator[dict]]
+# told of each image's step events and of its result ({"result": ...}): (the image's request, the event)
+OnStep = Callable[[GenerationRequest, dict], Awaitable[None]]
 
 
 def server_timing(seconds: dict) -> str:
@@ -64,12 +68,13 @@ class ImageService(RequestParser):
     def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
                  backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
-                 generator_encode: Encode | None = None):
+                 generator_encode: Encode | None = None, generate_stream: GenerateStream | None = None):
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
         (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
-        replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded."""
+        replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded;
+        ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress)."""
         super().__init__(config)
-        self._generate, self._info = generate, generator_info
+        self._generate, self._info, self._generate_stream = generate, generator_info, generate_stream
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._generator_encode = generator_encode
         self._is_retryable, self._backend_error = is_retryable, backend_error
@@ -115,24 +120,29 @@ class ImageService(RequestParser):
 
     # ---- generation ---------------------------------------------------------------------------------
 
-    async def _images(self, request: GenerationRequest, uploads: "Uploads | None" = None,
-                      seconds: dict | None = None) -> tuple[GenerationRequest, list[dict]]:
+    def _admit(self, n: int) -> None:
+        if self.max_pending >= 0 and self.pending + n > self.max_pending:
+            raise QueueFull("the server is at capacity (queue full); retry later")
+        self.pending += n
+
+    async def _images(self, request: GenerationRequest, uploads: "Uploads | None" = None, seconds: dict | None = None,
+                      on_step: OnStep | None = None, admitted: bool = False) -> tuple[GenerationRequest, list[dict]]:
         """(the request as made, its images). An edit's ``uploads`` are decoded after admission (what is refused
         is never decoded), off the event loop, while its prompt is being encoded: the request made is the edit,
-        at its size; ``seconds`` gets upload_decode."""
-        if self.max_pending >= 0 and self.pending + request.n > self.max_pending:
-            raise QueueFull("the server is at capacity (queue full); retry later")
-        self.pending += request.n
+        at its size; ``seconds`` gets upload_decode. ``on_step``: told of each image's steps and result (the
+        images are then streamed from the generator). ``admitted``: :meth:`_admit` has counted it already."""
+        if not admitted:
+            self._admit(request.n)
         try:
-            return await asyncio.wait_for(self._admitted(request.replace(enqueued_at=time.time()), uploads, seconds),
-                                          timeout=self.config.request_timeout_s)
+            return await asyncio.wait_for(self._admitted(request.replace(enqueued_at=time.time()), uploads, seconds,
+                                                         on_step), timeout=self.config.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"the images were not ready within {self.config.request_timeout_s:g}s") from None
         finally:
             self.pending -= request.n
 
-    async def _admitted(self, request: GenerationRequest, uploads: "Uploads | None",
-                        seconds: dict | None) -> tuple[GenerationRequest, list[dict]]:
+    async def _admitted(self, request: GenerationRequest, uploads: "Uploads | None", seconds: dict | None,
+                        on_step: OnStep | None = None) -> tuple[GenerationRequest, list[dict]]:
         on_generator = await self._encode_on_generator(request.n)
         encoded = None if on_generator else self._encode(request)  # the CPU encoders start now
         early = uploads is not None and on_generator and self._generator_encode is not None and self.pending == request.n
@@ -147,15 +157,17 @@ class ImageService(RequestParser):
                 raise
             if seconds is not None:
                 seconds["upload_decode"] = time.perf_counter() - t0
-        return request, await asyncio.gather(*(self._one(request, image, encoded, early) for image in request.images()))
+        return request, await asyncio.gather(*(self._one(request, image, encoded, early, on_step)
+                                               for image in request.images()))
 
-    async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded, by_generator: bool = False) -> dict:
+    async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded, by_generator: bool = False,
+                   on_step: OnStep | None = None) -> dict:
         """One image; ``by_generator``: ``encoded`` came from Generator.encode (a retry lets the generator encode
         again, in its batch, so that the embeddings are the same)."""
         retried = False
         while True:
             try:
-                return await self._generate(image, encoded)
+                return await self._call(image, encoded, on_step)
             except NeedsEmbeddings:
                 # the replica's plan holds no text encoder (plans differ where GPUs do): encode on the CPU
                 # encoders and send it again. Embeddings are never refused, so this happens at most once.
@@ -177,6 +189,15 @@ class ImageService(RequestParser):
                 if mapped is None:
                     raise
                 raise mapped from None
+
+    async def _call(self, image: GenerationRequest, encoded, on_step: OnStep | None) -> dict:
+        if on_step is None or self._generate_stream is None:
+            return await self._generate(image, encoded)
+        async for event in self._generate_stream(image, encoded):
+            await on_step(image, event)
+            if "result" in event:
+                return event["result"]
+        raise ZImageError("the generator's stream ended without its image")
 
     async def images(self, body: Any) -> ImagesReply:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
@@ -205,6 +226,49 @@ class ImageService(RequestParser):
             model=request.adapter or self.config.model_name,
             data=[ImageData(b64_json=base64.b64encode(r["image"]).decode(), seed=r["seed"]) for r in results])
         return ImagesReply(response, seconds)
+
+    async def stream(self, body: Any, files: dict[str, bytes] | None = None, edit: bool = False) -> AsyncIterator[dict | None]:
+        """The images of a generations (``edit``: edits) body with ``stream: true``, as the events of OpenAI's
+        streamed Images API (protocol.stream_event): ``partial_image`` previews (``partial_images`` of them an
+        image), with ``progress_events`` a ``zimage.progress`` event a step, and a ``completed`` event an image.
+        The first item is None, once the body is checked and admitted: a refusal is raised before it, as by the
+        other routes; after it, errors are raised from the stream (the HTTP layer sends them as an error event).
+        A consumer that leaves cancels the images still running (their generators stop them at the next step)."""
+        parse = (lambda: self.edit_parts(body, files)) if edit else (lambda: self.request_from_images(body))
+        request, uploads = await asyncio.to_thread(parse)
+        progress = self.stream_options(body)["progress_events"]
+        self._admit(request.n)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_step(image: GenerationRequest, event: dict) -> None:
+            queue.put_nowait((image, event))
+
+        task = None
+        try:
+            yield None  # admitted
+            task = asyncio.ensure_future(self._images(request, uploads, on_step=on_step, admitted=True))
+            previews: dict[int, int] = {}  # image index -> partial images sent
+            while True:
+                item = asyncio.ensure_future(queue.get())
+                await asyncio.wait({item, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not item.done():
+                    item.cancel()
+                    break
+                event = stream_event("image_edit" if edit else "image_generation", request, *item.result(), previews,
+                                     progress)
+                if event is not None:
+                    yield event
+            while not queue.empty():
+                event = stream_event("image_edit" if edit else "image_generation", request, *queue.get_nowait(),
+                                     previews, progress)
+                if event is not None:
+                    yield event
+            task.result()  # its error, if it failed
+        finally:
+            if task is None:
+                self.pending -= request.n  # admitted, never run
+            elif not task.done():
+                task.cancel()
 
     async def generate(self, body: Any) -> ImageBytes:
         """``POST /generate``: one image's bytes."""

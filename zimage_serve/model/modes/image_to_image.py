@@ -14,5 +14,5 @@ def denoise(engine, jobs, embeds: list, negative: list | None) -> torch.Tensor:
     return pipe(
         image=init_images(pipe, jobs), strength=r.strength, prompt_embeds=embeds, negative_prompt_embeds=negative,
         generator=generators(jobs), height=r.height, width=r.width, num_inference_steps=r.steps,
-        guidance_scale=r.guidance_scale, output_type="latent",
+        guidance_scale=r.guidance_scale, output_type="latent", **engine.step_hooks(jobs),
     ).images

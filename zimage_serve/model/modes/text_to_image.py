@@ -18,5 +18,5 @@ def denoise(engine, jobs, embeds: list, negative: list | None) -> torch.Tensor:
     return engine.pipe(
         prompt_embeds=embeds, negative_prompt_embeds=negative, latents=torch.cat([noise(engine, j.request) for j in jobs]),
         height=r.height, width=r.width, num_inference_steps=r.steps, guidance_scale=r.guidance_scale,
-        output_type="latent",
+        output_type="latent", **engine.step_hooks(jobs),
     ).images
