@@ -221,6 +221,7 @@ def tiny_app_config(tiny_path, **overrides) -> dict:
         "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.1, "dtype": "float32"},
         "generator": {"num_gpus": 0, "num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.05,
                       "plan_size": "256x256"},
+        "jobs": {"enabled": False},  # a replica less for the apps that don't test jobs (tests/serving/test_jobs.py does)
     }
     for key, value in overrides.items():
         if isinstance(value, dict):
@@ -297,3 +298,34 @@ def job(embeds, seed: int, width: int = 1024, height: int = 1024, steps: int = 8
     request = GenerationRequest(prompt=prompt, seed=seed, width=width, height=height, steps=steps,
                                 guidance_scale=guidance_scale)
     return Job(request, embeds, negative_embeds)
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 (in a thread) that records each webhook it receives: (headers, body)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.received: list[tuple[dict, bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def for_job(self, job_id: str) -> list[tuple[dict, bytes]]:
+        return [(h, b) for h, b in self.received if h.get("webhook-id") == job_id]
+
+    def close(self):
+        self.server.shutdown()

@@ -19,6 +19,7 @@ being ignored. Imports only ``core``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -100,6 +101,40 @@ class GeneratorOptions(_Strict):
         return self
 
 
+class JobsOptions(_Strict):
+    enabled: bool = Field(True, description="Serve the async jobs API (POST /v1/jobs ...) through a job store deployment.")
+    dir: str | None = Field(None, min_length=1, description="Where jobs' records and images are kept: a directory, or an s3:// or gs:// URI (pyarrow's filesystems). Default ZIMAGE_CACHE_DIR/jobs; a local directory is the node's own, so on a cluster give a shared volume or a bucket for jobs to outlive their store replica's node.")
+    ttl_s: float = Field(86400, gt=0, description="How long a finished job (and its images) is kept.")
+    max_jobs: int = Field(10_000, ge=1, description="Most jobs kept at once (queued, running and finished within ttl_s); over it, POST /v1/jobs answers 503 with Retry-After.")
+    concurrency: int = Field(16, ge=1, description="Jobs run at once (each sends its n images to the generators, as a synchronous request does); the others wait their turn, queued.")
+    webhook_secret: str | None = Field(None, description="The Standard Webhooks secret (whsec_...) that signs a job's webhook when its request gives none.")
+    webhook_allow: list[str] = Field(default_factory=list, description="Networks (CIDRs) webhooks may reach although private, loopback or link-local (refused otherwise: an SSRF guard).")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Attempts to deliver a webhook (retried on a non-2xx answer or a network error).")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubled each retry (at most 60 s).")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Longest one delivery attempt may take.")
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"jobs.webhook_allow: {cidr!r} is not an IP network (CIDR) or address") from None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("whsec_"):
+            raise ValueError("jobs.webhook_secret must be a Standard Webhooks secret: whsec_ and base64")
+        return value
+
+    def store_location(self) -> str:
+        """Where the job store keeps its jobs (``dir``, or the default under ZIMAGE_CACHE_DIR)."""
+        return self.dir or str(environment().cache_dir / "jobs")
+
+
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 
 
@@ -131,6 +166,7 @@ class AppConfig(_Strict):
     generator: GeneratorOptions = Field(default_factory=GeneratorOptions, description="The GPU generators.")
     controlnet: str | None = Field(None, min_length=1, description="A Z-Image Union ControlNet to serve (requests then take control_image): a diffusers ZImageControlNetModel directory, the single .safetensors file as published (1.0 or 2.x), or a ModelScope id. The staging plan places it beside the transformer.")
     adapters: dict[str, AdapterSpec] = Field(default_factory=dict, description="LoRA adapters served, by the name requests give as `model`: NAME: SOURCE or NAME: {source, scale}.")
+    jobs: JobsOptions = Field(default_factory=JobsOptions, description="Async jobs (POST /v1/jobs): where they are kept, for how long, and their webhooks.")
 
     @field_validator("adapters", mode="before")
     @classmethod
@@ -177,6 +213,11 @@ class AppConfig(_Strict):
         ``max_upload_bytes`` each, as base64 in JSON (the larger encoding), and the other fields under
         ``max_body_bytes``."""
         return (3 if self.controlnet else 2) * base64_length(self.max_upload_bytes) + self.max_body_bytes
+
+    @property
+    def max_job_body_bytes(self) -> int:
+        """The body cap of ``POST /v1/jobs``: an edit's, and its webhook's URL and secret."""
+        return self.max_edit_body_bytes + 4096
 
     @property
     def max_generation_body_bytes(self) -> int:

@@ -38,6 +38,13 @@ class TooLarge(InvalidInput):
         super().__init__(message, param, code)
 
 
+class NotFound(InvalidInput):
+    """What a request names does not exist (HTTP answers 404): a job, one of its images."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "not_found"):
+        super().__init__(message, param, code)
+
+
 class ModelSourceError(ZImageError):
     """A model can't be found, fetched or validated."""
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
-from zimage_serve.core.errors import InvalidInput
+from ..core.errors import InvalidInput
 
 log = logging.getLogger("zimage_serve")
 

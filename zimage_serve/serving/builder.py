@@ -1,8 +1,9 @@
 """The Ray Serve application builder (``zimage_serve.app:build_app`` re-exports :func:`build_app`).
 
 ``build_app(args)`` validates ``args`` into one :class:`AppConfig`, settles what depends on the cluster,
-and binds three deployments, each with the Serve options its own module derives from the config, data
-flowing one way: Ingress (HTTP) -> PromptEncoder (CPU, batched) -> Generator (one GPU each, autoscaled).
+and binds its deployments, each with the Serve options its own module derives from the config, data
+flowing one way: Ingress (HTTP) -> PromptEncoder (CPU, batched) -> Generator (one GPU each, autoscaled); with
+jobs on, Ingress -> Jobs (the job store, one replica) -> PromptEncoder -> Generator too.
 The encoder's response is passed straight to the generator, never back through the ingress.
 Importing this module imports no torch.
 """
@@ -20,6 +21,7 @@ from . import encoder, generator
 from .encoder import PromptEncoderDeployment
 from .generator import GeneratorDeployment
 from .ingress import IngressDeployment
+from .jobs import JobsDeployment
 
 log = logging.getLogger("zimage_serve")
 
@@ -55,7 +57,8 @@ def build(config: AppConfig, generator_deployment=GeneratorDeployment, generator
     raw = config.model_dump()
     enc = PromptEncoderDeployment.options(**encoder.deployment_options(config)).bind(raw)
     gen = generator_deployment.options(**generator.deployment_options(config)).bind(raw, *generator_args)
-    return IngressDeployment.options(num_replicas=config.ingress_replicas).bind(enc, gen, raw)
+    jobs = JobsDeployment.bind(enc, gen, raw) if config.jobs.enabled else None
+    return IngressDeployment.options(num_replicas=config.ingress_replicas).bind(enc, gen, raw, jobs)
 
 
 def build_app(args: dict | None = None):

@@ -12,6 +12,7 @@ with another Content-Type is a 415 (none at all is read as JSON); a 405 carries 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -25,8 +26,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
-                           ModelNotFound, TooLarge, ZImageError, user_message)
+                           ModelNotFound, NotFound, TooLarge, ZImageError, user_message)
 from . import metrics
+from .job_routes import JOBS, add_job_routes
+from .playground import add_playground, is_page_path
 from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
 from .service import ImageService, ImagesReply, server_timing
 from .uploads import FILE_FIELDS, read_form
@@ -95,6 +98,7 @@ class ApiError(Exception):
 _STATUS = {
     TooLarge: (413, "invalid_request_error"),
     ModelNotFound: (404, "invalid_request_error"),
+    NotFound: (404, "invalid_request_error"),
     InvalidInput: (400, "invalid_request_error"),
     Overloaded: (503, "server_error"),
     NotReady: (503, "server_error"),
@@ -113,6 +117,8 @@ def api_error(e: BaseException, retry_after_s: int = 2) -> ApiError:
     if not isinstance(e, ZImageError):
         log.error("internal error", exc_info=e)
         return ApiError(500, "internal error", type="server_error", code="internal")
+    cause = getattr(e, "cause", None)  # ours as raised in another replica (Ray's wrapper keeps it as .cause)
+    e = cause if isinstance(cause, ZImageError) else e
     status, kind = next(_STATUS[c] for c in type(e).__mro__ if c in _STATUS)
     headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
     return ApiError(status, user_message(e), type=kind, param=getattr(e, "param", None), code=e.code, headers=headers)
@@ -147,7 +153,8 @@ class _Guard:
         if root and path.startswith(root):  # an application deployed under a route prefix
             path = path[len(root):] or "/"
         start = time.perf_counter()
-        if self.keys and path not in OPEN_PATHS and scope.get("method") != "OPTIONS" and not self._authorized(headers):
+        open_path = path in OPEN_PATHS or is_page_path(path)
+        if self.keys and not open_path and scope.get("method") != "OPTIONS" and not self._authorized(headers):
             e = ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", type="authentication_error",
                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await self._reply(scope, receive, send, e, path)
@@ -227,9 +234,9 @@ def sse(event: dict) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-async def _sse_events(events) -> AsyncIterator[bytes]:
+async def _sse_events(events, source) -> AsyncIterator[bytes]:
     """The stream's events as SSE; an error after the stream began ends it with an ``error`` event in the one
-    error shape (OpenAI's clients raise it as an APIError)."""
+    error shape (OpenAI's clients raise it as an APIError). Ends ``source`` (the stream the events come from)."""
     try:
         async for event in events:
             yield sse(event)
@@ -237,21 +244,33 @@ async def _sse_events(events) -> AsyncIterator[bytes]:
         e = api_error(e)
         yield sse({"type": "error", **error_body(e.message, e.type, e.param, e.code)})
     finally:
-        await events.aclose()
+        close = getattr(source, "aclose", None) or getattr(source, "cancel", None)  # a Serve stream: cancel
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
 
 
 async def _streamed(events) -> StreamingResponse:
-    """A text/event-stream response over a stream whose first item (None) says it was checked and admitted: a
-    refusal before it is raised here, and answered as by the other routes."""
+    """A text/event-stream response over a stream whose first item is taken here: a refusal raised before it is
+    answered as by the other routes (the first item None: the stream's admission, not an event)."""
     try:
-        await events.__anext__()
-    except StopAsyncIteration:  # (never: the stream yields its admission first)
+        first = await events.__anext__()
+    except StopAsyncIteration:  # (never: a stream yields its admission, or its first event)
         raise ZImageError("the stream ended before it began") from None
-    return StreamingResponse(_sse_events(events), media_type=EVENT_STREAM,
+
+    async def all_events():
+        if first is not None:
+            yield first
+        async for event in events:
+            yield event
+
+    return StreamingResponse(_sse_events(all_events(), events), media_type=EVENT_STREAM,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI:
+def create_api(service: ImageService, api_keys: tuple[str, ...] = (), jobs=None) -> FastAPI:
+    """The app: its routes over ``service`` (and ``jobs``: a JobsClient or JobRunner; None: the jobs API is off)."""
     config = service.config
     app = FastAPI(title="zimage-serve", version=__version__,
                   description="Z-Image-Turbo text-to-image, OpenAI Images API compatible.")
@@ -340,6 +359,9 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
 
     app.openapi = openapi
 
+    add_playground(app)
+    add_job_routes(app, jobs, _json, _streamed, _errors(400, *auth, 404, 413, 415, 503))
+
     @app.get("/healthz", responses=_errors(413))
     async def healthz():
         return {"status": "ok"}
@@ -354,7 +376,7 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = ()) -> FastAPI
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
     app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes,
-                       max_body_by_path={EDITS: config.max_edit_body_bytes,
+                       max_body_by_path={EDITS: config.max_edit_body_bytes, JOBS: config.max_job_body_bytes,
                                          "/v1/images/generations": config.max_generation_body_bytes,
                                          "/generate": config.max_generation_body_bytes})
     return app

@@ -120,30 +120,60 @@ def serve_error(e: BaseException) -> ZImageError | None:
     return None
 
 
+def image_service(config: AppConfig, encoder: DeploymentHandle, generator: DeploymentHandle) -> ImageService:
+    """The ImageService over handles to the encoder and generator deployments (the ingress's, and the job store's)."""
+
+    def routed(image: GenerationRequest, **options):
+        # Serve's model multiplexing: an adapter's requests go to the replicas that hold it (base: any)
+        if image.adapter:
+            options["multiplexed_model_id"] = image.adapter
+        return generator.options(**options) if options else generator
+
+    def generate(image: GenerationRequest, encoded):
+        return routed(image).generate.remote(image, encoded)
+
+    def generate_stream(image: GenerationRequest, encoded):
+        return routed(image, stream=True).generate_stream.remote(image, encoded)
+
+    return ImageService(config, encode=lambda request: encoder.encode.remote(request), generate=generate,
+                        generator_info=lambda: generator.info.remote(), is_retryable=retryable,
+                        backend_error=serve_error, generator_encode=lambda request: generator.encode.remote(request),
+                        generate_stream=generate_stream)
+
+
+class JobsClient:
+    """The job store deployment's methods, as the HTTP routes call them (serving/jobs.py's JobRunner has the same)."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self._handle = handle
+
+    async def submit(self, body) -> dict:
+        return await self._handle.submit.remote(body)
+
+    async def get(self, job_id: str) -> dict:
+        return await self._handle.get.remote(job_id)
+
+    async def image(self, job_id: str, index: int) -> tuple[bytes, str]:
+        return await self._handle.image.remote(job_id, index)
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self._handle.cancel.remote(job_id)
+
+    def events(self, job_id: str):
+        return self._handle.options(stream=True).events.remote(job_id)
+
+
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class IngressDeployment:
-    def __init__(self, encoder: DeploymentHandle, generator: DeploymentHandle, config: dict):
+    def __init__(self, encoder: DeploymentHandle, generator: DeploymentHandle, config: dict,
+                 jobs: DeploymentHandle | None = None):
         self.config = AppConfig.model_validate(config)
         self.api_keys = api_keys(self.config)
-
-        def routed(image: GenerationRequest, **options):
-            # Serve's model multiplexing: an adapter's requests go to the replicas that hold it (base: any)
-            if image.adapter:
-                options["multiplexed_model_id"] = image.adapter
-            return generator.options(**options) if options else generator
-
-        def generate(image: GenerationRequest, encoded):
-            return routed(image).generate.remote(image, encoded)
-
-        def generate_stream(image: GenerationRequest, encoded):
-            return routed(image, stream=True).generate_stream.remote(image, encoded)
-
-        self.service = ImageService(
-            self.config, encode=lambda request: encoder.encode.remote(request), generate=generate,
-            generator_info=lambda: generator.info.remote(), is_retryable=retryable, backend_error=serve_error,
-            generator_encode=lambda request: generator.encode.remote(request), generate_stream=generate_stream)
-        log.info("Ingress ready (API keys %s)", "required" if self.api_keys else "off")
+        self.service = image_service(self.config, encoder, generator)
+        self.jobs = JobsClient(jobs) if jobs is not None else None
+        log.info("Ingress ready (API keys %s; jobs %s)", "required" if self.api_keys else "off",
+                 "on" if self.jobs else "off")
 
     def __serve_build_asgi_app__(self):
-        return AccessLogPaths.install().wrap(create_api(self.service, self.api_keys))
+        return AccessLogPaths.install().wrap(create_api(self.service, self.api_keys, self.jobs))

@@ -190,6 +190,13 @@ class ImageService(RequestParser):
                     raise
                 raise mapped from None
 
+    async def run(self, request: GenerationRequest, uploads: "Uploads | None" = None,
+                  on_step: OnStep | None = None) -> tuple[GenerationRequest, list[dict]]:
+        """(the request as made, its images' results): a checked request (``request_from_images``, ``edit_parts``)
+        run as a route runs it, admission included (QueueFull when the replicas' queues are full), each image's
+        steps told to ``on_step`` (a job's progress)."""
+        return await self._images(request, uploads, on_step=on_step)
+
     async def _call(self, image: GenerationRequest, encoded, on_step: OnStep | None) -> dict:
         if on_step is None or self._generate_stream is None:
             return await self._generate(image, encoded)
