@@ -348,6 +348,13 @@ def controlnet(c: dict, card: dict | None) -> dict:
                                                 **keep(card)}} if card else {})}
 
 
+def streaming(s: dict) -> dict:
+    """Issue 21's keys (the streaming step): the throughput with previews against without, the first preview."""
+    return {"run": s["_run"], "environment": recorded(RESULTS / s["_run"]),
+            "preview_throughput_ratio": s["preview_throughput_ratio"], "first_preview_s": s["first_preview_s"],
+            "step": {k: v for k, v in s.items() if not k.startswith("_")}}
+
+
 def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
     """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
     (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
@@ -375,7 +382,8 @@ def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
-    from bench.report_md import render, render_cards, render_controlnet, render_edits, render_lora, render_other
+    from bench.report_md import (render, render_cards, render_controlnet, render_edits, render_lora, render_other,
+                                 render_streaming)
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -391,7 +399,7 @@ def main() -> None:
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24", "cards", "cards_expandable",
-           "cards_stock")  # steps with sections of their own
+           "cards_stock", "streaming")  # steps with sections of their own
     summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
@@ -404,6 +412,8 @@ def main() -> None:
         figures = cards(steps["cards"], steps.get("cards_expandable"), steps.get("cards_stock"))
         summary["cards"], summary["cards_fp8"] = figures["cards"], figures["cards_fp8"]
         summary["cards_run"] = {k: v for k, v in figures.items() if k not in ("cards", "cards_fp8")}
+    if "streaming" in steps:
+        summary["streaming"] = streaming(steps["streaming"])
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
@@ -411,6 +421,7 @@ def main() -> None:
         + (render_lora(summary["lora"]) if "lora" in summary else "")
         + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
         + (render_cards(summary) if "cards" in summary else "")
+        + (render_streaming(summary["streaming"]) if "streaming" in summary else "")
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

@@ -624,3 +624,27 @@ one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
 
 def c16_run(summary: dict) -> str:
     return summary["cards"].get("16", {}).get("run", "")
+
+
+def render_streaming(x: dict) -> str:
+    """The streaming section (bench/steps/streaming.py), from its own run."""
+    env, s = x["environment"], x["step"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    return f"""
+## Streaming with previews ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}; the keys in latest.json's `streaming`)
+
+`python3 bench/run.py build streaming` (`bench/steps/streaming.py`): the Serve app with serve_config.yaml's generator
+(one replica, {s['size']}, 8 steps, compiled, CUDA graphs), requests to `/v1/images/generations` streamed with
+`partial_images: {s['partial_images']}` (previews from the latents' clean estimate projected to RGB, PNG, a quarter
+of the image's side; no VAE decode) against the same requests not streamed, in the same run:
+
+| | not streamed | streamed, {s['partial_images']} previews |
+|---|---|---|
+| throughput, 64 requests from 16 clients (two rounds, interleaved) | {', '.join(map(str, s['plain_throughput_img_s']))} img/s | {', '.join(map(str, s['streamed_throughput_img_s']))} img/s |
+| one request in flight: the image (p50 of 15) | {s['plain_p50_s']} s | {s['streamed_p50_s']} s |
+| one request in flight: the first preview (p50 of 15) | | {s['first_preview_s']} s |
+
+`preview_throughput_ratio` {x['preview_throughput_ratio']} (streamed over not streamed; the target was >= 0.95),
+`first_preview_s` {x['first_preview_s']}. Not measured: previews on the partial (streamed-block) and offload plans,
+where the GPU's step is longer and the previews' share smaller; the jobs API's overhead (it runs the same calls).
+"""

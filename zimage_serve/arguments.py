@@ -1,12 +1,11 @@
 """Command-line pieces shared by ``zimage-serve`` (cli.py) and ``python -m zimage_serve.batch``: a parser whose
 errors are one line, integer arguments, the model, policy and LoRA adapter options, and running a command so that a
-domain error prints as one line and exits 2. No torch."""
+domain error prints as one line and exits 2, and no library's progress bar where stderr is no terminal. No torch."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from .core.errors import InvalidInput, ZImageError
 from .model.adapters import adapter_file
 from .model.planner import POLICIES
 from .model.sources import HUB_ID
+from .progress import QUIET_ENV, interactive, quiet_library_bars
 from .settings import environment
 
 
@@ -75,8 +75,11 @@ QUIET = (
     # the batch job turns Ray Data's progress bars off on purpose (its own bar counts images); Ray Data says so
     ("ray.data._internal.progress", "Progress bars disabled."),
 )
-# Ray workers of the jobs our commands start (``zimage-serve serve``, the batch job) run setup_worker_logging first
-RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging"}
+# Ray workers of the jobs our commands start (``zimage-serve serve``, the batch job) run setup_worker_logging first,
+# and start with no library progress bars: a worker's stderr is a log, where a bar is a line of carriage returns
+# (progress.py; the variables are set before the worker imports anything, tqdm included)
+RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging",
+                   "env_vars": dict(QUIET_ENV)}
 
 
 class _Quiet(logging.Filter):
@@ -106,9 +109,10 @@ def setup_logging() -> None:
 def setup_worker_logging() -> None:
     """Each Ray worker of our jobs (RAY_RUNTIME_ENV): our own ``zimage_serve`` log at INFO on stderr (Ray shows
     it prefixed by the worker, as it shows Serve's own log; without a handler only warnings would show, bare),
-    the noise in QUIET dropped, and no transformers/huggingface_hub progress bars (a worker's stderr is a log,
-    where a bar is a line of carriage returns; ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings them back)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    the noise in QUIET dropped, and no library progress bars (a worker's stderr is a log, where a bar is a line
+    of carriage returns; RAY_RUNTIME_ENV's variables already say so, unless a job's own runtime_env overrides
+    them)."""
+    quiet_library_bars()
     log = logging.getLogger("zimage_serve")
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -120,7 +124,10 @@ def setup_worker_logging() -> None:
 
 
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str = "zimage-serve") -> int:
-    """Run a command: its domain errors print as one line on stderr (exit 2), Ctrl-C exits 130, no traceback."""
+    """Run a command: its domain errors print as one line on stderr (exit 2), Ctrl-C exits 130, no traceback.
+    Where stderr is no terminal, no library's progress bar from the start (progress.quiet_library_bars)."""
+    if not interactive():
+        quiet_library_bars()
     setup_logging()
     try:
         return run(args)

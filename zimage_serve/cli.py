@@ -1,6 +1,7 @@
 """The ``zimage-serve`` command: generate, plan, make-tiny, make-lora, serve, batch.
 
-Errors the user can fix print as one line on stderr and exit 2; nothing prints a traceback.
+Errors the user can fix print as one line on stderr and exit 2; nothing prints a traceback. Long work shows a line
+per stage on stderr, and on a terminal progress bars too (progress.py); stdout holds the result.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE, GenerationRe
 from .model.planner import ENCODE_CHOICES, ControlNetSizes, Workload, make_plan
 from .model.sizes import sizes_of
 from .model.sources import cached_hub, resolve
+from .progress import interactive, quiet_library_bars, stage
 
 log = logging.getLogger("zimage_serve")
 
@@ -161,6 +163,9 @@ def _generate(args) -> int:
     from .model.machine import prepare_allocator  # (with torch)
 
     prepare_allocator()  # before the first CUDA allocation
+    bars = interactive()
+    if not bars:
+        quiet_library_bars()  # again, now that diffusers and transformers are imported: their own switches
 
     source = source or resolve(args.model, gpu=gpu_free_bytes() is not None)
     controlnet = _controlnet(args)
@@ -168,15 +173,19 @@ def _generate(args) -> int:
         raise ZImageError("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); "
                           f"{args.controlnet} is 1.0")
     plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy, controlnet=controlnet)
+    with stage(f"loading {source.label}"):
+        engine = Engine.load(source, plan, controlnet=controlnet)  # logs the plan, once
+        if request.adapter:
+            engine.load_adapter(request.adapter, parse_lora(args.lora)[0])
+    engine.set_progress(bars)  # diffusers' bar of the steps: on a terminal only
     t0 = time.perf_counter()
-    engine = Engine.load(source, plan, controlnet=controlnet)  # logs the plan, once
-    if request.adapter:
-        engine.load_adapter(request.adapter, parse_lora(args.lora)[0])
-    engine.set_progress(True)
-    print(f"loaded {source.label} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    t0 = time.perf_counter()
-    result = engine.generate([Job.of(request, engine.encode(list(request.texts)))])
-    result.images[0].save(args.out, format=format_of_path(args.out).pil_name)
+    texts = list(request.texts)
+    with stage("encoding the prompt" if len(texts) == 1 else f"encoding {len(texts)} prompts"):
+        embeds = engine.encode(texts)
+    with stage(f"generating 1 image ({request.size}, {request.steps} steps)"):
+        result = engine.generate([Job.of(request, embeds)])
+    with stage(f"writing {args.out}"):
+        result.images[0].save(args.out, format=format_of_path(args.out).pil_name)
     note = " (random test weights: the image is noise)" if source.random_weights else ""
     edit = f", {request.mode} of {args.image}" + (f" at strength {request.strength:g}" if request.strength else "") \
         if args.image else ""

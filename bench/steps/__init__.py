@@ -41,6 +41,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "lora_http": ("bench.steps.lora", "lora_http", {}),
     "controlnet": ("bench.steps.controlnet", "controlnet", {}),
     "controlnet_24": ("bench.steps.controlnet", "controlnet_card", {"gib": 24}),
+    "streaming": ("bench.steps.streaming", "streaming", {}),
     "cards": ("bench.steps.cards", "cards", {}),
     "cards_stock": ("bench.steps.cards", "cards_stock", {}),
     "cards_expandable": ("bench.steps.cards", "cards", {"bf16_cards": (16,), "fp8_cards": (), "name": "cards_expandable",

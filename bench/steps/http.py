@@ -15,7 +15,7 @@ URL = "http://127.0.0.1:8000/generate"
 
 def _config(encoder: dict, generator: dict) -> dict:
     side = size()
-    return {"model": str(checkpoint()), "default_size": f"{side}x{side}", "encoder": encoder,
+    return {"model": str(checkpoint()), "default_size": f"{side}x{side}", "encoder": encoder, "jobs": {"enabled": False},
             "generator": {"num_gpus": 1, "max_batch_size": 4, "max_ongoing_requests": 8, **generator}}
 
 

@@ -21,6 +21,7 @@ from ..arguments import RAY_RUNTIME_ENV, add_adapter_argument, add_model_argumen
 from ..core.bounds import Bounds
 from ..core.errors import ZImageError
 from ..core.formats import FORMATS
+from ..progress import Progress
 from .output import OutputDir
 from .prompts_file import read_prompts
 from .stages import EncodeStage, GenerateStage, WriteStage, row as row_of
@@ -125,7 +126,6 @@ def run(args) -> int:
 
     # Ray and the resolver only when the job runs: the CLI imports this module for its options
     import ray
-    from tqdm import tqdm
 
     from ..model.sources import resolve
 
@@ -174,12 +174,11 @@ def run(args) -> int:
     ds = ds.map_batches(WriteStage, fn_constructor_args=(str(out.path),), batch_size=None,
                         compute=pool(), num_cpus=0, batch_format="numpy")
     t0 = time.perf_counter()
-    bar = None
+    # on a terminal a bar from the first image on (before it, Ray Data logs its plan and the actors load theirs);
+    # elsewhere a line every 10 s and one at the end; the rate counts from here either way
+    progress = Progress(len(todo), "batch", start=t0)
     count, failed = 0, 0
     for row in ds.iter_rows():
-        if bar is None:  # from the first image on: before it, Ray Data logs its plan and the actors load theirs
-            bar = tqdm(total=len(todo), unit="img", desc="generating", file=sys.stderr, smoothing=0, delay=1e-3)
-            bar.start_t -= time.perf_counter() - t0  # its rate (the mean: smoothing=0) counts from the start
         if row["error"]:  # no image: the line says why (a rerun tries it again)
             lora = {"model": str(row["model"])} if row["model"] else {}
             out.append({"id": str(row["id"]), "prompt": str(row["prompt"]), **lora, "error": str(row["error"])})
@@ -190,10 +189,8 @@ def run(args) -> int:
                         "size": str(row["size"]), "steps": int(row["steps"]), **lora, "file": str(row["file"]),
                         "bytes": int(row["bytes"]), "sha256": str(row["sha256"]), "seconds": float(row["seconds"])})
             count += 1
-        bar.update(1)
-        bar.set_postfix(img_per_s=f"{count / (time.perf_counter() - t0):.2f}")
-    if bar is not None:
-        bar.close()
+        progress.update()
+    progress.close()
     print(f"wrote {count} images to {out.path} ({count / (time.perf_counter() - t0):.2f} images/s); "
           f"manifest: {out.manifest}", file=sys.stderr)
     if failed:

@@ -21,7 +21,6 @@ from . import encoder, generator
 from .encoder import PromptEncoderDeployment
 from .generator import GeneratorDeployment
 from .ingress import IngressDeployment
-from .jobs import JobsDeployment
 
 log = logging.getLogger("zimage_serve")
 
@@ -57,7 +56,11 @@ def build(config: AppConfig, generator_deployment=GeneratorDeployment, generator
     raw = config.model_dump()
     enc = PromptEncoderDeployment.options(**encoder.deployment_options(config)).bind(raw)
     gen = generator_deployment.options(**generator.deployment_options(config)).bind(raw, *generator_args)
-    jobs = JobsDeployment.bind(enc, gen, raw) if config.jobs.enabled else None
+    jobs = None
+    if config.jobs.enabled:
+        from .jobs import JobsDeployment  # the job store's filesystems (pyarrow): only where jobs are served
+
+        jobs = JobsDeployment.bind(enc, gen, raw)
     return IngressDeployment.options(num_replicas=config.ingress_replicas).bind(enc, gen, raw, jobs)
 
 

@@ -3,6 +3,16 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// A new element: its properties (className, textContent, dataset entries...) and its children.
+function el(tag, props = {}, ...children) {
+  const { dataset = {}, ...rest } = props;
+  const node = Object.assign(document.createElement(tag), rest);
+  Object.assign(node.dataset, dataset);
+  node.append(...children);
+  return node;
+}
+
 const KEY_STORAGE = "zimage-serve.api-key";
 const PARTIAL_IMAGES = 2;
 const MASK_COLOR = "rgb(255, 72, 120)"; // painted strokes; any painted pixel is "repaint" in the mask sent
@@ -11,7 +21,7 @@ const SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024",
 
 const state = {
   run: null,            // the AbortController of the request in flight
-  image: null,          // the image to edit: {file, width, height}
+  image: null,          // the file to edit
   maskPainted: false,
   strengthTouched: false,
   urls: [],             // blob: URLs held by the gallery (revoked when it is cleared)
@@ -39,17 +49,8 @@ function setupKey() {
 
 function showError(message, param) {
   const box = $("error");
-  box.replaceChildren();
-  const text = document.createElement("span");
-  text.className = "message";
-  text.textContent = message;
-  box.append(text);
-  if (param) {
-    const tag = document.createElement("code");
-    tag.className = "param";
-    tag.textContent = param;
-    box.append(" ", tag);
-  }
+  box.replaceChildren(el("span", { className: "message", textContent: message }));
+  if (param) box.append(" ", el("code", { className: "param", textContent: param }));
   box.hidden = false;
 }
 
@@ -72,15 +73,10 @@ async function refusal(response) {
 
 async function loadModels() {
   const info = $("model-info");
-  let response;
-  try {
-    response = await fetch("v1/models", { headers: apiHeaders() });
-  } catch (e) {
-    info.textContent = "The server did not answer.";
-    return;
-  }
-  if (!response.ok) {
-    info.textContent = response.status === 401 ? "An API key is needed." : (await refusal(response)).message;
+  const response = await fetch("v1/models", { headers: apiHeaders() }).catch(() => null);
+  if (!response || !response.ok) {
+    info.textContent = !response ? "The server did not answer."
+      : response.status === 401 ? "An API key is needed." : (await refusal(response)).message;
     return;
   }
   const models = (await response.json()).data || [];
@@ -128,24 +124,17 @@ function fields() {
   return out;
 }
 
-// A JSON number as typed (a seed past 2**53 keeps its digits); anything else as text, for the API to refuse.
-function number(text) {
-  return /^-?\d+(\.\d+)?$/.test(text) ? { raw: text } : text;
-}
-
+// The JSON body. The form's numbers are written as typed (JSON.stringify of a Number would round a seed past
+// 2**53); what is not a number stays text, for the API to refuse in its words.
 function generationBody(f) {
   const body = { ...f, stream: true, partial_images: PARTIAL_IMAGES, progress_events: true };
-  for (const k of ["n", "num_inference_steps", "seed", "guidance_scale", "lora_scale"]) {
-    if (k in body) body[k] = number(body[k]);
-  }
-  // numbers are written verbatim: JSON.stringify would round a 64-bit seed
-  return JSON.stringify(body, (k, v) => (v && v.raw !== undefined ? `\u0000${v.raw}\u0000` : v))
-    .replace(/"\\u0000(.*?)\\u0000"/g, "$1");
+  return JSON.stringify(body).replace(/"(n|num_inference_steps|seed|guidance_scale|lora_scale)":"(-?\d+(?:\.\d+)?)"/g,
+    '"$1":$2');
 }
 
 async function editBody(f) {
   const form = new FormData();
-  if (state.image) form.append("image", state.image.file, state.image.file.name || "image.png");
+  if (state.image) form.append("image", state.image, state.image.name || "image.png");
   if (state.maskPainted) form.append("mask", await maskBlob(), "mask.png");
   for (const [k, v] of Object.entries(f)) form.append(k, v);
   form.append("strength", $("strength").value);
@@ -190,7 +179,7 @@ async function run(event) {
   const f = fields();
   const n = Math.max(1, parseInt(f.n, 10) || 1);
   const mode = edit ? (state.maskPainted ? "inpaint" : "image to image") : "generate";
-  const job = { f, n, mode, steps: {}, done: 0, cards: [], started: performance.now() };
+  const job = { f, n, mode, steps: {}, done: 0, group: null, started: performance.now() };
   const controller = new AbortController();
   state.run = controller;
   setRunning(true);
@@ -216,12 +205,12 @@ async function run(event) {
         onEvent(job, data);
       }
     }
-    const seconds = ((performance.now() - job.started) / 1000).toFixed(1);
-    if (failed) setStatus("Failed.");
-    else if (job.done < n) {
+    if (!failed && job.done < n) {
       showError(`the stream ended after ${job.done} of ${n} images`);
-      setStatus("Failed.");
-    } else setStatus(`Done: ${n} image${n > 1 ? "s" : ""} in ${seconds} s.`);
+      failed = true;
+    }
+    const seconds = ((performance.now() - job.started) / 1000).toFixed(1);
+    setStatus(failed ? "Failed." : `Done: ${n} image${n > 1 ? "s" : ""} in ${seconds} s.`);
   } catch (e) {
     if (e.name === "AbortError") setStatus("Stopped.");
     else {
@@ -283,30 +272,24 @@ function setRunning(running) {
 // ---- previews: the latest preview of each image, kept until the next run ---------------------------
 
 function startPreviews(n) {
-  const box = $("previews");
-  box.replaceChildren();
-  for (let i = 0; i < n; i++) {
-    const slot = document.createElement("figure");
-    slot.className = "slot";
-    slot.dataset.index = String(i);
-    const caption = document.createElement("figcaption");
-    caption.textContent = n > 1 ? `image ${i + 1}: waiting` : "waiting";
-    slot.append(caption);
-    box.append(slot);
-  }
+  $("previews").replaceChildren();
+  for (let i = 0; i < Math.min(n, 16); i++) previewSlot(i); // (n is the API's to bound)
 }
 
+// Image i's place in the live area, made when first asked for.
 function previewSlot(i) {
-  return $("previews").querySelector(`.slot[data-index="${i}"]`) || document.createElement("figure");
+  const found = $("previews").querySelector(`.slot[data-index="${i}"]`);
+  if (found) return found;
+  const slot = el("figure", { className: "slot", dataset: { index: i } }, el("figcaption", { textContent: "waiting" }));
+  $("previews").append(slot);
+  return slot;
 }
 
 function showPreview(i, e) {
   const slot = previewSlot(i);
   let img = slot.querySelector("img.preview");
   if (!img) {
-    img = document.createElement("img");
-    img.className = "preview";
-    img.alt = `preview of image ${i + 1}`;
+    img = el("img", { className: "preview", alt: `preview of image ${i + 1}` });
     slot.prepend(img);
   }
   img.src = `data:image/${e.output_format || "png"};base64,${e.b64_json}`;
@@ -329,61 +312,30 @@ function addResult(job, e) {
   const f = job.f;
   const steps = f.num_inference_steps || (job.steps[e.image_index || 0] || {}).total;
 
-  const card = document.createElement("figure");
-  card.className = "result";
-  card.dataset.seed = String(e.seed);
-  card.dataset.mode = job.mode;
-  const link = document.createElement("a");
-  link.href = url;
-  link.target = "_blank";
-  link.rel = "noopener";
-  const img = document.createElement("img");
-  img.src = url;
-  img.alt = `seed ${e.seed}: ${f.prompt}`;
-  link.append(img);
+  const meta = el("div", { className: "meta" },
+    el("strong", { textContent: `seed ${e.seed}` }),
+    ...[e.size, steps && `${steps} steps`, f.model && `LoRA ${f.model}`].filter(Boolean)
+      .map((text) => el("span", { textContent: text })),
+    el("span", { className: "tag", textContent: job.mode }));
+  const prompt = el("p", { className: "prompt", title: f.prompt,
+    textContent: f.prompt.length > 120 ? `${f.prompt.slice(0, 117)}…` : f.prompt });
+  const download = el("a", { className: "download", href: url, textContent: "Download",
+    download: `zimage-${e.seed}.${format === "jpeg" ? "jpg" : format}` });
+  const card = el("figure", { className: "result", dataset: { seed: e.seed, mode: job.mode, index: e.image_index || 0 } },
+    el("a", { href: url, target: "_blank", rel: "noopener" }, el("img", { src: url, alt: `seed ${e.seed}: ${f.prompt}` })),
+    el("figcaption", {}, meta, prompt, download));
 
-  const caption = document.createElement("figcaption");
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const items = [`seed ${e.seed}`, e.size, steps ? `${steps} steps` : null, job.mode, f.model || null];
-  items.filter(Boolean).forEach((text, k) => {
-    const span = document.createElement(k === 0 ? "strong" : "span");
-    span.textContent = text;
-    if (text === job.mode) span.className = "tag";
-    meta.append(span);
-  });
-  const prompt = document.createElement("p");
-  prompt.className = "prompt";
-  prompt.title = f.prompt;
-  prompt.textContent = f.prompt.length > 120 ? `${f.prompt.slice(0, 117)}…` : f.prompt;
-  const download = document.createElement("a");
-  download.className = "download";
-  download.href = url;
-  download.download = `zimage-${e.seed}.${format === "jpeg" ? "jpg" : format}`;
-  download.textContent = "Download";
-  caption.append(meta, prompt, download);
-  card.append(link, caption);
-
-  // newest run first; a run's images in their order, whichever finished first
-  const gallery = $("gallery");
-  gallery.querySelector(".empty")?.remove();
-  card.dataset.index = String(e.image_index || 0);
-  const after = job.cards.find((c) => Number(c.dataset.index) > Number(card.dataset.index));
-  if (after) after.before(card);
-  else if (job.cards.length) {
-    job.cards.reduce((a, c) => (Number(c.dataset.index) > Number(a.dataset.index) ? c : a)).after(card);
-  }
-  else gallery.prepend(card);
-  job.cards.push(card);
+  // newest run first (a group per run, display: contents); a run's images in their order, whichever came first
+  $("gallery").querySelector(".empty")?.remove();
+  if (!job.group) $("gallery").prepend((job.group = el("div", { className: "run" })));
+  const next = [...job.group.children].find((c) => Number(c.dataset.index) > (e.image_index || 0));
+  job.group.insertBefore(card, next || null);
 }
 
 function clearGallery() {
   state.urls.forEach((u) => URL.revokeObjectURL(u));
   state.urls = [];
-  const empty = document.createElement("p");
-  empty.className = "empty";
-  empty.textContent = "Generated images appear here.";
-  $("gallery").replaceChildren(empty);
+  $("gallery").replaceChildren(el("p", { className: "empty", textContent: "Generated images appear here." }));
 }
 
 // ---- edit mode: the image, a mask painted over it, the strength -----------------------------------
@@ -402,16 +354,13 @@ async function loadEditImage() {
   try {
     bitmap = await createImageBitmap(file); // upright as its EXIF orientation says, as the server reads it
   } catch (e) {
-    state.image = { file, width: 0, height: 0 }; // not an image the browser reads: the API will say what it is
+    state.image = file; // not an image the browser reads: the API will say what it is
     $("mask-stage").hidden = true;
     return;
   }
   const { width, height } = bitmap;
-  state.image = { file, width, height };
-  for (const canvas of [$("image-canvas"), $("mask-canvas")]) {
-    canvas.width = width;
-    canvas.height = height;
-  }
+  state.image = file;
+  for (const canvas of [$("image-canvas"), $("mask-canvas")]) Object.assign(canvas, { width, height });
   $("image-canvas").getContext("2d").drawImage(bitmap, 0, 0);
   bitmap.close();
   const stage = $("mask-stage");
@@ -429,7 +378,6 @@ function clearMask() {
 // The default strength follows the mask (1.0 to inpaint, 0.6 image to image) until the user sets one.
 function setMaskPainted(painted) {
   state.maskPainted = painted;
-  $("mask-stage").classList.toggle("painted", painted);
   if (!state.strengthTouched) $("strength").value = painted ? "1" : "0.6";
   showStrength();
 }
@@ -482,9 +430,7 @@ function maskBlob() {
     d[i] = d[i + 1] = d[i + 2] = v;
     d[i + 3] = 255;
   }
-  const out = document.createElement("canvas");
-  out.width = src.width;
-  out.height = src.height;
+  const out = el("canvas", { width: src.width, height: src.height });
   out.getContext("2d").putImageData(pixels, 0, 0);
   return new Promise((resolve) => out.toBlob(resolve, "image/png"));
 }
