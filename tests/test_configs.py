@@ -31,11 +31,12 @@ def test_serve_config_args_build_the_app_with_one_gpu_per_generator():
     assert config.generator.num_gpus == 1 and config.model == "Tongyi-MAI/Z-Image-Turbo"
     assert config.generator.autoscaling.max_replicas > config.generator.autoscaling.min_replicas
     # the bound application (Ray's Application keeps its deployment in _bound_deployment): the ingress bound
-    # to the encoder and the generator, each with the Serve options the file gives, all three with the config
+    # to the encoder, the generator and the job store, each with the Serve options the file gives, all with the config
     ingress = build_app(args)._bound_deployment
-    encoder_app, generator_app, raw = ingress.init_args
-    encoder, generator = encoder_app._bound_deployment, generator_app._bound_deployment
-    assert (ingress.name, encoder.name, generator.name) == ("Ingress", "PromptEncoder", "Generator")
+    encoder_app, generator_app, raw, jobs_app = ingress.init_args
+    encoder, generator, jobs = (a._bound_deployment for a in (encoder_app, generator_app, jobs_app))
+    assert (ingress.name, encoder.name, generator.name, jobs.name) == ("Ingress", "PromptEncoder", "Generator", "Jobs")
+    assert jobs.init_args == (encoder_app, generator_app, raw) and jobs.num_replicas == 1
     assert ingress.ray_actor_options == {"num_cpus": 0}
     assert raw == config.model_dump() and encoder.init_args == (raw,) and generator.init_args == (raw,)
     gen, enc = args["generator"], args["encoder"]

@@ -4,7 +4,6 @@ pseudo-terminal; the batch job's count through its real class, on a clock the te
 
 import fcntl
 import io
-import json
 import os
 import pty
 import re
@@ -174,15 +173,5 @@ def test_durations(seconds, text):
     assert duration(seconds) == text
 
 
-@pytest.mark.ray  # the job starts its own Ray, in the process it runs in
-def test_the_batch_job_with_stderr_a_pipe_draws_no_bar_and_ends_with_its_count(tmp_path):
-    """Ours and the libraries' in every actor (Ray forwards their stderr to the job's): none redraws."""
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"a cat {i}", "seed": i}) + "\n" for i in range(3)))
-    r = subprocess.run([sys.executable, "-m", "zimage_serve.batch", "--prompts", str(prompts), "--out",
-                        str(tmp_path / "out"), "--model", "tiny", "--size", "64x64", "--steps", "2", "--gpus", "1",
-                        "--batch-size", "2"], capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "\r" not in r.stderr and "%|" not in r.stderr, r.stderr
-    assert re.search(r"^batch: 3/3 images in \d+\.\ds \([\d.]+ img/s\)$", r.stderr, re.M), r.stderr
-    assert "wrote 3 images to " in r.stderr
+# The batch job as a user runs it, stderr a pipe (no bar redraws; its last count line): in tests/batch/test_job.py,
+# on the killed-then-rerun job's rerun.

@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=integer, default=None, help="default: the config's http_options.port, else 8000")
     add_adapter_argument(s, "serve a LoRA adapter as model NAME (repeatable; added to the config's adapters)")
     add_controlnet_argument(s, "serve this ControlNet (overrides the config's controlnet)")
+    s.add_argument("--jobs-dir", default=None, metavar="DIR",
+                   help="where async jobs are kept: a directory, or s3:// / gs:// (overrides the config's jobs.dir)")
+    s.add_argument("--webhook-allow", action="append", default=None, metavar="CIDR",
+                   help="a network jobs' webhooks may reach although private or loopback (repeatable; added to the "
+                        "config's jobs.webhook_allow)")
 
     add_batch_arguments(sub.add_parser("batch", help="generate images for a prompts file with Ray Data"))
     return parser

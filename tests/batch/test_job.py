@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -188,6 +189,10 @@ def test_the_batch_job_prints_no_deprecation_and_no_line_twice(killed_then_rerun
     assert not repeated(output), repeated(output)
     assert sum(message(line).startswith("plan: ") for line in lines_of(output)) == 1, output  # one generator actor
     assert f"wrote {n + 1 - len(first_run)} images" in output, output
+    # stderr a pipe: no bar redraws, ours or the libraries' in any actor (Ray forwards theirs); a count line at the end
+    assert "\r" not in r.stderr and "%|" not in r.stderr, r.stderr[-3000:]
+    done = n + 1 - len(first_run)
+    assert re.search(rf"^batch: {done}/{done} images in [\dms.]+ \([\d.]+ img/s\)$", r.stderr, re.M), r.stderr[-3000:]
 
 
 def test_batch_gpu_speedups_are_on_by_default_and_can_be_turned_off():

@@ -5,7 +5,6 @@ its webhook fires exactly once, with a valid signature)."""
 
 import base64
 import json
-import os
 import time
 
 import httpx
@@ -79,6 +78,24 @@ def test_a_job_runs_and_its_result_is_the_synchronous_routes(jobs_url, receiver)
     assert hook["id"] == job["id"] and hook["status"] == "succeeded" and "webhook_secret" not in hook
     assert hook["result"]["data"][0]["url"] == f"v1/jobs/{job['id']}/images/0"
     assert httpx.get(f"{jobs_url}/v1/jobs/{job['id']}").json()["webhook"]["status"] == "delivered"
+
+
+def test_an_edit_job_is_the_edits_route_image(jobs_url):
+    import io
+
+    from conftest import picture, square_mask
+
+    def b64(image) -> str:
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    edit = {"prompt": "a lighthouse", "image": b64(picture(64, 64)), "mask": b64(square_mask(64, 64)), "seed": 4}
+    job = submit(jobs_url, **edit)
+    assert job["kind"] == "edit"
+    done = wait_for(jobs_url, job["id"])
+    sync = httpx.post(f"{jobs_url}/v1/images/edits", json=edit, timeout=60).json()
+    assert done["status"] == "succeeded" and done["result"]["data"][0]["b64_json"] == sync["data"][0]["b64_json"]
 
 
 def test_events_stream_status_each_step_then_the_end(jobs_url):

@@ -18,7 +18,8 @@ def test_serve_command_serves_then_shuts_down_cleanly(tiny_path, tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
     env = dict(os.environ, RAY_ADDRESS="")  # its own local cluster
-    proc = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--port", str(port), "--jobs-dir",
+                             str(tmp_path / "jobs"), "--webhook-allow", "127.0.0.0/8"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -40,6 +41,10 @@ def test_serve_command_serves_then_shuts_down_cleanly(tiny_path, tmp_path):
         models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
         assert [(m["id"], m["random_weights"]) for m in models] == [("z-image-tiny-random", True)]  # says what is served
         assert httpx.get(f"{url}/nope", timeout=10).status_code == 404
+        # the jobs API, kept where --jobs-dir says; the playground page
+        job = httpx.post(f"{url}/v1/jobs", json={"prompt": "a lighthouse", "size": "64x64", "seed": 2}, timeout=60).json()
+        assert (tmp_path / "jobs" / job["id"] / "request.json").exists()
+        assert "<html" in httpx.get(f"{url}/", timeout=10).text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         output = open(tmp_path / "serve.log").read()
@@ -65,5 +70,7 @@ def test_serve_with_a_bad_config_fails_in_one_line_before_ray_starts(tmp_path, c
     bad.write_text("applications:\n  - import_path: zimage_serve.app:build_app\n    args: {modle: tiny}\n")
     code, out, err = run_cli(capsys, "serve", "--config", str(bad))
     assert code == 2 and err == "zimage-serve: error: invalid zimage-serve config: modle: Extra inputs are not permitted\n"
+    code, out, err = run_cli(capsys, "serve", "--webhook-allow", "10.0.0.0/33")
+    assert code == 2 and "jobs.webhook_allow" in err and "'10.0.0.0/33'" in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "serve", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and err == f"zimage-serve: error: can't read --config {tmp_path / 'missing.yaml'}: No such file or directory\n"

@@ -23,9 +23,9 @@ def _index(text: str) -> int:
     return int(text)
 
 
-def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict) -> None:
-    """The jobs routes on ``app`` (``read_json``, ``streamed``: the app's body reader and SSE response); with
-    ``jobs`` None, each says the API is off."""
+def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict, body: dict) -> None:
+    """The jobs routes on ``app`` (``read_json``, ``streamed``: the app's body reader and SSE response; ``body``: the
+    OpenAPI of POST's body); with ``jobs`` None, each says the API is off."""
     if jobs is None:
         @app.api_route(JOBS, methods=["GET", "POST"], include_in_schema=False)
         @app.api_route(JOBS + "/{rest:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
@@ -35,7 +35,7 @@ def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict) -> N
         return
     record = {"description": "The job's record.", "content": {"application/json": {"schema": {"type": "object"}}}}
 
-    @app.post(JOBS, status_code=202, responses={202: record, **refusals})
+    @app.post(JOBS, status_code=202, responses={202: record, **refusals}, openapi_extra=body)
     async def submit_job(request: Request):
         accepted = await jobs.submit(await read_json(request))
         return JSONResponse(accepted, status_code=202, headers={"Location": f"{JOBS}/{accepted['id']}"})

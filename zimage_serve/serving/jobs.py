@@ -141,6 +141,8 @@ class JobRunner:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait({task})
+            self.tasks.pop(job_id, None)
+            await self._finish(record)  # (a task cancelled before it began ends nothing itself)
         return _public(record)
 
     async def events(self, job_id: str) -> AsyncIterator[dict]:
@@ -194,10 +196,16 @@ class JobRunner:
                                                   "code": e.code})
         finally:
             self.tasks.pop(job_id, None)
+        await self._finish(record)
+
+    async def _finish(self, record: dict) -> None:
+        """The job ended (its status says how): written, told, and its webhook on its way."""
+        if record["finished_at"] is not None:
+            return
         record["finished_at"] = time.time()
         await self._save(record)
-        self._tell(job_id, {"type": f"job.{record['status']}", **_public(record)})
-        log.info("job %s %s", job_id, record["status"])
+        self._tell(record["id"], {"type": f"job.{record['status']}", **_public(record)})
+        log.info("job %s %s", record["id"], record["status"])
         if record["webhook"] is not None:
             asyncio.ensure_future(self._send_webhook(record))
 

@@ -36,7 +36,8 @@ DEFAULT_APP = {"name": "zimage", "route_prefix": "/", "import_path": IMPORT_PATH
 
 def load_serve_config(path: str | None, host: str | None = None, port: int | None = None,
                       model: str | None = None, adapters: dict | None = None,
-                      controlnet: str | None = None) -> ServeDeploySchema:
+                      controlnet: str | None = None, jobs_dir: str | None = None,
+                      webhook_allow: list[str] | None = None) -> ServeDeploySchema:
     """The Serve config file (or the built-in one) with the command line's overrides, checked: Serve's own
     schema for the file, ours for our application's args."""
     if path is None:
@@ -56,6 +57,14 @@ def load_serve_config(path: str | None, host: str | None = None, port: int | Non
             app["args"] = {**(app.get("args") or {}), "model": model}
         if controlnet:
             app["args"] = {**(app.get("args") or {}), "controlnet": controlnet}
+        if jobs_dir or webhook_allow:  # --jobs-dir replaces, --webhook-allow adds to, the config's
+            args = app.get("args") or {}
+            jobs = dict(args.get("jobs") or {})
+            if jobs_dir:
+                jobs["dir"] = jobs_dir
+            if webhook_allow:
+                jobs["webhook_allow"] = [*(jobs.get("webhook_allow") or []), *webhook_allow]
+            app["args"] = {**args, "jobs": jobs}
         if adapters:  # the command line's --adapter, beside the config's
             args = app.get("args") or {}
             app["args"] = {**args, "adapters": {**(args.get("adapters") or {}), **adapters}}
@@ -139,7 +148,8 @@ def shutdown_serve(client, timeout_s: float = 30.0) -> None:
 
 def serve_main(args) -> int:
     config = load_serve_config(args.config, args.host, args.port, args.model, getattr(args, "adapters", None),
-                               getattr(args, "controlnet", None))
+                               getattr(args, "controlnet", None), getattr(args, "jobs_dir", None),
+                               getattr(args, "webhook_allow", None))
     http = config.http_options
     _port_free(http.host, http.port)
     # every Ray worker (Serve's controller, proxy and replicas) sets up our logging first (arguments.py)
