@@ -14,6 +14,7 @@ being ignored. Imports only ``core``.
 | MODELSCOPE_DOMAIN | the hub host to reach (ModelScope's own variable; default modelscope.cn) |
 | ZIMAGE_WEIGHTS_CACHE | ``1``: keep the transformer converted to bf16 under ZIMAGE_CACHE_DIR/weights (model/weights_cache.py) |
 | ZIMAGE_MODEL | the CLI's default ``--model`` |
+| ZIMAGE_WEBHOOK_SECRET | the Standard Webhooks secret (``whsec_...``) that signs jobs' webhooks when a job gives none (over ``jobs.webhook_secret``: a secret kept out of the app's config) |
 | PYTORCH_CUDA_ALLOC_CONF | PyTorch's own; unset, GPU processes use ``expandable_segments:True`` (model/machine.py) |
 """
 
@@ -107,7 +108,7 @@ class JobsOptions(_Strict):
     ttl_s: float = Field(86400, gt=0, description="How long a finished job (and its images) is kept.")
     max_jobs: int = Field(10_000, ge=1, description="Most jobs kept at once (queued, running and finished within ttl_s); over it, POST /v1/jobs answers 503 with Retry-After.")
     concurrency: int = Field(16, ge=1, description="Jobs run at once (each sends its n images to the generators, as a synchronous request does); the others wait their turn, queued.")
-    webhook_secret: str | None = Field(None, description="The Standard Webhooks secret (whsec_...) that signs a job's webhook when its request gives none.")
+    webhook_secret: str | None = Field(None, description="The Standard Webhooks secret (whsec_...) that signs a job's webhook when its request gives none (the environment's ZIMAGE_WEBHOOK_SECRET wins: it keeps the secret out of the app's config, which Serve shows).")
     webhook_allow: list[str] = Field(default_factory=list, description="Networks (CIDRs) webhooks may reach although private, loopback or link-local (refused otherwise: an SSRF guard).")
     webhook_attempts: int = Field(5, ge=1, le=20, description="Attempts to deliver a webhook (retried on a non-2xx answer or a network error).")
     webhook_backoff_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubled each retry (at most 60 s).")
@@ -239,6 +240,7 @@ class Environment:
     weights_cache: bool
     model: str | None
     cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
+    webhook_secret: str | None
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:
@@ -274,9 +276,15 @@ def environment() -> Environment:
         weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
+        webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
     )
 
 
 def api_keys(config: "AppConfig") -> tuple[str, ...]:
     """Every API key the ingress accepts: the environment's and the config's ``api_keys_file``."""
     return environment().api_keys + (read_api_keys_file(config.api_keys_file) if config.api_keys_file else ())
+
+
+def webhook_secret(config: "AppConfig") -> str | None:
+    """The secret that signs a job's webhook when the job gives none: the environment's, else the config's."""
+    return environment().webhook_secret or config.jobs.webhook_secret

@@ -36,7 +36,7 @@ def jobs_url(serve_cluster, tiny_path, tmp_path_factory):
 def submit(url, **body) -> dict:
     r = httpx.post(f"{url}/v1/jobs", json={"prompt": "a lighthouse", "size": "64x64", **body}, timeout=60)
     assert r.status_code == 202, r.text
-    assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert r.headers["location"] == f"/jobs/v1/jobs/{r.json()['id']}"  # under the app's route prefix
     return r.json()
 
 
@@ -76,7 +76,7 @@ def test_a_job_runs_and_its_result_is_the_synchronous_routes(jobs_url, receiver)
     assert image.content == base64.b64decode(sync["data"][1]["b64_json"])
     (hook,) = delivered(receiver, job["id"])
     assert hook["id"] == job["id"] and hook["status"] == "succeeded" and "webhook_secret" not in hook
-    assert hook["result"]["data"][0]["url"] == f"v1/jobs/{job['id']}/images/0"
+    assert hook["result"]["data"][0]["url"] == f"/v1/jobs/{job['id']}/images/0"
     assert httpx.get(f"{jobs_url}/v1/jobs/{job['id']}").json()["webhook"]["status"] == "delivered"
 
 
@@ -113,6 +113,7 @@ def test_events_stream_status_each_step_then_the_end(jobs_url):
 
 
 def test_cancel_a_running_and_a_queued_job(jobs_url, receiver):
+    batches = len(httpx.get(f"{jobs_url}/readyz", timeout=30).json()["batches"])
     running = submit(jobs_url, seed=1, webhook_url=receiver.url, webhook_secret=SECRET, **SLOW)
     queued = submit(jobs_url, seed=2, **SLOW)  # concurrency 1: it waits for the first
     deadline = time.time() + 60
@@ -126,6 +127,9 @@ def test_cancel_a_running_and_a_queued_job(jobs_url, receiver):
     stopped = httpx.get(f"{jobs_url}/v1/jobs/{running['id']}").json()
     assert stopped["progress"]["step"] < 40 and stopped["result"] is None  # it stopped mid-way
     assert httpx.get(f"{jobs_url}/v1/jobs/{queued['id']}").json()["started_at"] is None  # never ran
+    # the generator stopped the image at its next step: its batch never ended (a next job's runs after it would have)
+    assert wait_for(jobs_url, submit(jobs_url, seed=3)["id"])["status"] == "succeeded"
+    assert len(httpx.get(f"{jobs_url}/readyz", timeout=30).json()["batches"]) == batches + 1
     (hook,) = delivered(receiver, running["id"])
     assert hook["status"] == "cancelled"
     assert httpx.get(f"{jobs_url}/v1/jobs/{running['id']}/images/0").status_code == 404

@@ -28,6 +28,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiohttp.abc
 from standardwebhooks.webhooks import Webhook
 
 from ..core.errors import InvalidInput
@@ -199,6 +200,21 @@ def _origin(url: str) -> str:
         return "<invalid url>"
 
 
+class _Pinned(aiohttp.abc.AbstractResolver):
+    """A resolver that answers with the addresses checked already (resolve_allowed), whatever the name."""
+
+    def __init__(self, addresses: list[str]):
+        self.addresses = addresses
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict]:
+        return [{"hostname": host, "host": a, "port": port,
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST} for a in self.addresses]
+
+    async def close(self) -> None:
+        pass
+
+
 class WebhookSender:
     """POSTs signed job records, with retries; one sender serves many deliveries (it holds no connections)."""
 
@@ -220,33 +236,36 @@ class WebhookSender:
         except (InvalidInput, TypeError, ValueError) as e:
             return self._final(msg_id, where, Delivery(False, 0, None, f"not sent: {e}"))
         status: int | None = None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as session:
-            for attempt in range(1, self.max_attempts + 1):
-                if attempt > 1:
-                    await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 2), self.max_backoff_s))
-                status = None
+        for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 2), self.max_backoff_s))
+            status = None
+            try:
+                addresses = await resolve_allowed(url, self.allow)
+            except InvalidInput as e:  # WebhookRefused or a malformed URL: trying again won't help
+                log.warning("webhook %s attempt %d/%d to %s refused: %s", msg_id, attempt, self.max_attempts,
+                            where, e)
+                return self._final(msg_id, where, Delivery(False, attempt, None, str(e)))
+            except Exception as e:
+                error = f"cannot resolve the host: {e}"
+            else:
+                # the connection goes to the addresses just checked, never to a second lookup's (DNS rebinding)
+                connector = aiohttp.TCPConnector(resolver=_Pinned(addresses), use_dns_cache=False)
                 try:
-                    await resolve_allowed(url, self.allow)
-                except InvalidInput as e:  # WebhookRefused or a malformed URL: trying again won't help
-                    log.warning("webhook %s attempt %d/%d to %s refused: %s", msg_id, attempt, self.max_attempts,
-                                where, e)
-                    return self._final(msg_id, where, Delivery(False, attempt, None, str(e)))
-                except Exception as e:
-                    error = f"cannot resolve the host: {e}"
-                else:
-                    try:
+                    async with aiohttp.ClientSession(connector=connector,
+                                                     timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as session:
                         async with session.post(url, data=body, headers=signed_headers(secret, msg_id, body),
                                                 allow_redirects=False) as resp:
                             status = resp.status
-                        if 200 <= status < 300:
-                            return self._final(msg_id, where, Delivery(True, attempt, status, None))
-                        error = f"the receiver answered HTTP {status}"
-                    except asyncio.TimeoutError:
-                        error = f"no answer within {self.timeout_s:g} s"
-                    except Exception as e:
-                        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                log.warning("webhook %s attempt %d/%d to %s failed: %s", msg_id, attempt, self.max_attempts,
-                            where, error)
+                    if 200 <= status < 300:
+                        return self._final(msg_id, where, Delivery(True, attempt, status, None))
+                    error = f"the receiver answered HTTP {status}"
+                except asyncio.TimeoutError:
+                    error = f"no answer within {self.timeout_s:g} s"
+                except Exception as e:
+                    error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.warning("webhook %s attempt %d/%d to %s failed: %s", msg_id, attempt, self.max_attempts,
+                        where, error)
         return self._final(msg_id, where, Delivery(False, self.max_attempts, status, error))
 
     @staticmethod

@@ -31,7 +31,7 @@ from .modes import MODES
 from .machine import gpu_free_bytes, plan_for_this_machine  # noqa: F401 (the engine's callers plan with them)
 from .planner import Plan
 from .sources import ModelSource
-from .watch import StepWatch, step_hooks
+from .watch import Cancelled, StepWatch, step_hooks
 
 log = logging.getLogger("zimage_serve")
 # CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
@@ -317,8 +317,8 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, jobs: list[Job]) -> Result:
-        """Images for ``jobs``, grouped into transformer batches of requests that may share one
-        (``GenerationRequest.batch_key``), at most max_batch each."""
+        """Images for ``jobs``, in transformer batches of requests that may share one (``GenerationRequest.batch_key``),
+        at most max_batch each; one whose jobs were all cancelled stops early, its images None (model/watch.py)."""
         result = Result(images=[None] * len(jobs), seconds={"denoise": 0.0, "decode": 0.0})
         key = lambda i: jobs[i].request.batch_key
         order = sorted(range(len(jobs)), key=lambda i: repr(key(i)))
@@ -326,7 +326,11 @@ class Engine:
             group = list(group)
             for start in range(0, len(group), self.max_batch):
                 idx = group[start:start + self.max_batch]
-                for i, image in zip(idx, self._run([jobs[i] for i in idx], result)):
+                try:
+                    images = self._run([jobs[i] for i in idx], result)
+                except Cancelled:  # every job of this transformer batch was cancelled: no image is wanted
+                    continue
+                for i, image in zip(idx, images):
                     result.images[i] = image
                 result.batch_sizes.append(len(idx))
         return result

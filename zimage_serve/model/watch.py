@@ -8,11 +8,14 @@ one wanted job runs to its end (its other rows' images are then dropped by their
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from PIL import Image
 
 from .preview import clean_estimate, to_rgb
+
+log = logging.getLogger("zimage_serve")
 
 
 class Cancelled(Exception):
@@ -49,8 +52,11 @@ def step_hooks(watches: list[StepWatch | None]) -> dict:
             # after the scheduler's step its index points at the sigma the latents are now at
             sigmas, at = pipe.scheduler.sigmas, pipe.scheduler.step_index
             for row in rows:
-                clean = clean_estimate(latents[row], kept.get(row), float(sigmas[at]), float(sigmas[at - 1]))
-                previews[row] = to_rgb(clean)
+                try:  # a preview is a nicety: it never fails the batch
+                    clean = clean_estimate(latents[row], kept.get(row), float(sigmas[at]), float(sigmas[at - 1]))
+                    previews[row] = to_rgb(clean)
+                except Exception:
+                    log.warning("no preview at step %d", done, exc_info=True)
         kept.clear()
         for row, w in live:
             if done < total and w.wants_preview(done + 1, total):

@@ -16,6 +16,7 @@ import ray
 from pydantic import ValidationError
 
 from ..core.checkpoints import DEFAULT_HUB_ID
+from ..core.errors import ZImageError
 from ..settings import AppConfig
 from . import encoder, generator
 from .encoder import PromptEncoderDeployment
@@ -37,6 +38,13 @@ def resolved_config(args: dict | AppConfig | None, cluster_gpus: float | None = 
         config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     except ValidationError as e:
         raise ValueError(f"invalid zimage-serve config: {e}") from None
+    if config.jobs.enabled and config.jobs.webhook_secret:
+        from ..jobs.webhooks import check_secret  # (aiohttp: only where jobs are served with a secret)
+
+        try:
+            check_secret(config.jobs.webhook_secret, "jobs.webhook_secret")
+        except ZImageError as e:
+            raise ValueError(f"invalid zimage-serve config: {e}") from None
     gpus = gpus_in_cluster() if cluster_gpus is None else cluster_gpus
     updates = {}
     if config.model == "auto":

@@ -296,7 +296,8 @@ class Generator:
         for q in queued:
             metrics.observe_stage("queue", q)
         result = await asyncio.to_thread(self._denoise, items)  # the batcher runs one batch at a time
-        self._record_batch(result, len(items))
+        if result.batch_sizes:  # (none: every image of it was cancelled, and stopped early)
+            self._record_batch(result, len(items))
         return [(image, {**result.seconds, "queue": q}, len(items)) for image, q in zip(result.images, queued)]
 
     def _denoise(self, items: list[tuple]):
@@ -354,8 +355,12 @@ class Generator:
         try:
             merged = Result(images=[], seconds={"denoise": 0.0, "decode": 0.0})
             for job in jobs:
+                if job.watch is not None and job.watch.cancelled:  # its caller left: no image is wanted
+                    merged.images.append(None)
+                    continue
                 r = self._engine_generate([job])
                 merged.images += r.images
+                merged.batch_sizes += r.batch_sizes
                 for k, v in r.seconds.items():
                     merged.seconds[k] += v
             return merged

@@ -126,11 +126,11 @@ def api_error(e: BaseException, retry_after_s: int = 2) -> ApiError:
     to retry; anything else is a 500 that says nothing of its cause (which is logged)."""
     if isinstance(e, ApiError):
         return e
+    cause = getattr(e, "cause", None)  # ours as raised in another replica (Ray's wrapper keeps it as .cause)
+    e = cause if isinstance(cause, ZImageError) else e
     if not isinstance(e, ZImageError):
         log.error("internal error", exc_info=e)
         return ApiError(500, "internal error", type="server_error", code="internal")
-    cause = getattr(e, "cause", None)  # ours as raised in another replica (Ray's wrapper keeps it as .cause)
-    e = cause if isinstance(cause, ZImageError) else e
     status, kind = next(_STATUS[c] for c in type(e).__mro__ if c in _STATUS)
     headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
     return ApiError(status, user_message(e), type=kind, param=getattr(e, "param", None), code=e.code, headers=headers)
@@ -309,7 +309,12 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = (), jobs=None)
 
     stages = "queue, text_encode, denoise, decode, image_encode, generator, ingress"
     timed = lambda extra="": {"Server-Timing": _header(f"Milliseconds per stage: {extra}{stages}.")}
-    images_ok = lambda extra="": {200: {"description": "The images (OpenAI's ImagesResponse).", "headers": timed(extra)}}
+    streamed = {EVENT_STREAM: {"schema": {"type": "string", "description": (
+        "With stream: true, OpenAI's image stream events (`*.partial_image`, `*.completed`; `zimage.progress` with "
+        "progress_events; `error`), as server-sent events.")}}}
+    images_ok = lambda extra="": {200: {
+        "description": "The images (OpenAI's ImagesResponse); with stream: true, their events (no Server-Timing).",
+        "headers": {name: {**h, "required": False} for name, h in timed(extra).items()}, "content": streamed}}
 
     def images_json(reply: ImagesReply, **stages_before) -> Response:
         # pydantic's serializer writes megabytes of base64 in a third of the time json.dumps takes (JSONResponse)
@@ -385,8 +390,8 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = (), jobs=None)
         return JSONResponse(info, status_code=200 if ready else 503)
 
     if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing"])
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["X-Seed", "Server-Timing", "Location"])
     app.add_middleware(_Guard, keys=api_keys, max_body=config.max_body_bytes,
                        max_body_by_path={EDITS: config.max_edit_body_bytes, JOBS: config.max_job_body_bytes,
                                          "/v1/images/generations": config.max_generation_body_bytes,

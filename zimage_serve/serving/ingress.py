@@ -142,22 +142,34 @@ def image_service(config: AppConfig, encoder: DeploymentHandle, generator: Deplo
 
 
 class JobsClient:
-    """The job store deployment's methods, as the HTTP routes call them (serving/jobs.py's JobRunner has the same)."""
+    """The job store deployment's methods, as the HTTP routes call them (serving/jobs.py's JobRunner has the same);
+    Serve's refusals (the store's replica down or restarting) as domain errors (503)."""
 
     def __init__(self, handle: DeploymentHandle):
         self._handle = handle
 
+    async def _call(self, method: str, *args):
+        try:
+            return await getattr(self._handle, method).remote(*args)
+        except ZImageError:
+            raise
+        except Exception as e:
+            mapped = serve_error(e)
+            if mapped is None:
+                raise
+            raise Overloaded("the job store is restarting; retry later") from None
+
     async def submit(self, body) -> dict:
-        return await self._handle.submit.remote(body)
+        return await self._call("submit", body)
 
     async def get(self, job_id: str) -> dict:
-        return await self._handle.get.remote(job_id)
+        return await self._call("get", job_id)
 
     async def image(self, job_id: str, index: int) -> tuple[bytes, str]:
-        return await self._handle.image.remote(job_id, index)
+        return await self._call("image", job_id, index)
 
     async def cancel(self, job_id: str) -> dict:
-        return await self._handle.cancel.remote(job_id)
+        return await self._call("cancel", job_id)
 
     def events(self, job_id: str):
         return self._handle.options(stream=True).events.remote(job_id)

@@ -9,6 +9,8 @@ job.status, job.progress, then job.succeeded / job.failed / job.cancelled with t
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -18,7 +20,7 @@ JOBS = "/v1/jobs"
 
 
 def _index(text: str) -> int:
-    if not text.isdigit():
+    if not re.fullmatch(r"[0-9]{1,6}", text):
         raise NotFound(f"no image {text!r}: images are numbered from 0", param="index")
     return int(text)
 
@@ -38,7 +40,8 @@ def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict, body
     @app.post(JOBS, status_code=202, responses={202: record, **refusals}, openapi_extra=body)
     async def submit_job(request: Request):
         accepted = await jobs.submit(await read_json(request))
-        return JSONResponse(accepted, status_code=202, headers={"Location": f"{JOBS}/{accepted['id']}"})
+        where = f"{request.scope.get('root_path', '')}{JOBS}/{accepted['id']}"  # (under the app's route prefix)
+        return JSONResponse(accepted, status_code=202, headers={"Location": where})
 
     @app.get(JOBS + "/{job_id}", responses={200: record, **refusals})
     async def get_job(job_id: str):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import json
 import logging
 import time
 from typing import AsyncIterator
@@ -34,13 +36,13 @@ from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..jobs.store import TERMINAL, JobStore
 from ..jobs.webhooks import WebhookSender, check_secret, check_url, parse_allow
-from ..settings import AppConfig
+from ..settings import AppConfig, webhook_secret
 from .http import api_error
 from .ingress import image_service
 from .service import ImageService
 
 log = logging.getLogger("zimage_serve")
-RETRY_S = (0.5, 1, 2, 4, 8)  # waits between tries when the generators are full or not ready
+RETRY_S = (0.5, 1, 2, 4, 8, 10)  # waits between tries when the generators are full or not ready (then 10 s)
 
 
 def _public(record: dict) -> dict:
@@ -61,6 +63,9 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task] = {}
         self.listeners: dict[str, set[asyncio.Queue]] = {}
         self.slots = asyncio.Semaphore(opts.concurrency)
+        self.server_secret = webhook_secret(config)  # signs the webhooks of jobs that give none
+        self._saving = asyncio.Lock()  # one record write at a time, in the order they were asked for
+        self._background: set[asyncio.Task] = set()  # webhooks on their way (held: asyncio keeps tasks weakly)
 
     async def start(self) -> None:
         """Load the store's jobs: run again those that had not ended, send the webhooks still owed."""
@@ -73,7 +78,7 @@ class JobRunner:
             self.tasks[record["id"]] = asyncio.ensure_future(self._run(record))
         owed = [r for r in self.records.values() if r["status"] in TERMINAL and _owed(r)]
         for record in owed:
-            asyncio.ensure_future(self._send_webhook(record))
+            self._webhook_later(record)
         log.info("job store %s: %d jobs kept, %d resumed, %d webhooks owed", self.store.location, len(self.records),
                  len(resumed), len(owed))
 
@@ -101,12 +106,16 @@ class JobRunner:
                   "started_at": None, "finished_at": None,
                   "progress": {"step": 0, "total": request.steps, "images_done": 0, "n": request.n},
                   "result": None, "error": None, "webhook": webhook}
-        if webhook is not None:
-            record["webhook_secret"] = secret or self.opts.webhook_secret
-        await asyncio.to_thread(self.store.create, record, fields)
+        if secret is not None:  # the job's own (kept, to sign its webhook after a restart); else the server's, then
+            record["webhook_secret"] = secret
+        # accepted whole or not at all, even if the client leaves meanwhile (Serve then cancels this call)
+        await asyncio.shield(self._accept(record, fields))
+        return _public(record)
+
+    async def _accept(self, record: dict, body: dict) -> None:
+        await asyncio.to_thread(self.store.create, record, body)
         self.records[record["id"]] = record
         self.tasks[record["id"]] = asyncio.ensure_future(self._run(record))
-        return _public(record)
 
     async def get(self, job_id: str) -> dict:
         """The job's record; when it succeeded, its ``result`` is the synchronous route's body (``data[i].b64_json``)."""
@@ -162,7 +171,10 @@ class JobRunner:
                 if event["type"] in {f"job.{s}" for s in TERMINAL}:
                     return
         finally:
-            self.listeners.get(job_id, set()).discard(queue)
+            followers = self.listeners.get(job_id, set())
+            followers.discard(queue)
+            if not followers:
+                self.listeners.pop(job_id, None)
 
     # ---- running a job --------------------------------------------------------------------------------
 
@@ -186,7 +198,7 @@ class JobRunner:
                 record.update(status="succeeded", result={
                     "created": int(time.time()), "output_format": request.output_format, "size": request.size,
                     "seed": request.seed, "model": record["model"],
-                    "data": [{"seed": r["seed"], "url": f"v1/jobs/{job_id}/images/{i}"} for i, r in enumerate(results)]})
+                    "data": [{"seed": r["seed"], "url": f"/v1/jobs/{job_id}/images/{i}"} for i, r in enumerate(results)]})
         except asyncio.CancelledError:
             if record["status"] != "cancelled":  # the replica is stopping: the job runs again where it restarts
                 raise
@@ -203,15 +215,18 @@ class JobRunner:
         if record["finished_at"] is not None:
             return
         record["finished_at"] = time.time()
-        await self._save(record)
+        try:
+            await self._save(record)
+        except Exception:  # the store failed: followers and the webhook are told all the same
+            log.exception("job %s: its end (%s) could not be written to the store", record["id"], record["status"])
         self._tell(record["id"], {"type": f"job.{record['status']}", **_public(record)})
         log.info("job %s %s", record["id"], record["status"])
         if record["webhook"] is not None:
-            asyncio.ensure_future(self._send_webhook(record))
+            self._webhook_later(record)
 
     async def _generate(self, record: dict, request: GenerationRequest, uploads) -> tuple:
         """The job's images, its progress told as they denoise; a full queue or no ready generator is waited out
-        (retried with backoff, within the request timeout), as a job's client waits anyway."""
+        (retried with backoff, while the job would be kept: ``jobs.ttl_s``), as a job's client waits anyway."""
         progress = record["progress"]
 
         async def on_step(image: GenerationRequest, event: dict) -> None:
@@ -222,12 +237,13 @@ class JobRunner:
             self._tell(record["id"], {"type": "job.progress", "id": record["id"], "image_index": image.seed - request.seed,
                                       **progress})
 
-        deadline = time.monotonic() + self.config.request_timeout_s
-        for wait in (*RETRY_S, None):
+        deadline = time.monotonic() + self.opts.ttl_s
+        for attempt in itertools.count():
             try:
                 return await self.service.run(request, uploads, on_step)
             except (Overloaded, NotReady):
-                if wait is None or time.monotonic() + wait > deadline:
+                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                if time.monotonic() + wait > deadline:
                     raise
                 await asyncio.sleep(wait)
 
@@ -248,33 +264,58 @@ class JobRunner:
         if not isinstance(url, str):
             raise InvalidInput("webhook_url must be a string", param="webhook_url")
         check_url(url, self.allow)
-        if secret is None and self.opts.webhook_secret is None:
+        if secret is None and self.server_secret is None:
             raise InvalidInput("webhook_url needs a webhook_secret (whsec_...): give one, or set the server's "
                                "jobs.webhook_secret", param="webhook_secret")
         if secret is not None:
             check_secret(secret if isinstance(secret, str) else "")
         return {"url": url, "status": "pending", "attempts": 0, "last_status": None, "error": None}
 
+    def _webhook_later(self, record: dict) -> None:
+        task = asyncio.ensure_future(self._send_webhook(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _send_webhook(self, record: dict) -> None:
         hook = record["webhook"]
-        delivery = await self.sender.deliver(hook["url"], record["webhook_secret"], record["id"], _public(record))
+        secret = record.get("webhook_secret") or self.server_secret
+        if secret is None:
+            hook.update(status="failed", error="no webhook secret: the job gave none, and the server has none now")
+            await self._save(record)
+            return
+        delivery = await self.sender.deliver(hook["url"], secret, record["id"], _public(record))
         hook.update(status="delivered" if delivery.delivered else "failed", attempts=delivery.attempts,
                     last_status=delivery.status, error=delivery.error)
         await self._save(record)
 
     async def _save(self, record: dict) -> None:
-        if record["id"] in self.records:  # (not one purged meanwhile)
-            await asyncio.to_thread(self.store.save, record)
+        """Write the record as it is now (a copy: later changes are the next write's), after the writes asked for
+        before it; a write begun is finished even if its caller is cancelled meanwhile (a cancelled job's
+        "running" never lands after its "cancelled")."""
+        if record["id"] not in self.records:  # (one purged meanwhile)
+            return
+        snapshot = json.loads(json.dumps(record))
+
+        async def write():
+            async with self._saving:
+                await asyncio.to_thread(self.store.save, snapshot)
+
+        await asyncio.shield(asyncio.ensure_future(write()))
 
     def _tell(self, job_id: str, event: dict) -> None:
         for queue in self.listeners.get(job_id, ()):
             queue.put_nowait(event)
 
     async def _purge(self) -> None:
-        """Forget the jobs that ended over ``ttl_s`` ago, and their images."""
+        """Forget the jobs that ended over ``ttl_s`` ago, and their images (a store that fails is logged: the
+        jobs are forgotten next time)."""
         for job_id in self.store.expired(self.records.values(), self.opts.ttl_s):
             self.records.pop(job_id, None)
-            await asyncio.to_thread(self.store.delete, job_id)
+            self.listeners.pop(job_id, None)
+            try:
+                await asyncio.to_thread(self.store.delete, job_id)
+            except Exception:
+                log.exception("job %s: its files could not be deleted from the store", job_id)
 
     async def purge_every(self, seconds: float = 60.0) -> None:
         while True:

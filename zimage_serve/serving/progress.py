@@ -38,7 +38,10 @@ class StepEvents(Wanted):
 
     def step(self, done: int, total: int, preview) -> None:
         event = {"step": done, "total": total, "preview": preview}
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the replica's loop is closed (shutting down): nobody is listening
+            self.cancelled = True
 
     async def next(self) -> dict:
         return await self._queue.get()

@@ -308,7 +308,7 @@ def stream_event(kind: str, request: GenerationRequest, image: GenerationRequest
     partial images sent so far, by image index (updated); ``progress``: send a step without preview as a
     ``zimage.progress`` event (else nothing)."""
     index = image.seed - request.seed
-    common = {"created_at": int(time.time()), "size": request.size, "output_format": request.output_format,
+    common = {"created_at": int(time.time()), "size": image.size, "output_format": image.output_format,
               "background": "opaque", "quality": "auto", "image_index": index, "seed": image.seed}
     if "result" in event:
         return {"type": f"{kind}.completed", "b64_json": base64.b64encode(event["result"]["image"]).decode(),

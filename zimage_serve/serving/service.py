@@ -157,8 +157,12 @@ class ImageService(RequestParser):
                 raise
             if seconds is not None:
                 seconds["upload_decode"] = time.perf_counter() - t0
-        return request, await asyncio.gather(*(self._one(request, image, encoded, early, on_step)
-                                               for image in request.images()))
+        images = [asyncio.ensure_future(self._one(request, image, encoded, early, on_step)) for image in request.images()]
+        try:
+            return request, await asyncio.gather(*images)
+        finally:  # one failed (or the caller left): the others are not wanted either
+            for task in images:
+                task.cancel()
 
     async def _one(self, request: GenerationRequest, image: GenerationRequest, encoded, by_generator: bool = False,
                    on_step: OnStep | None = None) -> dict:
@@ -198,13 +202,25 @@ class ImageService(RequestParser):
         return await self._images(request, uploads, on_step=on_step)
 
     async def _call(self, image: GenerationRequest, encoded, on_step: OnStep | None) -> dict:
+        """One call to the generator. Cancelled (a client left, a job was cancelled, a sibling image failed), it
+        cancels the call it made: Serve cancels a replica's call when the HTTP request that led to it ends, not
+        when the task awaiting it is cancelled (a job's is no request's)."""
         if on_step is None or self._generate_stream is None:
-            return await self._generate(image, encoded)
-        async for event in self._generate_stream(image, encoded):
-            await on_step(image, event)
-            if "result" in event:
-                return event["result"]
-        raise ZImageError("the generator's stream ended without its image")
+            response = self._generate(image, encoded)
+            try:
+                return await response
+            except asyncio.CancelledError:
+                getattr(response, "cancel", lambda: None)()
+                raise
+        stream = self._generate_stream(image, encoded)
+        try:
+            async for event in stream:
+                await on_step(image, event)
+                if "result" in event:
+                    return event["result"]
+            raise ZImageError("the generator's stream ended without its image")
+        finally:
+            _close(stream)
 
     async def images(self, body: Any) -> ImagesReply:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
@@ -238,8 +254,9 @@ class ImageService(RequestParser):
         """The images of a generations (``edit``: edits) body with ``stream: true``, as the events of OpenAI's
         streamed Images API (protocol.stream_event): ``partial_image`` previews (``partial_images`` of them an
         image), with ``progress_events`` a ``zimage.progress`` event a step, and a ``completed`` event an image.
-        The first item is None, once the body is checked and admitted: a refusal is raised before it, as by the
-        other routes; after it, errors are raised from the stream (the HTTP layer sends them as an error event).
+        The first item is None, once the generator has begun (a first step): a refusal (the body, its uploads, a
+        full queue, no generator) is raised before it, as by the other routes; after it, errors are raised from the
+        stream (the HTTP layer sends them as an error event).
         A consumer that leaves cancels the images still running (their generators stop them at the next step)."""
         parse = (lambda: self.edit_parts(body, files)) if edit else (lambda: self.request_from_images(body))
         request, uploads = await asyncio.to_thread(parse)
@@ -250,24 +267,29 @@ class ImageService(RequestParser):
         async def on_step(image: GenerationRequest, event: dict) -> None:
             queue.put_nowait((image, event))
 
+        kind = "image_edit" if edit else "image_generation"
         task = None
         try:
-            yield None  # admitted
             task = asyncio.ensure_future(self._images(request, uploads, on_step=on_step, admitted=True))
             previews: dict[int, int] = {}  # image index -> partial images sent
+            begun = False
             while True:
                 item = asyncio.ensure_future(queue.get())
                 await asyncio.wait({item, task}, return_when=asyncio.FIRST_COMPLETED)
                 if not item.done():
                     item.cancel()
                     break
-                event = stream_event("image_edit" if edit else "image_generation", request, *item.result(), previews,
-                                     progress)
+                if not begun:  # the generator took it: what could refuse it (uploads, a full queue) has not
+                    yield None
+                    begun = True
+                event = stream_event(kind, request, *item.result(), previews, progress)
                 if event is not None:
                     yield event
+            if not begun:
+                task.result()  # refused before any step: raised before the stream begins
+                yield None
             while not queue.empty():
-                event = stream_event("image_edit" if edit else "image_generation", request, *queue.get_nowait(),
-                                     previews, progress)
+                event = stream_event(kind, request, *queue.get_nowait(), previews, progress)
                 if event is not None:
                     yield event
             task.result()  # its error, if it failed
@@ -303,6 +325,15 @@ class ImageService(RequestParser):
         cards = [ModelCard(id=base, root=info.get("model", self.config.model), random_weights=info.get("random_weights"))]
         cards += [ModelCard(id=name, root=spec.source, parent=base) for name, spec in self.config.adapters.items()]
         return ModelList(data=cards).model_dump(exclude_none=True)
+
+
+def _close(stream) -> None:
+    """End a generator stream not read to its end: a Serve stream is cancelled; an async generator is closed."""
+    cancel = getattr(stream, "cancel", None)
+    if cancel is not None:
+        cancel()
+    elif hasattr(stream, "aclose"):
+        asyncio.ensure_future(stream.aclose())
 
 
 def _unwrapped(e: ZImageError) -> ZImageError:
