@@ -309,9 +309,12 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = (), jobs=None)
 
     stages = "queue, text_encode, denoise, decode, image_encode, generator, ingress"
     timed = lambda extra="": {"Server-Timing": _header(f"Milliseconds per stage: {extra}{stages}.")}
-    streamed = {EVENT_STREAM: {"schema": {"type": "string", "description": (
+    streamed = {EVENT_STREAM: {"schema": {"type": "object", "required": ["event", "data"], "description": (
         "With stream: true, OpenAI's image stream events (`*.partial_image`, `*.completed`; `zimage.progress` with "
-        "progress_events; `error`), as server-sent events.")}}}
+        "progress_events; `error`), as server-sent events: each named by its type, its data the event as JSON."),
+        "properties": {"event": {"type": "string"}, "data": {
+            "type": "string", "contentMediaType": JSON,
+            "contentSchema": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}}}}}}
     images_ok = lambda extra="": {200: {
         "description": "The images (OpenAI's ImagesResponse); with stream: true, their events (no Server-Timing).",
         "headers": {name: {**h, "required": False} for name, h in timed(extra).items()}, "content": streamed}}
