@@ -59,18 +59,6 @@ def _edits_body(model) -> dict:
     return {"requestBody": {"required": True, "content": {JSON: {"schema": as_json}, MULTIPART: {"schema": as_form}}}}
 
 
-def _job_body(wire) -> dict:
-    """``POST /v1/jobs``'s body: a generation's fields, an edit's ``image`` and ``mask`` (base64), a webhook."""
-    schema = wire.images.model_json_schema()
-    edits = wire.edits.model_json_schema()["properties"]
-    text = {"type": "string"}
-    extra = {"image": edits["image"], "mask": edits["mask"], "strength": edits["strength"],
-             "webhook_url": {**text, "description": "Called once when the job ends (http(s); private addresses refused)."},
-             "webhook_secret": {**text, "description": "The Standard Webhooks secret (whsec_...) that signs it."}}
-    properties = {k: v for k, v in schema["properties"].items() if k not in ("stream", "partial_images", "progress_events")}
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": {**schema, "properties": {**properties, **extra}}}}}}
-
-
 def _header(description: str, type: str = "string") -> dict:
     return {"description": description, "required": True, "schema": {"type": type}}
 
@@ -380,7 +368,7 @@ def create_api(service: ImageService, api_keys: tuple[str, ...] = (), jobs=None)
     app.openapi = openapi
 
     add_playground(app)
-    add_job_routes(app, jobs, _json, _streamed, _errors(400, *auth, 404, 413, 415, 503), _job_body(wire))
+    add_job_routes(app, jobs, _json, _streamed, _errors(400, *auth, 404, 413, 415, 503), wire)
 
     @app.get("/healthz", responses=_errors(413))
     async def healthz():

@@ -25,9 +25,22 @@ def _index(text: str) -> int:
     return int(text)
 
 
-def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict, body: dict) -> None:
-    """The jobs routes on ``app`` (``read_json``, ``streamed``: the app's body reader and SSE response; ``body``: the
-    OpenAPI of POST's body); with ``jobs`` None, each says the API is off."""
+def job_body(wire) -> dict:
+    """``POST /v1/jobs``'s body: a generation's fields, an edit's ``image`` and ``mask`` (base64), a webhook."""
+    schema = wire.images.model_json_schema()
+    edits = wire.edits.model_json_schema()["properties"]
+    text = {"type": "string"}
+    extra = {"image": edits["image"], "mask": edits["mask"], "strength": edits["strength"],
+             "webhook_url": {**text, "description": "Called once when the job ends (http(s); private addresses refused)."},
+             "webhook_secret": {**text, "description": "The Standard Webhooks secret (whsec_...) that signs it."}}
+    properties = {k: v for k, v in schema["properties"].items() if k not in ("stream", "partial_images", "progress_events")}
+    schema = {**schema, "properties": {**properties, **extra}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict, wire) -> None:
+    """The jobs routes on ``app`` (``read_json``, ``streamed``: the app's body reader and SSE response; ``wire``: its
+    wire types); with ``jobs`` None, each says the API is off."""
     if jobs is None:
         @app.api_route(JOBS, methods=["GET", "POST"], include_in_schema=False)
         @app.api_route(JOBS + "/{rest:path}", methods=["GET", "POST", "DELETE"], include_in_schema=False)
@@ -37,7 +50,7 @@ def add_job_routes(app: FastAPI, jobs, read_json, streamed, refusals: dict, body
         return
     record = {"description": "The job's record.", "content": {"application/json": {"schema": {"type": "object"}}}}
 
-    @app.post(JOBS, status_code=202, responses={202: record, **refusals}, openapi_extra=body)
+    @app.post(JOBS, status_code=202, responses={202: record, **refusals}, openapi_extra=job_body(wire))
     async def submit_job(request: Request):
         accepted = await jobs.submit(await read_json(request))
         where = f"{request.scope.get('root_path', '')}{JOBS}/{accepted['id']}"  # (under the app's route prefix)
