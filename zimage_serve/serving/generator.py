@@ -24,7 +24,7 @@ from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from . import metrics
 from .batcher import GpuBatcher
-from .progress import StepEvents, Wanted
+from .step_events import StepEvents, Wanted, while_running
 
 log = logging.getLogger("zimage_serve")
 
@@ -267,14 +267,7 @@ class Generator:
         watch = StepEvents(request, asyncio.get_running_loop())
         task = asyncio.ensure_future(self.generate(request, encoded, watch))
         try:
-            while True:
-                event = asyncio.ensure_future(watch.next())
-                await asyncio.wait({event, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not event.done():
-                    event.cancel()
-                    break
-                yield await self._step_event(event.result(), request)
-            for step in watch.pending():
+            async for step in while_running(task, watch.queue):
                 yield await self._step_event(step, request)
             yield {"result": task.result()}
         finally:

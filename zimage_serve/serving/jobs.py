@@ -15,7 +15,7 @@ Standard Webhooks, retried with backoff, never in the way of generation. Its sta
 delivered webhook is never sent again (if the replica dies between the receiver's 2xx and the record's write,
 it is, with the same ``webhook-id``, which receivers dedupe on).
 
-:class:`JobsDeployment` hosts the runner (one replica: it owns its store); the ingress calls it.
+:class:`JobsDeployment` is the runner as a Serve deployment (one replica: it owns its store); the ingress calls it.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class JobRunner:
         request, _ = await asyncio.to_thread(self.service.edit_parts if edit else self.service.request_from_images,
                                              fields)
         fields["seed"] = request.seed  # as drawn: a job run again makes the same images
-        await self._purge()
+        if len(self.records) >= self.opts.max_jobs:
+            await self._purge()  # (also every minute: purge_every)
         if len(self.records) >= self.opts.max_jobs:
             raise QueueFull(f"{self.opts.max_jobs} jobs are kept (jobs.max_jobs); retry later")
         record = {"id": JobStore.new_id(), "object": "job", "status": "queued", "kind": "edit" if edit else "generation",
@@ -332,28 +333,12 @@ def _status_event(record: dict) -> dict:
 
 
 @serve.deployment(name="Jobs", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-class JobsDeployment:
-    """The job store's replica (one: it owns its store), running its jobs through handles to the encoders and
-    generators as the ingress does."""
+class JobsDeployment(JobRunner):
+    """The job store's replica (one: it owns its store): a JobRunner whose jobs go through handles to the encoders
+    and generators as the ingress's requests do; its methods are the runner's."""
 
     async def __init__(self, encoder: DeploymentHandle, generator: DeploymentHandle, config: dict):
-        self.config = AppConfig.model_validate(config)
-        self.runner = JobRunner(self.config, image_service(self.config, encoder, generator))
-        await self.runner.start()
-        self._purging = asyncio.ensure_future(self.runner.purge_every())
-
-    async def submit(self, body) -> dict:
-        return await self.runner.submit(body)
-
-    async def get(self, job_id: str) -> dict:
-        return await self.runner.get(job_id)
-
-    async def image(self, job_id: str, index: int) -> tuple[bytes, str]:
-        return await self.runner.image(job_id, index)
-
-    async def cancel(self, job_id: str) -> dict:
-        return await self.runner.cancel(job_id)
-
-    async def events(self, job_id: str):
-        async for event in self.runner.events(job_id):
-            yield event
+        config = AppConfig.model_validate(config)
+        super().__init__(config, image_service(config, encoder, generator))
+        await self.start()
+        self._purging = asyncio.ensure_future(self.purge_every())

@@ -21,6 +21,7 @@ from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from .parsing import RequestParser, Uploads
 from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, stream_event
+from .step_events import while_running
 
 log = logging.getLogger("zimage_serve")
 
@@ -273,25 +274,16 @@ class ImageService(RequestParser):
             task = asyncio.ensure_future(self._images(request, uploads, on_step=on_step, admitted=True))
             previews: dict[int, int] = {}  # image index -> partial images sent
             begun = False
-            while True:
-                item = asyncio.ensure_future(queue.get())
-                await asyncio.wait({item, task}, return_when=asyncio.FIRST_COMPLETED)
-                if not item.done():
-                    item.cancel()
-                    break
+            async for item in while_running(task, queue):
                 if not begun:  # the generator took it: what could refuse it (uploads, a full queue) has not
                     yield None
                     begun = True
-                event = stream_event(kind, request, *item.result(), previews, progress)
+                event = stream_event(kind, request, *item, previews, progress)
                 if event is not None:
                     yield event
             if not begun:
                 task.result()  # refused before any step: raised before the stream begins
                 yield None
-            while not queue.empty():
-                event = stream_event(kind, request, *queue.get_nowait(), previews, progress)
-                if event is not None:
-                    yield event
             task.result()  # its error, if it failed
         finally:
             if task is None:

@@ -1,11 +1,12 @@
 """The generator's side of watching a request denoise (model.watch.StepWatch, told by the engine's thread): whether
 its caller still wants it, and, for a streamed request, its steps and previews as they happen, handed to the
-replica's event loop.
+replica's event loop; and :func:`while_running`, how a stream reads such events while the work runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import AsyncIterator
 
 from ..core.request import GenerationRequest, preview_steps
 
@@ -26,12 +27,12 @@ class Wanted:
 
 class StepEvents(Wanted):
     """A streamed request: each step's ``{"step", "total", "preview"}`` (a PIL image at the steps its
-    ``partial_images`` fall on, else None) queued on the replica's event loop for :meth:`next`."""
+    ``partial_images`` fall on, else None) put in :attr:`queue`, on the replica's event loop."""
 
     def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop):
         super().__init__()
         self.previews = request.partial_images
-        self._loop, self._queue = loop, asyncio.Queue()
+        self._loop, self.queue = loop, asyncio.Queue()
 
     def wants_preview(self, done: int, total: int) -> bool:
         return done in preview_steps(total, self.previews)
@@ -39,16 +40,20 @@ class StepEvents(Wanted):
     def step(self, done: int, total: int, preview) -> None:
         event = {"step": done, "total": total, "preview": preview}
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the replica's loop is closed (shutting down): nobody is listening
             self.cancelled = True
 
-    async def next(self) -> dict:
-        return await self._queue.get()
 
-    def pending(self) -> list[dict]:
-        """The events queued and not yet taken."""
-        events = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
-        return events
+async def while_running(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator:
+    """The items put in ``queue`` as they come while ``task`` runs, then those left once it ended (its result or
+    error is the caller's to take)."""
+    while True:
+        item = asyncio.ensure_future(queue.get())
+        await asyncio.wait({item, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not item.done():
+            item.cancel()
+            break
+        yield item.result()
+    while not queue.empty():
+        yield queue.get_nowait()
