@@ -97,7 +97,7 @@ def _port_free(host: str, port: int) -> None:
 def examples(host: str, port: int) -> str:
     url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
     return f"""
-zimage-serve is up at {url}  (Ctrl-C to stop)
+zimage-serve is up at {url}  (Ctrl-C to stop; open it in a browser: the playground)
 
   curl -s {url}/generate -H 'Content-Type: application/json' \\
        -d '{{"prompt": "a lighthouse at dusk", "width": 512, "height": 512, "seed": 1}}' -o image.png
