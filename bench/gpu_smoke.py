@@ -23,6 +23,7 @@ def _engine_vs_stock(source) -> dict:
     from zimage_serve.core.request import GenerationRequest
     from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
     from zimage_serve.model.planner import Workload
+    from zimage_serve.model.startup import warm_up
 
     out = {}
     stock = ZImagePipeline.from_pretrained(source.path, dtype=torch.bfloat16).to("cuda")
@@ -39,7 +40,7 @@ def _engine_vs_stock(source) -> dict:
             engine = Engine.load(source, plan, speedups=speedups)
             engine.set_progress(False)
             if speedups:
-                engine.warmup(256, 256, (1, 2))
+                warm_up(engine, 256, 256, (1, 2))
             load_s = time.perf_counter() - t0
             embeds = engine.encode([r.prompt for r in requests])
             result = engine.generate([Job.of(r, [e]) for r, e in zip(requests, embeds)])

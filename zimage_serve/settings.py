@@ -46,6 +46,7 @@ class AutoscalingOptions(_Strict):
     target_ongoing_requests: float = Field(2.0, gt=0, description="Requests in flight per replica the autoscaler aims for.")
     upscale_delay_s: float = Field(10.0, ge=0, description="Load must stay high this long before adding a replica.")
     downscale_delay_s: float = Field(120.0, ge=0, description="Load must stay low this long before removing a replica.")
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0, description="With min_replicas 0: how long the load must stay at zero before the last replica goes (default: downscale_delay_s). Scaling up from zero never waits: the first request starts a replica at once and waits for it.")
     metrics_interval_s: float = Field(2.0, gt=0, description="How often replicas report load to the autoscaler.")
     look_back_period_s: float = Field(10.0, gt=0, description="Window over which load is averaged.")
 

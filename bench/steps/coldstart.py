@@ -98,6 +98,7 @@ def first_image():
     from zimage_serve.model.imaging import encode_image
     from zimage_serve.model.planner import Workload
     from zimage_serve.model.sources import resolve
+    from zimage_serve.model.startup import warm_up
 
     marks["imports"] = time.time() - t0
     import diffusers.models.transformers.transformer_z_image  # noqa: F401  (Engine.load would import them: timed apart)
@@ -120,12 +121,14 @@ def first_image():
     if served:  # as GeneratorDeployment does before it reports ready
         import torch._dynamo.utils
 
-        engine.warmup(side, side, (1, 2))
+        warm = warm_up(engine, side, side, (1, 2))
         marks["warmed_up"] = time.time() - t0
         counters = torch._dynamo.utils.counters
-        extra = {"warmup_calls": engine.warmup_calls, "dynamo_stats": dict(counters["stats"]),
+        extra = {"warmup_calls": warm.calls, "warmup_compile_s": round(warm.compile_s, 2),
+                 "warmup_cuda_graph_capture_s": round(warm.cuda_graph_capture_s, 2), "dynamo_stats": dict(counters["stats"]),
                  "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
-                 "caches": {k: v for name in ("inductor", "aot_autograd") for k, v in counters[name].items() if "cache" in k}}
+                 "caches": {k: v for name in ("inductor", "aot_autograd") for k, v in counters[name].items() if "cache" in k},
+                 "compile_times": torch._dynamo.utils.compile_times(repr="str")}
     embeds = engine.encode([PROMPT])[0]
     marks["encoded"] = time.time() - t0
     image = engine.generate([job(embeds)]).images[0]

@@ -220,6 +220,7 @@ def controlnet_card(gib: float = 24):
     from zimage_serve.model.imaging import encode_image
     from zimage_serve.model.planner import Workload
     from zimage_serve.model.sources import resolve
+    from zimage_serve.model.startup import warm_up
 
     from ..common import compile_cache
     from .edits import _production_generator
@@ -241,7 +242,7 @@ def controlnet_card(gib: float = 24):
             "cuda_graphs": g.get("cuda_graphs", True), "cache_dir": compile_cache()})
         engine.set_progress(False)
         out["load_s"] = round(time.perf_counter() - t, 1)
-        out["warmup_s"] = round(engine.warmup(side, side, sorted({1, min(2, g["max_batch_size"])})), 1)
+        out["warmup_s"] = round(warm_up(engine, side, side, sorted({1, min(2, g["max_batch_size"])})).seconds, 1)
         out["speedups"] = engine.speedups
         png = control_png(side)
         reset_peak()

@@ -165,6 +165,7 @@ def edits_profile():
     from zimage_serve.core.images import read_image, with_edit_inputs
     from zimage_serve.core.request import GenerationRequest
     from zimage_serve.model.engine import Job
+    from zimage_serve.model.startup import warm_up
 
     from ..common import job, load_engine, timed
 
@@ -172,7 +173,7 @@ def edits_profile():
     image_png, mask_png = _inputs(side)
     out = {"upload_bytes": len(image_png)}
     eng = load_engine(encode_on="gpu", cuda_graphs=True)
-    eng.warmup(side, side)
+    warm = warm_up(eng, side, side)
     embeds = eng.encode([PROMPT])[0]
     edit = Job(with_edit_inputs(GenerationRequest(PROMPT, seed=1, strength=0.6), image_png, None, (side, side)), embeds)
     for name, j in (("t2i_8_steps", job(embeds)), ("t2i_5_steps", job(embeds, steps=5)), ("img2img_0.6", edit)):
@@ -194,7 +195,7 @@ def edits_profile():
             b = eng.pipe.vae.encode(pixels).latent_dist.mean
         out["vae_encode_compiled_vs_eager_max_abs_diff"] = float((a.float() - b.float()).abs().max())
     out["speedups"] = eng.speedups
-    out["warmup_calls"] = eng.warmup_calls
+    out["warmup_calls"] = warm.calls
     out["vae_dtype"] = str(eng.pipe.vae.dtype)
     out["torch_threads"] = torch.get_num_threads()
     save("edits_profile", **out)

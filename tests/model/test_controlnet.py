@@ -18,6 +18,7 @@ from zimage_serve.model.controlnet import find_controlnet, inferred_config
 from zimage_serve.model.engine import Engine, Job
 from zimage_serve.model.planner import ControlNetSizes, Workload, make_plan
 from zimage_serve.model.sizes import sizes_of
+from zimage_serve.model.startup import warm_up
 
 
 def engine_with(tiny_source, path):
@@ -151,8 +152,8 @@ def test_a_controlnet_for_another_model_is_refused(tmp_path, tiny_path):
 
 def test_warmup_runs_the_controlnet_path_too(engines):
     engine = engines["1.0"]
-    engine.warmup(64, 64, batch_sizes=(1, 2), steps=1, caption_tokens=(16,))
-    assert [call[:2] + call[3:] for call in engine.warmup_calls] == [(1, 16), (1, 16, "controlnet"), (2, 16),
+    warm = warm_up(engine, 64, 64, batch_sizes=(1, 2), steps=1, caption_tokens=(16,))
+    assert [call[:2] + call[3:] for call in warm.calls] == [(1, 16), (1, 16, "controlnet"), (2, 16),
                                                                      (2, 16, "controlnet")]
 
 

@@ -4,6 +4,8 @@ import asyncio
 import base64
 import io
 
+import time
+
 import httpx
 import numpy as np
 import openai
@@ -100,6 +102,17 @@ def test_generator_replica_gets_its_own_gpu_and_reports_its_plan(app_url):
     assert info["ready"] and info["random_weights"] and info["plan"]["kind"] == "cpu"
     assert info["cuda_visible_devices"] not in (None, "")  # Ray assigned one logical GPU
     assert httpx.get(f"{app_url}/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_reports_the_generators_start_stage_by_stage(app_url):
+    """Where the last start of the replica went (model/startup.py): each stage's seconds, adding up to the total,
+    and where the load went (the weights read in threads while diffusers and transformers were imported)."""
+    start = httpx.get(f"{app_url}/readyz", timeout=30).json()["start"]
+    stages = start["stages_s"]
+    assert list(stages) == ["process", "imports", "resolve", "plan", "load", "speedups"]  # no warm-up on a CPU
+    assert all(s >= 0 for s in stages.values()) and stages["process"] > 0 and stages["imports"] > 0
+    assert abs(sum(stages.values()) - start["total_s"]) < 0.05
+    assert start["details"]["load_transformer_read_s"] > 0 and start["ready_at"] <= time.time()
 
 
 BAD = [

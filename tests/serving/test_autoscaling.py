@@ -58,3 +58,43 @@ def test_generator_scales_up_under_load_and_back_down(serve_cluster, tiny_path):
         time.sleep(0.5)
     assert _running("auto") == 1, "the extra replica was not removed after the load"
     undeploy("auto")
+
+
+def test_generators_scale_from_zero_for_the_first_request_and_back_to_zero(serve_cluster, tiny_path, stock_pipe):
+    """min_replicas 0: the app is ready with no generator running (and asking it so wakes none), the first request
+    waits while a replica starts and gets the stock image, and without requests the last replica goes again."""
+    import io
+
+    from PIL import Image
+
+    from conftest import max_pixel_diff, stock_image
+
+    url = deploy(serve_cluster, "zero", tiny_app_config(tiny_path, generator={
+        "num_gpus": 1, "autoscaling": {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 60,
+                                       "downscale_to_zero_delay_s": 1, "metrics_interval_s": 0.5,
+                                       "look_back_period_s": 1}}))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{url}/readyz", timeout=30)
+        if r.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200 and r.json()["replicas"] == 0 and "scaled_to_zero" in r.json(), r.text
+    assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+    time.sleep(2)  # the autoscaler's metrics every 0.5 s: a probe that woke a generator would show by now
+    assert _running("zero") == 0
+    t = time.monotonic()
+    r = httpx.post(f"{url}/generate", json={"prompt": "from zero", "width": 64, "height": 64, "seed": 3}, timeout=120)
+    waited = time.monotonic() - t
+    assert r.status_code == 200, r.text
+    assert max_pixel_diff(Image.open(io.BytesIO(r.content)), stock_image(stock_pipe, "from zero", 3, 64, 64)) <= 1
+    assert _running("zero") == 1
+    info = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert info["ready"] and info["plan"] and info["start"]["total_s"] < waited  # the replica it started
+    deadline = time.monotonic() + 60
+    while _running("zero") > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _running("zero") == 0, "the idle replica was not removed"
+    assert httpx.get(f"{url}/readyz", timeout=30).json()["replicas"] == 0
+    undeploy("zero")
+

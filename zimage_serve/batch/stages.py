@@ -14,6 +14,7 @@ torch is imported in the stages' actors only (their constructors and calls).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 import numpy as np
@@ -24,6 +25,8 @@ from ..core.formats import image_format
 from ..core.control import with_control_image
 from ..core.images import read_file, with_edit_inputs
 from .output import OutputDir, write_atomic
+
+log = logging.getLogger("zimage_serve")
 
 
 def objects(values: list) -> np.ndarray:
@@ -110,31 +113,20 @@ class GenerateStage:
         ``adapter_errors`` and its rows become their manifest lines' errors. ``controlnet``: the job's ControlNet
         (``--controlnet``), placed by the plan as a serving replica places it."""
         # imported here, in the GPU actor
-        from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes
-        from ..model.controlnet import find_controlnet
-        from ..model.engine import Engine, plan_for_this_machine
-        from ..model.machine import prepare_allocator
         from ..model.planner import Workload
-        from ..model.sources import resolve
+        from ..model.startup import StartClock, start_engine
 
-        prepare_allocator()  # before this actor's first CUDA allocation
-        source = resolve(model)
+        clock = StartClock()
         adapters = adapters or {}
-        shapes = transformer_shapes(source.path) if adapters else {}
-        weights, self.adapter_errors = read_adapters({n: a["source"] for n, a in adapters.items()}, shapes)
-        spec = slot_spec(list(weights.values())) if weights else None
-        # the plan leaves room for the slots and every adapter held, as a serving replica's does
-        reserve = slot_reserve_bytes(spec, shapes, len(weights)) if spec else 0
-        cn = find_controlnet(controlnet) if controlnet else None
-        plan = plan_for_this_machine(source, Workload(max_side, max_side, batch_size), policy, encode_on="cpu",
-                                     reserve_bytes=reserve, controlnet=cn, fp8=fp8,  # FP8 weights where the plan says
-                                     partial_ok=spec is None)  # LoRA slots need every block resident
-        # batches of at most plan.workload.batch; the speed-ups apply on a GPU only
-        self.engine = Engine.load(source, plan, with_text_encoder=False, speedups={"compile": compile},
-                                  lora=spec, controlnet=cn)
-        self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in weights}
-        for name, held in weights.items():
+        # batches of at most the plan's batch; the speed-ups apply on a GPU only; room for every adapter (all held)
+        started = start_engine(model, Workload(max_side, max_side, batch_size), clock, policy=policy, fp8=fp8,
+                               adapters={n: a["source"] for n, a in adapters.items()}, controlnet=controlnet,
+                               speedups={"compile": compile})
+        self.engine, self.adapter_errors = started.engine, started.adapter_errors
+        self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in started.adapters}
+        for name, held in started.adapters.items():
             self.engine.load_adapter(name, held, self.adapter_scales[name])
+        log.info("GPU actor ready: start stages (s) %s", clock.report()["stages_s"])
         self.engine.set_progress(False)
 
     def __call__(self, batch: dict) -> dict:

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from ..core.errors import AdapterError, PlanError
-from ..core.pixels import Pixels
 from ..core.request import GenerationRequest
 from .optim.accel import accelerate, accelerate_vae, compiled_shapes_only
 from .optim.lora_slots import linear_shapes
@@ -31,6 +30,7 @@ from .modes import MODES
 from .machine import gpu_free_bytes, plan_for_this_machine  # noqa: F401 (the engine's callers plan with them)
 from .planner import Plan
 from .sources import ModelSource
+from .startup import StartClock
 from .watch import Cancelled, StepWatch, step_hooks
 
 log = logging.getLogger("zimage_serve")
@@ -88,7 +88,6 @@ class Engine:
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
         self.compiled_decoder = False
-        self.warmup_calls: list = []
         self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
         self.adapters: dict[str, HeldAdapter] = {}  # LoRA adapters held (load_adapter), by name
         self.slots = None  # the transformer's LoRA slots (optim/lora_slots.py), when adapters are used
@@ -99,25 +98,30 @@ class Engine:
 
     @classmethod
     def load(cls, source: ModelSource, plan: Plan, with_text_encoder: bool = True, speedups: dict | None = None,
-             lora=None, controlnet=None, **overrides) -> "Engine":
+             lora=None, controlnet=None, clock: StartClock | None = None, **overrides) -> "Engine":
         """Load as ``plan`` says; ``speedups`` (GPU only): accel.accelerate's keyword arguments (with
         ``compile``, the VAE decoder is compiled too where the plan has room). ``lora``: the LoRA slots to make
         (a ``lora_slots.SlotSpec``, adapters.slot_spec of the adapters to serve), after fusing and before FP8,
         compiling and CUDA graphs, so that any adapter that fits them runs without recompiling. ``controlnet``: the
-        ControlNet to serve (a controlnet.ControlNetSource; ``plan`` must have been made with it)."""
+        ControlNet to serve (a controlnet.ControlNetSource; ``plan`` must have been made with it). ``clock``: told of
+        the "load" and "speedups" stages (model/startup.py); ``overrides``: loader.load's other arguments."""
         log.info("model %s\n%s", source.label, plan.describe())
-        engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, controlnet=controlnet,
-                                        **overrides))
-        if plan.vae_tiling:
-            engine.enable_vae_tiling()
-        requested, speedups = bool(speedups), dict(speedups or {})
-        if plan.transformer == "partial" or plan.weights == "fp8":  # placed here, from the CPU, on any device
-            engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
-            lora = None  # (made by the placement)
-        if requested and engine.device.type == "cuda":
-            engine._accelerate(speedups, lora)
-        elif lora is not None:
-            engine._install_slots(lora)
+        clock = clock or StartClock()
+        with clock.stage("load"):
+            engine = cls(source, plan, load(source, plan, with_text_encoder=with_text_encoder, controlnet=controlnet,
+                                            **overrides))
+        clock.details.update({f"load_{k}_s": v for k, v in engine.loaded.seconds.items()})
+        with clock.stage("speedups"):
+            if plan.vae_tiling:
+                engine.enable_vae_tiling()
+            requested, speedups = bool(speedups), dict(speedups or {})
+            if plan.transformer == "partial" or plan.weights == "fp8":  # placed here, from the CPU, on any device
+                engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
+                lora = None  # (made by the placement)
+            if requested and engine.device.type == "cuda":
+                engine._accelerate(speedups, lora)
+            elif lora is not None:
+                engine._install_slots(lora)
         return engine
 
     def _place(self, speedups: dict, lora, fuse: bool):
@@ -162,28 +166,6 @@ class Engine:
         if speedups.get("compile") and not plan.vae_tiling:
             self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
             self.compiled_decoder = True
-
-    def warmup(self, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> float:
-        """Run the model once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with
-        the ControlNet too when one is served; returns seconds. Two prompt lengths make torch.compile build its dynamic-shape kernels here, not on
-        the first request whose prompt length differs."""
-        t0 = time.perf_counter()
-        hidden = self.pipe.transformer.config.cap_feat_dim
-        self.warmup_calls = []  # (batch, caption tokens, seconds): where a replica's start-up goes
-        control = None
-        if self.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
-            control = Pixels("RGB", width, height, bytes(width * height * 3))
-        for n in batch_sizes:
-            for tokens in caption_tokens:
-                for image in (None, control) if control is not None else (None,):
-                    t = time.perf_counter()
-                    embeds = torch.zeros(tokens, hidden)
-                    self.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps,
-                                                         control_image=image), embeds) for i in range(n)])
-                    self.warmup_calls.append((n, tokens, round(time.perf_counter() - t, 2)) + (("controlnet",) if image
-                                                                                               else ()))
-        log.info("warm-up calls (batch, caption tokens, seconds): %s", self.warmup_calls)
-        return time.perf_counter() - t0
 
     @property
     def device(self) -> torch.device:

@@ -4,6 +4,9 @@ Each component goes straight from the safetensors files to where the plan puts i
 converted to the serving dtype tensor by tensor on the way, so the peak never holds a second full
 copy in host memory and the GPU never holds more than the plan budgeted. Safetensors only, never
 remote code. With ZIMAGE_WEIGHTS_CACHE=1 the transformer is read from its bf16 copy (weights_cache.py).
+
+The transformer's weights are read by prefetch.WeightReader, in threads: :func:`start_reading` starts them before
+diffusers and transformers are imported (a replica's start imports them meanwhile), :func:`load` takes them.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.errors import ZImageError
 from . import weights_cache
 from .optim.lean_vae import lean_decoder, lean_encoder
 from .planner import Plan
-from .sources import ModelSource
+from .prefetch import WeightReader, assemble
+from .sources import ModelSource, weight_files
 
 log = logging.getLogger("zimage_serve")
 
@@ -86,33 +91,77 @@ def parallel_loading(enabled: bool | None):
         modeling_utils.HF_ENABLE_PARALLEL_LOADING = before
 
 
-def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
-         with_text_encoder: bool = True, parallel: bool | None = None, controlnet=None) -> Loaded:
-    """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU).
-    ``controlnet``: a controlnet.ControlNetSource, placed where ``plan.controlnet`` says.
+@dataclass
+class TransformerRead:
+    """The transformer's weights being read (:func:`start_reading`): from where, to where, as what."""
 
-    ``parallel``: whether diffusers reads the shards in threads, for this load only (:func:`parallel_loading`);
-    default: on CUDA yes, elsewhere as diffusers' own setting says."""
+    directory: object  # Path: the checkpoint's transformer, or its bf16 copy in the weights cache
+    from_cache: bool
+    cache: object  # Path | None: where the weights cache keeps it (written after the load when not from_cache)
+    device: torch.device
+    dtype: torch.dtype
+    reader: WeightReader
+
+
+def start_reading(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None) -> TransformerRead:
+    """Start reading the transformer's weights to where ``plan`` first puts them, in background threads; returns at
+    once. Call it before importing diffusers and transformers (:func:`load` imports them): the reads run meanwhile."""
     dev = torch.device(device or plan.device)
-    with parallel_loading(parallel if parallel is not None else (True if dev.type == "cuda" else None)):
-        return _load(source, plan, dev, getattr(torch, dtype or plan.dtype), with_text_encoder, controlnet)
-
-
-def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool,
-          controlnet_source=None) -> Loaded:
-    # diffusers only where a model is loaded, as above
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-
-    seconds = {}
-    t0 = time.perf_counter()
+    dt = getattr(torch, dtype or plan.dtype)
     cached = weights_cache.cache_path(source, str(dt).removeprefix("torch."))
     from_cache = weights_cache.usable(cached)
     # a partial or FP8 plan places the transformer itself, from the CPU (placement.py, called by the engine)
     first = "cpu" if plan.transformer == "partial" or plan.weights == "fp8" else _target(plan.transformer, dev)
-    transformer = ZImageTransformer2DModel.from_pretrained(
-        cached if from_cache else source.path / "transformer", dtype=dt, device_map={"": str(first)},
-        use_safetensors=True)
-    seconds["transformer"] = time.perf_counter() - t0
+    directory = cached if from_cache else source.path / "transformer"
+    return TransformerRead(directory, from_cache, cached, torch.device(first), dt,
+                           WeightReader(weight_files(directory), first, dt))
+
+
+def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
+         with_text_encoder: bool = True, parallel: bool | None = None, controlnet=None,
+         transformer: TransformerRead | None = None) -> Loaded:
+    """Load ``source`` as ``plan`` says. ``device``/``dtype`` override the plan's (tests run GPU plans on CPU).
+    ``controlnet``: a controlnet.ControlNetSource, placed where ``plan.controlnet`` says. ``transformer``: its
+    weights as :func:`start_reading` began to read them (with the same plan, device and dtype); default: read now.
+
+    ``parallel``: whether diffusers reads the other components' shards in threads, for this load only
+    (:func:`parallel_loading`); default: on CUDA yes, elsewhere as diffusers' own setting says."""
+    dev = torch.device(device or plan.device)
+    transformer = transformer or start_reading(source, plan, device, dtype)
+    with parallel_loading(parallel if parallel is not None else (True if dev.type == "cuda" else None)):
+        return _load(source, plan, dev, getattr(torch, dtype or plan.dtype), with_text_encoder, controlnet, transformer)
+
+
+def _transformer(read: TransformerRead):
+    """The transformer from the weights read, as ``from_pretrained`` makes it from the same files. Should reading
+    fail for any reason but a bad file (ours to report), diffusers reads them again, its own way."""
+    from diffusers import ZImageTransformer2DModel  # (see _load)
+
+    try:
+        model = assemble(ZImageTransformer2DModel, ZImageTransformer2DModel.load_config(read.directory),
+                         read.reader.result())
+        model.register_to_config(_name_or_path=read.directory)
+        return model
+    except ZImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a bug or an unforeseen device: slower, not broken)
+        log.warning("reading the transformer's weights in threads failed (%s: %s); diffusers reads them instead",
+                    type(e).__name__, e)
+        return ZImageTransformer2DModel.from_pretrained(read.directory, dtype=read.dtype,
+                                                        device_map={"": str(read.device)}, use_safetensors=True)
+
+
+def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool,
+          controlnet_source, read: TransformerRead) -> Loaded:
+    # diffusers only where a model is loaded, as above
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    seconds = {}
+    t0 = time.perf_counter()
+    transformer = _transformer(read)
+    seconds["transformer"] = time.perf_counter() - t0  # what was left to wait for, once diffusers was imported
+    seconds["transformer_read"] = read.reader.seconds or 0.0  # the reads, from start_reading to the last byte
+    cached, from_cache = read.cache, read.from_cache
     if cached is not None and not from_cache:
         t0 = time.perf_counter()
         weights_cache.save(transformer, cached)

@@ -42,6 +42,9 @@ class Generator:
     """The replica's logic (deployed as :data:`GeneratorDeployment`; testing/faults.py subclasses it)."""
 
     def __init__(self, config: dict):
+        from ..model.startup import StartClock  # (no torch) the start's stages begin now: see _load
+
+        self.start = StartClock()
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
         self.engine, self.reason, self.batches = None, None, []
@@ -66,59 +69,37 @@ class Generator:
             log.error("Generator not ready: %s", self.reason, exc_info=not isinstance(e, ZImageError))
 
     def _load(self) -> None:
-        # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
-        from ..model.engine import Engine, gpu_free_bytes, plan_for_this_machine
-        from ..model.machine import prepare_allocator
-        from ..model.planner import Workload
-        from ..model.sources import resolve
+        """Load as the config says, stage by stage (model/startup.py; /readyz and the metrics report them)."""
+        from ..model.planner import Workload  # in the replica: importing the deployment loads no torch
+        from ..model.startup import start_engine, warm_up
 
-        prepare_allocator()  # before this process's first CUDA allocation
         opts = self.config.generator
-        device = None if opts.device == "auto" else opts.device
         t0 = time.perf_counter()
-        source = resolve(self.config.model, gpu=gpu_free_bytes(device) is not None)
-        lora, reserve = self._check_adapters(source)
-        if self.config.controlnet:
-            from ..model.controlnet import find_controlnet  # in the replica, with the model layer (see above)
-
-            self.controlnet = find_controlnet(self.config.controlnet)
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
-        plan = plan_for_this_machine(source, workload, opts.policy, opts.encode_on, device, reserve_bytes=reserve,
-                                     controlnet=self.controlnet, fp8=opts.fp8,  # FP8 weights where the plan says
-                                     partial_ok=lora is None)  # LoRA slots need every block resident
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend,
                     "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
-        engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=lora,
-                             controlnet=self.controlnet)
+        started = start_engine(self.config.model, workload, self.start, policy=opts.policy, encode_on=opts.encode_on,
+                               device=None if opts.device == "auto" else opts.device, fp8=opts.fp8,
+                               adapters={n: a.source for n, a in self.config.adapters.items()},
+                               adapters_held=opts.max_adapters_per_replica, controlnet=self.config.controlnet,
+                               speedups=speedups)
+        engine, self.controlnet, self.adapter_errors = started.engine, started.controlnet, started.adapter_errors
+        for name, reason in self.adapter_errors.items():  # the base and the other adapters serve on
+            log.error("adapter %r not served: %s", name, reason)
+        self.adapter_files = {name: str(w.path) for name, w in started.adapters.items()}
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
         if opts.warmup and engine.device.type == "cuda":
-            sizes = sorted({1, min(2, opts.max_batch_size)})
-            log.info("warming up at %s, batch %s: %.1fs", opts.plan_size, sizes,
-                     engine.warmup(workload.width, workload.height, sizes))
+            with self.start.stage("warmup"):
+                warm = warm_up(engine, workload.width, workload.height, sorted({1, min(2, opts.max_batch_size)}))
+            self.start.details.update(warmup_compile_s=warm.compile_s, warmup_cuda_graph_capture_s=warm.cuda_graph_capture_s,
+                                      warmup_calls=str(warm.calls))
         self.engine, self.load_seconds = engine, time.perf_counter() - t0
-        metrics.set_plan(plan)
-        log.info("Generator ready in %.1fs: %s", self.load_seconds, source.label)
-
-    def _check_adapters(self, source) -> tuple:
-        """Read every configured adapter once (on the CPU, then let go) and check it against the model: those
-        that pass are served, the others listed with why (the base and the rest serve on). Returns (the LoRA
-        slots that fit them all, or None; the GPU bytes to keep free for max_adapters_per_replica of them)."""
-        if not self.config.adapters:
-            return None, 0
-        from ..model.adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes  # (with torch)
-
-        shapes = transformer_shapes(source.path)
-        weights, self.adapter_errors = read_adapters({n: a.source for n, a in self.config.adapters.items()}, shapes)
-        for name, reason in self.adapter_errors.items():
-            log.error("adapter %r not served: %s", name, reason)
-        self.adapter_files = {name: str(w.path) for name, w in weights.items()}
-        good = list(weights.values())
-        if not good:
-            return None, 0
-        spec = slot_spec(good)
-        return spec, slot_reserve_bytes(spec, shapes, self.config.generator.max_adapters_per_replica)
+        metrics.set_plan(engine.plan)
+        metrics.set_start(self.start.finish().report())
+        log.info("Generator ready in %.1fs: %s; start stages (s): %s", self.load_seconds, engine.source.label,
+                 self.start.report()["stages_s"])
 
     async def _load_adapter(self, name: str):
         """Serve's multiplexed loader: the adapter ``name`` read from its file (the node's disk or page cache) onto
@@ -177,13 +158,18 @@ class Generator:
     async def info(self) -> dict:
         """Readiness, the plan in force, and where this replica runs."""
         if self.engine is None:
-            return {"ready": False, "reason": self.reason, **self._adapters_info()}
+            return {"ready": False, "reason": self.reason, **self._adapters_info(), **self._start_info()}
         e = self.engine
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
-                "prompts_encoded": self.prompts_encoded, **self._adapters_info(), **self._controlnet_info()}
+                "prompts_encoded": self.prompts_encoded, **self._adapters_info(), **self._controlnet_info(),
+                **self._start_info()}
+
+    def _start_info(self) -> dict:
+        """This replica's start, stage by stage (those done, when it failed)."""
+        return {"start": self.start.report()}
 
     def _controlnet_info(self) -> dict:
         cn = self.engine.controlnet

@@ -5,6 +5,7 @@ Imports no torch: the ingress process stays light (the encoder and generator imp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
@@ -13,6 +14,7 @@ import ray.exceptions as rex
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ReplicaState
 
 from ..core.errors import Overloaded, QueueFull, ZImageError
 from ..core.request import GenerationRequest
@@ -138,7 +140,14 @@ def image_service(config: AppConfig, encoder: DeploymentHandle, generator: Deplo
     return ImageService(config, encode=lambda request: encoder.encode.remote(request), generate=generate,
                         generator_info=lambda: generator.info.remote(), is_retryable=retryable,
                         backend_error=serve_error, generator_encode=lambda request: generator.encode.remote(request),
-                        generate_stream=generate_stream)
+                        generate_stream=generate_stream, generator_replicas=lambda: running_replicas(generator))
+
+
+async def running_replicas(handle: DeploymentHandle) -> int:
+    """How many replicas of ``handle``'s deployment are running, as Serve's controller says (no call to them)."""
+    status = await asyncio.to_thread(serve.status)
+    deployment = status.applications[handle.app_name].deployments[handle.deployment_name]
+    return int(deployment.replica_states.get(ReplicaState.RUNNING, 0))
 
 
 class JobsClient:

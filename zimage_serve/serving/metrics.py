@@ -30,6 +30,9 @@ def _metrics():
                               "hits (already held) and evictions, per adapter.", tag_keys=("event", "adapter")),
         "adapter_load": m.Histogram("zimage_adapter_load_seconds", description="Seconds to load a LoRA adapter onto "
                                     "a replica's GPU.", boundaries=_LATENCY_BUCKETS),
+        "start": m.Gauge("zimage_generator_start_seconds", description="Seconds each stage of this generator replica's "
+                         "last start took (model/startup.py: process, imports, resolve, plan, load, speedups, warmup; "
+                         "total).", tag_keys=("stage",)),
         "requests": m.Counter("zimage_http_requests_total", description="HTTP requests by route and status.",
                               tag_keys=("route", "status")),
     }
@@ -58,6 +61,12 @@ def set_peak_vram(nbytes: int) -> None:
 def set_plan(plan) -> None:
     _metrics()["plan"].set(1, tags={"kind": plan.kind, "transformer": plan.transformer, "vae": plan.vae,
                                     "text_encoder": plan.text_encoder, "encode_on": plan.encode_on, "device": plan.device})
+
+
+def set_start(report: dict) -> None:
+    """A replica's start, stage by stage (model/startup.py's StartClock.report())."""
+    for stage, seconds in {**report["stages_s"], "total": report["total_s"]}.items():
+        _metrics()["start"].set(seconds, tags={"stage": stage})
 
 
 def count_request(route: str, status: int) -> None:

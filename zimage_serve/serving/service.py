@@ -69,13 +69,17 @@ class ImageService(RequestParser):
     def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
                  backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
-                 generator_encode: Encode | None = None, generate_stream: GenerateStream | None = None):
+                 generator_encode: Encode | None = None, generate_stream: GenerateStream | None = None,
+                 generator_replicas: Callable[[], Awaitable[int]] | None = None):
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
         (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
         replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded;
-        ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress)."""
+        ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress);
+        ``generator_replicas``: how many generator replicas run, asked without calling one (which would start one
+        where the generators scaled to zero): readiness and /v1/models ask it when ``min_replicas`` is 0."""
         super().__init__(config)
         self._generate, self._info, self._generate_stream = generate, generator_info, generate_stream
+        self._replicas = generator_replicas if config.generator.autoscaling.min_replicas == 0 else None
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._generator_encode = generator_encode
         self._is_retryable, self._backend_error = is_retryable, backend_error
@@ -299,20 +303,37 @@ class ImageService(RequestParser):
         seconds = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
         return ImageBytes(result["image"], image_format(request.output_format).media_type, result["seed"], seconds)
 
-    async def readiness(self) -> tuple[bool, dict]:
-        """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images."""
+    async def _scaled_to_zero(self) -> bool:
+        """Whether the generators may scale to zero and no replica runs now: asking one would start one."""
+        if self._replicas is None:
+            return False
         try:
-            info = await asyncio.wait_for(self._info(), timeout=5)
-        except Exception as e:
-            info = {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+            return await asyncio.wait_for(self._replicas(), timeout=5) == 0
+        except Exception:  # noqa: BLE001 (the controller busy or restarting: ask a replica, as without scale to zero)
+            return False
+
+    async def readiness(self) -> tuple[bool, dict]:
+        """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images. Generators
+        scaled to zero are ready (a request starts one and waits for it), and are not woken to say so."""
+        if await self._scaled_to_zero():
+            info = {"ready": True, "replicas": 0, "scaled_to_zero": "no generator replica runs now (min_replicas 0): "
+                    "the next request starts one, and waits for it"}
+        else:
+            try:
+                info = await asyncio.wait_for(self._info(), timeout=5)
+            except Exception as e:
+                info = {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
         return bool(info.get("ready")), {**info, "pending_images": self.pending, "max_pending_images": self.max_pending}
 
     async def models(self) -> dict:
-        """``GET /v1/models`` (a ModelList): the served model, and what it is (the checkpoint, random weights)."""
-        try:
-            info = await asyncio.wait_for(self._info(), timeout=5)
-        except Exception:
-            info = {}
+        """``GET /v1/models`` (a ModelList): the served model, and what it is (the checkpoint, random weights, when
+        a generator replica runs to say so)."""
+        info = {}
+        if not await self._scaled_to_zero():
+            try:
+                info = await asyncio.wait_for(self._info(), timeout=5)
+            except Exception:
+                pass
         base = self.config.model_name
         cards = [ModelCard(id=base, root=info.get("model", self.config.model), random_weights=info.get("random_weights"))]
         cards += [ModelCard(id=name, root=spec.source, parent=base) for name, spec in self.config.adapters.items()]

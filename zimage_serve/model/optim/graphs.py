@@ -22,6 +22,7 @@ allocated, so the number kept is bounded by bytes, least recently used first out
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -93,6 +94,7 @@ class GraphedBlocks(nn.ModuleList):
         result.record_stream(torch.cuda.current_stream())
         inputs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         graph = torch.cuda.CUDAGraph()
+        t0 = time.perf_counter()
         try:  # thread_local: other threads (a health check) may use the GPU while this one captures
             if "pool" not in self._shared:
                 self._shared["pool"] = torch.cuda.graph_pool_handle()
@@ -103,6 +105,7 @@ class GraphedBlocks(nn.ModuleList):
             self._shared["failed"] = True  # a failed capture can leave the shared pool mid-recording
             self._graphs.clear()
             return result
+        self._shared["capture_s"] = self._shared.get("capture_s", 0.0) + time.perf_counter() - t0
         self._graphs[key] = _Captured(graph, inputs, output)
         self.captures += 1
         while len(self._graphs) > 1 and sum(c.bytes for c in self._graphs.values()) > self._max_bytes:
@@ -123,6 +126,13 @@ def blocks_one_by_one(transformer: nn.Module):
     finally:
         for stack in stacks:
             stack._shared["one_by_one"] = False
+
+
+def capture_seconds(transformer: nn.Module) -> float:
+    """Seconds the transformer's GraphedBlocks have spent capturing new shapes (not the eager run before each
+    capture, which compiles); 0 without graphs."""
+    stacks = [s for s in (getattr(transformer, name, None) for name in STACKS) if isinstance(s, GraphedBlocks)]
+    return stacks[0]._shared.get("capture_s", 0.0) if stacks else 0.0
 
 
 def use_cuda_graphs(transformer: nn.Module, max_bytes: int = 1 << 30) -> int:

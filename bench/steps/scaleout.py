@@ -1,0 +1,307 @@
+"""Scale-out: where a generator replica's start goes (startup_profile), and the production app's replica
+replacement, scale from zero and start to /readyz (scaleout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..common import ROOT, checkpoint, save
+from .coldstart import NOT_OUR_DEPENDENCIES, _with_bytecode
+
+HIDE = f"import sys; sys.modules.update({{n: None for n in {NOT_OUR_DEPENDENCIES!r}}}); "
+SERVED_IMPORTS = ("import torch; import zimage_serve.serving.generator, zimage_serve.model.engine; "
+                  "from diffusers import ZImagePipeline, ZImageTransformer2DModel, AutoencoderKL; "
+                  "import transformers.models.qwen3.modeling_qwen3")
+READ_VARIANTS = ("imports_alone", "safetensors", "reader8", "reader16", "reader8_with_imports")
+
+
+def _importtime() -> dict:
+    """``python -X importtime`` of what a replica imports (bytecode kept, only our dependencies): the modules that
+    take longest, by their own time and with what they import."""
+    env = _with_bytecode(os.environ)
+    for _ in range(2):  # the first writes the bytecode
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", HIDE + SERVED_IMPORTS], env=env,
+                           capture_output=True, text=True)
+    rows = []
+    for line in r.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            rows.append((int(m[1]) / 1e6, int(m[2]) / 1e6, len(m[3]) // 2, m[4]))
+    top = lambda key, n: [[round(s, 3), round(c, 3), d, name] for s, c, d, name in sorted(rows, key=key, reverse=True)[:n]]
+    return {"total_s": round(sum(r[0] for r in rows), 2), "by_self": top(lambda r: r[0], 40),
+            "by_cumulative_depth_le_3": [x for x in top(lambda r: r[1], 400) if x[2] <= 3][:60]}
+
+
+def startup_profile():
+    """Where a replica's start goes: imports by module, and reading the transformer's weights to the GPU (as
+    safetensors does, and with model/prefetch.py's threads, alone and beside the imports), each in a fresh process."""
+    results = {"importtime": _importtime()}
+    save("startup_profile", **results)
+    for variant in READ_VARIANTS:
+        env = dict(_with_bytecode(os.environ), BENCH_READ=variant)
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "_read_weights"], env=env,
+                           capture_output=True, text=True)
+        line = [x for x in r.stdout.splitlines() if x.startswith("READ")]
+        results[variant] = json.loads(line[0][4:]) if line else {"error": r.stderr[-800:]}
+        save("startup_profile", **results)
+
+
+def read_weights():
+    """(internal) One way of reading the transformer to the GPU, in the process startup_profile starts."""
+    sys.modules.update({name: None for name in NOT_OUR_DEPENDENCIES})
+    t0 = time.perf_counter()
+    import torch
+
+    from zimage_serve.model.prefetch import WeightReader
+    from zimage_serve.model.sources import weight_files
+
+    variant = os.environ["BENCH_READ"]
+    out = {"import_torch_s": time.perf_counter() - t0}
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    out["cuda_init_s"] = time.perf_counter() - t0
+    files = weight_files(checkpoint() / "transformer")
+
+    def imports():
+        t = time.perf_counter()
+        import diffusers  # noqa: F401
+        from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel  # noqa: F401
+        import transformers.models.qwen3.modeling_qwen3  # noqa: F401
+        out["imports_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if variant == "imports_alone":
+        imports()
+    elif variant == "safetensors":
+        from safetensors.torch import load_file
+
+        tensors = {}
+        for f in files:
+            tensors.update({k: v.to(torch.bfloat16) for k, v in load_file(f, device="cuda:0").items()})
+        torch.cuda.synchronize()
+        out["bytes"] = sum(f.stat().st_size for f in files)
+    else:
+        reader = WeightReader(files, "cuda", torch.bfloat16, threads=16 if variant == "reader16" else 8)
+        if variant.endswith("with_imports"):
+            imports()
+        tensors = reader.result()
+        torch.cuda.synchronize()
+        out["bytes"] = reader.bytes
+    out["seconds"] = time.perf_counter() - t
+    out["gib_per_s"] = round(out.get("bytes", 0) / 2**30 / out["seconds"], 2)
+    out["allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    print("READ" + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}), flush=True)
+
+
+# ---- the production app: start, replica replaced, scale from zero -------------------------------------
+
+URL = "http://127.0.0.1:8000"
+
+
+class _App:
+    """``zimage-serve serve --config FILE`` in a process of its own, as a user starts it; ``ready_s``: seconds from
+    the command to /readyz 200."""
+
+    def __init__(self, config: Path, env: dict):
+        self.process = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--config", str(config),
+                                         "--port", "8000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)
+        t0 = time.monotonic()
+        self.ready_s = None
+        while time.monotonic() - t0 < 480 and self.process.poll() is None:
+            if _get("/readyz")[0] == 200:
+                self.ready_s = time.monotonic() - t0
+                return
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError(f"the app was not ready within 480 s: {self.process.stderr.read()[-1500:]}")
+
+    def readyz(self) -> dict:
+        return _get("/readyz")[1]
+
+    def close(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _get(path: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(URL + path, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def _generate(prompt: str) -> tuple[int, float]:
+    """(status, seconds) of one POST /generate (the config's default size)."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"prompt": prompt, "seed": 1}).encode()
+    request = urllib.request.Request(URL + "/generate", data=body, headers={"Content-Type": "application/json"})
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=600) as r:
+            r.read()
+            return r.status, time.monotonic() - t
+    except urllib.error.HTTPError as e:
+        return e.code, time.monotonic() - t
+    except OSError:
+        return 0, time.monotonic() - t
+
+
+def _config(tmp: Path, min_replicas: int | None = None) -> Path:
+    """serve_config.yaml as shipped, on the random-weight checkpoint, without the jobs API (the GPU machine has no
+    pyarrow); BENCH_SCALEOUT_SMOKE=1 shrinks its resources and sizes to run on a CPU-only machine."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = doc["applications"][0]["args"]
+    args.update(model=str(checkpoint()), jobs={"enabled": False})
+    if min_replicas is not None:
+        args["generator"]["autoscaling"].update(min_replicas=min_replicas, downscale_to_zero_delay_s=600)
+    if os.environ.get("BENCH_SCALEOUT_SMOKE") == "1":
+        args.update(default_size="64x64")
+        args["encoder"].update(num_cpus=0.5, threads=1)
+        args["generator"].update(num_gpus=0, num_cpus=0.5, plan_size="64x64", max_batch_size=2)
+    path = tmp / f"serve_config{'' if min_replicas is None else f'_min{min_replicas}'}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _evict_page_cache(root: Path) -> int:
+    """Drop ``root``'s files from the page cache (posix_fadvise DONTNEED: no privileges needed), so that the next
+    read comes from the disk as on a node that never read them; returns the bytes dropped."""
+    dropped = 0
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                dropped += f.stat().st_size
+            finally:
+                os.close(fd)
+    return dropped
+
+
+def _hide_what_is_not_ours(tmp: Path) -> str:
+    """A sitecustomize that makes the machine's packages outside our dependencies unimportable in every process of
+    the app (Ray's workers included), as in our image (coldstart.NOT_OUR_DEPENDENCIES); returns the directory."""
+    site = tmp / "site_hide"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(HIDE + "\n")
+    return str(site)
+
+
+def _replaced_under_load(app: _App) -> dict:
+    """SIGKILL the generator replica while one client sends requests, one after another: seconds until Serve's
+    replacement reports ready (/readyz, a new pid) and until the first image after the kill; requests lost."""
+    import signal
+    import threading
+
+    old = app.readyz()
+    done, stop = [], threading.Event()  # (end time, status)
+
+    def client():
+        i = 0
+        while not stop.is_set():
+            status, _ = _generate(f"{PROMPT_LOAD} {i} {time.time()}")
+            done.append((time.monotonic(), status))
+            i += 1
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    while len(done) < 3:
+        time.sleep(0.05)
+    t_kill = time.monotonic()
+    os.kill(old["pid"], signal.SIGKILL)
+    ready_s = None
+    while time.monotonic() - t_kill < 300:
+        info = app.readyz()
+        if info.get("ready") and info.get("pid") not in (None, old["pid"]):
+            ready_s = time.monotonic() - t_kill
+            break
+        time.sleep(0.05)
+    after = len(done)
+    while len(done) < after + 3 and time.monotonic() - t_kill < 300:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    first = [t for t, s in done if t > t_kill and s == 200]
+    new = app.readyz()
+    return {"replica_ready_s": None if ready_s is None else round(ready_s, 2),
+            "first_image_after_kill_s": round(first[0] - t_kill, 2) if first else None,
+            "requests": len(done), "lost": sum(s != 200 for _, s in done), "killed_pid": old["pid"],
+            "new_pid": new.get("pid"), "new_replica_start": new.get("start")}
+
+
+def _from_zero(app: _App) -> dict:
+    """With min_replicas 0: /readyz says scaled to zero (no replica), then the first request's seconds."""
+    info = app.readyz()
+    time.sleep(3)  # nothing may have started a replica meanwhile
+    still = app.readyz()
+    status, seconds = _generate(f"{PROMPT_LOAD} from zero {time.time()}")
+    return {"first_request_from_zero_s": round(seconds, 2), "status": status,
+            "replicas_before": [info.get("replicas"), still.get("replicas")],
+            "started_replica": app.readyz().get("start")}
+
+
+PROMPT_LOAD = "a lighthouse on a cliff at dusk, waves, volumetric light"
+
+
+def scaleout():
+    """The production app (serve_config.yaml, full-size random weights) from `zimage-serve serve` to /readyz 200 on a
+    cold node, then a warm one; a generator replica SIGKILLed under light load; scale from zero (min_replicas 0).
+
+    Cold node: empty compile and weights caches (ZIMAGE_WEIGHTS_CACHE=1, so the first start writes the bf16 copy)
+    and the checkpoint's files dropped from the page cache; warm: what the cold start left. Only our dependencies
+    importable and bytecode kept, as in our image."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="scaleout-"))
+    cache = Path(os.environ.get("ZIMAGE_CACHE_DIR", "/tmp/zimage-cache")) / "scaleout"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = _with_bytecode(os.environ)
+    env.update(ZIMAGE_CACHE_DIR=str(cache), ZIMAGE_WEIGHTS_CACHE="1",
+               PYTHONPATH=os.pathsep.join([_hide_what_is_not_ours(tmp), env.get("PYTHONPATH", "")]))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    results = {"page_cache_dropped_bytes": _evict_page_cache(checkpoint())}
+    config = _config(tmp)
+    for phase in ("cold", "warm"):
+        app = _App(config, env)
+        try:
+            results[f"app_ready_{phase}_s"] = round(app.ready_s, 2)
+            results[f"{phase}_start"] = app.readyz().get("start")
+            save("scaleout", **results)
+            if phase == "warm":
+                results.update(_replaced_under_load(app))
+                save("scaleout", **results)
+        finally:
+            app.close()
+    app = _App(_config(tmp, min_replicas=0), env)
+    try:
+        results["app_ready_scaled_to_zero_s"] = round(app.ready_s, 2)
+        results.update(_from_zero(app))
+    finally:
+        app.close()
+    save("scaleout", **results)

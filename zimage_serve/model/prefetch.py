@@ -1,0 +1,177 @@
+"""Reads a component's safetensors weights onto its device in background threads, so a replica's start can read
+its weights while it imports diffusers and transformers (the two take about as long; bench step ``scaleout``).
+
+Only torch is needed to read: the module is built afterwards, with its parameters on the meta device, and the
+tensors read here are assigned to it (:func:`assemble`), each one its own allocation, so later rewrites (fused
+projections, FP8) free what they replace. On a CUDA device each thread reads a tensor's bytes in chunks into
+pinned buffers (``os.preadv``, which releases the GIL: reading from the page cache runs beside the imports)
+and copies them to the GPU on its own stream while it reads the next chunk; a tensor stored in another dtype
+than the one served is converted on the GPU. On the CPU the bytes are read straight into the tensor.
+
+Safetensors only; the file's header is checked as any checkpoint's (offsets inside the file, known dtypes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.errors import ModelSourceError
+
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+CHUNK_BYTES = 32 << 20  # one pinned buffer; each thread has two, so it reads one while the other copies
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    name: str
+    dtype: torch.dtype
+    shape: tuple
+    start: int  # absolute offsets in the file
+    end: int
+
+
+def _entries(path: Path) -> list[_Entry]:
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(size - 8, 100 * 2**20):
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        entries = []
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            dtype = _DTYPES[info["dtype"]]
+            numel = 1
+            for d in info["shape"]:
+                numel *= d
+            if not 0 <= begin <= end <= size - 8 - n or end - begin != numel * dtype.itemsize:
+                raise ValueError(f"tensor {name}'s offsets don't match its shape or the file")
+            entries.append(_Entry(path, name, dtype, tuple(info["shape"]), 8 + n + begin, 8 + n + end))
+    except (OSError, ValueError, KeyError, struct.error) as e:
+        raise ModelSourceError(f"{path} is not a readable safetensors file ({e})") from None
+    return entries
+
+
+class WeightReader:
+    """Reads every tensor of ``files`` onto ``device`` (as ``dtype`` where given: floating tensors only) in
+    ``threads`` threads, started at once; :meth:`result` waits for them and returns {name: tensor}."""
+
+    def __init__(self, files: list[Path], device: torch.device | str, dtype: torch.dtype | None = None,
+                 threads: int = 8):
+        self.device, self.dtype = torch.device(device), dtype
+        entries = [e for f in files for e in _entries(Path(f))]
+        entries.sort(key=lambda e: e.end - e.start, reverse=True)  # the largest first: the threads finish together
+        self.bytes = sum(e.end - e.start for e in entries)
+        self._todo, self._lock = entries, threading.Lock()
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._error: BaseException | None = None
+        self._t0 = time.perf_counter()
+        self.seconds: float | None = None
+        self._threads = [threading.Thread(target=self._work, name=f"weights-{i}", daemon=True)
+                         for i in range(max(1, min(threads, len(entries))))]
+        for t in self._threads:
+            t.start()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        for t in self._threads:
+            t.join()
+        if self._error is not None:
+            raise self._error
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self._t0
+        return self._tensors
+
+    def _next(self) -> _Entry | None:
+        with self._lock:
+            return self._todo.pop(0) if self._todo and self._error is None else None
+
+    def _work(self) -> None:
+        try:
+            if self.device.type == "cuda":
+                self._work_cuda()
+            else:
+                self._work_cpu()
+        except BaseException as e:  # reported by result(), in the caller's thread
+            with self._lock:
+                self._error = self._error or e
+
+    def _convert(self, e: _Entry, tensor: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype:
+            return tensor.to(self.dtype)
+        return tensor
+
+    def _work_cpu(self) -> None:
+        files: dict[Path, int] = {}
+        try:
+            while (e := self._next()) is not None:
+                fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
+                raw = torch.empty(e.end - e.start, dtype=torch.uint8)
+                _read(fd, memoryview(raw.numpy()), e.start)
+                self._tensors[e.name] = self._convert(e, raw.view(e.dtype).view(e.shape))
+        finally:
+            for fd in files.values():
+                os.close(fd)
+
+    def _work_cuda(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        views = [memoryview(b.numpy()) for b in buffers]
+        done = [None, None]  # the event after each buffer's last copy: it may be refilled once that has run
+        files: dict[Path, int] = {}
+        k = 0
+        try:
+            with torch.cuda.stream(stream):  # allocations and copies on this thread's stream
+                while (e := self._next()) is not None:
+                    fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
+                    raw = torch.empty(e.end - e.start, dtype=torch.uint8, device=self.device)
+                    for offset in range(0, e.end - e.start, CHUNK_BYTES):
+                        n = min(CHUNK_BYTES, e.end - e.start - offset)
+                        if done[k] is not None:
+                            done[k].synchronize()
+                        _read(fd, views[k][:n], e.start + offset)
+                        raw[offset:offset + n].copy_(buffers[k][:n], non_blocking=True)
+                        done[k] = stream.record_event()
+                        k = 1 - k
+                    self._tensors[e.name] = self._convert(e, raw.view(e.dtype).view(e.shape))
+            stream.synchronize()
+        finally:
+            for fd in files.values():
+                os.close(fd)
+
+
+def _read(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` with the file's bytes from ``offset`` (preadv may return fewer than asked)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            raise ModelSourceError(f"unexpected end of a weights file at byte {offset + got}")
+        got += n
+
+
+def assemble(cls, config: dict, tensors: dict[str, torch.Tensor]):
+    """The diffusers model ``cls`` built from ``config`` with its parameters on the meta device, then given
+    ``tensors`` (strictly: every parameter and persistent buffer, nothing else), in eval mode without grads: what
+    ``cls.from_pretrained`` makes from the same files."""
+    from accelerate import init_empty_weights  # with the model classes: diffusers depends on it
+
+    with init_empty_weights():
+        model = cls.from_config(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelSourceError(f"the {cls.__name__} weights don't match its config: {what}")
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,178 @@
+"""How a GPU worker's start went, stage by stage: what /readyz and the metrics report for a generator replica's
+last start, and the batch job's GPU actors log.
+
+Stages, in order, each the wall-clock seconds it took (they add up to the start's total):
+
+| stage | what |
+|---|---|
+| process | from this process's start to the worker's constructor: Ray's worker, Python, the deployment's imports |
+| imports | torch, then diffusers and transformers (the transformer's weights are being read meanwhile) |
+| resolve | finding the checkpoint, downloading it on a node that has none |
+| plan | adapters and ControlNet checked, the GPU measured, the staging plan made |
+| load | what was left of reading the weights once the imports were done, the other components, the weights cache written (a cold node) |
+| speedups | fusing, LoRA slots, FP8, wrapping for compile and CUDA graphs (compiling itself happens in the warm-up) |
+| warmup | the warm-up calls: compiling (or loading compiled code from the cache), capturing CUDA graphs, running |
+
+``details`` adds where the load and the warm-up went (the reads in the background, compile and capture seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+log = logging.getLogger("zimage_serve")
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux's /proc), or None where that can't be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StartClock:
+    """The stages of one start (see the module's table), timed as they run; made when the worker's constructor begins."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+        self.details: dict[str, float | int | str] = {}
+        process = process_age_s()
+        if process is not None:
+            self.stages["process"] = process
+        self._t0 = time.perf_counter()
+        self.finished_at: float | None = None
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time the block as (part of) stage ``name``: a stage entered twice adds up."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t
+
+    def finish(self) -> "StartClock":
+        self.finished_at = time.time()
+        return self
+
+    def report(self) -> dict:
+        """The start as /readyz shows it: {total_s, stages_s, details}, seconds rounded to hundredths."""
+        stages = {name: round(s, 2) for name, s in self.stages.items()}
+        return {"total_s": round(sum(self.stages.values()), 2), "stages_s": stages,
+                "details": {k: round(v, 2) if isinstance(v, float) else v for k, v in self.details.items()},
+                **({"ready_at": self.finished_at} if self.finished_at else {})}
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling with torch.compile (Dynamo's tracing and Inductor's compile, or
+    loading its result from the cache); 0 when nothing compiled."""
+    utils = sys.modules.get("torch._dynamo.utils")  # loaded only where something compiled
+    if utils is None:
+        return 0.0
+    return float(sum(utils.compilation_time_metrics.get("_compile.compile_inner", ())))
+
+
+@dataclass
+class Started:
+    """What :func:`start_engine` made: the engine, and the adapters and ControlNet it checked on the way."""
+
+    engine: object  # engine.Engine
+    adapters: dict  # {name: the adapter's weights, read and checked (adapters.AdapterWeights)}
+    adapter_errors: dict  # {name: why it can't be served}
+    controlnet: object | None  # controlnet.ControlNetSource
+
+
+def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = None, policy: str = "auto",
+                 encode_on: str = "cpu", device: str | None = None, fp8: bool | str = False,
+                 adapters: dict[str, str] | None = None, adapters_held: int | None = None,
+                 controlnet: str | None = None, speedups: dict | None = None) -> Started:
+    """A GPU worker's engine (a generator replica's, a batch job actor's), stage by stage on ``clock``: ``model``
+    resolved (``gpu``: whether ``auto`` may be the hub model; default: whether this process has a GPU), its
+    ``adapters`` ({name: source}) read and checked, room kept for ``adapters_held`` of them (default: all) in the
+    plan for ``workload``, the transformer's weights read in threads while diffusers and transformers are imported,
+    then loaded with ``speedups`` (Engine.load's). The text encoder is loaded where the plan encodes on the GPU."""
+    with clock.stage("imports"):  # torch (and the model layer's light modules)
+        from .loader import start_reading  # this module loads no torch: the GPU worker does, here
+        from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
+        from .sources import resolve
+
+    prepare_allocator()  # before this process's first CUDA allocation
+    with clock.stage("resolve"):
+        source = resolve(model, gpu=gpu if gpu is not None else gpu_free_bytes(device) is not None)
+    with clock.stage("plan"):
+        spec, reserve, weights, errors = None, 0, {}, {}
+        if adapters:
+            from .adapters import read_adapters, slot_reserve_bytes, slot_spec, transformer_shapes  # adapters served
+
+            shapes = transformer_shapes(source.path)
+            weights, errors = read_adapters(adapters, shapes)
+            if weights:  # the LoRA slots that fit them all, and room for the adapters held at once
+                spec = slot_spec(list(weights.values()))
+                reserve = slot_reserve_bytes(spec, shapes, min(adapters_held or len(weights), len(weights)))
+        cn = None
+        if controlnet:
+            from .controlnet import find_controlnet  # a ControlNet served
+
+            cn = find_controlnet(controlnet)
+        plan = plan_for_this_machine(source, workload, policy, encode_on, device, reserve_bytes=reserve, controlnet=cn,
+                                     fp8=fp8,  # FP8 weights where the plan says
+                                     partial_ok=spec is None)  # LoRA slots need every block resident
+        transformer = start_reading(source, plan)  # in threads, from now: beside the imports below
+    with clock.stage("imports"):
+        from .engine import Engine  # diffusers and transformers
+
+    engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=spec,
+                         controlnet=cn, transformer=transformer, clock=clock)
+    return Started(engine, weights, errors, cn)
+
+
+@dataclass
+class WarmUp:
+    """What :func:`warm_up` did: its seconds, each call's (batch, caption tokens, seconds[, "controlnet"]), and how
+    many of the seconds went to compiling and to capturing CUDA graphs."""
+
+    seconds: float
+    calls: list
+    compile_s: float
+    cuda_graph_capture_s: float
+
+
+def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> WarmUp:
+    """Run ``engine`` once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with its
+    ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
+    not on the first request whose prompt length differs."""
+    import torch  # (see start_engine)
+
+    from ..core.pixels import Pixels
+    from ..core.request import GenerationRequest
+    from .engine import Job
+    from .optim.graphs import capture_seconds
+
+    t0 = time.perf_counter()
+    compiled, captured = compile_seconds(), capture_seconds(engine.pipe.transformer)
+    hidden = engine.pipe.transformer.config.cap_feat_dim
+    calls = []
+    control = None
+    if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
+        control = Pixels("RGB", width, height, bytes(width * height * 3))
+    for n in batch_sizes:
+        for tokens in caption_tokens:
+            for image in (None, control) if control is not None else (None,):
+                t = time.perf_counter()
+                embeds = torch.zeros(tokens, hidden)
+                engine.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps,
+                                                       control_image=image), embeds) for i in range(n)])
+                calls.append((n, tokens, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
+    log.info("warm-up calls (batch, caption tokens, seconds): %s", calls)
+    return WarmUp(time.perf_counter() - t0, calls, compile_seconds() - compiled,
+                  capture_seconds(engine.pipe.transformer) - captured)
