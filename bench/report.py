@@ -383,7 +383,7 @@ def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
 def main() -> None:
     sys.path.insert(0, str(RESULTS.parents[1]))  # run as a file: the repository root, for the bench package
     from bench.report_md import (render, render_cards, render_controlnet, render_edits, render_lora, render_other,
-                                 render_streaming)
+                                 render_scaleout, render_streaming)
 
     steps = load_steps()
     steps["_torchao"] = json.loads((RESULTS / "run4" / "fp8.json").read_text())  # the torchao float8 it replaced
@@ -414,6 +414,9 @@ def main() -> None:
         summary["cards_run"] = {k: v for k, v in figures.items() if k not in ("cards", "cards_fp8")}
     if "streaming" in steps:
         summary["streaming"] = streaming(steps["streaming"])
+    smoke = RESULTS / "cpu" / "scaleout.json"
+    if smoke.exists():  # the scaleout step on a CPU machine (the GPU's figures go under "scaleout" once measured)
+        summary["scaleout_cpu_smoke"] = json.loads(smoke.read_text())
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
@@ -422,6 +425,7 @@ def main() -> None:
         + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
         + (render_cards(summary) if "cards" in summary else "")
         + (render_streaming(summary["streaming"]) if "streaming" in summary else "")
+        + (render_scaleout(summary["scaleout_cpu_smoke"]) if "scaleout_cpu_smoke" in summary else "")
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

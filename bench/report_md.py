@@ -648,3 +648,33 @@ of the image's side; no VAE decode) against the same requests not streamed, in t
 `first_preview_s` {x['first_preview_s']}. Not measured: previews on the partial (streamed-block) and offload plans,
 where the GPU's step is longer and the previews' share smaller; the jobs API's overhead (it runs the same calls).
 """
+
+
+def render_scaleout(x: dict) -> str:
+    """The scale-out section (issue 23): what bench/steps/scaleout.py measured on this CPU machine; the GPU figures
+    the issue asks for are not measured yet."""
+    s, stages = x["step"], lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
+    return f"""
+## Scale-out and scale from zero (issue 23): not measured on a GPU yet
+
+The `scaleout` step (`bench/steps/scaleout.py`) starts the production app as a user does (`zimage-serve serve
+--config` on serve_config.yaml, full-size random weights, the jobs API off), first on a cold node (empty compile and
+weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the checkpoint dropped from the page cache) then a warm one; SIGKILLs the
+generator replica under light load; and starts it again with `min_replicas: 0` for the first request's wait. It
+writes latest.json's `scaleout` keys (`replica_ready_s`, `first_request_from_zero_s`, `app_ready_warm_s`,
+`app_ready_cold_s`, with each start's stages) once it has run on the GPU machine, which lent none to the session that
+wrote it: `python3 bench/run.py build startup_profile scaleout` is the device command to run (startup_profile: import
+times by module, and the transformer's weights read to the GPU as safetensors does and as model/prefetch.py does, alone
+and beside the imports). The ≤ 10 s replica and ≤ 30 s app targets are therefore unmeasured.
+
+What it measured on this CPU machine ({x['machine']}, {x['date']}; `{x['command']}`), the tiny checkpoint on the
+CPU: the code paths, not the GPU's times:
+
+| | seconds |
+|---|---|
+| app start to /readyz 200, cold / warm | {s['app_ready_cold_s']} / {s['app_ready_warm_s']} |
+| a generator replica SIGKILLed under light load: replacement ready / first image after the kill | {s['replica_ready_s']} / {s['first_image_after_kill_s']} ({s['lost']} of {s['requests']} requests lost) |
+| the replacement's own start ({s['new_replica_start']['total_s']} s) | {stages(s['new_replica_start'])} |
+| `min_replicas: 0`: app ready (no generator) / the first request | {s['app_ready_scaled_to_zero_s']} / {s['first_request_from_zero_s']} |
+| the replica it started ({s['started_replica']['total_s']} s) | {stages(s['started_replica'])} |
+"""

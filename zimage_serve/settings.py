@@ -66,6 +66,7 @@ class EncoderOptions(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 where the CPU has AMX (several times faster), else float32.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one encoder replica accepts at once.")
+    health_check_period_s: float = Field(2, gt=0, description="How often Serve checks the replica: a replica that died is found, and replaced, within this.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Encoder replica scaling.")
 
 
@@ -91,7 +92,7 @@ class GeneratorOptions(_Strict):
     max_ongoing_requests: int = Field(8, ge=1, description="Images one replica accepts at once (>= max_batch_size).")
     max_queued_requests: int = Field(64, ge=-1, description="Images waiting for a replica before 503 (-1: unbounded).")
     graceful_shutdown_timeout_s: float = Field(120, ge=0, description="In-flight work allowed to finish on shutdown.")
-    health_check_period_s: float = Field(10, gt=0, description="How often the replica's GPU is checked.")
+    health_check_period_s: float = Field(2, gt=0, description="How often Serve checks the replica (its GPU too): a replica that died is found, and replaced, within this (the check is a one-element GPU op).")
     max_adapters_per_replica: int = Field(8, ge=1, le=64, description="LoRA adapters one replica holds on its GPU at once (Serve's multiplexing evicts the least recently used); the staging plan reserves their memory.")
     autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Generator replica scaling.")
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import deploy, tiny_app_config
+from conftest import deploy, tiny_app_config, undeploy
 
 APP = "load-fails"
 
@@ -52,7 +52,7 @@ def test_a_load_that_fails_with_a_foreign_error_stays_up_not_ready_with_the_reas
                     break
             except (httpx.HTTPError, ValueError):
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         assert r is not None and r.status_code == 503, r and r.text
         info = r.json()
         assert info["ready"] is False
@@ -69,7 +69,7 @@ def test_a_load_that_fails_with_a_foreign_error_stays_up_not_ready_with_the_reas
         # the replicas stay the ones that failed to load: alive, never replaced, the application RUNNING
         first = _replicas()
         assert all(len(names) == 1 for names in first.values()), first
-        time.sleep(6)
+        time.sleep(4.5)  # two of Serve's health checks (every 2 s): a failing one would have replaced them
         assert _replicas() == first
         app = serve.status().applications[APP]
         assert app.status == "RUNNING", app.message
@@ -77,4 +77,4 @@ def test_a_load_that_fails_with_a_foreign_error_stays_up_not_ready_with_the_reas
             assert app.deployments[name].replica_states == {"RUNNING": 1}, app.deployments[name]
         assert httpx.get(f"{url}/readyz", timeout=30).json()["reason"] == info["reason"]
     finally:
-        serve.delete(APP)
+        undeploy(APP)

@@ -100,17 +100,6 @@ def test_killing_a_replica_under_load_loses_nothing(kill_url, deployment):
     assert codes[before:].count(200) > 0
 
 
-def test_a_model_that_cannot_load_keeps_the_app_not_ready_with_the_reason(serve_cluster, tiny_path):
-    url = deploy(serve_cluster, "broken", tiny_app_config(tiny_path, model="/no/such/checkpoint"))
-    r = httpx.get(f"{url}/readyz", timeout=30)
-    assert r.status_code == 503
-    assert r.json()["ready"] is False and "/no/such/checkpoint" in r.json()["reason"]
-    r = httpx.post(f"{url}/generate", json=BODY, timeout=60)
-    assert r.status_code == 503 and "not loaded" in r.json()["error"]["message"]
-    assert httpx.get(f"{url}/healthz").status_code == 200
-    undeploy("broken")
-
-
 def test_api_keys_never_reach_the_logs(keyed_app):
     """Its own app with keys (the keyed_app fixture): a good key (header and OpenAI client), a wrong one and
     a refused request, then every file of the Ray session's logs, serve/ included, is searched for them."""

@@ -79,7 +79,7 @@ class WeightReader:
         self._tensors: dict[str, torch.Tensor] = {}
         self._error: BaseException | None = None
         self._t0 = time.perf_counter()
-        self.seconds: float | None = None
+        self.seconds: float | None = None  # from the start to the last thread's end
         self._threads = [threading.Thread(target=self._work, name=f"weights-{i}", daemon=True)
                          for i in range(max(1, min(threads, len(entries))))]
         for t in self._threads:
@@ -90,8 +90,6 @@ class WeightReader:
             t.join()
         if self._error is not None:
             raise self._error
-        if self.seconds is None:
-            self.seconds = time.perf_counter() - self._t0
         return self._tensors
 
     def _next(self) -> _Entry | None:
@@ -107,11 +105,15 @@ class WeightReader:
         except BaseException as e:  # reported by result(), in the caller's thread
             with self._lock:
                 self._error = self._error or e
+        finally:  # when the last thread is done: the reads' own seconds, whenever result() is called
+            with self._lock:
+                self.seconds = time.perf_counter() - self._t0
 
-    def _convert(self, e: _Entry, tensor: torch.Tensor) -> torch.Tensor:
-        if self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype:
-            return tensor.to(self.dtype)
-        return tensor
+    def _converts(self, tensor: torch.Tensor) -> bool:
+        return self.dtype is not None and tensor.is_floating_point() and tensor.dtype != self.dtype
+
+    def _convert(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype) if self._converts(tensor) else tensor
 
     def _work_cpu(self) -> None:
         files: dict[Path, int] = {}
@@ -120,12 +122,15 @@ class WeightReader:
                 fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
                 raw = torch.empty(e.end - e.start, dtype=torch.uint8)
                 _read(fd, memoryview(raw.numpy()), e.start)
-                self._tensors[e.name] = self._convert(e, raw.view(e.dtype).view(e.shape))
+                self._tensors[e.name] = self._convert(raw.view(e.dtype).view(e.shape))
         finally:
             for fd in files.values():
                 os.close(fd)
 
     def _work_cuda(self) -> None:
+        """Each tensor is allocated on the default stream (a block freed later, as fusing frees the projections it
+        replaces, must go back to the pool every allocation uses, not to this thread's stream's) and filled on this
+        thread's own stream; a conversion runs on the default stream once it has waited for the copies."""
         stream = torch.cuda.Stream(self.device)
         buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         views = [memoryview(b.numpy()) for b in buffers]
@@ -133,10 +138,10 @@ class WeightReader:
         files: dict[Path, int] = {}
         k = 0
         try:
-            with torch.cuda.stream(stream):  # allocations and copies on this thread's stream
-                while (e := self._next()) is not None:
-                    fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
-                    raw = torch.empty(e.end - e.start, dtype=torch.uint8, device=self.device)
+            while (e := self._next()) is not None:
+                fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
+                raw = torch.empty(e.end - e.start, dtype=torch.uint8, device=self.device)
+                with torch.cuda.stream(stream):
                     for offset in range(0, e.end - e.start, CHUNK_BYTES):
                         n = min(CHUNK_BYTES, e.end - e.start - offset)
                         if done[k] is not None:
@@ -145,8 +150,13 @@ class WeightReader:
                         raw[offset:offset + n].copy_(buffers[k][:n], non_blocking=True)
                         done[k] = stream.record_event()
                         k = 1 - k
-                    self._tensors[e.name] = self._convert(e, raw.view(e.dtype).view(e.shape))
-            stream.synchronize()
+                tensor = raw.view(e.dtype).view(e.shape)
+                if self._converts(tensor):
+                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    tensor = self._convert(tensor)
+                self._tensors[e.name] = tensor
+            stream.synchronize()  # every copy done before result() hands the tensors over
+            torch.cuda.current_stream(self.device).synchronize()
         finally:
             for fd in files.values():
                 os.close(fd)

@@ -28,7 +28,7 @@ def deployment_options(config: AppConfig) -> dict:
     """The PromptEncoder's Serve options, from the config."""
     enc = config.encoder
     return dict(ray_actor_options={"num_cpus": enc.num_cpus}, max_ongoing_requests=enc.max_ongoing_requests,
-                autoscaling_config=enc.autoscaling.to_serve())
+                health_check_period_s=enc.health_check_period_s, autoscaling_config=enc.autoscaling.to_serve())
 
 
 @serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)

@@ -4,13 +4,14 @@ each job's control image is resized to the request's size by the pipeline (as st
 from __future__ import annotations
 
 import torch
-from diffusers import ZImageControlNetPipeline
 
 from .edit_inputs import control_images
 from .text_to_image import noise
 
 
 def denoise(engine, jobs, embeds: list, negative: list | None) -> torch.Tensor:
+    from diffusers import ZImageControlNetPipeline  # only where a ControlNet runs (diffusers' controlnets: 1.6 s to import)
+
     r = jobs[0].request
     pipe = engine.pipeline(ZImageControlNetPipeline)
     with engine.blocks_one_by_one():

@@ -4,13 +4,14 @@ each job's seed noise, the input image outside the mask and the control image as
 from __future__ import annotations
 
 import torch
-from diffusers import ZImageControlNetInpaintPipeline
 
 from .edit_inputs import control_images, init_images, masks
 from .text_to_image import noise
 
 
 def denoise(engine, jobs, embeds: list, negative: list | None) -> torch.Tensor:
+    from diffusers import ZImageControlNetInpaintPipeline  # only where a ControlNet runs (see controlnet.py)
+
     r = jobs[0].request
     pipe = engine.pipeline(ZImageControlNetInpaintPipeline)
     with engine.blocks_one_by_one():

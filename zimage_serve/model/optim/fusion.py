@@ -15,16 +15,25 @@ Results equal the unfused model's up to float rounding (tested on the tiny model
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.controlnets import controlnet_z_image
 from diffusers.models.transformers.transformer_z_image import FeedForward, ZSingleStreamAttnProcessor
 from torch import nn
 from torch.nn import functional as F
 
-# the ControlNet's blocks use copies of the transformer's classes (the same arithmetic)
-_PROCESSORS = (ZSingleStreamAttnProcessor, controlnet_z_image.ZSingleStreamAttnProcessor)
-_FEED_FORWARDS = (FeedForward, controlnet_z_image.FeedForward)
+CONTROLNET_MODULE = "diffusers.models.controlnets.controlnet_z_image"
+
+
+def _fusable_classes() -> tuple[tuple, tuple]:
+    """(attention processors, feed-forwards) that fuse: the transformer's and the ControlNet's copies of them (the
+    same arithmetic). The ControlNet's module is never imported here (diffusers' controlnets take 1.6 s to import):
+    until something has imported it, no ControlNet block exists to fuse."""
+    controlnet = sys.modules.get(CONTROLNET_MODULE)
+    if controlnet is None:
+        return (ZSingleStreamAttnProcessor,), (FeedForward,)
+    return (ZSingleStreamAttnProcessor, controlnet.ZSingleStreamAttnProcessor), (FeedForward, controlnet.FeedForward)
 
 # fused layer -> the layers it replaces, in the order of its outputs (lora_slots.py maps adapters through this)
 FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "w13": ("w1", "w3")}
@@ -93,9 +102,10 @@ def fuse_projections(transformer: nn.Module) -> int:
 
     Call on a resident model (weights on one device, no offload hooks), before compiling or quantizing."""
     count = 0
+    processors, feed_forwards = _fusable_classes()
     for block in transformer.modules():
         attn, ff = getattr(block, "attention", None), getattr(block, "feed_forward", None)
-        if attn is None or not isinstance(attn.processor, _PROCESSORS) or not isinstance(ff, _FEED_FORWARDS):
+        if attn is None or not isinstance(attn.processor, processors) or not isinstance(ff, feed_forwards):
             continue
         attn.to_qkv = _concat([attn.to_q, attn.to_k, attn.to_v])
         del attn.to_q, attn.to_k, attn.to_v
