@@ -270,10 +270,12 @@ def loras(tiny_path, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def lora_url(serve_cluster, tiny_path, loras, tiny_controlnets):
     """The application with what a request may add to the base model: LoRA adapters (one held per replica, so
-    every switch evicts) and a 2.1 Union ControlNet, deployed once under /lora."""
+    every switch evicts) and a 2.1 Union ControlNet, deployed once under /lora; its generator encodes the prompts
+    (encode_on: gpu), as tests/serving/test_app.py checks."""
     config = tiny_app_config(tiny_path, adapters={"ink": {"source": loras["ink"], "scale": 0.7}, "oil": loras["oil"],
                                                   "broken": loras["broken"]},
-                             controlnet=str(tiny_controlnets["2.1"]), generator={"max_adapters_per_replica": 1})
+                             controlnet=str(tiny_controlnets["2.1"]),
+                             generator={"max_adapters_per_replica": 1, "encode_on": "gpu"})
     return deploy(serve_cluster, "lora", config)
 
 

@@ -105,3 +105,13 @@ def test_a_reader_that_fails_leaves_it_to_diffusers(tiny_source, caplog):
     a, b = loaded.pipe.transformer.state_dict(), reference.pipe.transformer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert "a reader bug" in caplog.text
+
+
+def test_a_dtype_it_does_not_read_is_left_to_diffusers(tmp_path):
+    """Not an error in the file: the loader has diffusers read it (loader.start_reading)."""
+    from zimage_serve.model.prefetch import Unsupported
+
+    path = tmp_path / "u32.safetensors"
+    save_file({"x": torch.zeros(3, dtype=torch.uint32)}, path)
+    with pytest.raises(Unsupported, match="U32"):
+        WeightReader([path], "cpu")

@@ -112,7 +112,7 @@ def test_readyz_reports_the_generators_start_stage_by_stage(app_url):
     assert list(stages) == ["process", "imports", "resolve", "plan", "load", "speedups"]  # no warm-up on a CPU
     assert all(s >= 0 for s in stages.values()) and stages["process"] > 0 and stages["imports"] > 0
     assert abs(sum(stages.values()) - start["total_s"]) < 0.05
-    assert start["details"]["load_transformer_read_s"] > 0 and start["ready_at"] <= time.time()
+    assert start["details"]["load_transformer_read_s"] >= 0 and start["ready_at"] <= time.time()
 
 
 BAD = [
@@ -188,15 +188,14 @@ def test_api_keys(keyed_app):
         openai.OpenAI(base_url=f"{url}/v1", api_key="nope").images.generate(prompt="x", size="64x64")
 
 
-def test_full_queue_answers_503_with_retry_after(serve_cluster, tiny_path):
-    url = deploy(serve_cluster, "small", tiny_app_config(tiny_path, generator={
-        "max_batch_size": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "batch_wait_timeout_s": 0}))
-
+def test_full_queue_answers_503_with_retry_after(app_url):
+    """More images at once than the app takes (max_ongoing_requests x max_replicas + max_queued_requests: 72 in the
+    test config): the ones over are refused at once with 503, Retry-After and queue_full; the others are served."""
     async def go():
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
             return await asyncio.gather(*(
-                client.post(f"{url}/generate", json={"prompt": "slow", "width": 256, "height": 256, "num_inference_steps": 40,
-                                                     "seed": i}) for i in range(12)))
+                client.post(f"{app_url}/generate", json={"prompt": "full", "width": 256, "height": 256,
+                                                         "num_inference_steps": 8, "seed": i}) for i in range(96)))
 
     responses = asyncio.run(go())
     codes = sorted(r.status_code for r in responses)
@@ -204,7 +203,6 @@ def test_full_queue_answers_503_with_retry_after(serve_cluster, tiny_path):
     for r in responses:
         if r.status_code == 503:
             assert r.headers["retry-after"].isdigit() and r.json()["error"]["code"] == "queue_full"
-    undeploy("small")
 
 
 def test_metrics_reach_rays_prometheus_endpoint(app_url):
@@ -227,13 +225,14 @@ def test_metrics_reach_rays_prometheus_endpoint(app_url):
     assert 'stage="denoise"' in text and 'kind="cpu"' in text
 
 
-def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_pipe):
-    """encode_on: gpu — prompts go to the generator, which encodes them itself (here on its CPU)."""
-    url = deploy(serve_cluster, "selfencode", tiny_app_config(tiny_path, generator={"encode_on": "gpu"}))
+def test_generator_that_encodes_its_own_prompts(lora_url, stock_pipe):
+    """encode_on: gpu — prompts go to the generator, which encodes them itself (here on its CPU). The app with
+    adapters and a ControlNet (conftest.lora_url) encodes that way: its base model serves as any app's."""
+    url = lora_url
     r = httpx.post(f"{url}/generate", json={"prompt": "a green tram", "width": 64, "height": 64, "seed": 9}, timeout=60)
     assert r.status_code == 200, r.text
     assert max_pixel_diff(_png(r.content), stock_image(stock_pipe, "a green tram", 9, 64, 64)) <= 1
-    generator = serve.get_deployment_handle("Generator", app_name="selfencode")
+    generator = serve.get_deployment_handle("Generator", app_name="lora")
     before = generator.info.remote().result()
     assert before["plan"]["encode_on"] == "gpu"
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
@@ -244,7 +243,6 @@ def test_generator_that_encodes_its_own_prompts(serve_cluster, tiny_path, stock_
     batches = len(after["batches"]) - len(before["batches"])  # the three images' batches: one prompt each
     assert after["prompts_encoded"] - before["prompts_encoded"] == batches <= 3
     _an_edit_has_its_prompt_encoded_by_the_generator_while_its_upload_is_decoded(client, generator, stock_pipe)
-    undeploy("selfencode")
 
 
 def _an_edit_has_its_prompt_encoded_by_the_generator_while_its_upload_is_decoded(client, generator, stock_pipe):

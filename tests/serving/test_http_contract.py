@@ -105,8 +105,9 @@ def test_a_405_says_which_methods_are_allowed(app_url):
 # response_headers_conformance, response_schema_conformance, positive_data_acceptance,
 # negative_data_rejection, missing_required_header, unsupported_method (and the stateful ones, which need
 # links this API has none of). Its phases here: examples, coverage (boundaries, undeclared methods and media
-# types) and fuzzing, positive and negative (max_examples bounds fuzzing only: 10 a operation, both modes).
-# About 430 requests, 120 of them generating images, most of those the coverage phase's boundaries.
+# types) and fuzzing, positive and negative (max_examples bounds fuzzing only: 5 a operation, both modes;
+# tests/serving/test_reliability.py fuzzes the bodies further with hypothesis).
+# Some 350 requests, most of the image-generating ones the coverage phase's boundaries.
 
 @pytest.fixture(scope="module")
 def api_schema(app_url):
@@ -126,7 +127,7 @@ contract = schemathesis.pytest.from_fixture("api_schema")
 
 
 @contract.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis_passes_every_default_check(case):
     """Every check on every operation, but one: on the edits route, a body that is valid against the schema is
     not always an edit to accept, because no schema can say "the bytes of a decodable image" (schemathesis sends

@@ -22,7 +22,7 @@ from ..core.errors import ZImageError
 from . import weights_cache
 from .optim.lean_vae import lean_decoder, lean_encoder
 from .planner import Plan
-from .prefetch import WeightReader, assemble
+from .prefetch import Unsupported, WeightReader, assemble
 from .sources import ModelSource, weight_files
 
 log = logging.getLogger("zimage_serve")
@@ -100,7 +100,7 @@ class TransformerRead:
     cache: object  # Path | None: where the weights cache keeps it (written after the load when not from_cache)
     device: torch.device
     dtype: torch.dtype
-    reader: WeightReader
+    reader: WeightReader | None  # None: diffusers reads them (a file the reader doesn't read)
 
 
 def start_reading(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None) -> TransformerRead:
@@ -113,8 +113,13 @@ def start_reading(source: ModelSource, plan: Plan, device: str | None = None, dt
     # a partial or FP8 plan places the transformer itself, from the CPU (placement.py, called by the engine)
     first = "cpu" if plan.transformer == "partial" or plan.weights == "fp8" else _target(plan.transformer, dev)
     directory = cached if from_cache else source.path / "transformer"
-    return TransformerRead(directory, from_cache, cached, torch.device(first), dt,
-                           WeightReader(weight_files(directory), first, dt))
+    files = weight_files(directory)
+    try:
+        reader = WeightReader(files, first, dt)
+    except Unsupported as e:  # a dtype this reader doesn't know: diffusers reads the files (_transformer)
+        log.info("the transformer's weights are read by diffusers: %s", e)
+        reader = None
+    return TransformerRead(directory, from_cache, cached, torch.device(first), dt, reader)
 
 
 def load(source: ModelSource, plan: Plan, device: str | None = None, dtype: str | None = None,
@@ -137,18 +142,22 @@ def _transformer(read: TransformerRead):
     fail for any reason but a bad file (ours to report), diffusers reads them again, its own way."""
     from diffusers import ZImageTransformer2DModel  # (see _load)
 
-    try:
-        model = assemble(ZImageTransformer2DModel, ZImageTransformer2DModel.load_config(read.directory),
-                         read.reader.result())
-        model.register_to_config(_name_or_path=read.directory)
-        return model
-    except ZImageError:
-        raise
-    except Exception as e:  # noqa: BLE001 (a bug or an unforeseen device: slower, not broken)
-        log.warning("reading the transformer's weights in threads failed (%s: %s); diffusers reads them instead",
-                    type(e).__name__, e)
-        return ZImageTransformer2DModel.from_pretrained(read.directory, dtype=read.dtype,
-                                                        device_map={"": str(read.device)}, use_safetensors=True)
+    if read.reader is not None:
+        try:
+            model = assemble(ZImageTransformer2DModel, ZImageTransformer2DModel.load_config(read.directory),
+                             read.reader.result())
+            model.register_to_config(_name_or_path=read.directory)
+            return model
+        except ZImageError:
+            raise
+        except Exception as e:  # noqa: BLE001 (a bug or an unforeseen device: slower, not broken)
+            log.warning("reading the transformer's weights in threads failed (%s: %s); diffusers reads them instead",
+                        type(e).__name__, e)
+            read.reader.drop()  # what was read so far, freed before it is read again
+            if read.device.type == "cuda":
+                torch.cuda.empty_cache()
+    return ZImageTransformer2DModel.from_pretrained(read.directory, dtype=read.dtype,
+                                                    device_map={"": str(read.device)}, use_safetensors=True)
 
 
 def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, with_text_encoder: bool,
@@ -160,7 +169,8 @@ def _load(source: ModelSource, plan: Plan, dev: torch.device, dt: torch.dtype, w
     t0 = time.perf_counter()
     transformer = _transformer(read)
     seconds["transformer"] = time.perf_counter() - t0  # what was left to wait for, once diffusers was imported
-    seconds["transformer_read"] = read.reader.seconds or 0.0  # the reads, from start_reading to the last byte
+    if read.reader is not None:
+        seconds["transformer_read"] = read.reader.seconds or 0.0  # the reads, from start_reading to the last byte
     cached, from_cache = read.cache, read.from_cache
     if cached is not None and not from_cache:
         t0 = time.perf_counter()

@@ -53,6 +53,8 @@ def _entries(path: Path) -> list[_Entry]:
         entries = []
         for name, info in header.items():
             begin, end = info["data_offsets"]
+            if info["dtype"] not in _DTYPES:
+                raise Unsupported(f"{path}: tensor {name} is {info['dtype']}")
             dtype = _DTYPES[info["dtype"]]
             numel = 1
             for d in info["shape"]:
@@ -63,6 +65,10 @@ def _entries(path: Path) -> list[_Entry]:
     except (OSError, ValueError, KeyError, struct.error) as e:
         raise ModelSourceError(f"{path} is not a readable safetensors file ({e})") from None
     return entries
+
+
+class Unsupported(Exception):
+    """A file this reader doesn't read (a dtype it doesn't know), though it may be a good one: diffusers reads it."""
 
 
 class WeightReader:
@@ -84,6 +90,12 @@ class WeightReader:
                          for i in range(max(1, min(threads, len(entries))))]
         for t in self._threads:
             t.start()
+
+    def drop(self) -> None:
+        """Wait for the threads and let go of what they read (before reading the weights another way)."""
+        for t in self._threads:
+            t.join()
+        self._tensors.clear()
 
     def result(self) -> dict[str, torch.Tensor]:
         for t in self._threads:
@@ -119,7 +131,9 @@ class WeightReader:
         files: dict[Path, int] = {}
         try:
             while (e := self._next()) is not None:
-                fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
+                if e.path not in files:
+                    files[e.path] = os.open(e.path, os.O_RDONLY)
+                fd = files[e.path]
                 raw = torch.empty(e.end - e.start, dtype=torch.uint8)
                 _read(fd, memoryview(raw.numpy()), e.start)
                 self._tensors[e.name] = self._convert(raw.view(e.dtype).view(e.shape))
@@ -130,7 +144,8 @@ class WeightReader:
     def _work_cuda(self) -> None:
         """Each tensor is allocated on the default stream (a block freed later, as fusing frees the projections it
         replaces, must go back to the pool every allocation uses, not to this thread's stream's) and filled on this
-        thread's own stream; a conversion runs on the default stream once it has waited for the copies."""
+        thread's own stream once that has waited for the default stream; a conversion runs on the default stream
+        once it has waited for the copies. The two pinned buffers (64 MiB) stay in PyTorch's pinned-memory cache."""
         stream = torch.cuda.Stream(self.device)
         buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         views = [memoryview(b.numpy()) for b in buffers]
@@ -139,8 +154,13 @@ class WeightReader:
         k = 0
         try:
             while (e := self._next()) is not None:
-                fd = files.get(e.path) or files.setdefault(e.path, os.open(e.path, os.O_RDONLY))
+                if e.path not in files:
+                    files[e.path] = os.open(e.path, os.O_RDONLY)
+                fd = files[e.path]
                 raw = torch.empty(e.end - e.start, dtype=torch.uint8, device=self.device)
+                # the block may have been freed by work still queued on the default stream (the conversion of an
+                # earlier tensor, in this thread or another): write to it only after that work
+                stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(stream):
                     for offset in range(0, e.end - e.start, CHUNK_BYTES):
                         n = min(CHUNK_BYTES, e.end - e.start - offset)
@@ -155,9 +175,9 @@ class WeightReader:
                     torch.cuda.current_stream(self.device).wait_stream(stream)
                     tensor = self._convert(tensor)
                 self._tensors[e.name] = tensor
-            stream.synchronize()  # every copy done before result() hands the tensors over
+        finally:  # every copy done before result() hands the tensors over (or an error frees them)
+            stream.synchronize()
             torch.cuda.current_stream(self.device).synchronize()
-        finally:
             for fd in files.values():
                 os.close(fd)
 
