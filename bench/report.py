@@ -355,6 +355,21 @@ def streaming(s: dict) -> dict:
             "step": {k: v for k, v in s.items() if not k.startswith("_")}}
 
 
+def scaleout(cold: dict | None, warm: dict | None, zero: dict | None) -> dict:
+    """Issue 23's keys from the scaleout_cold, scaleout and scaleout_zero steps (bench/steps/scaleout.py): the app's
+    start on a cold and a warm node, a killed replica's replacement, the first request from zero; each start's
+    stages (model/startup.py) beside its figure. A step not run gives None."""
+    cold, warm, zero = cold or {}, warm or {}, zero or {}
+    return {"app_ready_cold_s": cold.get("app_ready_s"), "app_ready_warm_s": warm.get("app_ready_s"),
+            "replica_ready_s": warm.get("replica_ready_s"), "first_image_after_kill_s": warm.get("first_image_after_kill_s"),
+            "lost": warm.get("lost"), "requests": warm.get("requests"),
+            "first_request_from_zero_s": zero.get("first_request_from_zero_s"),
+            "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
+            "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
+                       "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
+            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})}
+
+
 def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
     """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
     (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
@@ -399,7 +414,8 @@ def main() -> None:
     steps["_serve_batch"] = {name: json.loads((RESULTS / "run17" / f"http{suffix}.json").read_text())["throughput_img_s"]
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24", "cards", "cards_expandable",
-           "cards_stock", "streaming")  # steps with sections of their own
+           "cards_stock", "streaming", "scaleout_cold", "scaleout", "scaleout_zero",
+           "startup_profile")  # steps with sections of their own
     summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
@@ -414,9 +430,14 @@ def main() -> None:
         summary["cards_run"] = {k: v for k, v in figures.items() if k not in ("cards", "cards_fp8")}
     if "streaming" in steps:
         summary["streaming"] = streaming(steps["streaming"])
+    if "scaleout" in steps:  # measured on the GPU machine
+        summary["scaleout"] = scaleout(steps.get("scaleout_cold"), steps["scaleout"], steps.get("scaleout_zero"))
     smoke = RESULTS / "cpu" / "scaleout.json"
-    if smoke.exists():  # the scaleout step on a CPU machine (the GPU's figures go under "scaleout" once measured)
-        summary["scaleout_cpu_smoke"] = json.loads(smoke.read_text())
+    if smoke.exists():  # the same steps on a CPU machine with the tiny checkpoint: the code paths, not the GPU's times
+        run = json.loads(smoke.read_text())
+        summary["scaleout_cpu_smoke"] = {**{k: v for k, v in run.items() if k != "steps"},
+                                         **scaleout(*(run["steps"].get(n) for n in ("scaleout_cold", "scaleout",
+                                                                                    "scaleout_zero")))}
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
@@ -425,7 +446,7 @@ def main() -> None:
         + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
         + (render_cards(summary) if "cards" in summary else "")
         + (render_streaming(summary["streaming"]) if "streaming" in summary else "")
-        + (render_scaleout(summary["scaleout_cpu_smoke"]) if "scaleout_cpu_smoke" in summary else "")
+        + render_scaleout(summary.get("scaleout"), summary.get("scaleout_cpu_smoke"))
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

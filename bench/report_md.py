@@ -650,31 +650,45 @@ where the GPU's step is longer and the previews' share smaller; the jobs API's o
 """
 
 
-def render_scaleout(x: dict) -> str:
-    """The scale-out section (issue 23): what bench/steps/scaleout.py measured on this CPU machine; the GPU figures
-    the issue asks for are not measured yet."""
-    s, stages = x["step"], lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
-    return f"""
-## Scale-out and scale from zero (issue 23): not measured on a GPU yet
-
-The `scaleout` step (`bench/steps/scaleout.py`) starts the production app as a user does (`zimage-serve serve
---config` on serve_config.yaml, full-size random weights, the jobs API off), first on a cold node (empty compile and
-weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the checkpoint dropped from the page cache) then a warm one; SIGKILLs the
-generator replica under light load; and starts it again with `min_replicas: 0` for the first request's wait. It
-writes latest.json's `scaleout` keys (`replica_ready_s`, `first_request_from_zero_s`, `app_ready_warm_s`,
-`app_ready_cold_s`, with each start's stages) once it has run on the GPU machine, which lent none to the session that
-wrote it: `python3 bench/run.py build startup_profile scaleout` is the device command to run (startup_profile: import
-times by module, and the transformer's weights read to the GPU as safetensors does and as model/prefetch.py does, alone
-and beside the imports). The ≤ 10 s replica and ≤ 30 s app targets are therefore unmeasured.
-
-What it measured on this CPU machine ({x['machine']}, {x['date']}; `{x['command']}`), the tiny checkpoint on the
-CPU: the code paths, not the GPU's times:
-
-| | seconds |
+def _scaleout_rows(x: dict) -> str:
+    stages = lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
+    st = x["stages"]
+    return f"""| | seconds |
 |---|---|
-| app start to /readyz 200, cold / warm | {s['app_ready_cold_s']} / {s['app_ready_warm_s']} |
-| a generator replica SIGKILLed under light load: replacement ready / first image after the kill | {s['replica_ready_s']} / {s['first_image_after_kill_s']} ({s['lost']} of {s['requests']} requests lost) |
-| the replacement's own start ({s['new_replica_start']['total_s']} s) | {stages(s['new_replica_start'])} |
-| `min_replicas: 0`: app ready (no generator) / the first request | {s['app_ready_scaled_to_zero_s']} / {s['first_request_from_zero_s']} |
-| the replica it started ({s['started_replica']['total_s']} s) | {stages(s['started_replica'])} |
+| app start to /readyz 200, cold node / warm node (`app_ready_cold_s` / `app_ready_warm_s`) | {x['app_ready_cold_s']} / {x['app_ready_warm_s']} |
+| the generator's own start, cold / warm | {(st['cold_start'] or {}).get('total_s')}: {stages(st['cold_start'])} / {(st['warm_start'] or {}).get('total_s')}: {stages(st['warm_start'])} |
+| a generator replica SIGKILLed under light load: the replacement ready (`replica_ready_s`) / the first image after the kill | {x['replica_ready_s']} / {x['first_image_after_kill_s']} ({x['lost']} of {x['requests']} requests lost) |
+| the replacement's own start | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} |
+| `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |
+| the replica it started | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} |
 """
+
+
+def render_scaleout(gpu: dict | None, cpu: dict | None) -> str:
+    """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, and the same
+    steps on a CPU machine with the tiny checkpoint."""
+    how = """The steps (`bench/steps/scaleout.py`) start the production app as a user does (`zimage-serve serve --config` on
+serve_config.yaml, full-size random weights, the jobs API off, only our dependencies importable and bytecode kept,
+as in our image): `scaleout_cold` on a cold node (empty compile and weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the
+checkpoint dropped from the page cache), `scaleout` on the warm node it left, SIGKILLing the generator replica under
+light load, and `scaleout_zero` with `min_replicas: 0`. Each start's stages are the generator's own report
+(`/readyz`'s `start`, model/startup.py). `startup_profile` adds import times by module and the transformer's weights
+read to the GPU as safetensors does and as model/prefetch.py does, alone and beside the imports."""
+    out = "\n## Scale-out and scale from zero (issue 23)\n\n" + how + "\n"
+    if gpu:
+        out += f"\nOn the GPU machine ({', '.join(gpu['runs'])}; the keys in latest.json's `scaleout`):\n\n" + _scaleout_rows(gpu)
+    else:
+        out += """
+**Not measured on a GPU yet**: no device was lent to the session that wrote these steps. The device command to run:
+`python3 bench/run.py build startup_profile scaleout_cold scaleout scaleout_zero` (split after scaleout_cold if it
+nears 10 minutes; scaleout needs the node scaleout_cold left). Until then the targets (a replica serving <= 10 s
+after its process starts, the app ready <= 30 s on a warm node, the first request from zero <= 20 s) are unmeasured.
+"""
+    if cpu:
+        out += f"""
+The same steps on this CPU machine ({cpu['machine']}, {cpu['date']}; `{cpu['command']}`), the tiny checkpoint on
+the CPU: the code paths and Serve's own delays, not the GPU's times (the bench step's smoke test; latest.json's
+`scaleout_cpu_smoke`):
+
+""" + _scaleout_rows(cpu)
+    return out

@@ -47,7 +47,9 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "cards_expandable": ("bench.steps.cards", "cards", {"bf16_cards": (16,), "fp8_cards": (), "name": "cards_expandable",
                                                         "alloc_conf": "expandable_segments:True"}),
     "startup_profile": ("bench.steps.scaleout", "startup_profile", {}),
+    "scaleout_cold": ("bench.steps.scaleout", "scaleout_cold", {}),
     "scaleout": ("bench.steps.scaleout", "scaleout", {}),
+    "scaleout_zero": ("bench.steps.scaleout", "scaleout_zero", {}),
     "_read_weights": ("bench.steps.scaleout", "read_weights", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)
     "_first_image": ("bench.steps.coldstart", "first_image", {}),

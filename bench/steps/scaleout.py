@@ -109,9 +109,10 @@ class _App:
     the command to /readyz 200."""
 
     def __init__(self, config: Path, env: dict):
-        self.process = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--config", str(config),
-                                         "--port", "8000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True)
+        self.log = config.with_suffix(".log")  # Ray forwards every worker's output: a pipe left unread would fill
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "zimage_serve.cli", "serve", "--config",
+                                             str(config), "--port", "8000"], env=env, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         self.ready_s = None
         while time.monotonic() - t0 < 480 and self.process.poll() is None:
@@ -120,7 +121,7 @@ class _App:
                 return
             time.sleep(0.1)
         self.close()
-        raise RuntimeError(f"the app was not ready within 480 s: {self.process.stderr.read()[-1500:]}")
+        raise RuntimeError(f"the app was not ready within 480 s: {self.log.read_text()[-1500:]}")
 
     def readyz(self) -> dict:
         return _get("/readyz")[1]
@@ -195,9 +196,10 @@ def _evict_page_cache(root: Path) -> int:
         if f.is_file():
             fd = os.open(f, os.O_RDONLY)
             try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # (written long before: no dirty pages left)
                 dropped += f.stat().st_size
+            except OSError:
+                pass
             finally:
                 os.close(fd)
     return dropped
@@ -268,40 +270,54 @@ def _from_zero(app: _App) -> dict:
 PROMPT_LOAD = "a lighthouse on a cliff at dusk, waves, volumetric light"
 
 
-def scaleout():
-    """The production app (serve_config.yaml, full-size random weights) from `zimage-serve serve` to /readyz 200 on a
-    cold node, then a warm one; a generator replica SIGKILLed under light load; scale from zero (min_replicas 0).
+def _environment(tmp: Path) -> dict:
+    """The app's environment: the caches under ZIMAGE_CACHE_DIR/scaleout (ZIMAGE_WEIGHTS_CACHE=1), bytecode kept and
+    only our dependencies importable, as in our image."""
+    env = _with_bytecode(os.environ)
+    paths = [_hide_what_is_not_ours(tmp)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env.update(ZIMAGE_CACHE_DIR=str(_cache()), ZIMAGE_WEIGHTS_CACHE="1", PYTHONPATH=os.pathsep.join(paths))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    return env
 
-    Cold node: empty compile and weights caches (ZIMAGE_WEIGHTS_CACHE=1, so the first start writes the bf16 copy)
-    and the checkpoint's files dropped from the page cache; warm: what the cold start left. Only our dependencies
-    importable and bytecode kept, as in our image."""
-    import shutil
+
+def _cache() -> Path:
+    return Path(os.environ.get("ZIMAGE_CACHE_DIR", "/tmp/zimage-cache")) / "scaleout"
+
+
+def _run_app(step: str, results: dict, min_replicas: int | None = None, then=None) -> None:
+    """Start the app (serve_config.yaml, or with ``min_replicas``), record its start, run ``then(app)`` (its results
+    merged), stop it; ``step``'s results are saved after each part."""
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="scaleout-"))
-    cache = Path(os.environ.get("ZIMAGE_CACHE_DIR", "/tmp/zimage-cache")) / "scaleout"
-    shutil.rmtree(cache, ignore_errors=True)
-    env = _with_bytecode(os.environ)
-    env.update(ZIMAGE_CACHE_DIR=str(cache), ZIMAGE_WEIGHTS_CACHE="1",
-               PYTHONPATH=os.pathsep.join([_hide_what_is_not_ours(tmp), env.get("PYTHONPATH", "")]))
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    results = {"page_cache_dropped_bytes": _evict_page_cache(checkpoint())}
-    config = _config(tmp)
-    for phase in ("cold", "warm"):
-        app = _App(config, env)
-        try:
-            results[f"app_ready_{phase}_s"] = round(app.ready_s, 2)
-            results[f"{phase}_start"] = app.readyz().get("start")
-            save("scaleout", **results)
-            if phase == "warm":
-                results.update(_replaced_under_load(app))
-                save("scaleout", **results)
-        finally:
-            app.close()
-    app = _App(_config(tmp, min_replicas=0), env)
+    app = _App(_config(tmp, min_replicas), _environment(tmp))
     try:
-        results["app_ready_scaled_to_zero_s"] = round(app.ready_s, 2)
-        results.update(_from_zero(app))
+        results.update(app_ready_s=round(app.ready_s, 2), start=app.readyz().get("start"))
+        save(step, **results)
+        if then is not None:
+            results.update(then(app))
+            save(step, **results)
     finally:
         app.close()
-    save("scaleout", **results)
+
+
+def scaleout_cold():
+    """The production app (serve_config.yaml, full-size random weights) from `zimage-serve serve` to /readyz 200 on a
+    cold node: empty compile and weights caches (the start writes the bf16 copy) and the checkpoint's files dropped
+    from the page cache. Run before scaleout, which starts on what this one left."""
+    import shutil
+
+    shutil.rmtree(_cache(), ignore_errors=True)
+    _run_app("scaleout_cold", {"page_cache_dropped_bytes": _evict_page_cache(checkpoint())})
+
+
+def scaleout():
+    """The production app started on a warm node (what scaleout_cold left), then its generator replica SIGKILLed
+    under light load: seconds until the replacement serves; nothing may be lost."""
+    _run_app("scaleout", {"caches_warm": (_cache() / "weights").is_dir()}, then=_replaced_under_load)
+
+
+def scaleout_zero():
+    """The app with min_replicas 0: ready with no generator, then the first request's seconds (a replica started
+    for it on a warm node)."""
+    _run_app("scaleout_zero", {}, min_replicas=0, then=_from_zero)

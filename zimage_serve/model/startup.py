@@ -95,12 +95,14 @@ class Started:
 def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = None, policy: str = "auto",
                  encode_on: str = "cpu", device: str | None = None, fp8: bool | str = False,
                  adapters: dict[str, str] | None = None, adapters_held: int | None = None,
-                 controlnet: str | None = None, speedups: dict | None = None) -> Started:
+                 controlnet: str | None = None, speedups: dict | None = None, checked=None) -> Started:
     """A GPU worker's engine (a generator replica's, a batch job actor's), stage by stage on ``clock``: ``model``
     resolved (``gpu``: whether ``auto`` may be the hub model; default: whether this process has a GPU), its
     ``adapters`` ({name: source}) read and checked, room kept for ``adapters_held`` of them (default: all) in the
     plan for ``workload``, the transformer's weights read in threads while diffusers and transformers are imported,
-    then loaded with ``speedups`` (Engine.load's). The text encoder is loaded where the plan encodes on the GPU."""
+    then loaded with ``speedups`` (Engine.load's). The text encoder is loaded where the plan encodes on the GPU.
+    ``checked(adapters, adapter_errors, controlnet)``, when given, is told of those as soon as they are checked
+    (before the plan and the load, which may still fail: a replica reports them either way)."""
     with clock.stage("imports"):  # torch (and the model layer's light modules)
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
@@ -124,6 +126,8 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
             from .controlnet import find_controlnet  # a ControlNet served
 
             cn = find_controlnet(controlnet)
+        if checked is not None:
+            checked(weights, errors, cn)
         plan = plan_for_this_machine(source, workload, policy, encode_on, device, reserve_bytes=reserve, controlnet=cn,
                                      fp8=fp8,  # FP8 weights where the plan says
                                      partial_ok=spec is None)  # LoRA slots need every block resident

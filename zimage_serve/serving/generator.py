@@ -82,11 +82,8 @@ class Generator:
                                device=None if opts.device == "auto" else opts.device, fp8=opts.fp8,
                                adapters={n: a.source for n, a in self.config.adapters.items()},
                                adapters_held=opts.max_adapters_per_replica, controlnet=self.config.controlnet,
-                               speedups=speedups)
-        engine, self.controlnet, self.adapter_errors = started.engine, started.controlnet, started.adapter_errors
-        for name, reason in self.adapter_errors.items():  # the base and the other adapters serve on
-            log.error("adapter %r not served: %s", name, reason)
-        self.adapter_files = {name: str(w.path) for name, w in started.adapters.items()}
+                               speedups=speedups, checked=self._checked)
+        engine = started.engine
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
@@ -100,6 +97,13 @@ class Generator:
         metrics.set_start(self.start.finish().report())
         log.info("Generator ready in %.1fs: %s; start stages (s): %s", self.load_seconds, engine.source.label,
                  self.start.report()["stages_s"])
+
+    def _checked(self, adapters: dict, errors: dict, controlnet) -> None:
+        """What the start found of the configured adapters and ControlNet (reported even when the load then fails)."""
+        self.adapter_files = {name: str(w.path) for name, w in adapters.items()}
+        self.adapter_errors, self.controlnet = errors, controlnet
+        for name, reason in errors.items():  # the base and the other adapters serve on
+            log.error("adapter %r not served: %s", name, reason)
 
     async def _load_adapter(self, name: str):
         """Serve's multiplexed loader: the adapter ``name`` read from its file (the node's disk or page cache) onto

@@ -143,11 +143,11 @@ def image_service(config: AppConfig, encoder: DeploymentHandle, generator: Deplo
                         generate_stream=generate_stream, generator_replicas=lambda: running_replicas(generator))
 
 
-async def running_replicas(handle: DeploymentHandle) -> int:
-    """How many replicas of ``handle``'s deployment are running, as Serve's controller says (no call to them)."""
+async def running_replicas(handle: DeploymentHandle) -> tuple[int, int]:
+    """(running, starting) replicas of ``handle``'s deployment, as Serve's controller says (no call to them)."""
     status = await asyncio.to_thread(serve.status)
-    deployment = status.applications[handle.app_name].deployments[handle.deployment_name]
-    return int(deployment.replica_states.get(ReplicaState.RUNNING, 0))
+    states = status.applications[handle.app_name].deployments[handle.deployment_name].replica_states
+    return int(states.get(ReplicaState.RUNNING, 0)), int(states.get(ReplicaState.STARTING, 0))
 
 
 class JobsClient:

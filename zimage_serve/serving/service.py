@@ -70,13 +70,14 @@ class ImageService(RequestParser):
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
                  backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
                  generator_encode: Encode | None = None, generate_stream: GenerateStream | None = None,
-                 generator_replicas: Callable[[], Awaitable[int]] | None = None):
+                 generator_replicas: Callable[[], Awaitable[tuple[int, int]]] | None = None):
         """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
         (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
         replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded;
         ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress);
-        ``generator_replicas``: how many generator replicas run, asked without calling one (which would start one
-        where the generators scaled to zero): readiness and /v1/models ask it when ``min_replicas`` is 0."""
+        ``generator_replicas``: how many generator replicas run and start, (running, starting), asked without calling
+        one (which would start one where the generators scaled to zero): readiness and /v1/models ask it when
+        ``min_replicas`` is 0."""
         super().__init__(config)
         self._generate, self._info, self._generate_stream = generate, generator_info, generate_stream
         self._replicas = generator_replicas if config.generator.autoscaling.min_replicas == 0 else None
@@ -303,22 +304,26 @@ class ImageService(RequestParser):
         seconds = {**result.get("seconds", {}), "ingress": time.perf_counter() - start}
         return ImageBytes(result["image"], image_format(request.output_format).media_type, result["seed"], seconds)
 
-    async def _scaled_to_zero(self) -> bool:
-        """Whether the generators may scale to zero and no replica runs now: asking one would start one."""
+    async def _asleep(self) -> dict | None:
+        """With min_replicas 0 and no generator replica running: what /readyz says instead of asking one (which would
+        start one); None when one runs (or the generators never scale to zero): ask it."""
         if self._replicas is None:
-            return False
+            return None
         try:
-            return await asyncio.wait_for(self._replicas(), timeout=5) == 0
-        except Exception:  # noqa: BLE001 (the controller busy or restarting: ask a replica, as without scale to zero)
-            return False
+            running, starting = await asyncio.wait_for(self._replicas(), timeout=5)
+        except Exception as e:  # noqa: BLE001 (Serve's controller busy or restarting: say so, wake nothing)
+            return {"ready": False, "reason": f"can't ask Serve's controller which generators run ({type(e).__name__})"}
+        if running:
+            return None
+        said = ("a generator replica is starting (min_replicas 0): requests wait for it" if starting else
+                "no generator replica runs now (min_replicas 0): the next request starts one, and waits for it")
+        return {"ready": True, "replicas": 0, "starting": starting, "scaled_to_zero": said}
 
     async def readiness(self) -> tuple[bool, dict]:
         """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images. Generators
         scaled to zero are ready (a request starts one and waits for it), and are not woken to say so."""
-        if await self._scaled_to_zero():
-            info = {"ready": True, "replicas": 0, "scaled_to_zero": "no generator replica runs now (min_replicas 0): "
-                    "the next request starts one, and waits for it"}
-        else:
+        info = await self._asleep()
+        if info is None:
             try:
                 info = await asyncio.wait_for(self._info(), timeout=5)
             except Exception as e:
@@ -329,7 +334,7 @@ class ImageService(RequestParser):
         """``GET /v1/models`` (a ModelList): the served model, and what it is (the checkpoint, random weights, when
         a generator replica runs to say so)."""
         info = {}
-        if not await self._scaled_to_zero():
+        if await self._asleep() is None:
             try:
                 info = await asyncio.wait_for(self._info(), timeout=5)
             except Exception:
