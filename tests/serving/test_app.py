@@ -213,7 +213,7 @@ def test_metrics_reach_rays_prometheus_endpoint(app_url):
     assert httpx.post(f"{app_url}/generate", json={"prompt": "metrics", "width": 64, "height": 64}, timeout=60).status_code == 200
     port = ray._private.worker.global_worker.node.metrics_export_port
     wanted = ["zimage_images_total", "zimage_stage_seconds", "zimage_batch_size", "zimage_embedding_cache_total",
-              "zimage_plan_info", "zimage_http_requests_total"]
+              "zimage_plan_info", "zimage_http_requests_total", "zimage_generator_start_seconds"]
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -222,7 +222,7 @@ def test_metrics_reach_rays_prometheus_endpoint(app_url):
         time.sleep(2)
     missing = [w for w in wanted if w not in text]
     assert not missing, missing
-    assert 'stage="denoise"' in text and 'kind="cpu"' in text
+    assert 'stage="denoise"' in text and 'kind="cpu"' in text and 'stage="imports"' in text
 
 
 def test_generator_that_encodes_its_own_prompts(lora_url, stock_pipe):

@@ -318,6 +318,9 @@ class Generator:
         metrics.observe_stage("decode", result.seconds["decode"])
         metrics.observe_batch("generate", size)
         metrics.count_images(self.engine.source.spec, size)
+        # the replica's gauges again: Ray's exporter stops reporting a gauge that nothing has set for a while
+        metrics.set_plan(self.engine.plan)
+        metrics.set_start(self.start.report())
         peak = self.engine.peak_memory_bytes()
         if peak is not None:
             metrics.set_peak_vram(peak)
