@@ -147,6 +147,8 @@ def _transformer(read: TransformerRead):
             model = assemble(ZImageTransformer2DModel, ZImageTransformer2DModel.load_config(read.directory),
                              read.reader.result())
             model.register_to_config(_name_or_path=read.directory)
+            if read.device.type == "cuda":  # the float32 copies converted on the GPU (up to one a thread): let go
+                torch.cuda.empty_cache()
             return model
         except ZImageError:
             raise
