@@ -11,6 +11,8 @@ line, GPU, CPU, package versions):
     python bench/run.py engine_gpu overhead      # in-process e2e; HTTP vs in-process, interleaved
     python bench/run.py graphs decode            # CUDA graphs over the block stacks; VAE decode variants
     python bench/run.py te peak                  # GPU text encoder compiled; peak VRAM as served (and with the whole decoder compiled)
+    python bench/run.py build startup_profile scaleout_cold scaleout scaleout_zero
+                                                 # a replica's start by stage; the app cold/warm, a replica killed, from zero
     python bench/run.py --list                   # every step, with what it measures
     python bench/report.py                       # (here) -> bench/results/latest.json and BENCHMARKS.md
 
