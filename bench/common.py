@@ -86,6 +86,23 @@ def build() -> None:
         ["du", "-sb", str(ckpt)], capture_output=True, text=True).stdout.split()[0]))
 
 
+# ---- HTTP ----------------------------------------------------------------------------------------------
+
+def http_call(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict, bytes]:
+    """(status, headers, bytes) with the standard library (the GPU machine has no httpx); a connection that fails
+    raises OSError."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
 # ---- timing and memory ---------------------------------------------------------------------------------
 
 def sync() -> None:

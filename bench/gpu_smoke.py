@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository root, for bench
+from bench.common import http_call  # noqa: E402
+
 
 def _engine_vs_stock(source) -> dict:
     import numpy as np
@@ -54,20 +57,6 @@ def _engine_vs_stock(source) -> dict:
     return out
 
 
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 120):
-    """(status, headers, bytes) with the standard library (the GPU machine has no httpx)."""
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
 def _served(source) -> dict:
     import base64
 
@@ -87,7 +76,7 @@ def _served(source) -> dict:
     status, ready = 0, b"{}"
     while time.perf_counter() - t0 < 300:
         try:
-            status, _, ready = _http("GET", f"{url}/readyz", timeout=10)
+            status, _, ready = http_call("GET", f"{url}/readyz", timeout=10)
             if status == 200:
                 break
         except OSError:
@@ -96,13 +85,13 @@ def _served(source) -> dict:
     out["ready_s"] = round(time.perf_counter() - t0, 1)
     ready = json.loads(ready)
     out["readyz"] = {k: ready.get(k) for k in ("ready", "reason", "plan", "gpu", "speedups", "random_weights")}
-    status, headers, _ = _http("POST", f"{url}/generate", {"prompt": "a lighthouse", "seed": 3})
+    status, headers, _ = http_call("POST", f"{url}/generate", {"prompt": "a lighthouse", "seed": 3})
     out["generate"] = {"status": status, "type": headers.get("content-type"), "server_timing": headers.get("server-timing")}
-    status, _, raw = _http("POST", f"{url}/v1/images/generations", {"prompt": "a tram", "n": 2, "seed": 5})
+    status, _, raw = http_call("POST", f"{url}/v1/images/generations", {"prompt": "a tram", "n": 2, "seed": 5})
     body = json.loads(raw)
     out["images"] = {"status": status, "seeds": [d["seed"] for d in body.get("data", [])],
                      "bytes": [len(base64.b64decode(d["b64_json"])) for d in body.get("data", [])]}
-    out["models"] = json.loads(_http("GET", f"{url}/v1/models")[2])
+    out["models"] = json.loads(http_call("GET", f"{url}/v1/models")[2])
     serve.shutdown()
     ray.shutdown()
     return out

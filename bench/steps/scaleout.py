@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import ROOT, checkpoint, save
+from ..common import ROOT, checkpoint, http_call, save
 from .coldstart import NOT_OUR_DEPENDENCIES, _with_bytecode
 
 HIDE = f"import sys; sys.modules.update({{n: None for n in {NOT_OUR_DEPENDENCIES!r}}}); "
@@ -139,34 +139,22 @@ class _App:
 
 
 def _get(path: str) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
+    """(status, the JSON body when 200) of a GET; 0 while nothing answers."""
     try:
-        with urllib.request.urlopen(URL + path, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {}
+        status, _, body = http_call("GET", URL + path, timeout=10)
+        return status, json.loads(body) if status == 200 else {}
     except (OSError, ValueError):
         return 0, {}
 
 
 def _generate(prompt: str) -> tuple[int, float]:
-    """(status, seconds) of one POST /generate (the config's default size)."""
-    import urllib.error
-    import urllib.request
-
-    body = json.dumps({"prompt": prompt, "seed": 1}).encode()
-    request = urllib.request.Request(URL + "/generate", data=body, headers={"Content-Type": "application/json"})
+    """(status, seconds) of one POST /generate (the config's default size); 0 when the connection failed."""
     t = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=600) as r:
-            r.read()
-            return r.status, time.monotonic() - t
-    except urllib.error.HTTPError as e:
-        return e.code, time.monotonic() - t
+        status = http_call("POST", URL + "/generate", {"prompt": prompt, "seed": 1}, timeout=600)[0]
     except OSError:
-        return 0, time.monotonic() - t
+        status = 0
+    return status, time.monotonic() - t
 
 
 def _config(tmp: Path, min_replicas: int | None = None) -> Path:

@@ -13,9 +13,7 @@ Safetensors only; the file's header is checked as any checkpoint's (offsets insi
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ModelSourceError
+from .sources import safetensors_header
 
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -42,28 +41,23 @@ class _Entry:
 
 
 def _entries(path: Path) -> list[_Entry]:
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > min(size - 8, 100 * 2**20):
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        entries = []
-        for name, info in header.items():
+    data, header, size = safetensors_header(path)
+    entries = []
+    for name, info in header.items():
+        if info.get("dtype") not in _DTYPES:
+            raise Unsupported(f"{path}: tensor {name} is {info.get('dtype')}")
+        dtype, shape = _DTYPES[info["dtype"]], tuple(info.get("shape", ()))
+        try:
             begin, end = info["data_offsets"]
-            if info["dtype"] not in _DTYPES:
-                raise Unsupported(f"{path}: tensor {name} is {info['dtype']}")
-            dtype = _DTYPES[info["dtype"]]
-            numel = 1
-            for d in info["shape"]:
-                numel *= d
-            if not 0 <= begin <= end <= size - 8 - n or end - begin != numel * dtype.itemsize:
-                raise ValueError(f"tensor {name}'s offsets don't match its shape or the file")
-            entries.append(_Entry(path, name, dtype, tuple(info["shape"]), 8 + n + begin, 8 + n + end))
-    except (OSError, ValueError, KeyError, struct.error) as e:
-        raise ModelSourceError(f"{path} is not a readable safetensors file ({e})") from None
+        except (KeyError, TypeError, ValueError):
+            begin = end = -1
+        numel = 1
+        for d in shape:
+            numel *= d
+        if not 0 <= begin <= end <= size - data or end - begin != numel * dtype.itemsize:
+            raise ModelSourceError(f"{path} is not a readable safetensors file (tensor {name}'s offsets don't match "
+                                   "its shape or the file)")
+        entries.append(_Entry(path, name, dtype, shape, data + begin, data + end))
     return entries
 
 

@@ -113,8 +113,9 @@ def _from_hub(model_id: str) -> Path:
         raise ModelSourceError(f"downloading {model_id!r} from ModelScope into {env.modelscope_cache} failed: {e}") from None
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """Tensor name -> (dtype, numel), checking that the file holds all the bytes its header promises."""
+def safetensors_header(path: Path) -> tuple[int, dict, int]:
+    """(where the tensors' data begins, {tensor name: its header entry (dtype, shape, data_offsets)}, the file's
+    size) of a safetensors file, or ModelSourceError when its header can't be read."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -125,6 +126,12 @@ def read_safetensors_header(path: Path) -> dict:
     except (OSError, ValueError, struct.error) as e:
         raise ModelSourceError(f"{path} is not a readable safetensors file ({e})") from None
     header.pop("__metadata__", None)
+    return 8 + n, header, size
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """Tensor name -> (dtype, numel), checking that the file holds all the bytes its header promises."""
+    data, header, size = safetensors_header(path)
     end, tensors = 0, {}
     for name, info in header.items():
         numel = 1
@@ -132,8 +139,8 @@ def read_safetensors_header(path: Path) -> dict:
             numel *= d
         tensors[name] = (info["dtype"], numel)
         end = max(end, info["data_offsets"][1])
-    if 8 + n + end != size:
-        raise ModelSourceError(f"{path} is truncated or corrupt: the header needs {8 + n + end} bytes, the file has {size}")
+    if data + end != size:
+        raise ModelSourceError(f"{path} is truncated or corrupt: the header needs {data + end} bytes, the file has {size}")
     return tensors
 
 
