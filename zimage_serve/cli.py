@@ -21,7 +21,7 @@ from .core.bounds import (Bounds, check_prompt, check_seed, check_steps, check_s
 from .core.checkpoints import CONTROLNET_VERSIONS, DEFAULT_HUB_ID
 from .core.errors import ZImageError
 from .core.formats import format_of_path
-from .core.control import CANNY_HIGH, CANNY_LOW, with_control_image
+from .core.control import CANNY_HIGH, CANNY_LOW, INPAINT_NEEDS_2X, with_control_image
 from .core.images import read_file, with_edit_inputs
 from .core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE, GenerationRequest
 from .model.planner import ENCODE_CHOICES, ControlNetSizes, Workload, make_plan
@@ -175,8 +175,7 @@ def _generate(args) -> int:
     source = source or resolve(args.model, gpu=gpu_free_bytes() is not None)
     controlnet = _controlnet(args)
     if request.mode == "controlnet-inpaint" and not controlnet.inpaint:
-        raise ZImageError("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); "
-                          f"{args.controlnet} is 1.0")
+        raise ZImageError(f"{INPAINT_NEEDS_2X}; {args.controlnet} is 1.0")
     plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy, controlnet=controlnet)
     with stage(f"loading {source.label}"):
         engine = Engine.load(source, plan, controlnet=controlnet)  # logs the plan, once

@@ -20,7 +20,6 @@ being ignored. Imports only ``core``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .core.bounds import MAX_LORA_SCALE, Bounds, base64_length, parse_size
 from .core.errors import ZImageError
+from .core.webhook_checks import parse_allow
 
 TINY_SERVED_NAME = "z-image-tiny-random"  # what /v1/models calls the embedded random-weight checkpoint
 
@@ -119,11 +119,7 @@ class JobsOptions(_Strict):
     @field_validator("webhook_allow")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"jobs.webhook_allow: {cidr!r} is not an IP network (CIDR) or address") from None
+        parse_allow(value, "jobs.webhook_allow")
         return value
 
     @field_validator("webhook_secret")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 
 import pytest
@@ -69,7 +70,7 @@ def test_delivered_once_and_signed():
     secret, rx = new_secret(), Receiver()
     d = deliver(rx, secret, msg_id="job_abc")
     assert d == Delivery(delivered=True, attempts=1, status=204, error=None)
-    assert d.to_dict() == {"delivered": True, "attempts": 1, "status": 204, "error": None}
+    assert dataclasses.asdict(d) == {"delivered": True, "attempts": 1, "status": 204, "error": None}
     [(path, headers, body)] = rx.requests
     assert path == "/hook" and headers["Content-Type"] == "application/json"
     assert headers["webhook-id"] == "job_abc"

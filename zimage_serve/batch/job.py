@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..arguments import RAY_RUNTIME_ENV, add_adapter_argument, add_model_arguments, integer, parse_adapters
 from ..core.bounds import Bounds
+from ..core.control import INPAINT_NEEDS_2X
 from ..core.errors import ZImageError
 from ..core.formats import FORMATS
 from ..progress import Progress
@@ -106,8 +107,8 @@ def run(args) -> int:
                          adapters=frozenset(adapters), controlnet=bool(controlnet))
     inpaint = [i.line for i in items if i.control_image and i.mask]
     if inpaint and controlnet and not found.inpaint:
-        raise ZImageError(f"{args.prompts}: line {inpaint[0]} (and {len(inpaint) - 1} more) inpaints with a ControlNet, "
-                          f"which needs a 2.x Union ControlNet (33 control channels); {args.controlnet} is 1.0")
+        raise ZImageError(f"{args.prompts}: line {inpaint[0]} (and {len(inpaint) - 1} more): {INPAINT_NEEDS_2X}; "
+                          f"{args.controlnet} is 1.0")
     actors = parse_actors(args.gpus)
     if args.batch_size < 1:
         raise ZImageError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -18,6 +18,8 @@ from .errors import InvalidInput, TooLarge
 from .pixels import Pixels
 from .request import GenerationRequest
 
+INPAINT_NEEDS_2X = "inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels)"
+
 Preprocess = Literal["none", "canny"]
 PREPROCESS = ("none", "canny")
 CANNY_LOW, CANNY_HIGH = 100, 200

@@ -97,6 +97,13 @@ class NeedsEmbeddings(ZImageError):
     ingress encodes it on the CPU encoders and sends it again. Replicas' plans differ where their GPUs do."""
 
 
+def unwrapped(e: BaseException) -> BaseException:
+    """Our error as raised in another replica (Ray wraps it in a RayTaskError that is also an instance of its class,
+    its message a traceback, and keeps the original as ``cause``); anything else as it is."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, ZImageError) else e
+
+
 def user_message(e: BaseException) -> str:
     """The user-facing message of our error, also when Ray wrapped it (RayTaskError keeps it as .cause)."""
     while getattr(e, "cause", None) is not None and e.cause is not e:

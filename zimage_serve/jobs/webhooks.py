@@ -15,16 +15,13 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 import json
 import logging
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,12 +29,12 @@ import aiohttp.abc
 from standardwebhooks.webhooks import Webhook
 
 from ..core.errors import InvalidInput
+from ..core.webhook_checks import check_secret, parse_allow  # noqa: F401 (this module's API too)
 
 log = logging.getLogger("zimage_serve")
 
 DEFAULT_ATTEMPTS = 5
 MAX_URL_LENGTH = 2048
-_SECRET_PREFIX = "whsec_"
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible IPv6; Python calls it global
 
 
@@ -46,22 +43,6 @@ class WebhookRefused(InvalidInput):
 
     def __init__(self, message: str, param: str | None = "webhook_url", code: str = "webhook_url_refused"):
         super().__init__(message, param, code)
-
-
-def parse_allow(cidrs: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
-    """CIDRs (or single addresses) allowed despite being private/loopback/link-local; ValueError naming a bad one."""
-    if isinstance(cidrs, str):
-        cidrs = [cidrs]
-    nets = []
-    for c in cidrs:
-        if isinstance(c, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            nets.append(c)
-            continue
-        try:
-            nets.append(ipaddress.ip_network(str(c).strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"webhook allow list: {c!r} is not an IP network (CIDR) or address") from None
-    return tuple(nets)
 
 
 def _refused(ip: ipaddress._BaseAddress) -> bool:
@@ -90,23 +71,6 @@ def _literal(host: str) -> ipaddress._BaseAddress | None:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except (OSError, ValueError):
         return None
-
-
-def check_secret(secret: str, param: str = "webhook_secret") -> str:
-    """A Standard Webhooks secret (``whsec_`` + base64 of 24..64 bytes); InvalidInput otherwise. Returns it."""
-    def bad(why: str):
-        return InvalidInput(f"{param} {why}", param=param, code="invalid_webhook_secret")
-
-    if not isinstance(secret, str) or not secret.startswith(_SECRET_PREFIX):
-        raise bad(f"must start with {_SECRET_PREFIX!r} followed by base64")
-    b64 = secret[len(_SECRET_PREFIX):]
-    try:
-        key = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise bad(f"must be {_SECRET_PREFIX!r} followed by standard base64") from None
-    if not 24 <= len(key) <= 64:
-        raise bad(f"must encode 24 to 64 bytes, not {len(key)}")
-    return secret
 
 
 def check_url(url: str, allow=(), param: str = "webhook_url") -> str:
@@ -186,9 +150,6 @@ class Delivery:
     attempts: int
     status: int | None  # the last HTTP status, None if no response
     error: str | None  # the last failure in words, None when delivered
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _origin(url: str) -> str:

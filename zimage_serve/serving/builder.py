@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..core.checkpoints import DEFAULT_HUB_ID
 from ..core.errors import ZImageError
+from ..core.webhook_checks import check_secret
 from ..settings import AppConfig
 from . import encoder, generator
 from .encoder import PromptEncoderDeployment
@@ -38,9 +39,7 @@ def resolved_config(args: dict | AppConfig | None, cluster_gpus: float | None = 
         config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     except ValidationError as e:
         raise ValueError(f"invalid zimage-serve config: {e}") from None
-    if config.jobs.enabled and config.jobs.webhook_secret:
-        from ..jobs.webhooks import check_secret  # (aiohttp: only where jobs are served with a secret)
-
+    if config.jobs.enabled and config.jobs.webhook_secret:  # whole (its value kept out of the message)
         try:
             check_secret(config.jobs.webhook_secret, "jobs.webhook_secret")
         except ZImageError as e:

@@ -19,6 +19,7 @@ import time
 from ray import serve
 
 from ..core.bounds import Bounds, parse_size
+from ..core.control import INPAINT_NEEDS_2X
 from ..core.errors import AdapterError, InvalidInput, NeedsEmbeddings, NotReady, Overloaded, ZImageError
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
@@ -151,8 +152,8 @@ class Generator:
                                "in the app's args (or zimage-serve serve --controlnet SOURCE)", param="control_image",
                                code="controlnet_not_configured")
         if request.mode == "controlnet-inpaint" and not self.controlnet.inpaint:
-            raise InvalidInput("inpainting with a ControlNet needs a 2.x Union ControlNet (33 control channels); the "
-                               "one served is 1.0", param="control_image", code="unsupported_value")
+            raise InvalidInput(f"{INPAINT_NEEDS_2X}; the one served is 1.0", param="control_image",
+                               code="unsupported_value")
 
     def check_health(self) -> None:
         """Fails when the GPU is unusable (Serve then replaces the replica)."""

@@ -12,7 +12,6 @@ with another Content-Type is a 415 (none at all is read as JSON); a 405 carries 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -26,10 +25,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..core.errors import (InvalidInput, ModelSourceError, NotReady, Overloaded, PlanError, RequestTimeout,
-                           ModelNotFound, NotFound, TooLarge, ZImageError, user_message)
+                           ModelNotFound, NotFound, TooLarge, ZImageError, unwrapped, user_message)
 from . import metrics
 from .job_routes import JOBS, add_job_routes
 from .playground import add_playground, is_page_path
+from .step_events import close_stream
 from .protocol import ErrorResponse, ImagesResponse, ModelList, error_body
 from .service import ImageService, ImagesReply, server_timing
 from .uploads import FILE_FIELDS, read_form
@@ -114,8 +114,7 @@ def api_error(e: BaseException, retry_after_s: int = 2) -> ApiError:
     to retry; anything else is a 500 that says nothing of its cause (which is logged)."""
     if isinstance(e, ApiError):
         return e
-    cause = getattr(e, "cause", None)  # ours as raised in another replica (Ray's wrapper keeps it as .cause)
-    e = cause if isinstance(cause, ZImageError) else e
+    e = unwrapped(e)
     if not isinstance(e, ZImageError):
         log.error("internal error", exc_info=e)
         return ApiError(500, "internal error", type="server_error", code="internal")
@@ -244,11 +243,7 @@ async def _sse_events(events, source) -> AsyncIterator[bytes]:
         e = api_error(e)
         yield sse({"type": "error", **error_body(e.message, e.type, e.param, e.code)})
     finally:
-        close = getattr(source, "aclose", None) or getattr(source, "cancel", None)  # a Serve stream: cancel
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        await close_stream(source)
 
 
 async def _streamed(events) -> StreamingResponse:

@@ -189,6 +189,7 @@ class JobRunner:
                 edit = record["kind"] == "edit"
                 request, uploads = await asyncio.to_thread(
                     self.service.edit_parts if edit else self.service.request_from_images, body)
+                request = request.replace(partial_images=0)  # a job reports progress, never previews: none made
                 record.update(status="running", started_at=time.time())
                 await self._save(record)
                 self._tell(job_id, _status_event(record))

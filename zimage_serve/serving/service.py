@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ..core.errors import NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError
+from ..core.errors import NeedsEmbeddings, QueueFull, RequestTimeout, ZImageError, unwrapped
 from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..settings import AppConfig
 from .parsing import RequestParser, Uploads
 from .protocol import ImageData, ImagesResponse, ModelCard, ModelList, stream_event
-from .step_events import while_running
+from .step_events import close_stream, while_running
 
 log = logging.getLogger("zimage_serve")
 
@@ -105,11 +105,15 @@ class ImageService(RequestParser):
             self._plan_probe = asyncio.ensure_future(self._probe_generator_plan())
         return await asyncio.shield(self._plan_probe)
 
-    async def _probe_generator_plan(self) -> bool:
+    async def _ask_generator(self) -> dict:
+        """A generator replica's info (Generator.info), or not ready with why when none answers within 5 s."""
         try:
-            info = await asyncio.wait_for(self._info(), timeout=5)
-        except Exception:
-            return False
+            return await asyncio.wait_for(self._info(), timeout=5)
+        except Exception as e:
+            return {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+
+    async def _probe_generator_plan(self) -> bool:
+        info = await self._ask_generator()
         if not info.get("ready"):
             return False
         self._generator_encodes = info["plan"]["encode_on"] == "gpu"
@@ -132,13 +136,12 @@ class ImageService(RequestParser):
         self.pending += n
 
     async def _images(self, request: GenerationRequest, uploads: "Uploads | None" = None, seconds: dict | None = None,
-                      on_step: OnStep | None = None, admitted: bool = False) -> tuple[GenerationRequest, list[dict]]:
+                      on_step: OnStep | None = None) -> tuple[GenerationRequest, list[dict]]:
         """(the request as made, its images). An edit's ``uploads`` are decoded after admission (what is refused
         is never decoded), off the event loop, while its prompt is being encoded: the request made is the edit,
         at its size; ``seconds`` gets upload_decode. ``on_step``: told of each image's steps and result (the
-        images are then streamed from the generator). ``admitted``: :meth:`_admit` has counted it already."""
-        if not admitted:
-            self._admit(request.n)
+        images are then streamed from the generator)."""
+        self._admit(request.n)
         try:
             return await asyncio.wait_for(self._admitted(request.replace(enqueued_at=time.time()), uploads, seconds,
                                                          on_step), timeout=self.config.request_timeout_s)
@@ -185,7 +188,7 @@ class ImageService(RequestParser):
             except asyncio.CancelledError:
                 raise
             except ZImageError as e:  # ours, possibly wrapped by Ray: the same class, its message
-                raise _unwrapped(e) from None
+                raise unwrapped(e) from None
             except Exception as e:
                 if self._is_retryable(e) and not retried:
                     # a generator or encoder replica died: generation is idempotent for a seed, so retry once,
@@ -226,7 +229,7 @@ class ImageService(RequestParser):
                     return event["result"]
             raise ZImageError("the generator's stream ended without its image")
         finally:
-            _close(stream)
+            await close_stream(stream)
 
     async def images(self, body: Any) -> ImagesReply:
         """``POST /v1/images/generations``: the OpenAI ImagesResponse body."""
@@ -267,16 +270,14 @@ class ImageService(RequestParser):
         parse = (lambda: self.edit_parts(body, files)) if edit else (lambda: self.request_from_images(body))
         request, uploads = await asyncio.to_thread(parse)
         progress = self.stream_options(body)["progress_events"]
-        self._admit(request.n)
         queue: asyncio.Queue = asyncio.Queue()
 
         async def on_step(image: GenerationRequest, event: dict) -> None:
             queue.put_nowait((image, event))
 
         kind = "image_edit" if edit else "image_generation"
-        task = None
+        task = asyncio.ensure_future(self._images(request, uploads, on_step=on_step))
         try:
-            task = asyncio.ensure_future(self._images(request, uploads, on_step=on_step, admitted=True))
             previews: dict[int, int] = {}  # image index -> partial images sent
             begun = False
             async for item in while_running(task, queue):
@@ -287,13 +288,11 @@ class ImageService(RequestParser):
                 if event is not None:
                     yield event
             if not begun:
-                task.result()  # refused before any step: raised before the stream begins
+                task.result()  # refused (a full queue, its uploads) before any step: raised before the stream begins
                 yield None
             task.result()  # its error, if it failed
         finally:
-            if task is None:
-                self.pending -= request.n  # admitted, never run
-            elif not task.done():
+            if not task.done():
                 task.cancel()
 
     async def generate(self, body: Any) -> ImageBytes:
@@ -322,40 +321,14 @@ class ImageService(RequestParser):
     async def readiness(self) -> tuple[bool, dict]:
         """(ready, details): a generator replica's info (plan, GPU), plus this ingress's pending images. Generators
         scaled to zero are ready (a request starts one and waits for it), and are not woken to say so."""
-        info = await self._asleep()
-        if info is None:
-            try:
-                info = await asyncio.wait_for(self._info(), timeout=5)
-            except Exception as e:
-                info = {"ready": False, "reason": f"no generator replica has loaded yet ({type(e).__name__})"}
+        info = await self._asleep() or await self._ask_generator()
         return bool(info.get("ready")), {**info, "pending_images": self.pending, "max_pending_images": self.max_pending}
 
     async def models(self) -> dict:
         """``GET /v1/models`` (a ModelList): the served model, and what it is (the checkpoint, random weights, when
         a generator replica runs to say so)."""
-        info = {}
-        if await self._asleep() is None:
-            try:
-                info = await asyncio.wait_for(self._info(), timeout=5)
-            except Exception:
-                pass
+        info = await self._ask_generator() if await self._asleep() is None else {}
         base = self.config.model_name
         cards = [ModelCard(id=base, root=info.get("model", self.config.model), random_weights=info.get("random_weights"))]
         cards += [ModelCard(id=name, root=spec.source, parent=base) for name, spec in self.config.adapters.items()]
         return ModelList(data=cards).model_dump(exclude_none=True)
-
-
-def _close(stream) -> None:
-    """End a generator stream not read to its end: a Serve stream is cancelled; an async generator is closed."""
-    cancel = getattr(stream, "cancel", None)
-    if cancel is not None:
-        cancel()
-    elif hasattr(stream, "aclose"):
-        asyncio.ensure_future(stream.aclose())
-
-
-def _unwrapped(e: ZImageError) -> ZImageError:
-    """Our error as raised in the replica: Ray wraps it in a RayTaskError that is also an instance of its class
-    (its message a traceback) and keeps the original as ``cause``."""
-    cause = getattr(e, "cause", None)
-    return cause if isinstance(cause, ZImageError) else e

@@ -57,3 +57,12 @@ async def while_running(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIter
         yield item.result()
     while not queue.empty():
         yield queue.get_nowait()
+
+
+async def close_stream(stream) -> None:
+    """End a stream not read to its end: an async generator is closed, a Serve stream (a replica's call) cancelled."""
+    close = getattr(stream, "aclose", None) or getattr(stream, "cancel", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
