@@ -207,8 +207,12 @@ def serve_cluster():
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # the local cluster's processes go with it: no graceful stop of each app's replicas (some 6 s)
+
+
+# an app whose tests are not about the CPU encoders: its generator encodes the prompts, and no PromptEncoder replica
+# is started (serving/builder.py), one process less to import torch for on the 2 cores
+GENERATOR_ENCODES = {"encode_on": "gpu"}
 
 
 def tiny_app_config(tiny_path, **overrides) -> dict:
@@ -287,7 +291,7 @@ def keyed_app(serve_cluster, tiny_path, tmp_path_factory):
     keys = (f"secret-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(8)}")
     path = tmp_path_factory.mktemp("keys") / "keys.txt"
     path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")
-    yield deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(path))), keys
+    yield deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(path), generator=GENERATOR_ENCODES)), keys
     undeploy("secure")
 
 

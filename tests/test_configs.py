@@ -51,6 +51,16 @@ def test_serve_config_args_build_the_app_with_one_gpu_per_generator():
     assert generator._deployment_config.max_queued_requests == gen["max_queued_requests"]
 
 
+def test_encode_on_gpu_deploys_no_prompt_encoder():
+    """The generators encode every prompt: no CPU encoders holding a copy of the text encoder for nothing."""
+    args = {**serve_config()["applications"][0]["args"]}
+    args["generator"] = {**args["generator"], "encode_on": "gpu"}
+    ingress = build_app(args)._bound_deployment
+    encoder_app, generator_app, raw, jobs_app = ingress.init_args
+    assert encoder_app is None and generator_app._bound_deployment.name == "Generator"
+    assert jobs_app._bound_deployment.init_args == (None, generator_app, raw)
+
+
 def test_unknown_fields_are_refused_and_every_field_is_described():
     with pytest.raises(ValueError, match="invalid zimage-serve config"):
         resolved_config({"modle": "tiny"})

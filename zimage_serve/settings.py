@@ -76,7 +76,8 @@ class GeneratorOptions(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica sees a GPU.")
     policy: Literal["auto", "resident", "partial", "offload", "sequential"] = Field("auto", description="Staging policy (see `zimage-serve plan`): auto picks the fastest that fits; partial keeps as many transformer blocks resident as fit and streams the rest.")
     encode_on: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="Where prompts are encoded: cpu (the CPU encoders), gpu (the generator, always), or auto: the generator "
+        "auto", description="Where prompts are encoded: cpu (the CPU encoders), gpu (the generator, always: no PromptEncoder "
+                            "deployment is made, its encoder section unused), or auto: the generator "
                             "holds a text encoder where its plan fits one, and encodes a prompt when its ingress has nothing else "
                             "in flight (lowest latency); the CPU encoders take the rest (the GPU's time goes to denoising).")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")

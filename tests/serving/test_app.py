@@ -235,6 +235,7 @@ def test_generator_that_encodes_its_own_prompts(lora_url, stock_pipe):
     generator = serve.get_deployment_handle("Generator", app_name="lora")
     before = generator.info.remote().result()
     assert before["plan"]["encode_on"] == "gpu"
+    assert set(serve.status().applications["lora"].deployments) == {"Ingress", "Generator"}  # no CPU encoders
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     r = client.images.generate(prompt="a green tram", size="64x64", n=3, extra_body={"seed": 9})
     for d, seed in zip(r.data, (9, 10, 11)):

@@ -9,7 +9,7 @@ import httpx
 from PIL import Image
 from ray import serve
 
-from conftest import deploy, max_pixel_diff, stock_image, tiny_app_config, undeploy
+from conftest import GENERATOR_ENCODES, deploy, max_pixel_diff, stock_image, tiny_app_config, undeploy
 
 
 def _running(app: str) -> int:
@@ -28,7 +28,7 @@ def test_generators_scale_from_zero_up_under_load_and_back_to_zero(serve_cluster
     url = deploy(serve_cluster, "auto", tiny_app_config(tiny_path, generator={
         # 6 clients: 6 requests in flight, 1 a replica wanted (2 at most); 4 slots a replica, so that with 2
         # replicas the info calls below find a free slot instead of retrying behind the clients' requests
-        "num_gpus": 1, "max_batch_size": 1, "max_ongoing_requests": 4, "batch_wait_timeout_s": 0,
+        **GENERATOR_ENCODES, "num_gpus": 1, "max_batch_size": 1, "max_ongoing_requests": 4, "batch_wait_timeout_s": 0,
         "autoscaling": {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0,
                         "downscale_delay_s": 2, "downscale_to_zero_delay_s": 2, "metrics_interval_s": 0.5,
                         "look_back_period_s": 1}}))

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ray import serve
 
-from conftest import deploy, tiny_app_config, undeploy
+from conftest import GENERATOR_ENCODES, deploy, tiny_app_config, undeploy
 from zimage_serve.settings import AppConfig
 from zimage_serve.core.errors import InvalidInput
 from zimage_serve.serving.service import ImageService
@@ -26,7 +26,7 @@ BODY = {"prompt": "fault tolerance", "width": 64, "height": 64}
 def fault_url(serve_cluster, tiny_path):
     from zimage_serve.testing.faults import build_app_with_ooms
 
-    config = tiny_app_config(tiny_path, cors_origins=["https://app.example"], generator={"max_batch_size": 1})
+    config = tiny_app_config(tiny_path, cors_origins=["https://app.example"], generator={"max_batch_size": 1, **GENERATOR_ENCODES})
     yield deploy(serve_cluster, "faults", config, app=build_app_with_ooms(config, ooms=3))
     undeploy("faults")
 

@@ -75,6 +75,20 @@ def test_the_other_choices_route_every_request_one_way(encode_on, plan_encode_on
     assert backends.routes == expected
 
 
+def test_without_cpu_encoders_only_encode_on_gpu_serves():
+    """encode_on gpu deploys no PromptEncoder (serving/builder.py): the service takes none, and no other choice
+    can do without one."""
+    backends = Backends("gpu")
+    svc = ImageService(AppConfig(generator={"encode_on": "gpu"}), encode=None, generate=backends.generate,
+                       generator_info=backends.info, is_retryable=lambda e: False)
+    asyncio.run(_burst(svc, backends, ["a lighthouse", "a tram"]))
+    assert backends.routes == ["generator"] * 2
+    for encode_on in ("auto", "cpu"):
+        with pytest.raises(ValueError, match=f"encode_on '{encode_on}' needs the CPU encoders"):
+            ImageService(AppConfig(generator={"encode_on": encode_on}), encode=None, generate=backends.generate,
+                         generator_info=backends.info, is_retryable=lambda e: False)
+
+
 def test_auto_waits_for_a_ready_generator_before_sending_it_prompts():
     backends = Backends(plan_encode_on="gpu")
 

@@ -3,7 +3,8 @@
 ``build_app(args)`` validates ``args`` into one :class:`AppConfig`, settles what depends on the cluster,
 and binds its deployments, each with the Serve options its own module derives from the config, data
 flowing one way: Ingress (HTTP) -> PromptEncoder (CPU, batched) -> Generator (one GPU each, autoscaled); with
-jobs on, Ingress -> Jobs (the job store, one replica) -> PromptEncoder -> Generator too.
+jobs on, Ingress -> Jobs (the job store, one replica) -> PromptEncoder -> Generator too. With ``encode_on: gpu``
+there is no PromptEncoder: the generators encode every prompt.
 The encoder's response is passed straight to the generator, never back through the ingress.
 Importing this module imports no torch.
 """
@@ -61,7 +62,10 @@ def build(config: AppConfig, generator_deployment=GeneratorDeployment, generator
     """The bound application for a resolved config (``generator_deployment`` and its extra constructor
     arguments: testing/faults.py's variant)."""
     raw = config.model_dump()
-    enc = PromptEncoderDeployment.options(**encoder.deployment_options(config)).bind(raw)
+    # encode_on "gpu": every prompt is encoded by a generator (its plan must hold the text encoder, or it fails to
+    # plan), so CPU encoders would only hold a copy of the text encoder in host memory
+    enc = None if config.generator.encode_on == "gpu" else \
+        PromptEncoderDeployment.options(**encoder.deployment_options(config)).bind(raw)
     gen = generator_deployment.options(**generator.deployment_options(config)).bind(raw, *generator_args)
     jobs = None
     if config.jobs.enabled:

@@ -122,8 +122,9 @@ def serve_error(e: BaseException) -> ZImageError | None:
     return None
 
 
-def image_service(config: AppConfig, encoder: DeploymentHandle, generator: DeploymentHandle) -> ImageService:
-    """The ImageService over handles to the encoder and generator deployments (the ingress's, and the job store's)."""
+def image_service(config: AppConfig, encoder: DeploymentHandle | None, generator: DeploymentHandle) -> ImageService:
+    """The ImageService over handles to the encoder and generator deployments (the ingress's, and the job store's);
+    no encoder where the generators encode every prompt (``encode_on: gpu``)."""
 
     def routed(image: GenerationRequest, **options):
         # Serve's model multiplexing: an adapter's requests go to the replicas that hold it (base: any)
@@ -137,7 +138,8 @@ def image_service(config: AppConfig, encoder: DeploymentHandle, generator: Deplo
     def generate_stream(image: GenerationRequest, encoded):
         return routed(image, stream=True).generate_stream.remote(image, encoded)
 
-    return ImageService(config, encode=lambda request: encoder.encode.remote(request), generate=generate,
+    return ImageService(config, encode=(lambda request: encoder.encode.remote(request)) if encoder else None,
+                        generate=generate,
                         generator_info=lambda: generator.info.remote(), is_retryable=retryable,
                         backend_error=serve_error, generator_encode=lambda request: generator.encode.remote(request),
                         generate_stream=generate_stream, generator_replicas=lambda: running_replicas(generator))
@@ -187,7 +189,7 @@ class JobsClient:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class IngressDeployment:
-    def __init__(self, encoder: DeploymentHandle, generator: DeploymentHandle, config: dict,
+    def __init__(self, encoder: DeploymentHandle | None, generator: DeploymentHandle, config: dict,
                  jobs: DeploymentHandle | None = None):
         self.config = AppConfig.model_validate(config)
         self.api_keys = api_keys(self.config)

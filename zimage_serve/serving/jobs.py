@@ -338,7 +338,7 @@ class JobsDeployment(JobRunner):
     """The job store's replica (one: it owns its store): a JobRunner whose jobs go through handles to the encoders
     and generators as the ingress's requests do; its methods are the runner's."""
 
-    async def __init__(self, encoder: DeploymentHandle, generator: DeploymentHandle, config: dict):
+    async def __init__(self, encoder: DeploymentHandle | None, generator: DeploymentHandle, config: dict):
         config = AppConfig.model_validate(config)
         super().__init__(config, image_service(config, encoder, generator))
         await self.start()

@@ -66,21 +66,28 @@ class ImageBytes:
 class ImageService(RequestParser):
     """The routes' work; :class:`RequestParser` builds its requests from wire bodies."""
 
-    def __init__(self, config: AppConfig, encode: Encode, generate: Generate,
+    def __init__(self, config: AppConfig, encode: Encode | None, generate: Generate,
                  generator_info: Callable[[], Awaitable[dict]], is_retryable: Callable[[BaseException], bool],
                  backend_error: Callable[[BaseException], ZImageError | None] = lambda e: None,
                  generator_encode: Encode | None = None, generate_stream: GenerateStream | None = None,
                  generator_replicas: Callable[[], Awaitable[tuple[int, int]]] | None = None):
-        """``is_retryable``: a replica died (the image is retried once); ``backend_error``: Serve's own errors
-        (a full queue, no replica) as domain errors, None for anything else; ``generator_encode``: a generator
-        replica's own prompt encoding (on its GPU), which an edit starts before its uploads are decoded;
-        ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress);
+        """``encode``: the CPU encoders, None where the generators encode every prompt (``encode_on: gpu``, whose
+        plans hold a text encoder or fail); ``is_retryable``: a replica died (the image is retried once);
+        ``backend_error``: Serve's own errors (a full queue, no replica) as domain errors, None for anything else;
+        ``generator_encode``: a generator replica's own prompt encoding (on its GPU), which an edit starts before its
+        uploads are decoded; ``generate_stream``: ``generate`` with each step's events (streamed responses, jobs' progress);
         ``generator_replicas``: how many generator replicas run and start, (running, starting), asked without calling
         one (which would start one where the generators scaled to zero): readiness and /v1/models ask it when
         ``min_replicas`` is 0."""
         super().__init__(config)
         self._generate, self._info, self._generate_stream = generate, generator_info, generate_stream
         self._replicas = generator_replicas if config.generator.autoscaling.min_replicas == 0 else None
+        if encode is None:
+            if config.generator.encode_on != "gpu":
+                raise ValueError(f"encode_on {config.generator.encode_on!r} needs the CPU encoders")
+
+            def encode(request):  # a generator's plan without a text encoder fails under encode_on gpu
+                raise RuntimeError("a generator asked for embeddings, but encode_on gpu deploys no CPU encoders")
         self._encode = lambda request: encode(request.without_images())  # the encoder needs the texts only
         self._generator_encode = generator_encode
         self._is_retryable, self._backend_error = is_retryable, backend_error
