@@ -2,15 +2,22 @@
 
 Two tiers: every test that starts Ray carries the ``ray`` marker, so ``python -m pytest -m "not ray"`` needs no
 Ray cluster. Tests that use the ``serve_cluster`` or ``app_url`` fixture (or one built on them) get the marker
-here, automatically (``pytest_itemcollected``, which also groups them on one pytest-xdist worker); a test that
-starts Ray in a subprocess of its own (``zimage-serve serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls
-``ray.init`` in this process fails, saying so (``_no_ray_unless_marked``).
+here, automatically (``pytest_itemcollected``); a test that starts Ray in a subprocess of its own (``zimage-serve
+serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the marker that calls ``ray.init`` in this
+process fails, saying so (``_no_ray_unless_marked``).
+
+One Ray cluster a session, whichever pytest-xdist workers run its tests: the first to need it starts it in a
+process of its own (tests/ray_keeper.py), the others connect to it, and the session's shared apps (main, lora,
+secure) are deployed once, by the first worker to ask (``shared_app``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,15 +41,50 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 RAY_FIXTURES = {"serve_cluster", "app_url"}
 
 
+def pytest_configure(config):
+    """In the process that outlives the workers (pytest-xdist's controller, or the only one): a directory for what
+    the workers share (the session's Ray cluster, its apps), which its workers find in the environment."""
+    if not hasattr(config, "workerinput"):
+        os.environ["ZIMAGE_TEST_SESSION_DIR"] = tempfile.mkdtemp(prefix="zimage-tests-")
+        os.environ["ZIMAGE_TEST_OWNER_PID"] = str(os.getpid())
+
+
+def pytest_unconfigure(config):
+    """The session's Ray cluster, if a test started it, is stopped when every worker is done."""
+    if hasattr(config, "workerinput") or "ZIMAGE_TEST_SESSION_DIR" not in os.environ:
+        return
+    shared = Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
+    state = shared / "ray.json"
+    if state.exists():
+        import json
+        import signal
+        import time
+
+        pid = json.loads(state.read_text())["pid"]
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+SHARED_APPS = {"app_url", "lora_url", "keyed_app"}  # the session's apps (shared_app)
+
+
 def pytest_itemcollected(item):
     """Marks as each test is collected: before -m selects, and before xdist reads the groups (pytest-xdist's
-    own pytest_collection_modifyitems turns them into node ids)."""
-    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+    own pytest_collection_modifyitems turns them into node ids). The tests of the session's shared apps are one
+    group, on one worker, as their counters (cache hits, batches) count only their own requests; every other
+    test is grouped by module (its file: doctests have no module object), so that a module's fixtures run once.
+    The Ray tests of every worker share one cluster (serve_cluster)."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if RAY_FIXTURES & fixtures:
         item.add_marker(pytest.mark.ray)
-        item.add_marker(pytest.mark.xdist_group("serve_cluster"))  # one worker holds the session's cluster
-    else:
-        # by module (its file: doctests have no module object), so that a module's fixtures run once
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    item.add_marker(pytest.mark.xdist_group("shared_apps" if SHARED_APPS & fixtures else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
@@ -194,20 +236,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _shared() -> Path:
+    """The directory the session's processes share (pytest_configure)."""
+    return Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
+
+
+@contextmanager
+def _only_one(name: str):
+    """Held by one worker at a time: what the first does, the others find done."""
+    from filelock import FileLock
+
+    with FileLock(str(_shared() / f"{name}.lock")):
+        yield
+
+
 @pytest.fixture(scope="session")
 def serve_cluster():
-    """A real local Ray cluster with Serve's HTTP proxy: the machine's real CPUs (the test apps' replicas
-    reserve a tenth of one each, so several apps fit on 2 cores), and 4 logical GPUs to exercise num_gpus
-    placement."""
+    """A real local Ray cluster with Serve's HTTP proxy, one a session, shared by every worker: the first to
+    need it starts tests/ray_keeper.py (the machine's real CPUs: the test apps' replicas reserve a tenth of one
+    each, so several apps fit on 2 cores; and 4 logical GPUs to exercise num_gpus placement), which keeps it
+    until pytest_unconfigure. Each worker connects to it as a driver."""
+    import json
+    import subprocess
+    import time
+
     import ray
+
+    state = _shared() / "ray.json"
+    with _only_one("ray"):
+        if not state.exists():
+            log_path = _shared() / "ray.log"  # the cluster's workers' output: Serve's replicas' logs
+            with open(log_path, "w") as log:
+                # without token authentication, which the workers' drivers would need the token for: a cluster of
+                # this machine's tests, for the session
+                keeper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ray_keeper.py")), str(state),
+                                           str(free_port()), os.environ["ZIMAGE_TEST_OWNER_PID"]],
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env=dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS=""))
+            deadline = time.monotonic() + 180
+            while not state.exists():
+                assert keeper.poll() is None and time.monotonic() < deadline, \
+                    f"the test cluster did not start: {log_path.read_text()[-3000:]}"
+                time.sleep(0.1)
+    cluster = json.loads(state.read_text())
+    ray.init(address=cluster["address"], logging_level="WARNING",
+             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
+    yield cluster["url"]
+    ray.shutdown()  # this worker's connection: the cluster stays for the others
+
+
+def shared_app(serve_cluster: str, name: str, config) -> str:
+    """The session's app ``name``, deployed by the first worker to ask (``config()``: its config); its base URL."""
     from ray import serve
 
-    port = free_port()
-    ray.init(num_cpus=os.cpu_count(), num_gpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    ray.shutdown()  # the local cluster's processes go with it: no graceful stop of each app's replicas (some 6 s)
+    with _only_one(f"app-{name}"):
+        if name not in serve.status().applications:
+            return deploy(serve_cluster, name, config())
+    return f"{serve_cluster}/{name}"
 
 
 # an app whose tests are not about the CPU encoders: its generator encodes the prompts, and no PromptEncoder replica
@@ -216,13 +301,13 @@ GENERATOR_ENCODES = {"encode_on": "gpu"}
 
 
 def tiny_app_config(tiny_path, **overrides) -> dict:
-    """A test config: the tiny checkpoint, small sizes, batch waits long enough to observe batching (concurrent
-    requests arrive within milliseconds of each other) but short, as every lone request waits them out (the
-    schemathesis run sends some 150 image requests one by one); each replica reserves 0.1 CPU (one torch thread),
-    so several test apps fit on the machine's real CPUs."""
+    """A test config: the tiny checkpoint, small sizes, the generator's batch wait long enough to observe batching
+    (concurrent requests arrive within milliseconds of each other) but short, as every lone request waits it out
+    (the schemathesis run sends some 150 image requests one by one); the encoder's, the default 10 ms; each replica
+    reserves 0.1 CPU (one torch thread), so several test apps fit on the machine's real CPUs."""
     config = {
         "model": str(tiny_path), "default_size": "64x64", "max_side": 256, "max_images": 4,
-        "encoder": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 0.1, "dtype": "float32"},
+        "encoder": {"max_batch_size": 8, "num_cpus": 0.1, "dtype": "float32"},
         "generator": {"num_gpus": 0, "num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 0.05,
                       "plan_size": "256x256"},
         "jobs": {"enabled": False},  # a replica less for the apps that don't test jobs (tests/serving/test_jobs.py does)
@@ -256,7 +341,7 @@ def undeploy(name: str) -> None:
 @pytest.fixture(scope="session")
 def app_url(serve_cluster, tiny_path):
     """The main test application (one logical GPU for its generator), deployed once under /main."""
-    return deploy(serve_cluster, "main", tiny_app_config(tiny_path, generator={"num_gpus": 1}))
+    return shared_app(serve_cluster, "main", lambda: tiny_app_config(tiny_path, generator={"num_gpus": 1}))
 
 
 @pytest.fixture(scope="session")
@@ -276,23 +361,25 @@ def lora_url(serve_cluster, tiny_path, loras, tiny_controlnets):
     """The application with what a request may add to the base model: LoRA adapters (one held per replica, so
     every switch evicts) and a 2.1 Union ControlNet, deployed once under /lora; its generator encodes the prompts
     (encode_on: gpu), as tests/serving/test_app.py checks."""
-    config = tiny_app_config(tiny_path, adapters={"ink": {"source": loras["ink"], "scale": 0.7}, "oil": loras["oil"],
-                                                  "broken": loras["broken"]},
-                             controlnet=str(tiny_controlnets["2.1"]),
-                             generator={"max_adapters_per_replica": 1, "encode_on": "gpu"})
-    return deploy(serve_cluster, "lora", config)
+    return shared_app(serve_cluster, "lora", lambda: tiny_app_config(
+        tiny_path, adapters={"ink": {"source": loras["ink"], "scale": 0.7}, "oil": loras["oil"], "broken": loras["broken"]},
+        controlnet=str(tiny_controlnets["2.1"]), generator={"max_adapters_per_replica": 1, "encode_on": "gpu"}))
 
 
 @pytest.fixture(scope="session")
-def keyed_app(serve_cluster, tiny_path, tmp_path_factory):
+def keyed_app(serve_cluster, tiny_path):
     """An app that needs API keys (two, in a keys file, new each session): its base URL and the keys."""
     import secrets
 
-    keys = (f"secret-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(8)}")
-    path = tmp_path_factory.mktemp("keys") / "keys.txt"
-    path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")
-    yield deploy(serve_cluster, "secure", tiny_app_config(tiny_path, api_keys_file=str(path), generator=GENERATOR_ENCODES)), keys
-    undeploy("secure")
+    path = _shared() / "keys.txt"
+    with _only_one("keys"):
+        if not path.exists():
+            keys = (f"secret-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(8)}")
+            path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")
+    keys = tuple(line for line in path.read_text().splitlines() if line.startswith("secret-"))
+    url = shared_app(serve_cluster, "secure",
+                     lambda: tiny_app_config(tiny_path, api_keys_file=str(path), generator=GENERATOR_ENCODES))
+    return url, keys
 
 
 def job(embeds, seed: int, width: int = 1024, height: int = 1024, steps: int = 8, guidance_scale: float = 0.0,

@@ -33,9 +33,10 @@ def _config(path: Path) -> None:
         "logging_config": {"encoding": "JSON", "log_level": "DEBUG", "enable_access_log": True},
         "applications": [{
             "name": "zimage", "route_prefix": "/", "import_path": "zimage_serve.app:build_app",
-            "args": {"model": "auto", "default_size": "64x64", "max_side": 1024,
-                     "encoder": {"dtype": "float32"},
-                     "generator": {"plan_size": "256x256", "graceful_shutdown_timeout_s": 5}},
+            # the generator encodes the prompts and no jobs are served: Ingress and Generator only, two processes
+            # fewer to start on the 2 cores (test_serve_cli.py serves the whole app)
+            "args": {"model": "auto", "default_size": "64x64", "max_side": 1024, "jobs": {"enabled": False},
+                     "generator": {"plan_size": "256x256", "graceful_shutdown_timeout_s": 5, "encode_on": "gpu"}},
         }],
     }))
 

@@ -1,0 +1,50 @@
+"""The test session's Ray cluster, kept by a process of its own: ``python ray_keeper.py STATE_FILE PORT OWNER_PID``.
+
+It starts a local cluster (the machine's real CPUs, 4 logical GPUs to exercise ``num_gpus`` placement) with Serve's
+HTTP proxy on PORT, writes ``{"address", "url", "pid"}`` to STATE_FILE, and keeps the cluster until it is sent
+SIGTERM or SIGINT, or OWNER_PID (the pytest process that outlives every worker) is gone. Every pytest-xdist worker
+connects to it (tests/conftest.py's ``serve_cluster``), so the Ray tests spread over the workers with one cluster's
+processes, not one cluster a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(state_file: str, port: int, owner_pid: int) -> None:
+    import ray
+    from ray import serve
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigtimedwait below
+    ray.init(num_cpus=os.cpu_count(), num_gpus=4, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    state = Path(state_file)
+    tmp = state.with_name(f".{state.name}.tmp")
+    tmp.write_text(json.dumps({"address": ray.get_runtime_context().gcs_address, "url": f"http://127.0.0.1:{port}",
+                               "pid": os.getpid()}))
+    os.replace(tmp, state)
+    try:
+        while signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0) is None and _alive(owner_pid):
+            pass
+    finally:
+        ray.shutdown()  # the cluster's processes, which this process started, go with it
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
