@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from conftest import WebhookReceiver, deploy, tiny_app_config, undeploy
+from conftest import GENERATOR_ENCODES, WebhookReceiver, deploy, tiny_app_config, undeploy
 
 SECRET = "whsec_" + base64.b64encode(b"zimage-serve job webhooks test!!").decode()
 SLOW = {"size": "256x256", "num_inference_steps": 40}  # a few seconds on the tiny model: long enough to act mid-job
@@ -28,7 +28,8 @@ def receiver():
 def jobs_url(serve_cluster, tiny_path, tmp_path_factory):
     config = tiny_app_config(tiny_path, jobs={"enabled": True, "dir": str(tmp_path_factory.mktemp("jobs")),
                                               "concurrency": 1, "webhook_allow": ["127.0.0.0/8"],
-                                              "webhook_backoff_s": 0.2})
+                                              "webhook_backoff_s": 0.2},
+                             generator=GENERATOR_ENCODES)  # the store's ImageService is the ingress's, whose CPU encoders test_app.py uses
     yield deploy(serve_cluster, "jobs", config)
     undeploy("jobs")
 

@@ -26,5 +26,5 @@ def test_unbounded_queue_with_timeout_never_hangs_past_it(serve_cluster, tiny_pa
     s = asyncio.run(drive(url, requests=96, clients=32, timeout=120))
     assert s["answered"] == 96 and s["connection_errors"] == 0, s
     assert set(map(int, s["by_status"])) <= {200, 504}, s["by_status"]
-    assert s["latency_all_s"]["max"] <= 2 + 2, s["latency_all_s"]
+    assert s["latency_all_s"]["max"] <= 2 + 3, s["latency_all_s"]  # a hang would be the client's 120 s
     undeploy("ciload2")
