@@ -14,7 +14,10 @@ from standardwebhooks import Webhook
 from conftest import GENERATOR_ENCODES, WebhookReceiver, deploy, tiny_app_config, undeploy
 
 SECRET = "whsec_" + base64.b64encode(b"zimage-serve job webhooks test!!").decode()
-SLOW = {"size": "256x256", "num_inference_steps": 40}  # a few seconds on the tiny model: long enough to act mid-job
+SLOW = {"size": "256x256", "num_inference_steps": 40}  # a fraction of a second to seconds on the tiny model
+# some 5 s alone on one core (4 images of 512x512 in one batch, 50 steps): a job to cancel while it runs, which stops
+# at its next step
+CANCELLABLE = {"size": "512x512", "num_inference_steps": 50, "n": 4}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def jobs_url(serve_cluster, tiny_path, tmp_path_factory):
-    config = tiny_app_config(tiny_path, jobs={"enabled": True, "dir": str(tmp_path_factory.mktemp("jobs")),
+    config = tiny_app_config(tiny_path, max_side=512, jobs={"enabled": True, "dir": str(tmp_path_factory.mktemp("jobs")),
                                               "concurrency": 1, "webhook_allow": ["127.0.0.0/8"],
                                               "webhook_backoff_s": 0.2},
                              generator=GENERATOR_ENCODES)  # the store's ImageService is the ingress's, whose CPU encoders test_app.py uses
@@ -115,8 +118,8 @@ def test_events_stream_status_each_step_then_the_end(jobs_url):
 
 def test_cancel_a_running_and_a_queued_job(jobs_url, receiver):
     batches = len(httpx.get(f"{jobs_url}/readyz", timeout=30).json()["batches"])
-    running = submit(jobs_url, seed=1, webhook_url=receiver.url, webhook_secret=SECRET, **SLOW)
-    queued = submit(jobs_url, seed=2, **SLOW)  # concurrency 1: it waits for the first
+    running = submit(jobs_url, seed=1, webhook_url=receiver.url, webhook_secret=SECRET, **CANCELLABLE)
+    queued = submit(jobs_url, seed=2, **CANCELLABLE)  # concurrency 1: it waits for the first
     deadline = time.time() + 60
     while httpx.get(f"{jobs_url}/v1/jobs/{running['id']}").json()["progress"]["step"] < 1:
         assert time.time() < deadline
@@ -126,7 +129,7 @@ def test_cancel_a_running_and_a_queued_job(jobs_url, receiver):
     r = httpx.delete(f"{jobs_url}/v1/jobs/{running['id']}")
     assert r.json()["status"] == "cancelled"
     stopped = httpx.get(f"{jobs_url}/v1/jobs/{running['id']}").json()
-    assert stopped["progress"]["step"] < 40 and stopped["result"] is None  # it stopped mid-way
+    assert stopped["progress"]["step"] < 50 and stopped["result"] is None  # it stopped mid-way
     assert httpx.get(f"{jobs_url}/v1/jobs/{queued['id']}").json()["started_at"] is None  # never ran
     # the generator stopped the image at its next step: its batch never ended (a next job's runs after it would have)
     assert wait_for(jobs_url, submit(jobs_url, seed=3)["id"])["status"] == "succeeded"
