@@ -39,6 +39,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 
 RAY_FIXTURES = {"serve_cluster", "app_url"}
+_FAILED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config):
@@ -49,8 +50,19 @@ def pytest_configure(config):
         os.environ["ZIMAGE_TEST_OWNER_PID"] = str(os.getpid())
 
 
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_FAILED] = exitstatus not in (0, 5)  # 5: no tests collected
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    log = Path(os.environ.get("ZIMAGE_TEST_SESSION_DIR", "/nonexistent")) / "ray.log"
+    if not hasattr(config, "workerinput") and exitstatus not in (0, 5) and log.exists():
+        terminalreporter.write_line(f"the session's Ray cluster (its replicas' output): {log}")
+
+
 def pytest_unconfigure(config):
-    """The session's Ray cluster, if a test started it, is stopped when every worker is done."""
+    """The session's Ray cluster, if a test started it, is stopped when every worker is done; the shared directory
+    is removed unless a test failed (its ray.log has the cluster's output, which the failing test did not get)."""
     if hasattr(config, "workerinput") or "ZIMAGE_TEST_SESSION_DIR" not in os.environ:
         return
     shared = Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
@@ -64,12 +76,14 @@ def pytest_unconfigure(config):
         try:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
+            while state.exists() and time.monotonic() < deadline:  # it removes it once its cluster is down
                 time.sleep(0.1)
+            if state.exists():
+                os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    shutil.rmtree(shared, ignore_errors=True)
+    if not config.stash.get(_FAILED, False):
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 SHARED_APPS = {"app_url", "lora_url", "keyed_app"}  # the session's apps (shared_app)

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -30,7 +31,6 @@ def main(state_file: str, port: int, owner_pid: int) -> None:
     import ray
     from ray import serve
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # taken by sigtimedwait below
     ray.init(num_cpus=os.cpu_count(), num_gpus=4, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -39,11 +39,15 @@ def main(state_file: str, port: int, owner_pid: int) -> None:
     tmp.write_text(json.dumps({"address": ray.get_runtime_context().gcs_address, "url": f"http://127.0.0.1:{port}",
                                "pid": os.getpid()}))
     os.replace(tmp, state)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own (a mask would be inherited
+        signal.signal(sig, lambda *_: stop.set())  # by the cluster's processes, which then ignore SIGTERM)
     try:
-        while signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0) is None and _alive(owner_pid):
+        while not stop.wait(1.0) and _alive(owner_pid):
             pass
     finally:
         ray.shutdown()  # the cluster's processes, which this process started, go with it
+        state.unlink(missing_ok=True)  # done: what pytest_unconfigure waits for
 
 
 if __name__ == "__main__":

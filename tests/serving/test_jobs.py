@@ -32,7 +32,7 @@ def jobs_url(serve_cluster, tiny_path, tmp_path_factory):
     config = tiny_app_config(tiny_path, max_side=512, jobs={"enabled": True, "dir": str(tmp_path_factory.mktemp("jobs")),
                                               "concurrency": 1, "webhook_allow": ["127.0.0.0/8"],
                                               "webhook_backoff_s": 0.2},
-                             generator=GENERATOR_ENCODES)  # the store's ImageService is the ingress's, whose CPU encoders test_app.py uses
+                             generator=GENERATOR_ENCODES)  # the store's ImageService is the ingress's; the CPU encoders: test_app.py's main app
     yield deploy(serve_cluster, "jobs", config)
     undeploy("jobs")
 
