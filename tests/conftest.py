@@ -7,20 +7,20 @@ serve``, the batch job) says ``@pytest.mark.ray`` itself. A test without the mar
 process fails, saying so (``_no_ray_unless_marked``).
 
 One Ray cluster a session, whichever pytest-xdist workers run its tests: the first to need it starts it in a
-process of its own (tests/ray_keeper.py), the others connect to it, and the session's shared apps (main, lora,
+process of its own (tests/ray_session.py), the others connect to it, and the session's shared apps (main, lora,
 secure) are deployed once, by the first worker to ask (``shared_app``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from ray_session import (deploy, free_port, only_one, pytest_configure, pytest_sessionfinish,  # noqa: F401
+                         pytest_terminal_summary, pytest_unconfigure, serve_cluster, shared_app, shared_dir, undeploy)
 
 _CACHE = Path(os.environ.get("ZIMAGE_TEST_CACHE", "/tmp/zimage-serve-tests"))
 os.environ["ZIMAGE_CACHE_DIR"] = str(_CACHE)  # before anything reads the environment
@@ -39,51 +39,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 
 RAY_FIXTURES = {"serve_cluster", "app_url"}
-_FAILED = pytest.StashKey[bool]()
-
-
-def pytest_configure(config):
-    """In the process that outlives the workers (pytest-xdist's controller, or the only one): a directory for what
-    the workers share (the session's Ray cluster, its apps), which its workers find in the environment."""
-    if not hasattr(config, "workerinput"):
-        os.environ["ZIMAGE_TEST_SESSION_DIR"] = tempfile.mkdtemp(prefix="zimage-tests-")
-        os.environ["ZIMAGE_TEST_OWNER_PID"] = str(os.getpid())
-
-
-def pytest_sessionfinish(session, exitstatus):
-    session.config.stash[_FAILED] = exitstatus not in (0, 5)  # 5: no tests collected
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    log = Path(os.environ.get("ZIMAGE_TEST_SESSION_DIR", "/nonexistent")) / "ray.log"
-    if not hasattr(config, "workerinput") and exitstatus not in (0, 5) and log.exists():
-        terminalreporter.write_line(f"the session's Ray cluster (its replicas' output): {log}")
-
-
-def pytest_unconfigure(config):
-    """The session's Ray cluster, if a test started it, is stopped when every worker is done; the shared directory
-    is removed unless a test failed (its ray.log has the cluster's output, which the failing test did not get)."""
-    if hasattr(config, "workerinput") or "ZIMAGE_TEST_SESSION_DIR" not in os.environ:
-        return
-    shared = Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
-    state = shared / "ray.json"
-    if state.exists():
-        import json
-        import signal
-        import time
-
-        pid = json.loads(state.read_text())["pid"]
-        try:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while state.exists() and time.monotonic() < deadline:  # it removes it once its cluster is down
-                time.sleep(0.1)
-            if state.exists():
-                os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if not config.stash.get(_FAILED, False):
-        shutil.rmtree(shared, ignore_errors=True)
 
 
 SHARED_APPS = {"app_url", "lora_url", "keyed_app"}  # the session's apps (shared_app)
@@ -242,73 +197,6 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shared() -> Path:
-    """The directory the session's processes share (pytest_configure)."""
-    return Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
-
-
-@contextmanager
-def _only_one(name: str):
-    """Held by one worker at a time: what the first does, the others find done."""
-    from filelock import FileLock
-
-    with FileLock(str(_shared() / f"{name}.lock")):
-        yield
-
-
-@pytest.fixture(scope="session")
-def serve_cluster():
-    """A real local Ray cluster with Serve's HTTP proxy, one a session, shared by every worker: the first to
-    need it starts tests/ray_keeper.py (the machine's real CPUs: the test apps' replicas reserve a tenth of one
-    each, so several apps fit on 2 cores; and 4 logical GPUs to exercise num_gpus placement), which keeps it
-    until pytest_unconfigure. Each worker connects to it as a driver."""
-    import json
-    import subprocess
-    import time
-
-    import ray
-
-    state = _shared() / "ray.json"
-    with _only_one("ray"):
-        if not state.exists():
-            log_path = _shared() / "ray.log"  # the cluster's workers' output: Serve's replicas' logs
-            with open(log_path, "w") as log:
-                # without token authentication, which the workers' drivers would need the token for: a cluster of
-                # this machine's tests, for the session
-                keeper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ray_keeper.py")), str(state),
-                                           str(free_port()), os.environ["ZIMAGE_TEST_OWNER_PID"]],
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                          env=dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS=""))
-            deadline = time.monotonic() + 180
-            while not state.exists():
-                assert keeper.poll() is None and time.monotonic() < deadline, \
-                    f"the test cluster did not start: {log_path.read_text()[-3000:]}"
-                time.sleep(0.1)
-    cluster = json.loads(state.read_text())
-    ray.init(address=cluster["address"], logging_level="WARNING",
-             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
-    yield cluster["url"]
-    ray.shutdown()  # this worker's connection: the cluster stays for the others
-
-
-def shared_app(serve_cluster: str, name: str, config) -> str:
-    """The session's app ``name``, deployed by the first worker to ask (``config()``: its config); its base URL."""
-    from ray import serve
-
-    with _only_one(f"app-{name}"):
-        if name not in serve.status().applications:
-            return deploy(serve_cluster, name, config())
-    return f"{serve_cluster}/{name}"
-
-
 # an app whose tests are not about the CPU encoders: its generator encodes the prompts, and no PromptEncoder replica
 # is started (serving/builder.py), one process less to import torch for on the 2 cores
 GENERATOR_ENCODES = {"encode_on": "gpu"}
@@ -332,24 +220,6 @@ def tiny_app_config(tiny_path, **overrides) -> dict:
         else:
             config[key] = value
     return config
-
-
-def deploy(serve_cluster: str, name: str, config: dict, app=None) -> str:
-    """Deploy the real application (or ``app``, built from ``config`` otherwise) under /name; its base URL."""
-    from ray import serve
-
-    from zimage_serve.app import build_app
-
-    serve.run(app if app is not None else build_app(config), name=name, route_prefix=f"/{name}", blocking=False)
-    return f"{serve_cluster}/{name}"
-
-
-def undeploy(name: str) -> None:
-    """Delete a test app without waiting for its replicas to stop (each delete waited 2-3 s for Serve's
-    graceful-shutdown loop): their CPUs and logical GPUs come back while the next test runs."""
-    from ray import serve
-
-    serve.delete(name, _blocking=False)
 
 
 @pytest.fixture(scope="session")
@@ -385,8 +255,8 @@ def keyed_app(serve_cluster, tiny_path):
     """An app that needs API keys (two, in a keys file, new each session): its base URL and the keys."""
     import secrets
 
-    path = _shared() / "keys.txt"
-    with _only_one("keys"):
+    path = shared_dir() / "keys.txt"
+    with only_one("keys"):
         if not path.exists():
             keys = (f"secret-{secrets.token_hex(8)}", f"secret-{secrets.token_hex(8)}")
             path.write_text(f"# ops\n{keys[0]}\n  # a comment, not a key\n\n{keys[1]}\n")

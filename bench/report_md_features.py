@@ -1,0 +1,302 @@
+"""BENCHMARKS.md's sections of the features added after text-to-image, from bench/report_features.py's parts of
+the summary (bench/report_md.py renders the engine's and serving's)."""
+
+from __future__ import annotations
+
+from bench.report_md import said, short
+
+
+def render_edits(x: dict) -> str:
+    """The image-edits section (bench/steps/edits.py), from its own run: another device than the sections above."""
+    env, st, o, c, p, p0 = (x["environment"], x["stock"], x["ours"], x["encode_on_cpu_run41"], x["profile_run44"],
+                            x["profile_run43"])
+    met = lambda ok: "met" if ok else "not met"
+    stages = lambda ms: ", ".join(f"{k} {v}" for k, v in ms.items())
+    return f"""
+## Image edits ({x['run']}: {short(said(env['gpu']))}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])})
+
+`python3 bench/run.py build edits` (`bench/steps/edits.py`), in one device command: full-size random weights,
+1024² input and output, 8 steps, a centre-square mask. Stock diffusers: `ZImagePipeline.from_pretrained(bf16)`
+all on the GPU, `ZImageImg2ImgPipeline` / `ZImageInpaintPipeline` built from its components (as
+../shared/gpu/stock_features.py does), end to end from the prompt to PNG bytes, median of 5. Ours: the Serve
+app over HTTP, `POST /v1/images/edits` as the openai client sends it (multipart, the 1024² PNG uploaded),
+one request in flight, median of 10, with serve_config.yaml's generator (resident plan, compiled, CUDA graphs,
+`encode_on: auto`, 2 CPUs for its PNG threads). Mixed traffic: 64 requests from 16 clients, generations alone, then a quarter image to
+image, a quarter inpainting and half generations.
+
+| | stock diffusers | zimage-serve over HTTP | ratio (target) |
+|---|---|---|---|
+| image to image, strength 0.6 (5 transformer calls) | {st['img2img_p50_s']} s | {o['img2img_http_p50_s']} s | **{x['img2img_ratio']}** (≤ 0.75: {met(x['img2img_ratio'] <= 0.75)}) |
+| inpainting, strength 1.0 (8 calls) | {st['inpaint_p50_s']} s | {o['inpaint_http_p50_s']} s | **{x['inpaint_ratio']}** (≤ 0.75: {met(x['inpaint_ratio'] <= 0.75)}) |
+| text to image in the same run, for reference | | {o['generate_http_p50_s']} s | |
+| throughput, 16 clients: generations alone / mixed | | {o['generations_throughput_img_s']} / {o['mixed_throughput_img_s']} img/s | **{x['mixed_throughput_ratio']}** (≥ 0.9: {met(x['mixed_throughput_ratio'] >= 0.9)}) |
+
+Where an image-to-image edit's time goes ({x['run']}, `Server-Timing` of the response, medians in ms):
+{stages(o['img2img_server_timing_p50_ms'])}. `queue` runs from admission to the GPU batch: the upload's decode
+and the prompt's encoding on the idle GPU, side by side (the ingress asks the generator for the embeddings before
+it decodes the upload). In-process on the engine (`python3 bench/run.py build edits_profile`, run44): the edit
+{p['img2img_0.6_generate_s']} s against text to image with the same 5 transformer calls {p['t2i_5_steps_generate_s']} s (run43, before the changes:
+{p0['img2img_0.6_generate_s']} s against {p0['t2i_5_steps_generate_s']} s); the PNG decode of the 2.3 MB upload {p['upload_decode_s']} s, the pipeline's
+preprocess {p['preprocess_s']} s, the VAE encode {p['vae_encode_eager_s']} s with its fused norms ({p0['vae_encode_s']} s unfused, run43;
+compiling them gained nothing: {p['vae_encode_s']} s, so they run eagerly).
+
+The same step after each change (stock diffusers' own figure moves between runs on this machine, from
+{min(h['stock_img2img_p50_s'] for h in x['history'])} to {max(h['stock_img2img_p50_s'] for h in x['history'])} s; its reference figure on 2026-12-02 was 0.962 s, against which
+{o['img2img_http_p50_s']} s would be {round(o['img2img_http_p50_s'] / 0.962, 3)}; each ratio is against the stock figure of its own run):
+
+| run | change | stock img2img | ours | img2img ratio | inpaint ratio | mixed throughput |
+|---|---|---|---|---|---|---|
+""" + "".join(f"| {h['run']} | {h['change']} | {h['stock_img2img_p50_s']} s | {h['img2img_http_p50_s']} s | {h['img2img_ratio']} | "
+              f"{h['inpaint_ratio']} | {h['mixed_throughput_ratio']} |\n" for h in x['history']) + f"""
+With the prompt always on the CPU encoders (`BENCH_ENCODE_ON=cpu`, run41, before these changes) image to image
+took {c['img2img_http_p50_s']} s (ratio {c['img2img_ratio']}): the idle GPU encoding a lone request's prompt is most of the gain.
+"""
+
+
+def render_lora(x: dict) -> str:
+    """The LoRA section (bench/steps/lora.py), from its own run."""
+    env, s, f, e = x["environment"], x["step"], x["float32_slots_run47"], x["engine"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    h = x.get("http")
+    over_http = "" if not h else f"""
+### Over HTTP ({x['run']}: {said(env['gpu'])}, {said(env['date'])}; the keys in latest.json's `lora`)
+
+`python3 bench/run.py build lora_http` (`bench/steps/lora.py` `lora_http`): the Serve app with serve_config.yaml's
+generator (one replica; fused, compiled, CUDA graphs, `encode_on: auto`), first without adapters (the base), then
+serving 4 rank-{h['rank']} adapters; `POST /v1/images/generations` at 1024², 8 steps, a new prompt each request; one in
+flight, median of 20; then 64 requests from 16 clients.
+
+| | seconds | ratio | target |
+|---|---|---|---|
+| base, an app without adapters (p50) | {h['base_p50_s']} | 1 | |
+| base, on the app with adapters (the slots at scale 0) | {h['slots_base_p50_s']} | {h['slots_base_p50_ratio']} | |
+| an adapter (`p50_ratio`) | {h['adapter_p50_s']} | **{h['p50_ratio']}** | 1.05: {'met' if h['p50_ratio'] <= 1.05 else '**not met**'} |
+| first request for an adapter the replica does not hold (`cold_adapter_extra_s`: over the adapter's p50) | {h['cold_adapter_s']} | +{h['cold_adapter_extra_s']} s | 1.5 s |
+| two held adapters alternating (`switch_s`: p50 over the adapter's) | {h['alternating_p50_s']} | +{h['switch_s']} s | 0.05 s |
+| throughput, 16 clients: the base alone / 4 adapters round-robin (`mixed_throughput_ratio`) | {h['base_throughput_img_s']} / {h['round_robin_throughput_img_s']} img/s | **{h['mixed_throughput_ratio']}** | 0.9 |
+| recompiles after warm-up (`recompiles`, counted on the engine, {e['run']}) | {x['recompiles']} | | 0 |
+
+Over HTTP an adapter costs what it costs on the engine (below): {h['p50_ratio']}x against {e['p50_ratio']}x, as the LoRA slots run in
+every targeted layer; base requests on a replica that serves adapters pay it too ({h['slots_base_p50_ratio']}x). Stock
+diffusers was not run over HTTP: its peft path, measured on the engine in the same run as ours, is in the table below
+(ours with the adapter took {s['ours_vs_stock_adapter']}x its time).
+"""
+    return f"""
+## LoRA adapters ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])})
+{over_http}
+### On the engine ({e['run']})
+
+`python3 bench/run.py build lora` (run47), then `python3 bench/run.py lora` on the same warm machine ({e['run']}), each
+step in one process (`bench/steps/lora.py`): full-size random weights,
+a rank-{s['rank']} adapter written by `make-lora` on attention and feed-forward of every block, 1024², 8 steps,
+batch 1, the **engine's denoise** (compiled, fused projections; no CUDA graphs), the same prompt embeddings.
+
+| | seconds | ratio |
+|---|---|---|
+| base, engine without LoRA slots | {s['base_no_slots_denoise_s']} | 1 |
+| base, engine with slots (every scale 0) | {s['slots_base_denoise_s']} | {s['slots_base_denoise_s'] / s['base_no_slots_denoise_s']:.3f} |
+| adapter through the slots | {s['adapter_denoise_s']} | **{e['p50_ratio']}** (target 1.05: not met) |
+| 4 adapters round-robin, per image (base / this) | {s['round_robin_denoise_s']} | **{e['mixed_throughput_ratio']}** (target 0.9) |
+| cold adapter: file (page cache) to the GPU | {s['cold_adapter_load_s']} | target 1.5 |
+| switch between two held adapters (median of 20) | {s['switch_s']} | target 0.05 |
+| recompiles after warm-up, 4 adapters and the base | {s['recompiles_after_warmup']} | target 0 |
+| stock diffusers, base (uncompiled) | {s['stock_base_denoise_s']} | |
+| stock `load_lora_weights` (peft wrappers) | {s['stock_load_lora_s']} | |
+| stock `set_adapters` between two | {s['stock_set_adapters_s']} | |
+| stock with the adapter (peft, unfused) | {s['stock_adapter_denoise_s']} | {s['stock_p50_ratio']} of stock's base |
+| ours with the adapter / stock with it | | **{s['ours_vs_stock_adapter']}** |
+
+The slots compute in the model's dtype on the GPU (bf16). Computed in float32 as peft does (run47), the adapter cost
+{f['p50_ratio']}x the base ({f['adapter_denoise_s']} s: the input cast to float32 and matmuls without tensor cores in every
+targeted layer). The remaining {e['p50_ratio']}x is the slots' two small matmuls per layer, paid by base requests too
+on a replica that serves adapters (a replica with no adapters configured makes no slots).
+"""
+
+
+def render_controlnet(x: dict) -> str:
+    """The ControlNet section (bench/steps/controlnet.py), from its own run."""
+    env, s = x["environment"], x["step"]
+    st, ours = s["stock"], s["ours"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    card = x.get("card_24gib")
+    card_part = "" if not card else f"""
+### On a 24 GiB card ({card['run']}: `python3 bench/run.py build controlnet_24`)
+
+Another process holds all of the H200's memory but 24 GiB (../shared/gpu/hold_memory.py's method; compute stays the
+H200's). The engine makes its plan there with serve_config.yaml's generator options, warms up as a replica does
+({card['warmup_s']} s), then makes a control image and a plain one in process, PNG bytes included, prompts encoded
+off the GPU as this plan says (not timed), median of 5:
+
+```
+{card['plan']}
+```
+
+| | seconds |
+|---|---|
+| a control image | {card['controlnet_p50_s']} |
+| a plain image | {card['plain_p50_s']} |
+| peak allocated | {card['peak_allocated_gib']} GiB of the 24 |
+
+The plan leaves no room for CUDA graphs there (speed-ups: {', '.join(f'{k}: {v}' for k, v in card['speedups'].items())}).
+Stock diffusers all on the GPU needs {st['controlnet_peak_gib']} GiB with the text encoder (above): it does not fit.
+"""
+    return f"""
+## ControlNet ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}, diffusers {said(env['diffusers'])}; the keys in latest.json's `controlnet`)
+
+`python3 bench/run.py build controlnet` (`bench/steps/controlnet.py`): a full-size random Union-2.1 ControlNet
+(15 control layers at 0, 2, ..., 28, control noise refiner, 33 control channels; {st['controlnet_params'] / 1e9:.2f} B
+parameters, the single .safetensors file as published, written by `testing/controlnet.py`), 1024², 8 steps, a
+1024² control map. Stock: `ZImagePipeline.from_pretrained` (bf16, on the GPU) with
+`ZImageControlNetModel.from_single_file` and `ZImageControlNetPipeline`, end to end from the prompt to a PNG's bytes,
+median of 5. Ours: the Serve app with serve_config.yaml's generator and `controlnet:` set, `POST
+/v1/images/generations` with `control_image` (base64 PNG), one in flight, median of 10.
+
+| | stock | ours over HTTP | ratio | target |
+|---|---|---|---|---|
+| a control request (`p50_ratio`) | {st['controlnet_p50_s']} s | {ours['controlnet_http_p50_s']} s | **{x['p50_ratio']}** | 0.75: {'met' if x['p50_ratio'] <= 0.75 else '**not met**'} |
+| a plain generation | {st['plain_p50_s']} s | {ours['plain_http_p50_s']} s | {ours['plain_http_p50_s'] / st['plain_p50_s']:.3f} | |
+| the control's extra (`extra_over_plain_s`) | +{s['stock_extra_over_plain_s']} s | **+{x['extra_over_plain_s']} s** | | |
+| peak VRAM (`peak_vram_gib`: ours as served, the replica's peak allocated with its warm-up at batch 1 and 2) | {st['controlnet_peak_gib']} GiB | **{x['peak_vram_gib']} GiB** | | |
+
+Ours, per stage (Server-Timing p50, ms): control {ours['controlnet_server_timing_p50_ms']}; plain
+{ours['plain_server_timing_p50_ms']}. The replica's speed-ups: {', '.join(f'{k}: {v}' for k, v in s['speedups'].items())}.
+The ControlNet's blocks run fused and compiled as one graph for all 17 (`model/optim/control_blocks.py`); during a
+control batch the transformer's block stacks run block by block (the hints are added between blocks), not from
+their CUDA graphs. Deploying the app took {s['deploy_s']} s (the generator's load and warm-up {s['load_seconds']} s,
+with the ControlNet's path warmed too).
+{card_part}"""
+
+
+def render_cards(summary: dict) -> str:
+    """The small-cards section (bench/steps/cards.py)."""
+    meta, c8 = summary["cards_run"], summary["cards_fp8"]
+    env = meta["environment"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    target = {("cards", "12"): 1.25, ("cards", "8"): 1.6, ("cards_fp8", "12"): 0.9, ("cards_fp8", "8"): 1.1}
+
+    def row(key, gib, r):
+        if r.get("error"):
+            return f"| {gib} GiB | {r.get('plan')} {r.get('weights')} | | | | | {r['error'].splitlines()[0]} |"
+        split = f", {r['blocks_resident']} resident / {r['blocks_streamed']} streamed" if r.get("blocks_streamed") else ""
+        t = target.get((key, gib))
+        verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
+        note = f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("run") else ""
+        return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
+                f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "
+                f"{r['denoise_ratio_to_resident']}) |{note} |")
+
+    rows = "\n".join(row("cards", g, r) for g, r in summary["cards"].items())
+    rows8 = "\n".join(row("cards_fp8", g, r) for g, r in c8.items())
+    stock = meta.get("stock", {})
+    stock_rows = "\n".join(
+        f"| {gib} GiB | {recipe} | " + (f"{r['e2e_s']} s, peak {r['peak_allocated_gib']} GiB ({r['note']})" if "e2e_s" in r
+                                       else r.get("error", "")[:60]) + " |"
+        for gib, recipes in stock.items() if isinstance(recipes, dict) for recipe, r in recipes.items())
+    return f"""
+## Small cards ({meta['run']}: {said(env['gpu'])}, {said(env['date'])}; the keys in latest.json's `cards` and `cards_fp8`)
+
+`python3 bench/run.py build cards` (`bench/steps/cards.py`): another process holds all of the H200's memory but the
+card's (../shared/gpu/hold_memory.py's method: compute and bandwidth stay the H200's, so compare the ratios); each
+configuration in a fresh process plans for what it sees free, loads, warms up as a replica does (serve_config's
+speed-ups: fused, compiled, CUDA graphs where the plan has room), then makes 6 images at 1024², 8 steps, the
+median of the last 5; the prompt's embeddings are made on the CPU beforehand (these plans encode on the CPU
+encoders), so e2e is denoise + decode + PNG. `peak` is what nvidia-smi showed for the process (its CUDA context
+included), and the share of the card it used.
+
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
+|---|---|---|---|---|---|---|
+{rows}
+
+FP8 weights as the memory plan (`generator.fp8: auto`):
+
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
+|---|---|---|---|---|---|---|
+{rows8}
+
+The 16 GiB card's resident plan (estimated peak 14.23 GiB) ran out of memory in its warm-up in {meta['run']} with
+PyTorch's default allocator; with expandable segments it served at 0.95 s ({c16_run(summary)}). GPU processes now set
+`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` unless the user set it (`model/machine.py`); the other cards ran
+with the default allocator. The partial plans stream their last main blocks through two GPU buffers
+(`model/optim/streamer.py`) while the resident blocks compute; at 8 GiB in bf16, 22 of 30 blocks stream and the
+copies (7.4 GiB a step) are not hidden: 1.624x, just over the 1.6 target. FP8 weights halve what streams, and make
+the 12 GiB card fully resident, faster than bf16 resident on the large card (FP8 matmuls).
+
+Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
+one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
+
+| card | recipe | e2e |
+|---|---|---|
+{stock_rows}
+"""
+
+
+def c16_run(summary: dict) -> str:
+    return summary["cards"].get("16", {}).get("run", "")
+
+
+def render_streaming(x: dict) -> str:
+    """The streaming section (bench/steps/streaming.py), from its own run."""
+    env, s = x["environment"], x["step"]
+    said = lambda field: field["value"] if isinstance(field, dict) else field
+    return f"""
+## Streaming with previews ({x['run']}: {said(env['gpu'])}, {said(env['date'])}, torch {said(env['torch'])}; the keys in latest.json's `streaming`)
+
+`python3 bench/run.py build streaming` (`bench/steps/streaming.py`): the Serve app with serve_config.yaml's generator
+(one replica, {s['size']}, 8 steps, compiled, CUDA graphs), requests to `/v1/images/generations` streamed with
+`partial_images: {s['partial_images']}` (previews from the latents' clean estimate projected to RGB, PNG, a quarter
+of the image's side; no VAE decode) against the same requests not streamed, in the same run:
+
+| | not streamed | streamed, {s['partial_images']} previews |
+|---|---|---|
+| throughput, 64 requests from 16 clients (two rounds, interleaved) | {', '.join(map(str, s['plain_throughput_img_s']))} img/s | {', '.join(map(str, s['streamed_throughput_img_s']))} img/s |
+| one request in flight: the image (p50 of 15) | {s['plain_p50_s']} s | {s['streamed_p50_s']} s |
+| one request in flight: the first preview (p50 of 15) | | {s['first_preview_s']} s |
+
+`preview_throughput_ratio` {x['preview_throughput_ratio']} (streamed over not streamed; the target was >= 0.95),
+`first_preview_s` {x['first_preview_s']}. Not measured: previews on the partial (streamed-block) and offload plans,
+where the GPU's step is longer and the previews' share smaller; the jobs API's overhead (it runs the same calls).
+"""
+
+
+def _scaleout_rows(x: dict) -> str:
+    stages = lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
+    st = x["stages"]
+    return f"""| | seconds |
+|---|---|
+| app start to /readyz 200, cold node / warm node (`app_ready_cold_s` / `app_ready_warm_s`) | {x['app_ready_cold_s']} / {x['app_ready_warm_s']} |
+| the generator's own start, cold / warm | {(st['cold_start'] or {}).get('total_s')}: {stages(st['cold_start'])} / {(st['warm_start'] or {}).get('total_s')}: {stages(st['warm_start'])} |
+| a generator replica SIGKILLed under light load: the replacement ready (`replica_ready_s`) / the first image after the kill | {x['replica_ready_s']} / {x['first_image_after_kill_s']} ({x['lost']} of {x['requests']} requests lost) |
+| the replacement's own start | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} |
+| `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |
+| the replica it started | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} |
+"""
+
+
+def render_scaleout(gpu: dict | None, cpu: dict | None) -> str:
+    """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, and the same
+    steps on a CPU machine with the tiny checkpoint."""
+    how = """The steps (`bench/steps/scaleout.py`) start the production app as a user does (`zimage-serve serve --config` on
+serve_config.yaml, full-size random weights, the jobs API off, only our dependencies importable and bytecode kept,
+as in our image): `scaleout_cold` on a cold node (empty compile and weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the
+checkpoint dropped from the page cache), `scaleout` on the warm node it left, SIGKILLing the generator replica under
+light load, and `scaleout_zero` with `min_replicas: 0`. Each start's stages are the generator's own report
+(`/readyz`'s `start`, model/startup.py). `startup_profile` adds import times by module and the transformer's weights
+read to the GPU as safetensors does and as model/prefetch.py does, alone and beside the imports."""
+    out = "\n## Scale-out and scale from zero (issue 23)\n\n" + how + "\n"
+    if gpu:
+        out += f"\nOn the GPU machine ({', '.join(gpu['runs'])}; the keys in latest.json's `scaleout`):\n\n" + _scaleout_rows(gpu)
+    else:
+        out += """
+**Not measured on a GPU yet**: no device was lent to the session that wrote these steps. The device command to run:
+`python3 bench/run.py build startup_profile scaleout_cold scaleout scaleout_zero` (split after scaleout_cold if it
+nears 10 minutes; scaleout needs the node scaleout_cold left). Until then the targets (a replica serving <= 10 s
+after its process starts, the app ready <= 30 s on a warm node, the first request from zero <= 20 s) are unmeasured.
+"""
+    if cpu:
+        out += f"""
+The same steps on this CPU machine ({cpu['machine']}, {cpu['date']}; `{cpu['command']}`), the tiny checkpoint on
+the CPU: the code paths and Serve's own delays, not the GPU's times (the bench step's smoke test; latest.json's
+`scaleout_cpu_smoke`):
+
+""" + _scaleout_rows(cpu)
+    return out
