@@ -31,8 +31,13 @@ from filelock import FileLock
 _FAILED = pytest.StashKey[bool]()
 
 
-def free_port() -> int:
+def runtime_env() -> dict:
+    """The session's Ray jobs' runtime env (the keeper's and each worker's): the test cache, the CPU."""
+    return {"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}}
 
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -63,9 +68,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    log = Path(os.environ.get("ZIMAGE_TEST_SESSION_DIR", "/nonexistent")) / "ray.log"
-    if not hasattr(config, "workerinput") and exitstatus not in (0, 5) and log.exists():
-        terminalreporter.write_line(f"the session's Ray cluster (its replicas' output): {log}")
+    if not hasattr(config, "workerinput") and config.stash.get(_FAILED, False) and (shared_dir() / "ray.log").exists():
+        terminalreporter.write_line(f"the session's Ray cluster (its replicas' output): {shared_dir() / 'ray.log'}")
 
 
 def pytest_unconfigure(config):
@@ -73,7 +77,7 @@ def pytest_unconfigure(config):
     is removed unless a test failed (its ray.log has the cluster's output, which the failing test did not get)."""
     if hasattr(config, "workerinput") or "ZIMAGE_TEST_SESSION_DIR" not in os.environ:
         return
-    shared = Path(os.environ["ZIMAGE_TEST_SESSION_DIR"])
+    shared = shared_dir()
     state = shared / "ray.json"
     if state.exists():
         pid = json.loads(state.read_text())["pid"]
@@ -92,10 +96,10 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def serve_cluster():
-    """A real local Ray cluster with Serve's HTTP proxy, one a session, shared by every worker: the first to
-    need it starts the keeper (this module as a script: the machine's real CPUs: the test apps' replicas reserve a tenth of one
-    each, so several apps fit on 2 cores; and 4 logical GPUs to exercise num_gpus placement), which keeps it
-    until pytest_unconfigure. Each worker connects to it as a driver."""
+    """A real local Ray cluster with Serve's HTTP proxy, one a session, shared by every worker: the first to need it
+    starts the keeper (this module as a script), which keeps it until pytest_unconfigure; each worker connects to it
+    as a driver. The machine's real CPUs (the test apps' replicas reserve a tenth of one each, so several apps fit on
+    2 cores), and 4 logical GPUs to exercise num_gpus placement."""
     import ray
 
     state = shared_dir() / "ray.json"
@@ -116,7 +120,7 @@ def serve_cluster():
                 time.sleep(0.1)
     cluster = json.loads(state.read_text())
     ray.init(address=cluster["address"], logging_level="WARNING",
-             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
+             runtime_env=runtime_env())
     yield cluster["url"]
     ray.shutdown()  # this worker's connection: the cluster stays for the others
 
@@ -166,7 +170,7 @@ def main(state_file: str, port: int, owner_pid: int) -> None:
     from ray import serve
 
     ray.init(num_cpus=os.cpu_count(), num_gpus=4, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"ZIMAGE_CACHE_DIR": os.environ["ZIMAGE_CACHE_DIR"], "ZIMAGE_DEVICE": "cpu"}})
+             runtime_env=runtime_env())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     state = Path(state_file)
     tmp = state.with_name(f".{state.name}.tmp")
