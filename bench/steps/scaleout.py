@@ -309,3 +309,35 @@ def scaleout_zero():
     """The app with min_replicas 0: ready with no generator, then the first request's seconds (a replica started
     for it on a warm node)."""
     _run_app("scaleout_zero", {}, min_replicas=0, then=_from_zero)
+
+
+def reader_check():
+    """model/prefetch.py's CUDA reader against diffusers on the full-size checkpoint: the transformer read by
+    WeightReader (fp32 files converted to bf16 on the GPU) and assembled, then ``from_pretrained`` (bf16, on the GPU);
+    every parameter and buffer compared bit for bit, with each way's seconds."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from zimage_serve.model.prefetch import WeightReader, assemble
+    from zimage_serve.model.sources import weight_files
+
+    directory = checkpoint() / "transformer"
+    torch.zeros(1, device="cuda")
+    t = time.perf_counter()
+    reader = WeightReader(weight_files(directory), "cuda", torch.bfloat16)
+    ours = assemble(ZImageTransformer2DModel, ZImageTransformer2DModel.load_config(directory), reader.result())
+    torch.cuda.synchronize()
+    results = {"reader_s": round(time.perf_counter() - t, 2), "reader_threads_s": round(reader.seconds, 2),
+               "bytes": reader.bytes}
+    t = time.perf_counter()
+    stock = ZImageTransformer2DModel.from_pretrained(directory, dtype=torch.bfloat16, device_map={"": "cuda"},
+                                                     use_safetensors=True)
+    torch.cuda.synchronize()
+    results["from_pretrained_s"] = round(time.perf_counter() - t, 2)
+    a, b = ours.state_dict(), stock.state_dict()
+    differ = [k for k in b if k not in a or a[k].dtype != b[k].dtype or a[k].device != b[k].device
+              or not torch.equal(a[k], b[k])]
+    results.update(tensors=len(b), extra=sorted(set(a) - set(b))[:5], differ=len(differ), differ_names=differ[:10],
+                   devices=sorted({str(v.device) for v in a.values()}), dtypes=sorted({str(v.dtype) for v in a.values()}),
+                   equal=not differ and set(a) == set(b))
+    save("reader_check", **results)
