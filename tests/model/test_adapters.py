@@ -188,3 +188,34 @@ def test_fused_projections_and_wider_slots_run_adapters_as_stock_does_up_to_roun
     assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) <= 1
     with pytest.raises(AdapterError, match="needs rank 16"):
         e.load_adapter("huge", str(write_lora(tmp_path / "huge", tiny_source.path, rank=16, seed=6).parent))
+
+
+def test_folded_slots_run_adapters_as_stock_does_up_to_rounding_and_switch_back_exactly(tiny_source, loras, stock):
+    """Folded slots (the update inside the base matmul: what resident CUDA plans use) on a fused transformer: an
+    adapter's image is stock's up to float rounding, the base is the plain model's up to rounding, and switching
+    among adapters and back gives each image again bit for bit (the base's extra columns return to zero)."""
+    from zimage_serve.model.adapters import slot_spec
+    from zimage_serve.model.optim.fusion import fuse_projections
+    from zimage_serve.model.optim.lora_slots import FoldedLoraSlot
+
+    e = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 4)))
+    e.set_progress(False)
+    (plain,) = e.generate([job(e, 4)]).images
+    fuse_projections(e.pipe.transformer)
+    e._install_slots(slot_spec([e.read_adapter("ink", str(loras["ink"]))]), fold=True)
+    assert e.slots.folded and all(isinstance(layer.slot, FoldedLoraSlot) for layer in e.slots.layers.values())
+    assert not any(name.endswith(".base.weight") for name, _ in e.pipe.transformer.named_parameters())  # no copy kept
+    e.load_adapter("ink", str(loras["ink"]))
+    e.load_adapter("oil", str(loras["oil"]))
+    (base,) = e.generate([job(e, 4)]).images
+    assert max_pixel_diff(base, plain) <= 1
+    (ink,) = e.generate([job(e, 3, "ink", 0.8)]).images
+    assert max_pixel_diff(ink, stock_with(stock, "ink", 0.8, 3)) <= 1
+    (oil,) = e.generate([job(e, 3, "oil", 1.5)]).images
+    assert max_pixel_diff(oil, stock_with(stock, "oil", 1.5, 3)) <= 1
+    assert max_pixel_diff(oil, ink) > 0
+    for adapter, scale in [("ink", 2.0), (None, None), ("oil", 0.1), ("ink", 0.8)] * 5:
+        e._use_adapter(GenerationRequest(PROMPT, seed=0, adapter=adapter, adapter_scale=scale))
+    assert max_pixel_diff(e.generate([job(e, 3, "ink", 0.8)]).images[0], ink) == 0
+    assert max_pixel_diff(e.generate([job(e, 4)]).images[0], base) == 0
+    assert max_pixel_diff(e.generate([job(e, 3, "oil", 1.5)]).images[0], oil) == 0

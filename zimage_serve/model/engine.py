@@ -155,14 +155,17 @@ class Engine:
         if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
             speedups["cuda_graphs"] = False
-        install = (lambda transformer: self._install_slots(lora)) if lora is not None else None
+        # LoRA folded into the base matmuls where nothing moves or quantizes the layers afterwards (lora_slots.py)
+        fold = speedups.pop("lora_fold", True) and plan.transformer == "gpu" and not speedups.get("fp8")
+        install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, **speedups)}
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 
             self.speedups.update(accelerate_controlnet(self.controlnet, **{**speedups, "fuse": controlnet_fuse}))
         if self.slots is not None:
-            self.speedups["lora_slots"] = f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
+            self.speedups["lora_slots"] = (f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
+                                           + (", folded" if self.slots.folded else ""))
         if speedups.get("compile") and not plan.vae_tiling:
             self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
             self.compiled_decoder = True
@@ -273,12 +276,12 @@ class Engine:
         if held is not None and self.slots is not None:
             self.slots.forget(held)
 
-    def _install_slots(self, spec) -> None:
+    def _install_slots(self, spec, fold: bool = False) -> None:
         from .optim.lora_slots import install_slots  # only when adapters are used
 
         # the model's dtype: float32 on the CPU (peft's arithmetic, so images equal stock's exactly), bf16 on the
         # GPU, where float32 LoRA cost 1.43x the base denoise (casts and matmuls without tensor cores; bench lora)
-        self.slots = install_slots(self.pipe.transformer, spec, device=self.device, dtype=self.loaded.dtype)
+        self.slots = install_slots(self.pipe.transformer, spec, device=self.device, dtype=self.loaded.dtype, fold=fold)
 
     def _use_adapter(self, request: GenerationRequest, held: "HeldAdapter | None" = None) -> None:
         """The transformer as ``request`` asks: with its adapter (``held``, else the one held by that name) at its
