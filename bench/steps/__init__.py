@@ -47,6 +47,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "cards_expandable": ("bench.steps.cards", "cards", {"bf16_cards": (16,), "fp8_cards": (), "name": "cards_expandable",
                                                         "alloc_conf": "expandable_segments:True"}),
     "reader_check": ("bench.steps.scaleout", "reader_check", {}),
+    "cards_min": ("bench.steps.cards", "cards_min", {}),
     "startup_profile": ("bench.steps.scaleout", "startup_profile", {}),
     "scaleout_cold": ("bench.steps.scaleout", "scaleout_cold", {}),
     "scaleout": ("bench.steps.scaleout", "scaleout", {}),

@@ -206,3 +206,42 @@ def cards_stock():
                 STOCK, gib, args=(recipe, str(checkpoint()), PROMPT), timeout=300)
             save("cards_stock", **results)
     print("CARDS_STOCK", json.dumps(results), flush=True)
+
+
+def cards_min():
+    """The smallest workable card, bf16 and FP8: the planner's minimum (its PlanError at 1 MiB names it), then a card
+    just above it (rounded up to 0.25 GiB, with the CUDA context's 0.5 GiB) and one 0.75 GiB below, each in a fresh
+    process as ``cards`` runs them: the first must serve without running out of memory, the second must refuse with
+    that PlanError, never an OOM."""
+    import math
+
+    from zimage_serve.core.errors import PlanError
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+    from zimage_serve.model.sources import resolve
+
+    from .edits import _production_generator
+
+    _embeds()
+    sizes = sizes_of(resolve(str(checkpoint())))
+    workload = Workload(size(), size(), _production_generator()["max_batch_size"])
+    results: dict = {}
+    for fp8 in ("off", "auto"):
+        try:
+            make_plan(sizes, 2**20, workload, encode_on="cpu", fp8={"off": False}.get(fp8, fp8))
+            smallest = None
+        except PlanError as e:
+            smallest = float(str(e).rsplit("The smallest needs ", 1)[1].split(" GiB")[0])
+        r = results[fp8] = {"planner_smallest_free_gib": smallest}
+        if smallest is None:
+            continue
+        card = math.ceil((smallest + 0.5) * 4) / 4
+        for key, gib in (("at_minimum", card), ("below", card - 0.75)):
+            code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import one; "
+                    f"print('CARD ' + json.dumps(one({gib}, {fp8!r})))")
+            r[key] = _in_a_fresh_process(code, gib)
+            save("cards_min", **results)
+    save("cards_min", **results)
+    print("CARDS_MIN", json.dumps({k: (v.get("planner_smallest_free_gib"), v.get("at_minimum", {}).get("e2e_s"),
+                                       v.get("at_minimum", {}).get("error"), v.get("below", {}).get("error"))
+                                   for k, v in results.items()}), flush=True)
