@@ -1,6 +1,8 @@
 """LoRA adapters on the engine (model/adapters.py, Engine.load_adapter) against stock diffusers' ZImagePipeline +
 load_lora_weights + set_adapters, pixel for pixel on the tiny model, with adapters written by testing/lora.py."""
 
+import weakref
+
 import pytest
 import torch
 from diffusers import ZImagePipeline
@@ -190,7 +192,8 @@ def test_fused_projections_and_wider_slots_run_adapters_as_stock_does_up_to_roun
         e.load_adapter("huge", str(write_lora(tmp_path / "huge", tiny_source.path, rank=16, seed=6).parent))
 
 
-def test_folded_slots_run_adapters_as_stock_does_up_to_rounding_and_switch_back_exactly(tiny_source, loras, stock):
+def test_folded_slots_run_adapters_as_stock_does_up_to_rounding_and_switch_back_exactly(tiny_source, loras, stock,
+                                                                                       monkeypatch):
     """Folded slots (the update inside the base matmul: what resident CUDA plans use) on a fused transformer: an
     adapter's image is stock's up to float rounding, the base is the plain model's up to rounding, and switching
     among adapters and back gives each image again bit for bit (the base's extra columns return to zero)."""
@@ -202,9 +205,20 @@ def test_folded_slots_run_adapters_as_stock_does_up_to_rounding_and_switch_back_
     e.set_progress(False)
     (plain,) = e.generate([job(e, 4)]).images
     fuse_projections(e.pipe.transformer)
+    old = [weakref.ref(m.weight) for name, m in e.pipe.transformer.named_modules()
+           if name.endswith(("to_qkv", "to_out.0", "w13", "w2"))]
+    alive, init = [], FoldedLoraSlot.__init__
+
+    def counting(slot, *args):  # a spy: how many of the old weights are alive as each copy is made
+        alive.append(sum(ref() is not None for ref in old))
+        init(slot, *args)
+
+    monkeypatch.setattr(FoldedLoraSlot, "__init__", counting)
     e._install_slots(slot_spec([e.read_adapter("ink", str(loras["ink"]))]), fold=True)
     assert e.slots.folded and all(isinstance(layer.slot, FoldedLoraSlot) for layer in e.slots.layers.values())
-    assert not any(name.endswith(".base.weight") for name, _ in e.pipe.transformer.named_parameters())  # no copy kept
+    # each base weight is freed once copied, before the next copy: at most one layer's weight is ever doubled
+    assert len(e.slots.layers) == len(old) == 16 and alive == [len(old) - i for i in range(len(old))]
+    assert all(ref() is None for ref in old)
     e.load_adapter("ink", str(loras["ink"]))
     e.load_adapter("oil", str(loras["oil"]))
     (base,) = e.generate([job(e, 4)]).images

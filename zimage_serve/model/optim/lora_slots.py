@@ -244,18 +244,22 @@ def install_slots(transformer: nn.Module, spec: SlotSpec, device, dtype: torch.d
     Raises ValueError naming a layer the transformer does not have."""
     targets = set(spec.modules)
     layers: dict[str, _Layer] = {}
-    modules = dict(transformer.named_modules())
-    for parent_name, child_name, layer in list(_linears(transformer)):
+    # by name, so that no reference outlives its layer: a folded layer's old weight is freed before the next copy
+    for parent_name, child_name in [(p, c) for p, c, _ in _linears(transformer)]:
         names = _part_names(parent_name, child_name, FUSED_PARTS.get(child_name))
         if not targets.intersection(names):
             continue
+        parent = transformer.get_submodule(parent_name)
+        layer = getattr(parent, child_name)
+        layer = layer.base if isinstance(layer, LoraSlot) else layer
         if fold:
             slot = FoldedLoraSlot(layer, len(names), spec.rank)
         else:
             slot = LoraSlot(layer, layer.in_features, layer.out_features, len(names), spec.rank, dtype, device)
-        setattr(modules[parent_name], child_name, slot)
+        setattr(parent, child_name, slot)
         layers[f"{parent_name}.{child_name}" if parent_name else child_name] = _Layer(
-            slot, names, layer.out_features // len(names))
+            slot, names, slot.out_features // len(names) if fold else layer.out_features // len(names))
+        del layer
         targets.difference_update(names)
     if targets:
         raise ValueError(f"the transformer has no layer {sorted(targets)[0]!r} ({len(targets)} missing)")
