@@ -177,7 +177,8 @@ def lora_http(rank: int = 32):
     from ray import serve
 
     info = serve.get_deployment_handle("Generator", app_name="zimage").info.remote().result()
-    out.update(speedups=info["speedups"], plan=info["plan"], adapter_stats=info.get("adapter_stats"))
+    out.update(speedups=info["speedups"], plan=info["plan"], adapter_stats=info.get("adapter_stats"),
+               recompiles=info.get("compiles_since_ready"))  # after the warm-up: every request's, switches among them
     _stop()
     out["p50_ratio"] = round(out["adapter_p50_s"] / out["base_p50_s"], 3)
     out["slots_base_p50_ratio"] = round(out["slots_base_p50_s"] / out["base_p50_s"], 3)

@@ -82,6 +82,13 @@ def compile_seconds() -> float:
     return float(sum(utils.compilation_time_metrics.get("_compile.compile_inner", ())))
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made (or loaded from its cache) in this process, Dynamo's count; 0 when nothing
+    compiled. One made after the warm-up is a recompile a request waited for."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return 0 if utils is None else int(utils.counters["stats"].get("unique_graphs", 0))
+
+
 @dataclass
 class Started:
     """What :func:`start_engine` made: the engine, and the adapters and ControlNet it checked on the way."""

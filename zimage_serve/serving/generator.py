@@ -72,7 +72,7 @@ class Generator:
     def _load(self) -> None:
         """Load as the config says, stage by stage (model/startup.py; /readyz and the metrics report them)."""
         from ..model.planner import Workload  # in the replica: importing the deployment loads no torch
-        from ..model.startup import start_engine, warm_up
+        from ..model.startup import compiled_graphs, start_engine, warm_up
 
         opts = self.config.generator
         t0 = time.perf_counter()
@@ -93,6 +93,7 @@ class Generator:
                 warm = warm_up(engine, workload.width, workload.height, sorted({1, min(2, opts.max_batch_size)}))
             self.start.details.update(warmup_compile_s=warm.compile_s, warmup_cuda_graph_capture_s=warm.cuda_graph_capture_s,
                                       warmup_calls=str(warm.calls))
+        self.graphs_when_ready = compiled_graphs()  # /readyz reports those made since: recompiles requests waited for
         self.engine, self.load_seconds = engine, time.perf_counter() - t0
         metrics.set_plan(engine.plan)
         metrics.set_start(self.start.finish().report())
@@ -164,12 +165,16 @@ class Generator:
         """Readiness, the plan in force, and where this replica runs."""
         if self.engine is None:
             return {"ready": False, "reason": self.reason, **self._adapters_info(), **self._start_info()}
+        from ..model.startup import compiled_graphs  # (loaded by _load already)
+
         e = self.engine
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
-                "prompts_encoded": self.prompts_encoded, **self._adapters_info(), **self._controlnet_info(),
+                "prompts_encoded": self.prompts_encoded,
+                "compiles_since_ready": compiled_graphs() - self.graphs_when_ready, **self._adapters_info(),
+                **self._controlnet_info(),
                 **self._start_info()}
 
     def _start_info(self) -> dict:
