@@ -233,3 +233,20 @@ def test_folded_slots_run_adapters_as_stock_does_up_to_rounding_and_switch_back_
     assert max_pixel_diff(e.generate([job(e, 3, "ink", 0.8)]).images[0], ink) == 0
     assert max_pixel_diff(e.generate([job(e, 4)]).images[0], base) == 0
     assert max_pixel_diff(e.generate([job(e, 3, "oil", 1.5)]).images[0], oil) == 0
+    # a switch that fails part-way (as running out of memory would) leaves no adapter named as running: the next
+    # request for the one before it writes it again instead of running on half of the other's matrices
+    from zimage_serve.model.optim import lora_slots
+
+    real, calls = lora_slots._scales, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(lora_slots, "_scales", failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        e._use_adapter(GenerationRequest(PROMPT, seed=0, adapter="ink", adapter_scale=0.8))
+    monkeypatch.setattr(lora_slots, "_scales", real)
+    assert max_pixel_diff(e.generate([job(e, 3, "oil", 1.5)]).images[0], oil) == 0

@@ -115,3 +115,18 @@ def test_a_dtype_it_does_not_read_is_left_to_diffusers(tmp_path):
     save_file({"x": torch.zeros(3, dtype=torch.uint32)}, path)
     with pytest.raises(Unsupported, match="U32"):
         WeightReader([path], "cpu")
+
+
+def test_the_loaded_model_alone_holds_the_weights_read(tiny_source):
+    """The reader hands its tensors over once: a loaded model's rewrites (fused projections, LoRA slots, FP8) free
+    what they replace then, instead of a second copy living as long as the reader (the replica's whole start)."""
+    from zimage_serve.model import loader
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+
+    plan = make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1))
+    read = loader.start_reading(tiny_source, plan, "cpu", "float32")
+    loaded = loader.load(tiny_source, plan, "cpu", "float32", with_text_encoder=False, transformer=read)
+    assert read.reader.result() == {}
+    pointers = {p.data_ptr() for p in loaded.pipe.transformer.parameters()}
+    assert len(pointers) == sum(1 for _ in loaded.pipe.transformer.parameters())  # read, not copied by diffusers

@@ -282,6 +282,8 @@ class Engine:
         # the model's dtype: float32 on the CPU (peft's arithmetic, so images equal stock's exactly), bf16 on the
         # GPU, where float32 LoRA cost 1.43x the base denoise (casts and matmuls without tensor cores; bench lora)
         self.slots = install_slots(self.pipe.transformer, spec, device=self.device, dtype=self.loaded.dtype, fold=fold)
+        if fold and self.device.type == "cuda":  # the base weights replaced: their blocks back to the GPU, not cached
+            torch.cuda.empty_cache()
 
     def _use_adapter(self, request: GenerationRequest, held: "HeldAdapter | None" = None) -> None:
         """The transformer as ``request`` asks: with its adapter (``held``, else the one held by that name) at its

@@ -92,11 +92,14 @@ class WeightReader:
         self._tensors.clear()
 
     def result(self) -> dict[str, torch.Tensor]:
+        """The tensors read, handed over once: the reader keeps no reference, so that what the model's later
+        rewrites replace (fused projections, LoRA slots, FP8) is freed then, not when the reader goes."""
         for t in self._threads:
             t.join()
         if self._error is not None:
             raise self._error
-        return self._tensors
+        tensors, self._tensors = self._tensors, {}
+        return tensors
 
     def _next(self) -> _Entry | None:
         with self._lock:
