@@ -81,11 +81,14 @@ def streaming(s: dict) -> dict:
             "step": {k: v for k, v in s.items() if not k.startswith("_")}}
 
 
-def scaleout(cold: dict | None, warm: dict | None, zero: dict | None) -> dict:
+def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: dict | None = None) -> dict:
     """Issue 23's keys from the scaleout_cold, scaleout and scaleout_zero steps (bench/steps/scaleout.py): the app's
     start on a cold and a warm node, a killed replica's replacement, the first request from zero; each start's
-    stages (model/startup.py) beside its figure. A step not run gives None."""
+    stages (model/startup.py) beside its figure; the weights reader checked against diffusers (``reader``, the
+    reader_check step). A step not run gives None."""
     cold, warm, zero = cold or {}, warm or {}, zero or {}
+    checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
+        if reader else {}
     return {"app_ready_cold_s": cold.get("app_ready_s"), "app_ready_warm_s": warm.get("app_ready_s"),
             "replica_ready_s": warm.get("replica_ready_s"), "first_image_after_kill_s": warm.get("first_image_after_kill_s"),
             "lost": warm.get("lost"), "requests": warm.get("requests"),
@@ -93,7 +96,7 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None) -> dict:
             "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
             "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
                        "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
-            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})}
+            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x}), **checked}
 
 
 def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
