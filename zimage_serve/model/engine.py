@@ -156,7 +156,7 @@ class Engine:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
             speedups["cuda_graphs"] = False
         # LoRA folded into the base matmuls where nothing moves or quantizes the layers afterwards (lora_slots.py)
-        fold = speedups.pop("lora_fold", True) and plan.transformer == "gpu" and not speedups.get("fp8")
+        fold = plan.transformer == "gpu" and not speedups.get("fp8")
         install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, **speedups)}
         if self.controlnet is not None and plan.controlnet == "gpu":

@@ -66,8 +66,9 @@ class LoraSlot(nn.Module):
 
 class FoldedLoraSlot(nn.Module):
     """A base Linear layer and the active adapter's update in one matmul (see the module's docstring). Its
-    ``weight`` is the base's with ``parts x rank`` zero columns appended (the base's own is freed); ``lora_b`` is a
-    view of those columns, which :class:`LoraSlots` fills with the scaled matrices."""
+    ``weight`` is the base's with ``parts x rank`` zero columns appended, the row padded to a multiple of 8 (the
+    base's own is freed); ``lora_b`` is a view of those columns, which :class:`LoraSlots` fills with the scaled
+    matrices."""
 
     def __init__(self, base: nn.Linear, parts: int, rank: int):
         super().__init__()
@@ -267,7 +268,7 @@ def install_slots(transformer: nn.Module, spec: SlotSpec, device, dtype: torch.d
             slot = LoraSlot(layer, layer.in_features, layer.out_features, len(names), spec.rank, dtype, device)
         setattr(parent, child_name, slot)
         layers[f"{parent_name}.{child_name}" if parent_name else child_name] = _Layer(
-            slot, names, slot.out_features // len(names) if fold else layer.out_features // len(names))
+            slot, names, layer.out_features // len(names))
         del layer
         targets.difference_update(names)
     if targets:
