@@ -209,7 +209,7 @@ def cards_stock():
 
 
 def cards_min():
-    """The smallest workable card, bf16 and FP8: the planner's minimum (its PlanError at 1 MiB names it), then a card
+    """The smallest workable card, bf16 and FP8: the planner's minimum (its PlanError at 1 MiB says it), then a card
     just above it (rounded up to 0.25 GiB, with the CUDA context's 0.5 GiB) and one 0.75 GiB below, each in a fresh
     process as ``cards`` runs them: the first must serve without running out of memory, the second must refuse with
     that PlanError, never an OOM."""
@@ -231,7 +231,7 @@ def cards_min():
             make_plan(sizes, 2**20, workload, encode_on="cpu", fp8={"off": False}.get(fp8, fp8))
             smallest = None
         except PlanError as e:
-            smallest = float(str(e).rsplit("The smallest needs ", 1)[1].split(" GiB")[0])
+            smallest = e.smallest_gib
         r = results[fp8] = {"planner_smallest_free_gib": smallest}
         if smallest is None:
             continue

@@ -65,7 +65,12 @@ class AdapterError(InvalidInput):
 
 
 class PlanError(ZImageError):
-    """No staging plan fits the GPU for the asked workload."""
+    """No staging plan fits the GPU for the asked workload. ``smallest_gib``: what the smallest plan tried needs,
+    where the error is that none fitted (None otherwise)."""
+
+    def __init__(self, message: str, *, smallest_gib: float | None = None):
+        super().__init__(message)
+        self.smallest_gib = smallest_gib
 
 
 class Overloaded(ZImageError):

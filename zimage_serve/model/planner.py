@@ -282,7 +282,8 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
             continue
         peak = weights + act + RESERVE_BYTES
         what = f"{kind}{' fp8' if f8 else ''} (text encoder {te}{', tiled VAE' if tiled else ''})"
-        tried.append(f"{what} needs {peak / GiB:.2f} GiB" + (" with one main block resident" if kind == "partial" else ""))
+        tried.append((peak, f"{what} needs {peak / GiB:.2f} GiB"
+                      + (" with one main block resident" if kind == "partial" else "")))
         if peak > free_bytes:
             continue
         split = {}
@@ -305,7 +306,7 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
     if not tried:
         raise PlanError(f"policy {policy!r} can't encode prompts on the {encode_on.upper()}; use encode_on auto")
     w = workload
-    smallest = min(float(t.rsplit(" needs ", 1)[1].split(" GiB")[0]) for t in tried)
+    smallest = round(min(peak for peak, _ in tried) / GiB, 2)
     raise PlanError(f"no {policy} plan fits {free_bytes / GiB:.2f} GiB free for {w.width}x{w.height} batch {w.batch}: "
-                    + "; ".join(tried) + f". The smallest needs {smallest:.2f} GiB: use a smaller size or batch"
-                    + (", or policy sequential" if policy != "sequential" else ""))
+                    + "; ".join(text for _, text in tried) + f". The smallest needs {smallest:.2f} GiB: use a smaller "
+                    "size or batch" + (", or policy sequential" if policy != "sequential" else ""), smallest_gib=smallest)

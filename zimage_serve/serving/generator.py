@@ -165,7 +165,7 @@ class Generator:
         """Readiness, the plan in force, and where this replica runs."""
         if self.engine is None:
             return {"ready": False, "reason": self.reason, **self._adapters_info(), **self._start_info()}
-        from ..model.startup import compiled_graphs  # (loaded by _load already)
+        from ..model.startup import compiled_graphs  # (loaded by _load already; the deployment's import loads none)
 
         e = self.engine
         return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
@@ -173,9 +173,8 @@ class Generator:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
                 "prompts_encoded": self.prompts_encoded,
-                "compiles_since_ready": compiled_graphs() - self.graphs_when_ready, **self._adapters_info(),
-                **self._controlnet_info(),
-                **self._start_info()}
+                "compiles_since_ready": compiled_graphs() - self.graphs_when_ready,
+                **self._adapters_info(), **self._controlnet_info(), **self._start_info()}
 
     def _start_info(self) -> dict:
         """This replica's start, stage by stage (those done, when it failed)."""
