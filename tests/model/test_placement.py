@@ -32,7 +32,8 @@ def resident(tiny_source):
     return image(tiny_source, plan_of(tiny_source, "resident"))[1]
 
 
-def test_a_partial_plan_streams_its_last_blocks_and_makes_the_resident_image(tiny_source, resident):
+def test_a_partial_plan_streams_blocks_spread_among_the_resident_ones_and_makes_the_resident_image(tiny_source,
+                                                                                                  resident):
     plan = plan_of(tiny_source, "partial")
     assert (plan.blocks_resident, plan.blocks_streamed) == (1, 1)  # the tiny model has 2 main blocks
     engine, ours = image(tiny_source, plan)
@@ -61,6 +62,22 @@ def test_more_streamed_blocks_than_buffers_are_copied_in_turn_each_step(tiny_sou
     assert streamer.copies == 3 + 2 * 7 + 1
     assert t.layers[0].block.attention.to_out[0].weight.data_ptr() in {b["attention.to_out.0.weight"].data_ptr()
                                                                  for b in streamer.buffers}
+
+
+@pytest.mark.parametrize("layers,streamed,positions", [
+    (2, 1, [1]), (30, 1, [29]), (30, 0, []), (30, 30, list(range(30))),
+    (30, 11, [1, 4, 7, 9, 12, 15, 18, 20, 23, 26, 29]),  # the emulated 12 GiB card's split
+    (30, 22, [0, 1, 3, 4, 5, 7, 8, 9, 11, 12, 14, 15, 16, 18, 19, 20, 22, 23, 24, 26, 27, 29])])  # the 8 GiB card's
+def test_streamed_blocks_are_spread_evenly_and_the_last_block_is_among_them(layers, streamed, positions):
+    """Between two streamed blocks run resident ones, beside whose compute the next copy runs: no run of resident
+    blocks longer than the even share, and no gap between streamed ones wider than it."""
+    from zimage_serve.model.optim.streamer import streamed_positions
+
+    got = streamed_positions(layers, streamed)
+    assert got == positions and len(set(got)) == streamed
+    if streamed:
+        gaps = [b - a for a, b in zip([-1] + got, got)]
+        assert max(gaps) - min(gaps) <= 1 and got[-1] == layers - 1
 
 
 @pytest.fixture

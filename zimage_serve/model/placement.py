@@ -1,5 +1,5 @@
-"""Placing a transformer that was loaded on the CPU onto the GPU, as a ``partial`` plan (its last main blocks
-streamed: optim/streamer.py) or an FP8 plan (its blocks' wide Linear weights in FP8: optim/fp8.py) says, without
+"""Placing a transformer that was loaded on the CPU onto the GPU, as a ``partial`` plan (some of its main blocks
+streamed, spread among the resident ones: optim/streamer.py) or an FP8 plan (its blocks' wide Linear weights in FP8: optim/fp8.py) says, without
 the GPU ever holding more than the plan budgeted: weights are fused on the CPU, each resident block is quantized
 on the GPU one at a time (its bf16 weights freed as its FP8 ones are made), streamed blocks stay in host memory.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .optim.streamer import BlockStreamer, stream_blocks
+from .optim.streamer import BlockStreamer, stream_blocks, streamed_positions
 
 FP8_MIN_FEATURES = 1024  # Linear layers narrower than this on either side stay bf16 (the repeated blocks' are 3840+)
 
@@ -25,7 +25,8 @@ def place_transformer(transformer: torch.nn.Module, plan, device, fuse: bool = T
     if before_quantize is not None:
         before_quantize(transformer)
     layers = list(transformer.layers)
-    streamed = layers[len(layers) - plan.blocks_streamed:] if plan.blocks_streamed else []
+    positions = streamed_positions(len(layers), plan.blocks_streamed)
+    streamed = [layers[i] for i in positions]
     if plan.weights == "fp8":
         from .optim.fp8 import quantize_linears  # an FP8 plan only
 
@@ -36,7 +37,7 @@ def place_transformer(transformer: torch.nn.Module, plan, device, fuse: bool = T
                 block.to(device)  # one block's bf16 weights on the GPU at a time
             count += quantize_linears(block, FP8_MIN_FEATURES)
         applied["fp8_linear_layers"] = count
-    streamer = stream_blocks(transformer, len(streamed), device)
+    streamer = stream_blocks(transformer, positions, device)
     transformer.to(device)  # the rest (the streamed blocks already point at their GPU buffers)
     if streamer is not None:
         applied["streamed_blocks"] = f"{len(streamed)} of {len(layers)} main blocks, 2 buffers of " \
