@@ -241,7 +241,9 @@ def _replaced_under_load(app: _App) -> dict:
     return {"replica_ready_s": None if ready_s is None else round(ready_s, 2),
             "first_image_after_kill_s": round(first[0] - t_kill, 2) if first else None,
             "requests": len(done), "lost": sum(s != 200 for _, s in done), "killed_pid": old["pid"],
-            "new_pid": new.get("pid"), "new_replica_start": new.get("start")}
+            "new_pid": new.get("pid"), "new_replica_start": new.get("start"),
+            # torch.compile graphs made after the warm-up (requests that waited for a compile): 0 expected
+            "compiles_since_ready": [old.get("compiles_since_ready"), new.get("compiles_since_ready")]}
 
 
 def _from_zero(app: _App) -> dict:
@@ -252,7 +254,8 @@ def _from_zero(app: _App) -> dict:
     status, seconds = _generate(f"{PROMPT_LOAD} from zero {time.time()}")
     return {"first_request_from_zero_s": round(seconds, 2), "status": status,
             "replicas_before": [info.get("replicas"), still.get("replicas")],
-            "started_replica": app.readyz().get("start")}
+            "started_replica": (after := app.readyz()).get("start"),
+            "compiles_since_ready": after.get("compiles_since_ready")}
 
 
 PROMPT_LOAD = "a lighthouse on a cliff at dusk, waves, volumetric light"

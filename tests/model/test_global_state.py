@@ -25,10 +25,12 @@ for m in ("torch", "torch._dynamo", "diffusers", "diffusers.models.modeling_util
     importlib.import_module(m)
 import torch
 import diffusers.models.modeling_utils as mu
+from torch.fx.experimental import _config as fx_config
 
 def state():
     return {"env": dict(os.environ), "job_id": torch.compiler.config.job_id,
             "cache_size_limit": torch._dynamo.config.cache_size_limit, "threads": torch.get_num_threads(),
+            "backed_size_oblivious": fx_config.backed_size_oblivious,
             "matmul_precision": torch.get_float32_matmul_precision(), "parallel_loading": mu.HF_ENABLE_PARALLEL_LOADING,
             "root_handlers": len(logging.getLogger().handlers), "root_level": logging.getLogger().level,
             "warning_filters": len(warnings.filters)}
@@ -64,6 +66,7 @@ def test_importing_the_package_writes_no_state_and_compile_setup_is_the_explicit
     assert setup["env"] == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "compile"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
                             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
     assert setup["job_id"][1].startswith("zimage-serve-torch") and setup["cache_size_limit"][1] >= 64
+    assert setup["backed_size_oblivious"] == [False, True]
     assert (tmp_path / "compile").is_dir()
 
 

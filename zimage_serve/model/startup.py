@@ -158,10 +158,11 @@ class WarmUp:
     cuda_graph_capture_s: float
 
 
-def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 2, caption_tokens=(16, 80)) -> WarmUp:
+def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, caption_tokens=(16, 80)) -> WarmUp:
     """Run ``engine`` once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with its
     ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
-    not on the first request whose prompt length differs."""
+    not on the first request whose prompt length differs. One step is enough: later steps change no shape (an
+    8-step request after it compiles nothing; /readyz counts what compiles after the warm-up)."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels

@@ -8,8 +8,10 @@ Importing this module changes nothing in the process (tests/model/test_global_st
 package). The compile cache is process state, so it is set up by one explicit call, :func:`compile_setup`,
 which :func:`accelerate` and :func:`accelerate_vae` make when they compile, before the first compile: it sets
 the environment variables TORCHINDUCTOR_CACHE_DIR (unless the user chose one), TORCHINDUCTOR_FX_GRAPH_CACHE
-and TORCHINDUCTOR_AUTOGRAD_CACHE (unless set), ``torch.compiler.config.job_id`` (unless set) and raises
-``torch._dynamo.config.cache_size_limit`` to at least 64. A process that never compiles never has them set.
+and TORCHINDUCTOR_AUTOGRAD_CACHE (unless set), ``torch.compiler.config.job_id`` (unless set), raises
+``torch._dynamo.config.cache_size_limit`` to at least 64 and sets ``torch.fx.experimental._config
+.backed_size_oblivious`` (batch 1 shares the larger batches' graphs). A process that never compiles never has them
+set.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def compile_setup(cache_dir: str | None) -> None:
     before the first ``torch.compile`` of the process. Idempotent."""
     use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # a dimension compiled dynamic (the batch, from the job's profile) is not specialized at size 1: batch 1 and
+    # larger batches share one graph per block kind, one compile (or cache load) fewer each at a replica's start
+    from torch.fx.experimental import _config as fx_config  # (torch's symbolic-shapes settings)
+
+    fx_config.backed_size_oblivious = True
 
 
 def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True, fp8: bool = False,

@@ -40,10 +40,11 @@ FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "w13": ("w1", "w3")}
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [batch, seq, heads, head_dim] with interleaved (real, imaginary) pairs; cos/sin: [batch, seq, 1, head_dim/2]."""
+    """x: [batch, seq, heads, head_dim] with interleaved (real, imaginary) pairs; cos/sin: [batch, seq, 1, head_dim/2,
+    1]. Slices that keep the pair dimension, not selects (see FusedAttnProcessor)."""
     pairs = x.float().unflatten(-1, (-1, 2))
-    re, im = pairs[..., 0], pairs[..., 1]
-    return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2).type_as(x)
+    re, im = pairs[..., :1], pairs[..., 1:]
+    return torch.cat((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2).type_as(x)
 
 
 class FusedAttnProcessor:
@@ -53,14 +54,21 @@ class FusedAttnProcessor:
     _parallel_config = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
-        query, key, value = attn.to_qkv(hidden_states).unflatten(-1, (3, attn.heads, -1)).unbind(-3)
+        # q, k and v as strided views of the fused output, and RoPE's cos/sin sliced from a copy of the real-valued
+        # freqs: no view of a non-contiguous tensor, on which Inductor's lowering guards batch == 1 (even with
+        # backed_size_oblivious, accel.compile_setup), so one compiled graph serves batch 1 and larger batches
+        qkv = attn.to_qkv(hidden_states).contiguous()  # (a no-op: a Linear's fresh output)
+        b, s, n = qkv.shape
+        d = n // (3 * attn.heads)
+        query, key, value = (qkv.as_strided((b, s, attn.heads, d), (s * n, n, d, 1), i * attn.heads * d)
+                             for i in range(3))
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if freqs_cis is not None:
-            cos_sin = torch.view_as_real(freqs_cis).unsqueeze(2)  # [batch, seq, 1, head_dim/2, 2]
-            cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+            cos_sin = torch.view_as_real(freqs_cis).clone().unsqueeze(2)  # [batch, seq, 1, head_dim/2, 2]
+            cos, sin = cos_sin[..., :1], cos_sin[..., 1:]
             query, key = _rope(query, cos, sin), _rope(key, cos, sin)
         if attention_mask is not None and attention_mask.ndim == 2:
             attention_mask = attention_mask[:, None, None, :]
