@@ -226,9 +226,13 @@ FP8 weights as the memory plan (`generator.fp8: auto`):
 The 16 GiB card's resident plan (estimated peak 14.23 GiB) ran out of memory in its warm-up in {meta['run']} with
 PyTorch's default allocator; with expandable segments it served at 0.95 s ({c16_run(summary)}). GPU processes now set
 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` unless the user set it (`model/machine.py`); the other cards ran
-with the default allocator. The partial plans stream their last main blocks through two GPU buffers
-(`model/optim/streamer.py`) while the resident blocks compute; at 8 GiB in bf16, 22 of 30 blocks stream and the
-copies (7.4 GiB a step) are not hidden: 1.624x, just over the 1.6 target. FP8 weights halve what streams, and make
+with the default allocator. In these runs the partial plans streamed their last main blocks through two GPU
+buffers (`model/optim/streamer.py`) while the resident blocks computed; at 8 GiB in bf16, 22 of 30 blocks stream and
+the copies (7.4 GiB a step) are not hidden: 1.624x, just over the 1.6 target. With two buffers only the next two
+streamed blocks can be copied ahead, so behind the run of resident blocks the copy engine idled (roughly 20-30 ms of
+the ~166 ms step: an estimate from a block's copy, ~7 ms, and compute, ~3 ms, not a measurement). The streamed blocks are now spread among the resident ones
+(`streamed_positions`) and the first two are prefetched for the next call: **not yet re-measured** (no device was
+lent to the session that made the change; `python3 bench/run.py build cards`). FP8 weights halve what streams, and make
 the 12 GiB card fully resident, faster than bf16 resident on the large card (FP8 matmuls).
 
 Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
@@ -282,9 +286,26 @@ def _scaleout_rows(x: dict) -> str:
 """
 
 
-def render_scaleout(gpu: dict | None, cpu: dict | None) -> str:
-    """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, and the same
-    steps on a CPU machine with the tiny checkpoint."""
+def _warm_start_cpu(w: dict) -> str:
+    """bench/warm_start_cpu.py's comparison: a warm replica's compiled warm-up, base revision against ours."""
+    row = lambda r: (f"| {r['revision']} | {r['warm']['warmup_s']} | {r['warm']['compile_s']} | {r['warm']['graphs']} | "
+                     + " ".join(f"({b},{t}) {sec}" for b, t, sec in r['warm']['calls']) + " |")
+    return f"""
+A warm replica's compiled warm-up on this CPU machine ({w['machine']}, {w['date']}; `{w['command']}`): the tiny
+checkpoint, the production speed-ups, a second process on the compile cache the first one filled (the GPU's
+`scaleout` warm start in miniature; CPU seconds, not the GPU's). Ours / base: **{w['warm_warmup_ratio']}**.
+
+| revision | warm-up s | of it compiling | graphs | per call (batch, caption tokens) s |
+|---|---|---|---|---|
+{row(w['base'])}
+{row(w['ours'])}
+"""
+
+
+def render_scaleout(gpu: dict | None, cpu: dict | None, warm_cpu: dict | None = None) -> str:
+    """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, the same steps
+    on a CPU machine with the tiny checkpoint, and bench/warm_start_cpu.py's comparison of a warm replica's
+    warm-up."""
     how = """The steps (`bench/steps/scaleout.py`) start the production app as a user does (`zimage-serve serve --config` on
 serve_config.yaml, full-size random weights, the jobs API off, only our dependencies importable and bytecode kept,
 as in our image): `scaleout_cold` on a cold node (empty compile and weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the
@@ -317,4 +338,6 @@ the CPU: the code paths and Serve's own delays, not the GPU's times (the bench s
 `scaleout_cpu_smoke`):
 
 """ + _scaleout_rows(cpu)
+    if warm_cpu and "base" in warm_cpu:
+        out += _warm_start_cpu(warm_cpu)
     return out

@@ -1,0 +1,97 @@
+"""A replica's compiled warm-up from a warm compile cache, on the CPU with the tiny checkpoint: the proxy for the
+GPU's ``scaleout`` figures that runs anywhere (minutes, not a benchmark of the GPU).
+
+Two fresh processes per checkout share an empty compile cache: the first compiles (and records the job's dynamic
+dimensions), the second is the warm replica that this reports: the warm-up's seconds per call (batch, caption
+tokens), the seconds spent compiling (Dynamo's tracing and loading Inductor's cached code) and the graphs made.
+The engine is the production one: fused projections, regional compile of the transformer's blocks, the VAE
+decoder's GroupNorm+SiLU pairs compiled; warm-up batch sizes 1 and 2, as serve_config.yaml's generator.
+
+    python bench/warm_start_cpu.py                   # this checkout
+    git worktree add /tmp/base REV && python bench/warm_start_cpu.py --base /tmp/base --save
+                                                     # against another revision, in the same run, side by side:
+                                                     # bench/results/cpu/warm_start.json (report.py reads it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_REPLICA = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from zimage_serve.model.engine import Engine
+from zimage_serve.model.planner import Workload, make_plan
+from zimage_serve.model.sizes import sizes_of
+from zimage_serve.model.sources import resolve
+from zimage_serve.model import startup
+
+source = resolve("tiny")
+engine = Engine.load(source, make_plan(sizes_of(source), None, Workload(64, 64, 2)), device="cpu", dtype="float32")
+engine.set_progress(False)
+engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": False, "cache_dir": sys.argv[2]})
+graphs = startup.compiled_graphs()
+warm = startup.warm_up(engine, 64, 64, (1, 2))
+print("WARM " + json.dumps({"repo": sys.argv[1], "warmup_s": round(warm.seconds, 2),
+                            "compile_s": round(warm.compile_s, 2), "graphs": startup.compiled_graphs() - graphs,
+                            "calls": warm.calls, "process_s": round(time.perf_counter() - t0, 2)}))
+"""
+
+
+def replica(repo: Path, cache: Path) -> dict:
+    # one compile thread (a pool of compile processes costs more than it saves here); Inductor's check of the CPU's
+    # vector instructions skipped (it compiles a program at each start: not what a GPU replica does), as the tests do
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1", "TORCHINDUCTOR_VEC_ISA_OK": "1", "PYTHONPATH": str(repo)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    r = subprocess.run([sys.executable, "-c", _REPLICA, str(repo), str(cache)], capture_output=True, text=True,
+                       env=env, timeout=900)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("WARM ")]
+    if not lines:
+        raise RuntimeError(r.stderr[-2000:])
+    return json.loads(lines[-1][5:])
+
+
+def both(repo: Path) -> dict:
+    """The first (cold) and the second (warm) replica of ``repo``, on one fresh compile cache."""
+    with tempfile.TemporaryDirectory(prefix="warm-start-") as tmp:
+        return {"cold": replica(repo, Path(tmp)), "warm": replica(repo, Path(tmp))}
+
+
+def main() -> int:
+    import platform
+    import time
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose zimage_serve to run (default: this one)")
+    p.add_argument("--base", type=Path, help="another checkout, run in turn with the same steps, to compare against")
+    p.add_argument("--save", action="store_true", help="write bench/results/cpu/warm_start.json")
+    args = p.parse_args()
+    result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "bench/warm_start_cpu.py", *sys.argv[1:]]),
+              "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}"}
+    for key, repo in (("base", args.base), ("ours", args.repo)):
+        if repo is not None:
+            result[key] = both(repo.resolve())
+            result[key]["revision"] = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                                     capture_output=True, text=True).stdout.strip()
+            print(key, json.dumps(result[key]), flush=True)
+    if args.base is not None:
+        result["warm_warmup_ratio"] = round(result["ours"]["warm"]["warmup_s"] / result["base"]["warm"]["warmup_s"], 3)
+        print("warm-up of the warm replica, ours / base:", result["warm_warmup_ratio"])
+    if args.save:
+        out = ROOT / "bench" / "results" / "cpu" / "warm_start.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print("wrote", out.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
