@@ -7,11 +7,10 @@ import sys
 
 import pytest
 
-# Imports diffusers first, as Engine.load does (torch._dynamo then points TORCHINDUCTOR_CACHE_DIR at /tmp),
-# then compiles a small block for three input shapes, as a replica's warm-up does.
+# Imports torch._dynamo first, as diffusers does before Engine.load compiles (it points TORCHINDUCTOR_CACHE_DIR at
+# /tmp), then compiles a small block for three input shapes, as a replica's warm-up does.
 _REPLICA = """
 import json, sys
-import diffusers.models.transformers.transformer_z_image
 import torch, torch._dynamo.utils
 from zimage_serve.model.optim.accel import compile_setup
 
