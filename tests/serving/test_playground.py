@@ -186,7 +186,10 @@ def test_generate_streams_previews_then_the_image_the_api_makes(driver, app_url)
     assert driver.execute_script("return window.seen") == ["preview", "result"]
     previews = css(driver, "#previews img.preview")
     assert len(previews) == 1  # one image: its latest preview, a partial image (a step before the last)
-    assert 1 <= int(previews[0].get_attribute("data-step")) < 8
+    step = int(previews[0].get_attribute("data-step"))
+    assert 1 <= step < 8
+    caption = css(driver, "#previews .slot.done figcaption")[0]  # (CSS adds " · done" after the text)
+    assert caption.text.startswith(f"seed 5 · preview {step}/8"), caption.text
     assert previews[0].get_attribute("src").startswith("data:image/png;base64,")
     progress = by_id(driver, "progress")
     assert float(progress.get_attribute("max")) == 8 and float(progress.get_attribute("value")) == 8

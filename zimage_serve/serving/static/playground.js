@@ -295,7 +295,8 @@ function showPreview(i, e) {
   img.src = `data:image/${e.output_format || "png"};base64,${e.b64_json}`;
   img.dataset.step = String(e.step);
   img.dataset.partialIndex = String(e.partial_image_index);
-  slot.querySelector("figcaption").textContent = `seed ${e.seed} · step ${e.step}/${e.total_steps}`;
+  // the step the preview shows; once the image is done (.done) the caption says so after it
+  slot.querySelector("figcaption").textContent = `seed ${e.seed} · preview ${e.step}/${e.total_steps}`;
 }
 
 // ---- the gallery ----------------------------------------------------------------------------------
