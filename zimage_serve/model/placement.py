@@ -1,7 +1,8 @@
 """Placing a transformer that was loaded on the CPU onto the GPU, as a ``partial`` plan (some of its main blocks
-streamed, spread among the resident ones: optim/streamer.py) or an FP8 plan (its blocks' wide Linear weights in FP8: optim/fp8.py) says, without
-the GPU ever holding more than the plan budgeted: weights are fused on the CPU, each resident block is quantized
-on the GPU one at a time (its bf16 weights freed as its FP8 ones are made), streamed blocks stay in host memory.
+streamed, spread among the resident ones: optim/streamer.py) or an FP8 plan (its blocks' wide Linear weights in
+FP8: optim/fp8.py) says, without the GPU ever holding more than the plan budgeted: weights are fused on the CPU,
+each resident block is quantized on the GPU one at a time (its bf16 weights freed as its FP8 ones are made),
+streamed blocks stay in host memory.
 """
 
 from __future__ import annotations
