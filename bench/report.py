@@ -333,6 +333,9 @@ def main() -> None:
     warm = RESULTS / "cpu" / "warm_start.json"
     if warm.exists():  # bench/warm_start_cpu.py: a warm replica's compiled warm-up on the CPU, against a base revision
         summary["warm_start_cpu"] = json.loads(warm.read_text())
+    aot = RESULTS / "cpu" / "aot_blocks.json"
+    if aot.exists():  # bench/aot_blocks_cpu.py: an experiment (blocks' compiled code loaded without Dynamo)
+        summary["aot_blocks_cpu"] = json.loads(aot.read_text())
     summary["other_devices"] = {run.name: other_device(run) for run in sorted(RESULTS.glob("*-run*"))}
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS.parents[1] / "BENCHMARKS.md").write_text(
@@ -341,7 +344,8 @@ def main() -> None:
         + (render_controlnet(summary["controlnet"]) if "controlnet" in summary else "")
         + (render_cards(summary) if "cards" in summary else "")
         + (render_streaming(summary["streaming"]) if "streaming" in summary else "")
-        + render_scaleout(summary.get("scaleout"), summary.get("scaleout_cpu_smoke"), summary.get("warm_start_cpu"))
+        + render_scaleout(summary.get("scaleout"), summary.get("scaleout_cpu_smoke"), summary.get("warm_start_cpu"),
+                         summary.get("aot_blocks_cpu"))
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

@@ -302,7 +302,25 @@ checkpoint, the production speed-ups, a second process on the compile cache the 
 """
 
 
-def render_scaleout(gpu: dict | None, cpu: dict | None, warm_cpu: dict | None = None) -> str:
+def _aot_blocks_cpu(a: dict) -> str:
+    """bench/aot_blocks_cpu.py's experiment: the blocks' compiled code loaded without Dynamo, against today's path."""
+    best = lambda mode: min(a[f"warm_{mode}"], key=lambda r: r["first_pass_s"])
+    c, o = best("compile"), best("aot")
+    return f"""
+**Experiment, not in the engine** ({a['date']}; `{a['command']}`, {a['machine']}): the transformer blocks' compiled
+code saved ahead of time (torch's `aot_compile`, one artefact per block variant, {', '.join(f"{k} {v} s" for k, v in
+a['save']['aot_compile_s'].items())} to make) and loaded in a fresh process, against `compile_repeated_blocks` on
+the warm compile cache, over the same {c['block_calls']} block calls (batch 1 and 2, three caption lengths): first
+pass {o['first_pass_s']} s against {c['first_pass_s']} s (**{a['first_pass_ratio_aot_to_compile']}x**; Dynamo
+traced {o['graphs_traced']} graphs against {c['graphs_traced']}), a second pass {o['second_pass_ms']} ms against
+{c['second_pass_ms']} ms, the largest difference from eager {o['max_abs_diff_vs_eager']:.1e} on both. The artefacts
+drop the guards on globals (the attention backend, the processor's type) and don't check the traced source, so
+a loader would key them by those; untested on a GPU.
+"""
+
+
+def render_scaleout(gpu: dict | None, cpu: dict | None, warm_cpu: dict | None = None,
+                    aot_cpu: dict | None = None) -> str:
     """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, the same steps
     on a CPU machine with the tiny checkpoint, and bench/warm_start_cpu.py's comparison of a warm replica's
     warm-up."""
@@ -340,4 +358,6 @@ the CPU: the code paths and Serve's own delays, not the GPU's times (the bench s
 """ + _scaleout_rows(cpu)
     if warm_cpu and "base" in warm_cpu:
         out += _warm_start_cpu(warm_cpu)
+    if aot_cpu:
+        out += _aot_blocks_cpu(aot_cpu)
     return out
