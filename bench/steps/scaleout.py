@@ -222,6 +222,7 @@ def _replaced_under_load(app: _App) -> dict:
     thread.start()
     while len(done) < 3:
         time.sleep(0.05)
+    before_kill = app.readyz()  # (the old replica's compiles after its warm-up, its requests served)
     t_kill = time.monotonic()
     os.kill(old["pid"], signal.SIGKILL)
     ready_s = None
@@ -243,7 +244,7 @@ def _replaced_under_load(app: _App) -> dict:
             "requests": len(done), "lost": sum(s != 200 for _, s in done), "killed_pid": old["pid"],
             "new_pid": new.get("pid"), "new_replica_start": new.get("start"),
             # torch.compile graphs made after the warm-up (requests that waited for a compile): 0 expected
-            "compiles_since_ready": [old.get("compiles_since_ready"), new.get("compiles_since_ready")]}
+            "compiles_since_ready": [before_kill.get("compiles_since_ready"), new.get("compiles_since_ready")]}
 
 
 def _from_zero(app: _App) -> dict:

@@ -132,3 +132,16 @@ def test_graphs_need_headroom_over_the_plan_and_the_decoder_compiles_unless_tile
     engine._accelerate({"compile": True, "fuse": False, "cuda_graphs": True, "cache_dir": str(tmp_path)})  # lazy: nothing compiles yet
     assert engine.compiled_decoder is not tiling and ("vae_compile" in engine.speedups) is not tiling
     assert ("cuda_graph_blocks" in engine.speedups) is graphs  # graphs ask 1 GiB + the plan's activations
+
+
+def test_the_warm_up_runs_each_batch_size_prompt_length_and_a_batch_of_mixed_lengths(tiny_source):
+    """model/startup.warm_up's calls: a batch of prompts of different lengths is padded to the longest with a mask,
+    which compiled code traces apart (and CUDA graphs capture apart): the warm-up runs one, so that the first such
+    batch of requests doesn't compile."""
+    from zimage_serve.model.startup import warm_up
+
+    engine = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 3)))
+    engine.set_progress(False)
+    warm = warm_up(engine, 64, 64, (1, 3), caption_tokens=(16, 80))
+    assert [c[:2] for c in warm.calls] == [(1, 16), (1, 80), (3, 16), (3, 80), (3, "16/80/16")]
+    assert warm.compile_s == 0  # (nothing compiles on this plan)

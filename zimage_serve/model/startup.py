@@ -161,8 +161,9 @@ class WarmUp:
 def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, caption_tokens=(16, 80)) -> WarmUp:
     """Run ``engine`` once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with its
     ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
-    not on the first request whose prompt length differs. One step is enough: later steps change no shape (an
-    8-step request after it compiles nothing; /readyz counts what compiles after the warm-up)."""
+    not on the first request whose prompt length differs; a batch of both lengths (its captions padded to the
+    longest, with a mask: graphs of their own) here, not on the first batch of prompts of different lengths. One
+    step is enough: later steps change no shape (/readyz counts what compiles after the warm-up)."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
@@ -178,13 +179,17 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
         control = Pixels("RGB", width, height, bytes(width * height * 3))
     for n in batch_sizes:
-        for tokens in caption_tokens:
+        lengths = [(tokens,) * n for tokens in caption_tokens]  # each job's caption tokens
+        if n > 1 and len(set(caption_tokens)) > 1:  # prompts of different lengths in one batch
+            lengths.append(tuple(caption_tokens[i % len(caption_tokens)] for i in range(n)))
+        for per_job in lengths:
             for image in (None, control) if control is not None else (None,):
                 t = time.perf_counter()
-                embeds = torch.zeros(tokens, hidden)
                 engine.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps,
-                                                       control_image=image), embeds) for i in range(n)])
-                calls.append((n, tokens, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
+                                                       control_image=image), torch.zeros(tokens, hidden))
+                                 for i, tokens in enumerate(per_job)])
+                label = per_job[0] if len(set(per_job)) == 1 else "/".join(map(str, per_job))
+                calls.append((n, label, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
     log.info("warm-up calls (batch, caption tokens, seconds): %s", calls)
     return WarmUp(time.perf_counter() - t0, calls, compile_seconds() - compiled,
                   capture_seconds(engine.pipe.transformer) - captured)

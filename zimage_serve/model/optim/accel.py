@@ -99,11 +99,13 @@ def compile_setup(cache_dir: str | None) -> None:
     before the first ``torch.compile`` of the process. Idempotent."""
     use_compile_cache(cache_dir or str(environment().cache_dir / "compile"))
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    # a dimension compiled dynamic (the batch, from the job's profile) is not specialized at size 1: batch 1 and
-    # larger batches share one graph per block kind, one compile (or cache load) fewer each at a replica's start
+    # a dimension compiled dynamic (the batch, once the job's profile says it varies) is not specialized at size 1:
+    # batch 1 and larger batches share one graph per block kind, one compile (or cache load) fewer each at a
+    # replica's start. (torch 2.7+: older ones keep a graph for batch 1)
     from torch.fx.experimental import _config as fx_config  # (torch's symbolic-shapes settings)
 
-    fx_config.backed_size_oblivious = True
+    if hasattr(fx_config, "backed_size_oblivious"):
+        fx_config.backed_size_oblivious = True
 
 
 def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True, fp8: bool = False,

@@ -58,6 +58,8 @@ class FusedAttnProcessor:
         # freqs: no view of a non-contiguous tensor, on which Inductor's lowering guards batch == 1 (even with
         # backed_size_oblivious, accel.compile_setup), so one compiled graph serves batch 1 and larger batches
         qkv = attn.to_qkv(hidden_states).contiguous()  # (a no-op: a Linear's fresh output)
+        if not torch.compiler.is_compiling():  # the offsets below count from the storage's start (traced: not checked)
+            assert qkv.storage_offset() == 0, "to_qkv must return a tensor of its own"
         b, s, n = qkv.shape
         d = n // (3 * attn.heads)
         query, key, value = (qkv.as_strided((b, s, attn.heads, d), (s * n, n, d, 1), i * attn.heads * d)
