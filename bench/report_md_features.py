@@ -293,10 +293,12 @@ def _warm_start_cpu(w: dict) -> str:
                      f"{r['warm']['graphs']} | " + " ".join(f"({b},{t}) {sec}" for b, t, sec in r['warm']['calls']) + " |")
     return f"""
 A warm replica's compiled warm-up on this CPU machine ({w['machine']}, {w['date']}; `{w['command']}`): the tiny
-checkpoint, the production speed-ups, a second process on the compile cache the first one filled (the GPU's
-`scaleout` warm start in miniature; CPU seconds, not the GPU's), each revision its own warm-up (the base's: two
-steps a call, no batch of mixed prompt lengths), best of two runs taken in turn. Ours / base:
-**{w['warm_warmup_ratio']}**.
+checkpoint, the production speed-ups, a replica started on the compile cache that earlier ones filled (the GPU's
+`scaleout` warm start in miniature; CPU seconds, not the GPU's): the third process on the cache (the second still
+compiles what the first compiled with static shapes), each revision its own warm-up, best of two runs taken in turn.
+Ours / base: **{w['warm_warmup_ratio']}**, for more work: the base runs two steps a call and no batch of mixed
+prompt lengths, whose graphs (a caption mask) its first such request then compiles; ours runs one step a call and
+that batch too, after which no request compiles, and its batch of 2 no longer compiles graphs of its own.
 
 | revision | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s |
 |---|---|---|---|---|
