@@ -289,19 +289,23 @@ def _scaleout_rows(x: dict) -> str:
 def _warm_start_cpu(w: dict) -> str:
     """bench/warm_start_cpu.py's comparison: a warm replica's compiled warm-up, base revision against ours."""
     runs = lambda r: " and ".join(str(x["warm"]["warmup_s"]) for x in r.get("runs", []))
+    then = lambda r: (f"{r['warm']['requests_then']['graphs_compiled']} graphs, {r['warm']['requests_then']['seconds']} s"
+                      if "requests_then" in r["warm"] else "")
     row = lambda r: (f"| {r['revision']} | {r['warm']['warmup_s']} ({runs(r)}) | {r['warm']['compile_s']} | "
-                     f"{r['warm']['graphs']} | " + " ".join(f"({b},{t}) {sec}" for b, t, sec in r['warm']['calls']) + " |")
+                     f"{r['warm']['graphs']} | " + " ".join(f"({b},{t}) {sec}" for b, t, sec in r['warm']['calls'])
+                     + f" | {then(r)} |")
     return f"""
 A warm replica's compiled warm-up on this CPU machine ({w['machine']}, {w['date']}; `{w['command']}`): the tiny
 checkpoint, the production speed-ups, a replica started on the compile cache that earlier ones filled (the GPU's
 `scaleout` warm start in miniature; CPU seconds, not the GPU's): the third process on the cache (the second still
 compiles what the first compiled with static shapes), each revision its own warm-up, best of two runs taken in turn.
 Ours / base: **{w['warm_warmup_ratio']}**, for more work: the base runs two steps a call and no batch of mixed
-prompt lengths, whose graphs (a caption mask) its first such request then compiles; ours runs one step a call and
-that batch too, after which no request compiles, and its batch of 2 no longer compiles graphs of its own.
+prompt lengths, whose graphs (a caption mask) its first such request then compiles (the last column: five
+requests after the warm-up, batches of 1 to 4, mixed and long prompts); ours runs one step a call and that batch
+too, and its batch of 2 no longer compiles graphs of its own.
 
-| revision | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s |
-|---|---|---|---|---|
+| revision | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s | requests after it: compiled |
+|---|---|---|---|---|---|
 {row(w['base'])}
 {row(w['ours'])}
 """

@@ -6,7 +6,9 @@ dynamic dimensions), the second compiles what the first compiled static and the 
 third is the warm replica that this reports: the warm-up's seconds per call (batch, caption
 tokens), the seconds spent compiling (Dynamo's tracing and loading Inductor's cached code) and the graphs made.
 The engine is the production one: fused projections, regional compile of the transformer's blocks, the VAE
-decoder's GroupNorm+SiLU pairs compiled; warm-up batch sizes 1 and 2, as serve_config.yaml's generator.
+decoder's GroupNorm+SiLU pairs compiled; warm-up batch sizes 1 and 2, as serve_config.yaml's generator. After the
+warm-up each replica serves a few requests (batches of 1 to 4, prompts of mixed lengths, a long one) and reports
+the graphs they compiled: what a request would wait for.
 
     python bench/warm_start_cpu.py                   # this checkout
     git worktree add /tmp/base REV && python bench/warm_start_cpu.py --base /tmp/base --save
@@ -36,15 +38,26 @@ from zimage_serve.model.sizes import sizes_of
 from zimage_serve.model.sources import resolve
 from zimage_serve.model import startup
 
+from zimage_serve.core.request import GenerationRequest
+from zimage_serve.model.engine import Job
+
 source = resolve("tiny")
-engine = Engine.load(source, make_plan(sizes_of(source), None, Workload(64, 64, 2)), device="cpu", dtype="float32")
+engine = Engine.load(source, make_plan(sizes_of(source), None, Workload(64, 64, 4)), device="cpu", dtype="float32")
 engine.set_progress(False)
 engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": False, "cache_dir": sys.argv[2]})
 graphs = startup.compiled_graphs()
 warm = startup.warm_up(engine, 64, 64, (1, 2))
+ready = startup.compiled_graphs()
+t1 = time.perf_counter()
+for prompts in (["a fox"], ["a fox"] * 4, ["a", "a lighthouse on a cliff at dusk, waves, volumetric light"],
+                ["a", "b " * 40, "c"], ["word " * 100]):  # requests after it: batches up to 4, mixed and long prompts
+    engine.generate([Job(GenerationRequest(p, seed=i, width=64, height=64, steps=2), engine.encode([p])[0])
+                     for i, p in enumerate(prompts)])
 print("WARM " + json.dumps({"repo": sys.argv[1], "warmup_s": round(warm.seconds, 2),
-                            "compile_s": round(warm.compile_s, 2), "graphs": startup.compiled_graphs() - graphs,
-                            "calls": warm.calls, "process_s": round(time.perf_counter() - t0, 2)}))
+                            "compile_s": round(warm.compile_s, 2), "graphs": ready - graphs, "calls": warm.calls,
+                            "requests_then": {"graphs_compiled": startup.compiled_graphs() - ready,
+                                              "seconds": round(time.perf_counter() - t1, 2)},
+                            "process_s": round(time.perf_counter() - t0, 2)}))
 """
 
 
