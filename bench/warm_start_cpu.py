@@ -74,7 +74,7 @@ def replica(repo: Path, cache: Path) -> dict:
     return json.loads(lines[-1][5:])
 
 
-def both(repo: Path) -> dict:
+def replicas_on_one_cache(repo: Path) -> dict:
     """The first (cold), second and third (warm) replicas of ``repo``, on one fresh compile cache. The second may
     still compile: a graph the first made with static shapes, the profile the first wrote makes dynamic."""
     with tempfile.TemporaryDirectory(prefix="warm-start-") as tmp:
@@ -98,7 +98,7 @@ def main() -> int:
                                                   capture_output=True, text=True).stdout.strip(), "runs": []}
     for _ in range(2):  # each checkout twice, in turn (the machine's noise falls on both)
         for key, repo in checkouts:
-            result[key]["runs"].append(both(repo.resolve()))
+            result[key]["runs"].append(replicas_on_one_cache(repo.resolve()))
             print(key, json.dumps(result[key]["runs"][-1]), flush=True)
     for key, _ in checkouts:  # the best warm replica of each: the one least disturbed
         result[key]["warm"] = min((r["warm"] for r in result[key]["runs"]), key=lambda w: w["warmup_s"])
