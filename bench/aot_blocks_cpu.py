@@ -1,5 +1,5 @@
-"""Experiment, not used by the engine: could a warm replica load its transformer blocks' compiled code without
-Dynamo tracing them? torch's AOT compile (``torch.compile(fn).aot_compile``, ``save_compiled_function``,
+"""The experiment behind model/optim/aot.py (which the engine now uses): could a warm replica load its transformer
+blocks' compiled code without Dynamo tracing them? torch's AOT compile (``torch.compile(fn).aot_compile``, ``save_compiled_function``,
 ``torch.compiler.load_compiled_function``) against today's warm path (``compile_repeated_blocks`` on a warm compile
 cache), on the CPU with the tiny checkpoint, each in a fresh process on one compile cache.
 
@@ -10,7 +10,7 @@ same block calls (batch 1 and 2, caption lengths 16, 80 and mixed); each reports
 compile (or load) to the end of the first pass, a second pass's milliseconds, the graphs Dynamo traced and the
 largest difference from eager.
 
-What the artefacts drop, and a loader would have to check itself (see the issue-23 note): the global guards (the
+What the artefacts drop, and a loader has to check itself (aot.artefact_key does): the global guards (the
 attention backend, the processor's type), the traced source (diffusers' and fusion.py's), and they must be loaded
 under ``torch.inference_mode()``. Untested on a GPU (Triton kernels, CUDA graphs).
 

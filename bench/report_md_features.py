@@ -287,28 +287,33 @@ def _scaleout_rows(x: dict) -> str:
 
 
 def _warm_start_cpu(w: dict) -> str:
-    """bench/warm_start_cpu.py's comparison: a warm replica's compiled warm-up, base revision against ours."""
-    runs = lambda r: " and ".join(str(x["warm"]["warmup_s"]) for x in r.get("runs", []))
-    then = lambda r: (f"{r['warm']['requests_then']['graphs_compiled']} graphs, {r['warm']['requests_then']['seconds']} s"
-                      if "requests_then" in r["warm"] else "")
-    row = lambda r: (f"| {r['revision']} | {r['warm']['warmup_s']} ({runs(r)}) | {r['warm']['compile_s']} | "
-                     f"{r['warm']['graphs']} | " + " ".join(f"({b},{t}) {sec}" for b, t, sec in r['warm']['calls'])
-                     + f" | {then(r)} |")
-    return f"""
-A warm replica's compiled warm-up on this CPU machine ({w['machine']}, {w['date']}; `{w['command']}`): the tiny
-checkpoint, the production speed-ups, a replica started on the compile cache that earlier ones filled (the GPU's
-`scaleout` warm start in miniature; CPU seconds, not the GPU's): the third process on the cache (the second still
-compiles what the first compiled with static shapes), each revision its own warm-up, best of two runs taken in turn.
-Ours / base: **{w['warm_warmup_ratio']}**, for more work: the base runs two steps a call and no batch of mixed
-prompt lengths, whose graphs (a caption mask) its first such request then compiles (the last column: five
-requests after the warm-up, batches of 1 to 4, mixed and long prompts); ours runs one step a call and that batch
-too, and its batch of 2 no longer compiles graphs of its own.
+    """bench/warm_start_cpu.py's comparison: a node's first (cold) and a later (warm) replica's compiled warm-up, base
+    revision against ours."""
+    def row(r: dict, kind: str) -> str:
+        x = r[kind]
+        runs = " and ".join(str(run[kind]["warmup_s"]) for run in r.get("runs", []))
+        then = x.get("requests_then")
+        return (f"| {r['revision']} | {kind} | {x.get('process_s')} | {x['warmup_s']} ({runs}) | {x['compile_s']} | {x['graphs']} | "
+                + " ".join(f"({b},{t}) {sec}" for b, t, sec in x["calls"])
+                + (f" | {then['graphs_compiled']} graphs, {then['seconds']} s |" if then else " | |"))
 
-| revision | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s | requests after it: compiled |
-|---|---|---|---|---|---|
-{row(w['base'])}
-{row(w['ours'])}
-"""
+    kinds = [k for k in ("cold", "warm") if k in w["base"] and k in w["ours"]]
+    ratios = ", ".join(f"{k} **{w[f'{k}_warmup_ratio']}**" for k in kinds if f"{k}_warmup_ratio" in w)
+    return f"""
+A replica's compiled warm-up on this CPU machine ({w['machine']}, {w['date']}; `{w['command']}`): the tiny
+checkpoint, the production speed-ups, three replicas started one after the other on one empty compile cache (the
+GPU's `scaleout` starts in miniature; CPU seconds, not the GPU's): the first (cold) and the third (warm; the second
+may still compile what the first compiled with static shapes), best of two runs taken in turn, each revision its own
+warm-up. Ours / base: {ratios}. The base ({w['base']['revision']}) compiles the blocks through `torch.compile`'s
+regional path, from the compile cache on a warm node; ours saves their compiled code on the node's first replica
+(the "record" and "save compiled" calls: an eager pass recording one call of each block kind, then
+`aot_compile`) and every replica runs it, later ones loading it at their start (model/optim/aot.py). Its graphs
+count what Dynamo traced: the `aot_compile`s and the VAE decoder's norms. Process s: from the replica's process start
+to the end of its warm-up (imports, load, speed-ups, warm-up), the best run's.
+
+| revision | replica | process s | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s | requests after it: compiled |
+|---|---|---|---|---|---|---|---|
+""" + "\n".join(row(r, k) for k in kinds for r in (w["base"], w["ours"])) + "\n"
 
 
 def _aot_blocks_cpu(a: dict) -> str:
@@ -317,7 +322,7 @@ def _aot_blocks_cpu(a: dict) -> str:
     c, o = best("compile"), best("aot")
     runs = lambda mode: " and ".join(str(r["first_pass_s"]) for r in a[f"warm_{mode}"])
     return f"""
-**Experiment, not in the engine** ({a['date']}; `{a['command']}`, {a['machine']}): the transformer blocks' compiled
+**The experiment that led to model/optim/aot.py** ({a['date']}; `{a['command']}`, {a['machine']}): the transformer blocks' compiled
 code saved ahead of time (torch's `aot_compile`, one artefact per block variant, {', '.join(f"{k} {v} s" for k, v in
 a['save']['aot_compile_s'].items())} to make) and loaded in a fresh process, against `compile_repeated_blocks` on
 the warm compile cache, over the same {c['block_calls']} block calls (batches of 1 and 2 with captions of 16, 80, and
@@ -327,7 +332,7 @@ left out of both): first pass, best of two fresh processes each, {o['first_pass_
 {o['graphs_traced']} graphs against {c['graphs_traced']}), a second pass {o['second_pass_ms']} ms against
 {c['second_pass_ms']} ms, the largest difference from eager {o['max_abs_diff_vs_eager']:.1e} against
 {c['max_abs_diff_vs_eager']:.1e}. The artefacts drop the guards on globals (the attention backend, the processor's
-type) and don't check the traced source, so a loader would key them by those; untested on a GPU.
+type) and don't check the traced source: the engine's loader keys their directory by those. Untested on a GPU.
 """
 
 

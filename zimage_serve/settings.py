@@ -82,6 +82,7 @@ class GeneratorOptions(_Strict):
                             "in flight (lowest latency); the CPU encoders take the rest (the GPU's time goes to denoising).")
     plan_size: str = Field("1024x1024", description="Largest WIDTHxHEIGHT the staging plan budgets activations for.")
     compile: bool = Field(True, description="On GPU: regional torch.compile of the transformer, and of the VAE decoder's GroupNorm+SiLU pairs at plan_size (cached on disk).")
+    compile_artifacts: bool = Field(True, description="With compile: the first replica on a node saves the transformer blocks' compiled code beside the compile cache, after its warm-up; later replicas (and the batch job's GPU workers) load it instead of tracing the blocks with torch.compile (a faster start). Keyed by torch, diffusers, GPU, dtype and the blocks' modules; a call the saved code doesn't fit compiles as without it.")
     fuse_projections: bool = Field(True, description="On a resident GPU plan: q/k/v and SwiGLU gate/up as single matmuls, real-valued RoPE.")
     cuda_graphs: bool = Field(True, description="On a resident GPU plan with memory to spare: each block stack replays as a CUDA graph per shape.")
     attention_backend: str | None = Field(None, description="diffusers attention backend (default: PyTorch SDPA).")

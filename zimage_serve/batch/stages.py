@@ -121,7 +121,7 @@ class GenerateStage:
         # batches of at most the plan's batch; the speed-ups apply on a GPU only; room for every adapter (all held)
         started = start_engine(model, Workload(max_side, max_side, batch_size), clock, policy=policy, fp8=fp8,
                                adapters={n: a["source"] for n, a in adapters.items()}, controlnet=controlnet,
-                               speedups={"compile": compile})
+                               speedups={"compile": compile, "compile_artifacts": compile})
         self.engine, self.adapter_errors = started.engine, started.adapter_errors
         self.adapter_scales = {name: adapters[name].get("scale", 1.0) for name in started.adapters}
         for name, held in started.adapters.items():

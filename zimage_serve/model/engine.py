@@ -87,6 +87,8 @@ class Engine:
         self.max_batch = plan.workload.batch  # the batch the plan budgeted memory for
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
+        self.artefacts_dir = None  # where the blocks' compiled code is saved and loaded (compile_artifacts)
+        self.compile_mode: str | None = None
         self.compiled_decoder = False
         self._pipelines: dict = {}  # the other modes' pipelines (see pipeline)
         self.adapters: dict[str, HeldAdapter] = {}  # LoRA adapters held (load_adapter), by name
@@ -151,6 +153,8 @@ class Engine:
             if speedups.get("fp8"):
                 log.warning("fp8 needs the transformer resident on the GPU; this %s plan runs in bf16", plan.kind)
             speedups.update(fuse=False, fp8=False, cuda_graphs=False)
+        if plan.transformer not in ("gpu", "partial", "cpu"):  # the blocks' saved compiled code replaces their
+            speedups["compile_artifacts"] = False  # forward, as the offload plans' hooks do
         headroom = (plan.budget_gib or 0) - plan.peak_gib
         if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
@@ -159,6 +163,11 @@ class Engine:
         fold = plan.transformer == "gpu" and not speedups.get("fp8")
         install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, **speedups)}
+        if speedups.get("compile") and speedups.get("compile_artifacts"):
+            from .optim.accel import artefacts_dir  # (compiled code saved per node: optim/aot.py)
+
+            self.compile_mode = speedups.get("compile_mode")
+            self.artefacts_dir = artefacts_dir(self.pipe.transformer, speedups.get("cache_dir"), self.compile_mode)
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 

@@ -10,8 +10,8 @@ Stages, in order, each the wall-clock seconds it took (they add up to the start'
 | resolve | finding the checkpoint, downloading it on a node that has none |
 | plan | adapters and ControlNet checked, the GPU measured, the staging plan made |
 | load | what was left of reading the weights once the imports were done, the other components, the weights cache written (a cold node) |
-| speedups | fusing, LoRA slots, FP8, wrapping for compile and CUDA graphs (compiling itself happens in the warm-up) |
-| warmup | the warm-up calls: compiling (or loading compiled code from the cache), capturing CUDA graphs, running |
+| speedups | fusing, LoRA slots, FP8, wrapping for compile (or loading the blocks' saved compiled code) and CUDA graphs (compiling itself happens in the warm-up) |
+| warmup | the warm-up calls: compiling (or loading compiled code from the cache), capturing CUDA graphs, running; on a node's first replica, the blocks' code compiled ahead of time and saved first (optim/aot.py) |
 
 ``details`` adds where the load and the warm-up went (the reads in the background, compile and capture seconds).
 """
@@ -156,6 +156,22 @@ class WarmUp:
     calls: list
     compile_s: float
     cuda_graph_capture_s: float
+    saved: dict = None  # {block kind: seconds}: the blocks' compiled code this warm-up saved (the node's first replica)
+
+
+def _save_compiled_blocks(engine, examples: dict) -> dict:
+    """Compile the code of the block kinds recorded in ``examples`` that the node has none of yet, save it for the
+    next replicas, and run ``engine``'s blocks through the saved code too, as they will (nothing has compiled the
+    blocks yet: the warm-up's first compiled call comes after); {block kind: seconds}."""
+    from .optim import aot  # (see warm_up)
+
+    saved = aot.save(examples, engine.artefacts_dir, engine.compile_mode)
+    if saved:
+        log.info("saved the compiled code of %s to %s (seconds)", saved, engine.artefacts_dir)
+    loaded = aot.load(engine.pipe.transformer, engine.artefacts_dir, engine.compile_mode)
+    if loaded:
+        engine.speedups["compile"] += f", saved code of {len(loaded)} block kinds loaded"
+    return saved
 
 
 def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, caption_tokens=(16, 80)) -> WarmUp:
@@ -163,7 +179,12 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
     not on the first request whose prompt length differs; a batch of both lengths (its captions padded to the
     longest, with a mask: graphs of their own) here, not on the first batch of prompts of different lengths. One
-    step is enough: later steps change no shape (/readyz counts what compiles after the warm-up)."""
+    step is enough: later steps change no shape (/readyz counts what compiles after the warm-up).
+
+    When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and the node has none of some block
+    kind yet: its first replica), a first, eager pass records one call of each block kind (optim/aot.py): one step at the largest batch, prompts of
+    equal and of different lengths; the code is compiled from them and saved (``saved``), and the calls after run
+    it, as the next replicas will."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
@@ -175,6 +196,30 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     compiled, captured = compile_seconds(), capture_seconds(engine.pipe.transformer)
     hidden = engine.pipe.transformer.config.cap_feat_dim
     calls = []
+
+    def jobs(per_job, image=None):
+        return [Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps, control_image=image),
+                    torch.zeros(tokens, hidden)) for i, tokens in enumerate(per_job)]
+
+    saved = None
+    if engine.artefacts_dir is not None:
+        from .optim import aot  # (the blocks' compiled code, saved per node)
+
+        if aot.missing(engine.artefacts_dir):  # the node's first replica (or one whose batches make more kinds)
+            n, lengths = max(batch_sizes), sorted(set(caption_tokens))
+            batches = [(lengths[0],) * n]
+            if n > 1 and len(lengths) > 1:
+                batches.append(tuple(lengths[i % len(lengths)] for i in range(n)))
+            t = time.perf_counter()
+            # eager, block by block (no CUDA graph captured from eager kernels): see aot.Recorder
+            with torch.compiler.set_stance("force_eager"), engine.blocks_one_by_one(), \
+                    aot.Recorder(engine.pipe.transformer) as recorder:
+                for per_job in batches:
+                    engine.generate(jobs(per_job))
+            calls.append((n, "record", round(time.perf_counter() - t, 2)))
+            t = time.perf_counter()
+            saved = _save_compiled_blocks(engine, recorder.examples)
+            calls.append((n, "save compiled", round(time.perf_counter() - t, 2)))
     control = None
     if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
         control = Pixels("RGB", width, height, bytes(width * height * 3))
@@ -185,11 +230,9 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
         for per_job in lengths:
             for image in (None, control) if control is not None else (None,):
                 t = time.perf_counter()
-                engine.generate([Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps,
-                                                       control_image=image), torch.zeros(tokens, hidden))
-                                 for i, tokens in enumerate(per_job)])
+                engine.generate(jobs(per_job, image))
                 label = per_job[0] if len(set(per_job)) == 1 else "/".join(map(str, per_job))
                 calls.append((n, label, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
     log.info("warm-up calls (batch, caption tokens, seconds): %s", calls)
     return WarmUp(time.perf_counter() - t0, calls, compile_seconds() - compiled,
-                  capture_seconds(engine.pipe.transformer) - captured)
+                  capture_seconds(engine.pipe.transformer) - captured, saved)

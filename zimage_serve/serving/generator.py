@@ -78,7 +78,8 @@ class Generator:
         t0 = time.perf_counter()
         workload = Workload(*parse_size(opts.plan_size, Bounds(max_side=8192)), opts.max_batch_size)
         speedups = {"compile": opts.compile, "attention_backend": opts.attention_backend,
-                    "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs}
+                    "fuse": opts.fuse_projections, "cuda_graphs": opts.cuda_graphs,
+                    "compile_artifacts": opts.compile_artifacts}
         started = start_engine(self.config.model, workload, self.start, policy=opts.policy, encode_on=opts.encode_on,
                                device=None if opts.device == "auto" else opts.device, fp8=opts.fp8,
                                adapters={n: a.source for n, a in self.config.adapters.items()},
@@ -93,6 +94,8 @@ class Generator:
                 warm = warm_up(engine, workload.width, workload.height, sorted({1, min(2, opts.max_batch_size)}))
             self.start.details.update(warmup_compile_s=warm.compile_s, warmup_cuda_graph_capture_s=warm.cuda_graph_capture_s,
                                       warmup_calls=str(warm.calls))
+            if warm.saved:  # the first replica on this node: the blocks' compiled code, for the next ones
+                self.start.details["warmup_saved_compiled_blocks"] = str(warm.saved)
         self.graphs_when_ready = compiled_graphs()  # /readyz reports those made since: recompiles requests waited for
         self.engine, self.load_seconds = engine, time.perf_counter() - t0
         metrics.set_plan(engine.plan)

@@ -1,0 +1,171 @@
+"""optim/aot.py: the first replica on a node saves its transformer blocks' compiled code after its warm-up, and the
+next replica loads it and traces none of them; what the code can't check, its directory's key does; a call the code
+doesn't fit, a file that doesn't load, fall back to torch.compile. Replicas are fresh processes on one compile
+cache, the tiny model on the CPU (float32, fused projections, as a GPU replica's engine but for the device)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import max_pixel_diff
+
+# A replica's engine start (model/startup.py, serving/generator.py) on the CPU: load, the speed-ups with compile and
+# its saved code, the warm-up (batch 1 and 2), the save when the warm-up recorded; then requests: a batch of two
+# prompts of different lengths and one alone, written as PNGs. The VAE decodes in tiles (eagerly): only the blocks
+# compile here.
+_REPLICA = """
+import dataclasses, json, logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+import torch
+from zimage_serve.core.request import GenerationRequest
+from zimage_serve.model.engine import Engine, Job
+from zimage_serve.model.planner import Workload, make_plan
+from zimage_serve.model.sizes import sizes_of
+from zimage_serve.model.sources import resolve
+from zimage_serve.model.startup import compiled_graphs, warm_up
+from zimage_serve.model.optim import aot
+
+source = resolve("tiny")
+plan = make_plan(sizes_of(source), None, Workload(64, 64, 2))
+engine = Engine.load(source, dataclasses.replace(plan, vae_tiling=True), device="cpu", dtype="float32")
+engine.set_progress(False)
+engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": False, "compile_artifacts": True,
+                    "cache_dir": sys.argv[1]})
+warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40))
+saved = warm.saved or {}
+at_ready = compiled_graphs()
+hidden = engine.pipe.transformer.config.cap_feat_dim
+g = torch.Generator().manual_seed(0)
+prompts = [torch.randn(n, hidden, generator=g) for n in (7, 33, 20)]
+images = engine.generate([Job(GenerationRequest("p", seed=i, width=64, height=64, steps=2), e)
+                          for i, e in enumerate(prompts[:2])]).images
+images += engine.generate([Job(GenerationRequest("p", seed=2, width=64, height=64, steps=2), prompts[2])]).images
+for i, image in enumerate(images):
+    image.save(f"{sys.argv[2]}/{i}.png")
+torch.save(prompts, f"{sys.argv[2]}/prompts.pt")
+transformer = engine.pipe.transformer
+print(json.dumps({"compile": engine.speedups["compile"], "calls": warm.calls, "saved": sorted(saved),
+                  "dir": str(engine.artefacts_dir), "graphs_at_ready": at_ready,
+                  "graphs_after_requests": compiled_graphs(), "uses_artefacts": aot.uses_artefacts(transformer),
+                  "compiled_instead": sorted(transformer.layers[0].forward._shared["missed"])
+                  if aot.uses_artefacts(transformer) else None}))
+"""
+
+
+def _replica(cache, out) -> dict:
+    out.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
+           "TORCHINDUCTOR_COMPILE_THREADS": "1"}  # (see test_accel.py)
+    r = subprocess.run([sys.executable, "-c", _REPLICA, str(cache), str(out)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "stderr": r.stderr}
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Two replicas started one after the other on one node: (the first's report, the second's, their outputs)."""
+    root = tmp_path_factory.mktemp("aot")
+    first = _replica(root / "compile", root / "first")
+    second = _replica(root / "compile", root / "second")
+    return first, second, root
+
+
+def test_the_first_replica_saves_each_block_kinds_code_and_the_second_loads_it_and_traces_no_block(replicas):
+    first, second, root = replicas
+    # the first: an eager pass that records a call of each kind, the save, then the rest of its warm-up on the saved
+    # code, as the second's
+    assert [call[1] for call in first["calls"][:2]] == ["record", "save compiled"]
+    assert first["saved"] == ["mod_mask", "mod_nomask", "nomod_mask", "nomod_nomask"]
+    assert "saved code of 4 block kinds loaded" in first["compile"] and first["compiled_instead"] == []
+    assert sorted(p.name for p in (root / "compile" / "aot").iterdir()) == [os.path.basename(first["dir"])]
+    # the second: the same directory (the same key), every kind loaded; its warm-up records nothing, no block ran
+    # through torch.compile, and nothing compiled after it was ready
+    assert second["dir"] == first["dir"] and "saved code of 4 block kinds loaded" in second["compile"]
+    assert second["uses_artefacts"] and second["compiled_instead"] == [] and second["saved"] == []
+    assert all(call[1] != "record" for call in second["calls"])
+    assert second["graphs_after_requests"] == second["graphs_at_ready"]
+    assert "could not" not in second["stderr"] and "don't fit" not in second["stderr"]
+
+
+def test_the_loaded_code_makes_the_images_the_compiled_and_the_eager_engine_make(replicas, tiny_source):
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Engine, Job
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+
+    _, _, root = replicas
+    engine = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 2)), device="cpu",
+                         dtype="float32")
+    engine.set_progress(False)
+    prompts = torch.load(root / "first" / "prompts.pt")
+    eager = engine.generate([Job(GenerationRequest("p", seed=i, width=64, height=64, steps=2), e)
+                             for i, e in enumerate(prompts[:2])]).images
+    eager += engine.generate([Job(GenerationRequest("p", seed=2, width=64, height=64, steps=2), prompts[2])]).images
+    for i, image in enumerate(eager):
+        compiled, loaded = (Image.open(root / name / f"{i}.png").convert("RGB") for name in ("first", "second"))
+        assert max_pixel_diff(compiled, image) <= 2 and max_pixel_diff(loaded, image) <= 2
+        assert np.array_equal(np.asarray(loaded), np.asarray(compiled))  # the same kernels
+
+
+def _transformer(tiny_source, fuse=True, dtype=torch.float32):
+    from diffusers import ZImageTransformer2DModel
+
+    from zimage_serve.model.optim.fusion import fuse_projections
+
+    model = ZImageTransformer2DModel.from_pretrained(tiny_source.path, subfolder="transformer", dtype=dtype)
+    model.eval().requires_grad_(False)
+    if fuse:
+        fuse_projections(model)
+    return model
+
+
+def test_the_key_changes_with_what_the_code_assumes_and_nothing_else(tiny_source):
+    from zimage_serve.model.optim.aot import artefact_key
+
+    fused = artefact_key(_transformer(tiny_source))
+    assert artefact_key(_transformer(tiny_source)) == fused  # another process's same model: the same directory
+    assert artefact_key(_transformer(tiny_source, fuse=False)) != fused  # other modules in the blocks
+    assert artefact_key(_transformer(tiny_source, dtype=torch.bfloat16)) != fused
+    assert artefact_key(_transformer(tiny_source), compile_mode="max-autotune-no-cudagraphs") != fused
+    other_backend = _transformer(tiny_source, fuse=False)
+    other_backend.set_attention_backend("_native_math")
+    assert artefact_key(other_backend) != artefact_key(_transformer(tiny_source, fuse=False))
+
+
+def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to_torch_compile(replicas, tiny_source,
+                                                                                               tmp_path, caplog):
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.optim.accel import accelerate
+
+    first, _, root = replicas
+    model = _transformer(tiny_source)
+    c = model.config
+    with torch.inference_mode(), aot.Recorder(model) as recorder:  # (eager: nothing compiled or loaded yet)
+        model([torch.randn(c.in_channels, 1, 8, 8) for _ in range(2)], torch.full((2,), 0.5),
+              [torch.randn(16, c.cap_feat_dim) for _ in range(2)], return_dict=False)
+    block, args = recorder.examples["nomod_nomask"]
+    assert aot.load(model, root / "compile" / "aot" / os.path.basename(first["dir"])) == list(aot.VARIANTS)
+    with torch.inference_mode():
+        fits = block(*args)
+        x = args[0]
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1])  # x as a view with other strides: the code guards them
+        wide[..., :x.shape[-1]] = x
+        assert torch.allclose(block(wide[..., :x.shape[-1]], *args[1:]), fits, atol=1e-5)
+    assert block.forward._shared["missed"] == {"nomod_nomask"}
+    assert "the saved compiled nomod_nomask blocks don't fit this call" in caplog.text
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "mod_mask.bin").write_bytes(b"not a compiled function")
+    model = _transformer(tiny_source)
+    assert aot.load(model, broken) == [] and not aot.uses_artefacts(model)
+    assert "could not load the compiled mod_mask blocks" in caplog.text
+    applied = accelerate(model, compile=True, fuse=False, compile_artifacts=True, cache_dir=str(tmp_path / "c"))
+    assert applied["compile"] == "regional (repeated blocks)"  # nothing saved there: torch.compile's way

@@ -1,0 +1,241 @@
+"""The transformer blocks' compiled code, saved once per node and loaded by later replicas without Dynamo.
+
+A replica on a warm compile cache still traces every block graph with Dynamo before Inductor's cache answers: most
+of a warm replica's compile seconds (issue 23). torch's ahead-of-time compile (``torch.compile(fn).aot_compile``,
+``save_compiled_function``, ``torch.compiler.load_compiled_function``) keeps what the trace made (the guards, the
+bytecode, Inductor's output) in one file that a new process loads without tracing.
+
+One artefact per block *variant* (modulated or not, with a caption mask or without: the graphs a denoise makes),
+compiled from ``ZImageTransformerBlock.forward`` with the block as an argument, batch and sequence dynamic; it serves
+every block of its variant (their weights are inputs of the graph). The first replica of a node records one call of
+each variant in an eager pass at the start of its warm-up (:class:`Recorder`), compiles and saves them
+(:func:`save`) and loads them (:func:`load`), as later replicas load them at their start: no replica traces its
+blocks through ``torch.compile``'s regional path. Compiled ahead of time, every graph is dynamic in the batch and
+sequence from the start (the regional path compiles a static graph first on a cold cache, then a dynamic one).
+
+What the artefacts can't check themselves, their directory's name does (:func:`artefact_key`): the global guards are
+dropped to save them (the attention backend, the processor's type), and the traced source isn't guarded at all. So
+the key hashes the torch, diffusers and Triton versions, the device, the dtype, the module and processor types in the
+blocks and their source files, the attention backend and the compile mode. Anything else an artefact guards (shapes,
+dtypes, devices, the block's attributes) it checks on each call: a call that fails them runs ``torch.compile``'s
+path instead, for that variant from then on (logged once), never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+from torch import nn
+
+log = logging.getLogger("zimage_serve")
+FORMAT = 1  # bumped when what a directory holds changes
+GUARD_MISS = "GuardManager check failed"  # how a loaded function refuses a call (torch/_dynamo/aot_compile.py)
+VARIANTS = ("mod_mask", "mod_nomask", "nomod_mask", "nomod_nomask")
+
+
+def blocks(transformer: nn.Module) -> list[nn.Module]:
+    """The transformer's repeated blocks, wherever they sit (a streamed one inside its StreamedBlock)."""
+    kinds = set(getattr(transformer, "_repeated_blocks", ()))
+    return [m for m in transformer.modules() if type(m).__name__ in kinds]
+
+
+def variant(block: nn.Module, args: tuple) -> str:
+    """Which compiled graph a block call needs: modulated or not, with a caption mask or without."""
+    return ("mod" if getattr(block, "modulation", False) else "nomod") + ("_mask" if args[1] is not None else "_nomask")
+
+
+def artefact_key(transformer: nn.Module, compile_mode: str | None = None) -> str:
+    """The name of the directory whose artefacts this transformer may load: a hash of everything the artefacts
+    assume and don't guard (see the module's docstring)."""
+    found = blocks(transformer)
+    if not found:
+        raise ValueError("the transformer has no repeated blocks to compile")
+    types, sources = set(), set()
+    for block in found:
+        for m in block.modules():
+            types.add(f"{type(m).__module__}.{type(m).__qualname__}")
+            processor = getattr(m, "processor", None)
+            if processor is not None:
+                types.add(f"{type(processor).__module__}.{type(processor).__qualname__}"
+                          f"[{getattr(processor, '_attention_backend', None)}]")
+                sources.add(type(processor).__module__)
+            sources.add(type(m).__module__)
+    sources.add("diffusers.models.attention_dispatch")
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            digest.update(name.encode() + Path(path).read_bytes())
+    param = next(found[0].parameters())
+    device = param.device
+    if device.type == "cuda":
+        device_name = f"{torch.cuda.get_device_name(device)} sm{''.join(map(str, torch.cuda.get_device_capability(device)))}"
+    else:
+        device_name = device.type
+    try:
+        import triton  # (on CUDA machines only)
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    parts = {"format": FORMAT, "torch": torch.__version__, "diffusers": diffusers.__version__, "triton": triton_version,
+             "cuda": torch.version.cuda, "device": device_name, "dtype": str(param.dtype), "modules": sorted(types),
+             "sources": digest.hexdigest(), "mode": compile_mode,
+             "inductor_env": sorted((k, v) for k, v in os.environ.items()
+                                    if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _guard_filter(entries) -> list[bool]:
+    """Keep the guards on the call's arguments; drop the global ones and those on the attention processor's code
+    (ID matches, which can't be saved: the key stands for them) and any other that can't be saved."""
+    from torch._dynamo.guards import CheckFunctionManager  # Dynamo's internals, at the save only
+
+    unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    return [not (g.is_global or g.guard_type in unsupported or unsupported & set(g.derived_guard_types)
+                 or "__code__" in g.name or "__call__" in g.name) for g in entries]
+
+
+class Recorder:
+    """Records one call of each block variant, the largest batch's (no size-1 dimension for Dynamo to specialize
+    on), with forward pre-hooks: a context manager; ``examples`` maps each variant to (a block, copies of its
+    arguments). Run the calls eagerly within it (``torch.compiler.set_stance("force_eager")``, and no CUDA graph
+    replays): compiled blocks don't guard on their hooks, so code compiled inside would keep recording after it."""
+
+    def __init__(self, transformer: nn.Module):
+        self._blocks = blocks(transformer)
+        self.examples: dict[str, tuple[nn.Module, tuple]] = {}
+        self._hooks: list = []
+
+    def _record(self, block: nn.Module, args: tuple) -> None:
+        name = variant(block, args)
+        held = self.examples.get(name)
+        if held is None or args[0].shape[0] > held[1][0].shape[0]:
+            self.examples[name] = (block, tuple(_copy(a) for a in args))
+
+    def __enter__(self) -> "Recorder":
+        for block in self._blocks:
+            self._hooks.append(block.register_forward_pre_hook(lambda m, args: self._record(m, args)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _copy(a):
+    """A copy of a block's argument with its strides (the artefact guards them), or the argument itself."""
+    if not isinstance(a, torch.Tensor):
+        return a
+    return torch.empty_strided(a.size(), a.stride(), dtype=a.dtype, device=a.device).copy_(a)
+
+
+def _mark_dynamic(args: tuple) -> None:
+    """Batch and sequence dynamic (the mask's and RoPE's too), the conditioning's batch."""
+    batch = args[0].shape[0] > 1
+    dims = (0, 1) if batch else (1,)
+    for t in args[:3]:
+        if isinstance(t, torch.Tensor):
+            torch._dynamo.mark_dynamic(t, dims)
+    if batch and len(args) > 3 and isinstance(args[3], torch.Tensor):
+        torch._dynamo.mark_dynamic(args[3], 0)
+
+
+def save(examples: dict, directory: Path, compile_mode: str | None = None) -> dict[str, float]:
+    """Compile each recorded variant ahead of time and write it under ``directory`` (atomically, beside anything
+    another replica wrote); {variant: seconds}. A variant that fails to compile or save is logged and left out.
+    ``examples`` (a Recorder's) is emptied as it goes: its copies of the arguments are freed one by one."""
+    from torch._inductor import list_mode_options  # (see _guard_filter)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    options = {**(list_mode_options(compile_mode) if compile_mode else {}), "guard_filter_fn": _guard_filter}
+    seconds, fn = {}, None
+    for name in sorted(examples):
+        block, args = examples.pop(name)
+        target = directory / f"{name}.bin"
+        if target.exists():
+            continue
+        t0 = time.perf_counter()
+        try:
+            if fn is None:  # one for every variant (a second torch.compile of the forward saves guards it can't)
+                fn = torch.compile(type(block).forward, fullgraph=True, options=options)
+            with torch.inference_mode():  # inference tensors, as served (their dispatch keys are guarded)
+                args = tuple(a if not isinstance(a, torch.Tensor) or a.is_inference() else _copy(a) for a in args)
+                _mark_dynamic(args)
+                compiled = fn.aot_compile(((block, *args), {}))
+            tmp = directory / f".{name}.{os.getpid()}.tmp"
+            compiled.save_compiled_function(str(tmp))
+            os.replace(tmp, target)
+        except Exception as e:  # an artefact is an optimization: the replica serves on without it
+            log.warning("could not save the compiled %s blocks: %s: %s", name, type(e).__name__, str(e)[:300])
+            continue
+        seconds[name] = round(time.perf_counter() - t0, 2)
+    return seconds
+
+
+class AotForward:
+    """A block's forward through the loaded artefact of its variant; a call an artefact refuses (its guards), or one
+    of a variant without an artefact, runs through ``torch.compile`` instead (one compiled function shared by all
+    blocks, as regional compilation shares one)."""
+
+    def __init__(self, block: nn.Module, shared: dict):
+        self._block, self._shared = block, shared  # shared: {"loaded": {variant: fn}, "compiled": fn, "missed": set}
+
+    def __call__(self, *args, **kwargs):
+        shared, name = self._shared, variant(self._block, args)
+        fn = shared["loaded"].get(name)
+        if fn is not None and not kwargs:
+            try:
+                return fn(self._block, *args)
+            except RuntimeError as e:
+                if not str(e).startswith(GUARD_MISS):
+                    raise
+                shared["loaded"].pop(name, None)
+                log.warning("the saved compiled %s blocks don't fit this call (%s); compiling them instead",
+                            name, str(e)[len(GUARD_MISS):].strip(" ,:")[:200])
+        shared["missed"].add(name)
+        return shared["compiled"](self._block, *args, **kwargs)
+
+
+def load(transformer: nn.Module, directory: Path, compile_mode: str | None = None) -> list[str]:
+    """Run the transformer's blocks through the artefacts saved under ``directory``: the variants loaded (an empty
+    list, with nothing changed, when there are none or none loads)."""
+    found = blocks(transformer)
+    if any("forward" in vars(b) for b in found):  # a hook that replaced the forward (accelerate's offload): leave it
+        return []
+    loaded = {}
+    for path in sorted(directory.glob("*.bin")) if directory.is_dir() else ():
+        try:
+            with torch.inference_mode(), open(path, "rb") as f:  # guards rebuilt with the serving thread's state
+                loaded[path.stem] = torch.compiler.load_compiled_function(
+                    f, f_globals=sys.modules[type(found[0]).__module__].__dict__)
+        except Exception as e:
+            log.warning("could not load the compiled %s blocks from %s: %s: %s", path.stem, directory,
+                        type(e).__name__, str(e)[:300])
+    if not loaded:
+        return []
+    forward = type(found[0]).forward
+    shared = {"loaded": loaded, "missed": set(),
+              "compiled": torch.compile(forward, fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))}
+    for block in found:
+        block.forward = AotForward(block, shared)
+        block._compiled_call_impl = None  # (a regional torch.compile of the block, not run yet, undone)
+    return sorted(loaded)
+
+
+def missing(directory: Path) -> list[str]:
+    """The variants with no artefact under ``directory`` yet."""
+    return [name for name in VARIANTS if not (directory / f"{name}.bin").exists()]
+
+
+def uses_artefacts(transformer: nn.Module) -> bool:
+    """Whether the transformer's blocks run through loaded artefacts."""
+    return any(isinstance(getattr(b, "forward", None), AotForward) for b in blocks(transformer)[:1])
