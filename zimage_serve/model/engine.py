@@ -162,12 +162,15 @@ class Engine:
         # LoRA folded into the base matmuls where nothing moves or quantizes the layers afterwards (lora_slots.py)
         fold = plan.transformer == "gpu" and not speedups.get("fp8")
         install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
-        self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, **speedups)}
+        batched = self.max_batch > 1  # (the blocks' saved compiled code is dynamic in the batch, or not)
+        self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, batched=batched,
+                                                        **speedups)}
         if speedups.get("compile") and speedups.get("compile_artifacts"):
             from .optim.accel import artefacts_dir  # (compiled code saved per node: optim/aot.py)
 
             self.compile_mode = speedups.get("compile_mode")
-            self.artefacts_dir = artefacts_dir(self.pipe.transformer, speedups.get("cache_dir"), self.compile_mode)
+            self.artefacts_dir = artefacts_dir(self.pipe.transformer, speedups.get("cache_dir"), self.compile_mode,
+                                               batched)
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 

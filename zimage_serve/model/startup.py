@@ -159,18 +159,30 @@ class WarmUp:
     saved: dict = None  # {block kind: seconds}: the blocks' compiled code this warm-up saved (the node's first replica)
 
 
-def _save_compiled_blocks(engine, examples: dict) -> dict:
-    """Compile the code of the block kinds recorded in ``examples`` that the node has none of yet, save it for the
-    next replicas, and run ``engine``'s blocks through the saved code too, as they will (nothing has compiled the
-    blocks yet: the warm-up's first compiled call comes after); {block kind: seconds}."""
+def _save_compiled_blocks(engine, record) -> dict | None:
+    """On the node's first replica (compile_artifacts, and nothing recorded under the engine's directory yet):
+    ``record()`` the block calls (an eager pass, optim/aot.py's Recorder), compile and save their code for the next
+    replicas; then, on any replica whose blocks don't run saved code yet (the first, or one that started while the
+    first was saving), load it, as the next replicas will at their start. Before anything compiled the blocks: the
+    warm-up's first compiled call comes after. {block kind: seconds} saved here, or None."""
+    import torch  # (see start_engine)
+
     from .optim import aot  # (see warm_up)
 
-    saved = aot.save(examples, engine.artefacts_dir, engine.compile_mode)
-    if saved:
-        log.info("saved the compiled code of %s to %s (seconds)", saved, engine.artefacts_dir)
-    loaded = aot.load(engine.pipe.transformer, engine.artefacts_dir, engine.compile_mode)
-    if loaded:
-        engine.speedups["compile"] += f", saved code of {len(loaded)} block kinds loaded"
+    transformer, directory, saved = engine.pipe.transformer, engine.artefacts_dir, None
+    if aot.needs_recording(directory):
+        try:
+            saved = aot.save(record(), directory, engine.compile_mode)
+        except Exception as e:  # (out of memory on a card with little room, most likely): an optimization, not a
+            torch.cuda.empty_cache()  # reason not to serve; a later replica tries again
+            log.warning("the blocks' compiled code was not saved (%s: %s); they compile as usual", type(e).__name__,
+                        str(e)[:300], exc_info=not isinstance(e, torch.OutOfMemoryError))
+            return None
+        log.info("saved the compiled code of %s to %s (seconds)", saved, directory)
+    if saved or not aot.uses_artefacts(transformer):
+        loaded = aot.load(transformer, directory, engine.compile_mode)
+        if loaded and "loaded" not in engine.speedups["compile"]:
+            engine.speedups["compile"] += f", saved code of {len(loaded)} block kinds loaded"
     return saved
 
 
@@ -201,25 +213,28 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
         return [Job(GenerationRequest("warm-up", seed=i, width=width, height=height, steps=steps, control_image=image),
                     torch.zeros(tokens, hidden)) for i, tokens in enumerate(per_job)]
 
-    saved = None
-    if engine.artefacts_dir is not None:
+    def record() -> dict:  # one call of each block kind, eagerly (see _save_compiled_blocks)
         from .optim import aot  # (the blocks' compiled code, saved per node)
 
-        if aot.missing(engine.artefacts_dir):  # the node's first replica (or one whose batches make more kinds)
-            n, lengths = max(batch_sizes), sorted(set(caption_tokens))
-            batches = [(lengths[0],) * n]
-            if n > 1 and len(lengths) > 1:
-                batches.append(tuple(lengths[i % len(lengths)] for i in range(n)))
-            t = time.perf_counter()
-            # eager, block by block (no CUDA graph captured from eager kernels): see aot.Recorder
-            with torch.compiler.set_stance("force_eager"), engine.blocks_one_by_one(), \
-                    aot.Recorder(engine.pipe.transformer) as recorder:
-                for per_job in batches:
-                    engine.generate(jobs(per_job))
-            calls.append((n, "record", round(time.perf_counter() - t, 2)))
-            t = time.perf_counter()
-            saved = _save_compiled_blocks(engine, recorder.examples)
-            calls.append((n, "save compiled", round(time.perf_counter() - t, 2)))
+        n, lengths = max(batch_sizes), sorted(set(caption_tokens))
+        batches = [(lengths[0],) * n]
+        if n > 1 and len(lengths) > 1:
+            batches.append(tuple(lengths[i % len(lengths)] for i in range(n)))
+        t = time.perf_counter()
+        # block by block: no CUDA graph captured from eager kernels
+        with torch.compiler.set_stance("force_eager"), engine.blocks_one_by_one(), \
+                aot.Recorder(engine.pipe.transformer) as recorder:
+            for per_job in batches:
+                engine.generate(jobs(per_job))
+        calls.append((n, "record", round(time.perf_counter() - t, 2)))
+        return recorder.examples
+
+    saved = None
+    if engine.artefacts_dir is not None:
+        t = time.perf_counter()
+        saved = _save_compiled_blocks(engine, record)
+        if saved is not None:
+            calls.append((max(batch_sizes), "save compiled", round(time.perf_counter() - t - calls[-1][2], 2)))
     control = None
     if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
         control = Pixels("RGB", width, height, bytes(width * height * 3))

@@ -1,7 +1,7 @@
 """optim/aot.py: the first replica on a node saves its transformer blocks' compiled code after its warm-up, and the
 next replica loads it and traces none of them; what the code can't check, its directory's key does; a call the code
 doesn't fit, a file that doesn't load, fall back to torch.compile. Replicas are fresh processes on one compile
-cache, the tiny model on the CPU (float32, fused projections, as a GPU replica's engine but for the device)."""
+cache, the tiny model on the CPU (float32; the CPU plan fuses no projections, which a GPU replica's does)."""
 
 import json
 import os
@@ -53,8 +53,7 @@ transformer = engine.pipe.transformer
 print(json.dumps({"compile": engine.speedups["compile"], "calls": warm.calls, "saved": sorted(saved),
                   "dir": str(engine.artefacts_dir), "graphs_at_ready": at_ready,
                   "graphs_after_requests": compiled_graphs(), "uses_artefacts": aot.uses_artefacts(transformer),
-                  "compiled_instead": sorted(transformer.layers[0].forward._shared["missed"])
-                  if aot.uses_artefacts(transformer) else None}))
+                  "compiled_instead": aot.calls_compiled_instead(transformer)}))
 """
 
 
@@ -82,19 +81,23 @@ def test_the_first_replica_saves_each_block_kinds_code_and_the_second_loads_it_a
     # the first: an eager pass that records a call of each kind, the save, then the rest of its warm-up on the saved
     # code, as the second's
     assert [call[1] for call in first["calls"][:2]] == ["record", "save compiled"]
-    assert first["saved"] == ["mod_mask", "mod_nomask", "nomod_mask", "nomod_nomask"]
-    assert "saved code of 4 block kinds loaded" in first["compile"] and first["compiled_instead"] == []
+    assert [name.split("-")[0] for name in first["saved"]] == ["mod_mask", "mod_nomask", "nomod_mask", "nomod_nomask"]
+    assert "saved code of 4 block kinds loaded" in first["compile"] and first["compiled_instead"] == {}
     assert sorted(p.name for p in (root / "compile" / "aot").iterdir()) == [os.path.basename(first["dir"])]
+    index = json.loads((root / "compile" / "aot" / os.path.basename(first["dir"]) / "index.json").read_text())
+    assert index == {name: "saved" for name in first["saved"]}
     # the second: the same directory (the same key), every kind loaded; its warm-up records nothing, no block ran
     # through torch.compile, and nothing compiled after it was ready
     assert second["dir"] == first["dir"] and "saved code of 4 block kinds loaded" in second["compile"]
-    assert second["uses_artefacts"] and second["compiled_instead"] == [] and second["saved"] == []
+    assert second["uses_artefacts"] and second["compiled_instead"] == {} and second["saved"] == []
     assert all(call[1] != "record" for call in second["calls"])
     assert second["graphs_after_requests"] == second["graphs_at_ready"]
     assert "could not" not in second["stderr"] and "don't fit" not in second["stderr"]
 
 
-def test_the_loaded_code_makes_the_images_the_compiled_and_the_eager_engine_make(replicas, tiny_source):
+def test_both_replicas_make_the_eager_engines_images(replicas, tiny_source):
+    """The first runs the code it compiled and saved, the second the code it loaded: the same code, so the same
+    pixels; both the eager engine's up to float rounding."""
     from zimage_serve.core.request import GenerationRequest
     from zimage_serve.model.engine import Engine, Job
     from zimage_serve.model.planner import Workload, make_plan
@@ -111,7 +114,7 @@ def test_the_loaded_code_makes_the_images_the_compiled_and_the_eager_engine_make
     for i, image in enumerate(eager):
         compiled, loaded = (Image.open(root / name / f"{i}.png").convert("RGB") for name in ("first", "second"))
         assert max_pixel_diff(compiled, image) <= 2 and max_pixel_diff(loaded, image) <= 2
-        assert np.array_equal(np.asarray(loaded), np.asarray(compiled))  # the same kernels
+        assert np.array_equal(np.asarray(loaded), np.asarray(compiled))
 
 
 def _transformer(tiny_source, fuse=True, dtype=torch.float32):
@@ -126,17 +129,35 @@ def _transformer(tiny_source, fuse=True, dtype=torch.float32):
     return model
 
 
-def test_the_key_changes_with_what_the_code_assumes_and_nothing_else(tiny_source):
-    from zimage_serve.model.optim.aot import artefact_key
+def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source, monkeypatch):
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    from zimage_serve.model.optim.aot import artefact_key, variant
 
     fused = artefact_key(_transformer(tiny_source))
     assert artefact_key(_transformer(tiny_source)) == fused  # another process's same model: the same directory
     assert artefact_key(_transformer(tiny_source, fuse=False)) != fused  # other modules in the blocks
     assert artefact_key(_transformer(tiny_source, dtype=torch.bfloat16)) != fused
     assert artefact_key(_transformer(tiny_source), compile_mode="max-autotune-no-cudagraphs") != fused
+    assert artefact_key(_transformer(tiny_source), batched=False) != fused  # a batch fixed at 1
+    # (set_attention_backend sets the process's backend too: restored by monkeypatch.undo below)
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     other_backend = _transformer(tiny_source, fuse=False)
-    other_backend.set_attention_backend("_native_math")
+    other_backend.set_attention_backend("_native_math")  # the processors' backend
     assert artefact_key(other_backend) != artefact_key(_transformer(tiny_source, fuse=False))
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", AttentionBackendName.FLEX)  # the process's
+    assert artefact_key(_transformer(tiny_source)) != fused
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "7")  # how fast it compiles, not what: the same directory
+    assert artefact_key(_transformer(tiny_source)) == fused
+    monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")  # what it compiles: another
+    assert artefact_key(_transformer(tiny_source)) != fused
+    # within one transformer, a block of another structure (unfused here; LoRA slots on some blocks only, in
+    # serving) is another variant, with code of its own
+    args = (torch.zeros(1, 4, 8), None, torch.zeros(1, 4, 2))
+    assert variant(_transformer(tiny_source).layers[0], args) != variant(_transformer(tiny_source, fuse=False).layers[0],
+                                                                          args)
+    assert variant(_transformer(tiny_source).layers[0], args[:2]) is None  # arguments no artefact takes
 
 
 def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to_torch_compile(replicas, tiny_source,
@@ -145,26 +166,28 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
     from zimage_serve.model.optim.accel import accelerate
 
     first, _, root = replicas
-    model = _transformer(tiny_source)
+    model = _transformer(tiny_source, fuse=False)  # (as the replicas' CPU engines)
     c = model.config
     with torch.inference_mode(), aot.Recorder(model) as recorder:  # (eager: nothing compiled or loaded yet)
         model([torch.randn(c.in_channels, 1, 8, 8) for _ in range(2)], torch.full((2,), 0.5),
               [torch.randn(16, c.cap_feat_dim) for _ in range(2)], return_dict=False)
-    block, args = recorder.examples["nomod_nomask"]
-    assert aot.load(model, root / "compile" / "aot" / os.path.basename(first["dir"])) == list(aot.VARIANTS)
+    name = next(n for n in recorder.examples if n.startswith("nomod_nomask-"))
+    block, args = recorder.examples[name]
+    assert aot.load(model, root / "compile" / "aot" / os.path.basename(first["dir"])) == first["saved"]
     with torch.inference_mode():
         fits = block(*args)
         x = args[0]
         wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1])  # x as a view with other strides: the code guards them
         wide[..., :x.shape[-1]] = x
         assert torch.allclose(block(wide[..., :x.shape[-1]], *args[1:]), fits, atol=1e-5)
-    assert block.forward._shared["missed"] == {"nomod_nomask"}
-    assert "the saved compiled nomod_nomask blocks don't fit this call" in caplog.text
+        assert torch.equal(block(*args), fits)  # the artefact stays for the calls that fit it
+    assert aot.calls_compiled_instead(model) == {name: 1}
+    assert f"the saved compiled {name} blocks don't fit this call" in caplog.text
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "mod_mask.bin").write_bytes(b"not a compiled function")
-    model = _transformer(tiny_source)
+    model = _transformer(tiny_source, fuse=False)
     assert aot.load(model, broken) == [] and not aot.uses_artefacts(model)
     assert "could not load the compiled mod_mask blocks" in caplog.text
     applied = accelerate(model, compile=True, fuse=False, compile_artifacts=True, cache_dir=str(tmp_path / "c"))

@@ -135,22 +135,26 @@ def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True
     return applied
 
 
-def artefacts_dir(transformer, cache_dir: str | None = None, compile_mode: str | None = None):
+def artefacts_dir(transformer, cache_dir: str | None = None, compile_mode: str | None = None,
+                  batched: bool = True) -> Path:
     """Where the compiled code of ``transformer``'s blocks is saved and loaded (aot.py): under the compile cache,
-    in a directory named by what the code assumes (aot.artefact_key)."""
+    in a directory named by what the code assumes (aot.artefact_key; ``batched``: batches of more than one)."""
     from .aot import artefact_key  # only when compiling with artefacts
 
-    return Path(cache_dir or environment().cache_dir / "compile") / "aot" / artefact_key(transformer, compile_mode)
+    return (Path(cache_dir or environment().cache_dir / "compile") / "aot"
+            / artefact_key(transformer, compile_mode, batched))
 
 
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
                fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None,
-               cuda_graphs: bool = False, compile_artifacts: bool = False, before_quantize=None) -> dict:
+               cuda_graphs: bool = False, compile_artifacts: bool = False, batched: bool = True,
+               before_quantize=None) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
 
     ``before_quantize(transformer)``, when given, runs after fusing and before FP8, compiling and CUDA graphs
     (the engine makes its LoRA slots there). ``compile_artifacts``: with ``compile``, the blocks run the compiled
-    code saved by an earlier replica where there is some (:func:`artefacts_dir`), not ``torch.compile``'s trace.
+    code saved by an earlier replica where there is some (:func:`artefacts_dir`; ``batched``: the engine runs
+    batches of more than one), not ``torch.compile``'s trace.
 
     ``fuse`` and ``cuda_graphs`` need a resident transformer (all weights on the GPU, no offload hooks).
     ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile."""
@@ -172,7 +176,7 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         if compile_artifacts:
             from .aot import load  # (see artefacts_dir)
 
-            loaded = load(transformer, artefacts_dir(transformer, cache_dir, compile_mode), compile_mode)
+            loaded = load(transformer, artefacts_dir(transformer, cache_dir, compile_mode, batched), compile_mode)
         if not loaded:
             transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = (f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"

@@ -5,20 +5,25 @@ of a warm replica's compile seconds (issue 23). torch's ahead-of-time compile (`
 ``save_compiled_function``, ``torch.compiler.load_compiled_function``) keeps what the trace made (the guards, the
 bytecode, Inductor's output) in one file that a new process loads without tracing.
 
-One artefact per block *variant* (modulated or not, with a caption mask or without: the graphs a denoise makes),
-compiled from ``ZImageTransformerBlock.forward`` with the block as an argument, batch and sequence dynamic; it serves
-every block of its variant (their weights are inputs of the graph). The first replica of a node records one call of
-each variant in an eager pass at the start of its warm-up (:class:`Recorder`), compiles and saves them
-(:func:`save`) and loads them (:func:`load`), as later replicas load them at their start: no replica traces its
-blocks through ``torch.compile``'s regional path. Compiled ahead of time, every graph is dynamic in the batch and
-sequence from the start (the regional path compiles a static graph first on a cold cache, then a dynamic one).
+One artefact per block *variant*: modulated or not, with a caption mask or without (the graphs a denoise makes),
+and the block's structure (its modules' types, its tensors' shapes and dtypes: a block with LoRA slots where another
+has none is another variant). Compiled from ``ZImageTransformerBlock.forward`` with the block as an argument, batch
+and sequence dynamic, it serves every block of its variant (their weights are inputs of the graph). The first
+replica of a node records one call of each variant in an eager pass at the start of its warm-up
+(:class:`Recorder`), compiles and saves them (:func:`save`, with an index of what it recorded) and loads them
+(:func:`load`), as later replicas load them at their start: no replica traces its blocks through
+``torch.compile``'s regional path. Compiled ahead of time, every graph is dynamic in the batch and sequence from the
+start (the regional path compiles a static graph first on a cold cache, then a dynamic one).
 
 What the artefacts can't check themselves, their directory's name does (:func:`artefact_key`): the global guards are
-dropped to save them (the attention backend, the processor's type), and the traced source isn't guarded at all. So
-the key hashes the torch, diffusers and Triton versions, the device, the dtype, the module and processor types in the
-blocks and their source files, the attention backend and the compile mode. Anything else an artefact guards (shapes,
-dtypes, devices, the block's attributes) it checks on each call: a call that fails them runs ``torch.compile``'s
-path instead, for that variant from then on (logged once), never an error.
+dropped to save them (diffusers' process-wide attention backend among them; the processor's type and its own
+backend are guarded), and the traced source isn't guarded at all. So the key hashes the Python, torch, diffusers and
+Triton versions, the device (its name, compute capability and SM count), the dtype, the module and processor types
+in the blocks and their source files, the attention backend settings, Inductor's and Dynamo's configuration, the
+compile mode, and whether the batch is dynamic (a replica that batches, or one that never does). Anything else an
+artefact guards (shapes, strides, dtypes, devices, the block's attributes, grad mode) it checks on each call: a call
+that fails them, or one with arguments no artefact takes, runs through ``torch.compile`` instead (that call; logged
+once per variant).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import logging
 import os
 import sys
 import time
+import uuid
+import weakref
+from itertools import chain
 from pathlib import Path
 
 import diffusers
@@ -36,9 +44,10 @@ import torch
 from torch import nn
 
 log = logging.getLogger("zimage_serve")
-FORMAT = 1  # bumped when what a directory holds changes
+FORMAT = 2  # bumped when what a directory holds changes
 GUARD_MISS = "GuardManager check failed"  # how a loaded function refuses a call (torch/_dynamo/aot_compile.py)
-VARIANTS = ("mod_mask", "mod_nomask", "nomod_mask", "nomod_nomask")
+INDEX = "index.json"  # what the recording made: {variant: "saved" or why not}
+_structures: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def blocks(transformer: nn.Module) -> list[nn.Module]:
@@ -47,14 +56,35 @@ def blocks(transformer: nn.Module) -> list[nn.Module]:
     return [m for m in transformer.modules() if type(m).__name__ in kinds]
 
 
-def variant(block: nn.Module, args: tuple) -> str:
-    """Which compiled graph a block call needs: modulated or not, with a caption mask or without."""
-    return ("mod" if getattr(block, "modulation", False) else "nomod") + ("_mask" if args[1] is not None else "_nomask")
+def _structure(block: nn.Module) -> str:
+    """A short hash of a block's structure: its modules' names and types, its tensors' names, shapes and dtypes
+    (computed once per block)."""
+    cached = _structures.get(block)
+    if cached is None:
+        parts = [(name, f"{type(m).__module__}.{type(m).__qualname__}") for name, m in block.named_modules()]
+        parts += [(name, tuple(t.shape), str(t.dtype))
+                  for name, t in chain(block.named_parameters(), block.named_buffers())]
+        cached = _structures[block] = hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
+    return cached
 
 
-def artefact_key(transformer: nn.Module, compile_mode: str | None = None) -> str:
+def variant(block: nn.Module, args: tuple) -> str | None:
+    """Which compiled graph a block call needs: modulated or not, with a caption mask or without, and the block's
+    structure; None for a call whose arguments no artefact takes (fewer than x, mask and RoPE)."""
+    if len(args) < 3:
+        return None
+    return (("mod" if getattr(block, "modulation", False) else "nomod")
+            + ("_mask" if args[1] is not None else "_nomask") + "-" + _structure(block))
+
+
+def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batched: bool = True) -> str:
     """The name of the directory whose artefacts this transformer may load: a hash of everything the artefacts
-    assume and don't guard (see the module's docstring)."""
+    assume and don't guard (see the module's docstring). ``batched``: the replica runs batches of more than one."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # (the process-wide backend)
+    from torch._dynamo import config as dynamo_config  # (their configuration: part of what the code assumes)
+    from torch._inductor import config as inductor_config
+    from torch.fx.experimental import _config as fx_config
+
     found = blocks(transformer)
     if not found:
         raise ValueError("the transformer has no repeated blocks to compile")
@@ -77,7 +107,8 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None) -> str
     param = next(found[0].parameters())
     device = param.device
     if device.type == "cuda":
-        device_name = f"{torch.cuda.get_device_name(device)} sm{''.join(map(str, torch.cuda.get_device_capability(device)))}"
+        props = torch.cuda.get_device_properties(device)
+        device_name = f"{props.name} sm{props.major}{props.minor} x{props.multi_processor_count}"
     else:
         device_name = device.type
     try:
@@ -85,12 +116,31 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None) -> str
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    parts = {"format": FORMAT, "torch": torch.__version__, "diffusers": diffusers.__version__, "triton": triton_version,
-             "cuda": torch.version.cuda, "device": device_name, "dtype": str(param.dtype), "modules": sorted(types),
-             "sources": digest.hexdigest(), "mode": compile_mode,
-             "inductor_env": sorted((k, v) for k, v in os.environ.items()
-                                    if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    config = lambda c: hashlib.sha256(json.dumps(_stable(c.save_config_portable())).encode()).hexdigest()
+    ignored_env = {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS"}  # (where and how fast, not what)
+    parts = {"format": FORMAT, "python": sys.version_info[:2], "torch": torch.__version__,
+             "diffusers": diffusers.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+             "device": device_name, "dtype": str(param.dtype), "modules": sorted(types), "sources": digest.hexdigest(),
+             "attention": [str(_AttentionBackendRegistry._active_backend),
+                           getattr(_AttentionBackendRegistry, "_checks_enabled", None)],
+             "inductor": config(inductor_config), "dynamo": config(dynamo_config),
+             "size_oblivious": getattr(fx_config, "backed_size_oblivious", None), "mode": compile_mode,
+             "batched": batched,
+             "env": sorted((k, v) for k, v in os.environ.items()
+                           if k.startswith(("TORCHINDUCTOR_", "DIFFUSERS_ATTN")) and k not in ignored_env)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _stable(value):
+    """``value`` with its sets sorted and everything else as its repr: the same in every process (a set's order
+    follows string hashes, which differ from process to process)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted((_stable(v) for v in value), key=repr)
+    if isinstance(value, dict):
+        return sorted(([repr(k), _stable(v)] for k, v in value.items()), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    return repr(value)
 
 
 def _guard_filter(entries) -> list[bool]:
@@ -116,6 +166,8 @@ class Recorder:
 
     def _record(self, block: nn.Module, args: tuple) -> None:
         name = variant(block, args)
+        if name is None:
+            return
         held = self.examples.get(name)
         if held is None or args[0].shape[0] > held[1][0].shape[0]:
             self.examples[name] = (block, tuple(_copy(a) for a in args))
@@ -151,17 +203,19 @@ def _mark_dynamic(args: tuple) -> None:
 
 def save(examples: dict, directory: Path, compile_mode: str | None = None) -> dict[str, float]:
     """Compile each recorded variant ahead of time and write it under ``directory`` (atomically, beside anything
-    another replica wrote); {variant: seconds}. A variant that fails to compile or save is logged and left out.
+    another replica wrote), then the index of what was recorded; {variant: seconds}. A variant that fails to compile
+    or save is logged, and the index says why, so that no later replica records and compiles it again.
     ``examples`` (a Recorder's) is emptied as it goes: its copies of the arguments are freed one by one."""
     from torch._inductor import list_mode_options  # (see _guard_filter)
 
     directory.mkdir(parents=True, exist_ok=True)
     options = {**(list_mode_options(compile_mode) if compile_mode else {}), "guard_filter_fn": _guard_filter}
-    seconds, fn = {}, None
+    seconds, index, fn = {}, {}, None
     for name in sorted(examples):
         block, args = examples.pop(name)
         target = directory / f"{name}.bin"
-        if target.exists():
+        if target.exists():  # another replica's, meanwhile
+            index[name] = "saved"
             continue
         t0 = time.perf_counter()
         try:
@@ -171,37 +225,63 @@ def save(examples: dict, directory: Path, compile_mode: str | None = None) -> di
                 args = tuple(a if not isinstance(a, torch.Tensor) or a.is_inference() else _copy(a) for a in args)
                 _mark_dynamic(args)
                 compiled = fn.aot_compile(((block, *args), {}))
-            tmp = directory / f".{name}.{os.getpid()}.tmp"
-            compiled.save_compiled_function(str(tmp))
-            os.replace(tmp, target)
+            _write(directory, target.name, lambda tmp: compiled.save_compiled_function(str(tmp)))
+        except torch.OutOfMemoryError:
+            raise  # not this variant's fault: the caller goes on without saving (and a later replica tries again)
         except Exception as e:  # an artefact is an optimization: the replica serves on without it
-            log.warning("could not save the compiled %s blocks: %s: %s", name, type(e).__name__, str(e)[:300])
+            index[name] = f"not saved: {type(e).__name__}: {str(e)[:300]}"
+            log.warning("could not save the compiled %s blocks: %s", name, index[name])
             continue
+        index[name] = "saved"
         seconds[name] = round(time.perf_counter() - t0, 2)
+    _write(directory, INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1, sort_keys=True)))
     return seconds
 
 
+def _write(directory: Path, name: str, write) -> None:
+    """``write(path)`` to a temporary file beside ``directory / name``, then renamed to it (atomic)."""
+    tmp = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, directory / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def needs_recording(directory: Path) -> bool:
+    """Whether a replica should record and save the variants: no recording was saved under ``directory`` yet, or a
+    file its index says was saved is gone."""
+    try:
+        index = json.loads((directory / INDEX).read_text())
+    except (OSError, ValueError):
+        return True
+    return any(state == "saved" and not (directory / f"{name}.bin").exists() for name, state in index.items())
+
+
 class AotForward:
-    """A block's forward through the loaded artefact of its variant; a call an artefact refuses (its guards), or one
-    of a variant without an artefact, runs through ``torch.compile`` instead (one compiled function shared by all
-    blocks, as regional compilation shares one)."""
+    """A block's forward through the loaded artefact of its variant. A call an artefact refuses (its guards), one of
+    a variant without an artefact, or one with arguments no artefact takes, runs through ``torch.compile`` instead
+    (one compiled function shared by all blocks, as regional compilation shares one); the artefact stays for the
+    calls that fit it."""
 
     def __init__(self, block: nn.Module, shared: dict):
-        self._block, self._shared = block, shared  # shared: {"loaded": {variant: fn}, "compiled": fn, "missed": set}
+        # shared: {"loaded": {variant: fn}, "compiled": fn, "missed": {variant: calls}}
+        self._block, self._shared = block, shared
 
     def __call__(self, *args, **kwargs):
-        shared, name = self._shared, variant(self._block, args)
+        shared = self._shared
+        name = None if kwargs else variant(self._block, args)
         fn = shared["loaded"].get(name)
-        if fn is not None and not kwargs:
+        if fn is not None:
             try:
                 return fn(self._block, *args)
             except RuntimeError as e:
                 if not str(e).startswith(GUARD_MISS):
                     raise
-                shared["loaded"].pop(name, None)
-                log.warning("the saved compiled %s blocks don't fit this call (%s); compiling them instead",
-                            name, str(e)[len(GUARD_MISS):].strip(" ,:")[:200])
-        shared["missed"].add(name)
+                if name not in shared["missed"]:
+                    log.warning("the saved compiled %s blocks don't fit this call (%s); it compiles instead",
+                                name, str(e)[len(GUARD_MISS):].strip(" ,:")[:200])
+        shared["missed"][name] = shared["missed"].get(name, 0) + 1
         return shared["compiled"](self._block, *args, **kwargs)
 
 
@@ -209,8 +289,8 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     """Run the transformer's blocks through the artefacts saved under ``directory``: the variants loaded (an empty
     list, with nothing changed, when there are none or none loads)."""
     found = blocks(transformer)
-    if any("forward" in vars(b) for b in found):  # a hook that replaced the forward (accelerate's offload): leave it
-        return []
+    if any("forward" in vars(b) and not isinstance(vars(b)["forward"], AotForward) for b in found):
+        return []  # a hook that replaced the forward (accelerate's offload): leave it
     loaded = {}
     for path in sorted(directory.glob("*.bin")) if directory.is_dir() else ():
         try:
@@ -223,7 +303,7 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     if not loaded:
         return []
     forward = type(found[0]).forward
-    shared = {"loaded": loaded, "missed": set(),
+    shared = {"loaded": loaded, "missed": {},
               "compiled": torch.compile(forward, fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))}
     for block in found:
         block.forward = AotForward(block, shared)
@@ -231,11 +311,12 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     return sorted(loaded)
 
 
-def missing(directory: Path) -> list[str]:
-    """The variants with no artefact under ``directory`` yet."""
-    return [name for name in VARIANTS if not (directory / f"{name}.bin").exists()]
-
-
 def uses_artefacts(transformer: nn.Module) -> bool:
     """Whether the transformer's blocks run through loaded artefacts."""
     return any(isinstance(getattr(b, "forward", None), AotForward) for b in blocks(transformer)[:1])
+
+
+def calls_compiled_instead(transformer: nn.Module) -> dict:
+    """{variant (None: arguments no artefact takes): calls} that ran through ``torch.compile``, not an artefact."""
+    found = blocks(transformer)[:1]
+    return dict(found[0].forward._shared["missed"]) if found and uses_artefacts(transformer) else {}
