@@ -65,10 +65,17 @@ STAGES = [r"loading tiny \(random test weights: images are noise\) \.\.\. done i
           r"writing .*cat\.png \.\.\. done in \d+\.\ds"]
 
 
-def test_generate_with_stderr_a_pipe_draws_no_bar_and_says_each_stage(tmp_path):
-    out = tmp_path / "cat.png"
+@pytest.fixture(scope="module")
+def generated_on_a_pipe(tmp_path_factory):
+    """``zimage-serve generate`` as a user runs it, stderr a pipe: (the image's path, the finished process)."""
+    out = tmp_path_factory.mktemp("pipe") / "cat.png"
     r = subprocess.run([sys.executable, *GENERATE, "--out", str(out)], capture_output=True, text=True, env=_env(),
                        timeout=300)
+    return out, r
+
+
+def test_generate_with_stderr_a_pipe_draws_no_bar_and_says_each_stage(generated_on_a_pipe):
+    out, r = generated_on_a_pipe
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\r" not in r.stderr, r.stderr  # no redraw: neither diffusers' steps nor transformers' "Loading weights"
     assert "%|" not in r.stderr and "it/s" not in r.stderr, r.stderr
@@ -77,6 +84,21 @@ def test_generate_with_stderr_a_pipe_draws_no_bar_and_says_each_stage(tmp_path):
     assert len(stages) == len(STAGES) and all(re.fullmatch(p, s) for p, s in zip(STAGES, stages)), r.stderr
     assert r.stdout.startswith(f"wrote {out} (64x64, seed 3, 8 steps, ") and r.stdout.count("\n") == 1, r.stdout
     assert out.stat().st_size > 0
+
+
+def test_generate_prints_the_plan_once_and_no_line_twice(generated_on_a_pipe):
+    """What a user reads (test_startup_output.py's checks), in the same run."""
+    from test_startup_output import lines_of, message, repeated
+
+    _, r = generated_on_a_pipe
+    assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr
+    plan_lines = [line for line in lines_of(output) if message(line).startswith("plan: ")]
+    assert len(plan_lines) == 1 and "plan: cpu on cpu" in plan_lines[0], output
+    assert not repeated(output), repeated(output)
+    assert "random test weights" in r.stdout  # said, not hidden
+    for noise in ("Warning", "should be kept in float32", "Traceback"):
+        assert noise not in output, output
 
 
 def test_generate_on_a_terminal_draws_the_step_bar(tmp_path):

@@ -1,12 +1,10 @@
 """What a user reads when a command starts: what they need, once. Real processes, as a new user runs them;
-`zimage-serve serve` is started once, by test_serve_cli.py, and the batch job by tests/batch/test_job.py (the
-run it kills, then reruns: the rerun's output), which check their output the same way."""
+`zimage-serve serve` is started once, by test_serve_cli.py, `zimage-serve generate` by test_progress.py, and the
+batch job by tests/batch/test_job.py (the run it kills, then reruns: the rerun's output), which check their output
+the same way with the helpers here."""
 
 import logging
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 
 
@@ -45,24 +43,6 @@ def test_the_helpers_see_repeats_across_processes_and_skip_progress_bars():
     assert repeated(out) == {"WARNING zimage_serve: the same": 2}
     assert lines_of(out)[-1].endswith("core_worker.cc:2465: once")
     assert [message(line) for line in lines_of(out)][2] == "plan: cpu"
-
-
-def _run(args, timeout=600):
-    env = dict(os.environ, RAY_ADDRESS="")  # its own local cluster, as a user's first run
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def test_generate_prints_the_plan_once_and_no_line_twice(tmp_path):
-    r = _run(["-m", "zimage_serve.cli", "generate", "--prompt", "a cat", "--model", "tiny", "--size", "64x64",
-              "--out", str(tmp_path / "cat.png")])
-    assert r.returncode == 0, r.stderr[-3000:]
-    output = r.stdout + r.stderr
-    plan_lines = [line for line in lines_of(output) if message(line).startswith("plan: ")]
-    assert len(plan_lines) == 1 and "plan: cpu on cpu" in plan_lines[0], output
-    assert not repeated(output), repeated(output)
-    assert "random test weights" in r.stdout  # said, not hidden
-    for noise in ("Warning", "should be kept in float32", "Traceback"):
-        assert noise not in output, output
 
 
 def test_well_understood_noise_is_dropped_and_errors_never_are():

@@ -1,9 +1,11 @@
-"""optim/aot.py: the first replica on a node saves its transformer blocks' compiled code after its warm-up, and the
-next replica loads it and traces none of them; what the code can't check, its directory's key does; a call the code
-doesn't fit, a file that doesn't load, fall back to torch.compile. Replicas are fresh processes on one compile
-cache, the tiny model on the CPU (float32; the CPU plan fuses no projections, which a GPU replica's does)."""
+"""optim/aot.py: the first replica on a node saves its transformer blocks' compiled code at the start of its warm-up,
+and the next replica loads it and traces none of them; what the code can't check, its directory's key does; a call
+the code doesn't fit, a file that doesn't load, fall back to torch.compile. Two replicas on one compile cache (the
+first in a fresh process), the tiny model on the CPU (float32; the CPU plan fuses no projections, which a GPU
+replica's does)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,64 +17,77 @@ from PIL import Image
 
 from conftest import max_pixel_diff
 
-# A replica's engine start (model/startup.py, serving/generator.py) on the CPU: load, the speed-ups with compile and
-# its saved code, the warm-up (batch 1 and 2), the save when the warm-up recorded; then requests: a batch of two
-# prompts of different lengths and one alone, written as PNGs. The VAE decodes in tiles (eagerly): only the blocks
-# compile here.
-_REPLICA = """
-import dataclasses, json, logging, sys
+def start_replica(cache: str, out: str) -> dict:
+    """A replica's engine start (model/startup.py, serving/generator.py) on the CPU: load, the speed-ups with compile
+    and its saved code, the warm-up (batch 1 and 2), which saves the code when it is the node's first; then requests
+    (a batch of two prompts of different lengths, and one alone) written to ``out`` as PNGs. The VAE decodes in tiles
+    (eagerly): only the blocks compile here. What it did, as JSON."""
+    import dataclasses
+
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Engine, Job
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+    from zimage_serve.model.sources import resolve
+    from zimage_serve.model.startup import compiled_graphs, warm_up
+
+    source = resolve("tiny")
+    plan = make_plan(sizes_of(source), None, Workload(64, 64, 2))
+    engine = Engine.load(source, dataclasses.replace(plan, vae_tiling=True), device="cpu", dtype="float32")
+    engine.set_progress(False)
+    graphs = compiled_graphs()
+    engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": False, "compile_artifacts": True,
+                        "cache_dir": cache})
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40))
+    at_ready = compiled_graphs()
+    hidden = engine.pipe.transformer.config.cap_feat_dim
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randn(n, hidden, generator=g) for n in (7, 33, 20)]
+    images = engine.generate([Job(GenerationRequest("p", seed=i, width=64, height=64, steps=2), e)
+                              for i, e in enumerate(prompts[:2])]).images
+    images += engine.generate([Job(GenerationRequest("p", seed=2, width=64, height=64, steps=2), prompts[2])]).images
+    for i, image in enumerate(images):
+        image.save(f"{out}/{i}.png")
+    torch.save(prompts, f"{out}/prompts.pt")
+    transformer = engine.pipe.transformer
+    return {"compile": engine.speedups["compile"], "calls": warm.calls, "saved": sorted(warm.saved or {}),
+            "dir": str(engine.artefacts_dir), "graphs_in_warm_up": at_ready - graphs,
+            "graphs_after_requests": compiled_graphs() - at_ready, "uses_artefacts": aot.uses_artefacts(transformer),
+            "compiled_instead": aot.calls_compiled_instead(transformer)}
+
+
+_IN_A_PROCESS = """
+import json, logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-import torch
-from zimage_serve.core.request import GenerationRequest
-from zimage_serve.model.engine import Engine, Job
-from zimage_serve.model.planner import Workload, make_plan
-from zimage_serve.model.sizes import sizes_of
-from zimage_serve.model.sources import resolve
-from zimage_serve.model.startup import compiled_graphs, warm_up
-from zimage_serve.model.optim import aot
-
-source = resolve("tiny")
-plan = make_plan(sizes_of(source), None, Workload(64, 64, 2))
-engine = Engine.load(source, dataclasses.replace(plan, vae_tiling=True), device="cpu", dtype="float32")
-engine.set_progress(False)
-engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": False, "compile_artifacts": True,
-                    "cache_dir": sys.argv[1]})
-warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40))
-saved = warm.saved or {}
-at_ready = compiled_graphs()
-hidden = engine.pipe.transformer.config.cap_feat_dim
-g = torch.Generator().manual_seed(0)
-prompts = [torch.randn(n, hidden, generator=g) for n in (7, 33, 20)]
-images = engine.generate([Job(GenerationRequest("p", seed=i, width=64, height=64, steps=2), e)
-                          for i, e in enumerate(prompts[:2])]).images
-images += engine.generate([Job(GenerationRequest("p", seed=2, width=64, height=64, steps=2), prompts[2])]).images
-for i, image in enumerate(images):
-    image.save(f"{sys.argv[2]}/{i}.png")
-torch.save(prompts, f"{sys.argv[2]}/prompts.pt")
-transformer = engine.pipe.transformer
-print(json.dumps({"compile": engine.speedups["compile"], "calls": warm.calls, "saved": sorted(saved),
-                  "dir": str(engine.artefacts_dir), "graphs_at_ready": at_ready,
-                  "graphs_after_requests": compiled_graphs(), "uses_artefacts": aot.uses_artefacts(transformer),
-                  "compiled_instead": aot.calls_compiled_instead(transformer)}))
+sys.path[:0] = sys.argv[3].split(":")  # this module's directory and tests/ (conftest)
+from test_aot import start_replica
+print(json.dumps(start_replica(sys.argv[1], sys.argv[2])))
 """
-
-
-def _replica(cache, out) -> dict:
-    out.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
-           "TORCHINDUCTOR_COMPILE_THREADS": "1"}  # (see test_accel.py)
-    r = subprocess.run([sys.executable, "-c", _REPLICA, str(cache), str(out)], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {**json.loads(r.stdout.strip().splitlines()[-1]), "stderr": r.stderr}
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
-    """Two replicas started one after the other on one node: (the first's report, the second's, their outputs)."""
+    """Two replicas started one after the other on one node: the first in a process of its own (a cold one), the
+    second in this one (a warm one, which pays no imports): (the first's report, the second's, their outputs)."""
     root = tmp_path_factory.mktemp("aot")
-    first = _replica(root / "compile", root / "first")
-    second = _replica(root / "compile", root / "second")
+    (root / "first").mkdir()
+    (root / "second").mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
+           "TORCHINDUCTOR_COMPILE_THREADS": "1"}  # (see test_accel.py)
+    r = subprocess.run([sys.executable, "-c", _IN_A_PROCESS, str(root / "compile"), str(root / "first"),
+                        f"{os.path.dirname(__file__)}:{os.path.dirname(os.path.dirname(os.path.dirname(__file__)))}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = {**json.loads(r.stdout.strip().splitlines()[-1]), "log": r.stderr}
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("zimage_serve").addHandler(handler)
+    try:
+        second = {**start_replica(str(root / "compile"), str(root / "second")), "log": "\n".join(warnings)}
+    finally:
+        logging.getLogger("zimage_serve").removeHandler(handler)
     return first, second, root
 
 
@@ -91,8 +106,8 @@ def test_the_first_replica_saves_each_block_kinds_code_and_the_second_loads_it_a
     assert second["dir"] == first["dir"] and "saved code of 4 block kinds loaded" in second["compile"]
     assert second["uses_artefacts"] and second["compiled_instead"] == {} and second["saved"] == []
     assert all(call[1] != "record" for call in second["calls"])
-    assert second["graphs_after_requests"] == second["graphs_at_ready"]
-    assert "could not" not in second["stderr"] and "don't fit" not in second["stderr"]
+    assert second["graphs_in_warm_up"] == 0 and second["graphs_after_requests"] == 0
+    assert "could not" not in second["log"] and "don't fit" not in second["log"]
 
 
 def test_both_replicas_make_the_eager_engines_images(replicas, tiny_source):
