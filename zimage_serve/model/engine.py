@@ -165,12 +165,9 @@ class Engine:
         batched = self.max_batch > 1  # (the blocks' saved compiled code is dynamic in the batch, or not)
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, batched=batched,
                                                         **speedups)}
-        if speedups.get("compile") and speedups.get("compile_artifacts"):
-            from .optim.accel import artefacts_dir  # (compiled code saved per node: optim/aot.py)
-
+        if "compile_artifacts" in self.speedups:  # the blocks' compiled code saved per node (optim/aot.py)
             self.compile_mode = speedups.get("compile_mode")
-            self.artefacts_dir = artefacts_dir(self.pipe.transformer, speedups.get("cache_dir"), self.compile_mode,
-                                               batched)
+            self.artefacts_dir = Path(self.speedups["compile_artifacts"])
         if self.controlnet is not None and plan.controlnet == "gpu":
             from .optim.accel import accelerate_controlnet  # a ControlNet served
 

@@ -170,16 +170,23 @@ def _save_compiled_blocks(engine, record) -> dict | None:
     from .optim import aot  # (see warm_up)
 
     transformer, directory, saved = engine.pipe.transformer, engine.artefacts_dir, None
-    if aot.needs_recording(directory):
+    if aot.needs_recording(directory, transformer):
+        failed = None
         try:
             saved = aot.save(record(), directory, engine.compile_mode)
+        except torch.AcceleratorError:  # the GPU itself failed: no replica can go on from here
+            raise
         except Exception as e:  # (out of memory on a card with little room, most likely): an optimization, not a
-            torch.cuda.empty_cache()  # reason not to serve; a later replica tries again
-            log.warning("the blocks' compiled code was not saved (%s: %s); they compile as usual", type(e).__name__,
-                        str(e)[:300], exc_info=not isinstance(e, torch.OutOfMemoryError))
-            return None
-        log.info("saved the compiled code of %s to %s (seconds)", saved, directory)
-    if saved or not aot.uses_artefacts(transformer):
+            failed = e  # reason not to serve; a later replica tries again
+        if failed is not None:
+            log.warning("the blocks' compiled code was not saved (%s: %s); they compile as usual",
+                        type(failed).__name__, str(failed)[:300],
+                        exc_info=not isinstance(failed, torch.OutOfMemoryError))
+            del failed
+            torch.cuda.empty_cache()
+        elif saved:
+            log.info("saved the compiled code of %s to %s (seconds)", saved, directory)
+    if aot.saved_variants(directory) - aot.loaded_variants(transformer):  # (saved here, or by another meanwhile)
         loaded = aot.load(transformer, directory, engine.compile_mode)
         if loaded and "loaded" not in engine.speedups["compile"]:
             engine.speedups["compile"] += f", saved code of {len(loaded)} block kinds loaded"

@@ -144,7 +144,7 @@ def _transformer(tiny_source, fuse=True, dtype=torch.float32):
     return model
 
 
-def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source, monkeypatch):
+def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source, monkeypatch, tmp_path):
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
     from zimage_serve.model.optim.aot import artefact_key, variant
@@ -164,6 +164,7 @@ def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source,
     assert artefact_key(_transformer(tiny_source)) != fused
     monkeypatch.undo()
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "7")  # how fast it compiles, not what: the same directory
+    monkeypatch.chdir(tmp_path)  # (a Ray worker runs elsewhere than its driver)
     assert artefact_key(_transformer(tiny_source)) == fused
     monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")  # what it compiles: another
     assert artefact_key(_transformer(tiny_source)) != fused
@@ -188,7 +189,11 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
               [torch.randn(16, c.cap_feat_dim) for _ in range(2)], return_dict=False)
     name = next(n for n in recorder.examples if n.startswith("nomod_nomask-"))
     block, args = recorder.examples[name]
-    assert aot.load(model, root / "compile" / "aot" / os.path.basename(first["dir"])) == first["saved"]
+    saved_dir = root / "compile" / "aot" / os.path.basename(first["dir"])
+    # a replica like the first finds its recording; one whose blocks differ (fused here, LoRA slots on some blocks in
+    # serving) records its own
+    assert not aot.needs_recording(saved_dir, model) and aot.needs_recording(saved_dir, _transformer(tiny_source))
+    assert aot.load(model, saved_dir) == first["saved"]
     with torch.inference_mode():
         fits = block(*args)
         x = args[0]
@@ -207,3 +212,51 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
     assert "could not load the compiled mod_mask blocks" in caplog.text
     applied = accelerate(model, compile=True, fuse=False, compile_artifacts=True, cache_dir=str(tmp_path / "c"))
     assert applied["compile"] == "regional (repeated blocks)"  # nothing saved there: torch.compile's way
+
+
+def _engine(tiny_source, directory):
+    """The tiny engine on the CPU, its blocks eager, told to save and load its blocks' code in ``directory``."""
+    from zimage_serve.model.engine import Engine
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+
+    engine = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 2)), device="cpu",
+                         dtype="float32")
+    engine.set_progress(False)
+    engine.speedups["compile"] = "none"
+    engine.artefacts_dir = directory
+    return engine
+
+
+def test_a_replica_that_started_while_the_first_was_saving_runs_the_saved_code(replicas, tiny_source, tmp_path):
+    """Its start found nothing saved; by its warm-up the first replica's code is there: it loads it, records nothing."""
+    import shutil
+
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.startup import warm_up
+
+    first, _, root = replicas
+    directory = tmp_path / "aot"
+    engine = _engine(tiny_source, directory)
+    shutil.copytree(root / "compile" / "aot" / os.path.basename(first["dir"]), directory)  # (saved meanwhile)
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40))
+    assert warm.saved is None and all(call[1] != "record" for call in warm.calls)
+    assert aot.loaded_variants(engine.pipe.transformer) == set(first["saved"])
+    assert aot.calls_compiled_instead(engine.pipe.transformer) == {}
+
+
+def test_a_save_that_runs_out_of_memory_leaves_the_replica_warming_up_and_serving(tiny_source, tmp_path, monkeypatch,
+                                                                                   caplog):
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.startup import warm_up
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(aot, "save", out_of_memory)
+    engine = _engine(tiny_source, tmp_path / "aot")
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40))
+    assert warm.saved is None and [call[1] for call in warm.calls][:2] == ["record", 16]  # the rest ran
+    assert "the blocks' compiled code was not saved (OutOfMemoryError: CUDA out of memory" in caplog.text
+    assert not aot.uses_artefacts(engine.pipe.transformer) and aot.needs_recording(tmp_path / "aot",
+                                                                                    engine.pipe.transformer)

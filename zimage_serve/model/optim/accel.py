@@ -176,7 +176,9 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
         if compile_artifacts:
             from .aot import load  # (see artefacts_dir)
 
-            loaded = load(transformer, artefacts_dir(transformer, cache_dir, compile_mode, batched), compile_mode)
+            directory = artefacts_dir(transformer, cache_dir, compile_mode, batched)
+            applied["compile_artifacts"] = str(directory)  # (the engine saves there too: the key computed once)
+            loaded = load(transformer, directory, compile_mode)
         if not loaded:
             transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = (f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"

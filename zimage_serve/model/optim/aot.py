@@ -116,7 +116,9 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batche
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    config = lambda c: hashlib.sha256(json.dumps(_stable(c.save_config_portable())).encode()).hexdigest()
+    where = {"debug_dir_root"}  # (paths under the working directory: where, not what)
+    config = lambda c: hashlib.sha256(json.dumps(_stable({k: v for k, v in c.save_config_portable().items()
+                                                          if k not in where})).encode()).hexdigest()
     ignored_env = {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS"}  # (where and how fast, not what)
     parts = {"format": FORMAT, "python": sys.version_info[:2], "torch": torch.__version__,
              "diffusers": diffusers.__version__, "triton": triton_version, "cuda": torch.version.cuda,
@@ -226,16 +228,34 @@ def save(examples: dict, directory: Path, compile_mode: str | None = None) -> di
                 _mark_dynamic(args)
                 compiled = fn.aot_compile(((block, *args), {}))
             _write(directory, target.name, lambda tmp: compiled.save_compiled_function(str(tmp)))
-        except torch.OutOfMemoryError:
-            raise  # not this variant's fault: the caller goes on without saving (and a later replica tries again)
         except Exception as e:  # an artefact is an optimization: the replica serves on without it
-            index[name] = f"not saved: {type(e).__name__}: {str(e)[:300]}"
-            log.warning("could not save the compiled %s blocks: %s", name, index[name])
+            cause = e.__cause__ or getattr(e, "inner_exception", None)
+            if isinstance(e, torch.OutOfMemoryError) or isinstance(cause, torch.OutOfMemoryError):
+                _merge_index(directory, index)  # what was saved so far; the rest: a later replica tries again
+                raise torch.OutOfMemoryError(str(cause or e)) from e
+            why = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("could not save the compiled %s blocks: %s", name, why)
+            if not isinstance(e, OSError):  # (a full disk may not be full for the next replica)
+                index[name] = f"not saved: {why}"
             continue
         index[name] = "saved"
         seconds[name] = round(time.perf_counter() - t0, 2)
-    _write(directory, INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1, sort_keys=True)))
+    _merge_index(directory, index)
     return seconds
+
+
+def _merge_index(directory: Path, entries: dict) -> None:
+    """Add ``entries`` to the directory's index (replicas that save at once each add theirs)."""
+    import fcntl  # (Linux: the index's lock)
+
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            index = json.loads((directory / INDEX).read_text())
+        except (OSError, ValueError):
+            index = {}
+        index.update(entries)
+        _write(directory, INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=1, sort_keys=True)))
 
 
 def _write(directory: Path, name: str, write) -> None:
@@ -248,14 +268,16 @@ def _write(directory: Path, name: str, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def needs_recording(directory: Path) -> bool:
-    """Whether a replica should record and save the variants: no recording was saved under ``directory`` yet, or a
-    file its index says was saved is gone."""
+def needs_recording(directory: Path, transformer: nn.Module) -> bool:
+    """Whether a replica should record and save the variants: the index under ``directory`` has none of one of the
+    transformer's block structures (no replica like this one recorded yet), or a file it says was saved is gone."""
     try:
         index = json.loads((directory / INDEX).read_text())
     except (OSError, ValueError):
         return True
-    return any(state == "saved" and not (directory / f"{name}.bin").exists() for name, state in index.items())
+    recorded = {name.rsplit("-", 1)[-1] for name in index}
+    return (any(_structure(b) not in recorded for b in blocks(transformer))
+            or any(state == "saved" and not (directory / f"{name}.bin").exists() for name, state in index.items()))
 
 
 class AotForward:
@@ -269,20 +291,37 @@ class AotForward:
         self._block, self._shared = block, shared
 
     def __call__(self, *args, **kwargs):
-        shared = self._shared
-        name = None if kwargs else variant(self._block, args)
+        shared, block = self._shared, self._block
+        name = None if kwargs else variant(block, args)
         fn = shared["loaded"].get(name)
         if fn is not None:
-            try:
-                return fn(self._block, *args)
-            except RuntimeError as e:
-                if not str(e).startswith(GUARD_MISS):
-                    raise
-                if name not in shared["missed"]:
-                    log.warning("the saved compiled %s blocks don't fit this call (%s); it compiles instead",
-                                name, str(e)[len(GUARD_MISS):].strip(" ,:")[:200])
+            check, run = getattr(fn, "guard_check", None), getattr(fn, "fn", None)
+            if check is None or run is None:  # (another torch's compiled function: its own call checks and raises)
+                try:
+                    return fn(block, *args)
+                except RuntimeError as e:
+                    if not str(e).startswith(GUARD_MISS):
+                        raise
+                    why = str(e)[len(GUARD_MISS):]
+            elif check(block, *args):  # the guards, then the code: no exception to raise on a miss
+                return run(block, *args)
+            else:
+                why = "its guards" if name in shared["missed"] else _why(fn, block, args)
+            if name not in shared["missed"]:
+                log.warning("the saved compiled %s blocks don't fit this call (%s); it compiles instead",
+                            name, why.strip(" ,:")[:300])
+        elif name not in shared["missed"]:
+            log.warning("no saved compiled code for the %s blocks; they compile", name)
         shared["missed"][name] = shared["missed"].get(name, 0) + 1
-        return shared["compiled"](self._block, *args, **kwargs)
+        return shared["compiled"](block, *args, **kwargs)
+
+
+def _why(fn, block, args) -> str:
+    """Which of a loaded function's guards a call fails (for the log: building it costs more than the check)."""
+    try:
+        return str(fn._artifacts.guard_manager.check_verbose(fn.prepare_f_locals(block, *args)))
+    except Exception:  # (torch's internals: the log line is all it is for)
+        return "its guards"
 
 
 def load(transformer: nn.Module, directory: Path, compile_mode: str | None = None) -> list[str]:
@@ -309,6 +348,17 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
         block.forward = AotForward(block, shared)
         block._compiled_call_impl = None  # (a regional torch.compile of the block, not run yet, undone)
     return sorted(loaded)
+
+
+def loaded_variants(transformer: nn.Module) -> set[str]:
+    """The variants the transformer's blocks run saved code of."""
+    found = blocks(transformer)[:1]
+    return set(found[0].forward._shared["loaded"]) if found and uses_artefacts(transformer) else set()
+
+
+def saved_variants(directory: Path) -> set[str]:
+    """The variants saved under ``directory``."""
+    return {p.stem for p in directory.glob("*.bin")} if directory.is_dir() else set()
 
 
 def uses_artefacts(transformer: nn.Module) -> bool:
