@@ -156,7 +156,7 @@ class WarmUp:
     calls: list
     compile_s: float
     cuda_graph_capture_s: float
-    saved: dict = None  # {block kind: seconds}: the blocks' compiled code this warm-up saved (the node's first replica)
+    saved: dict | None = None  # {block kind: seconds}: the blocks' compiled code this warm-up saved (the node's first replica)
 
 
 def _save_compiled_blocks(engine, record) -> dict | None:
@@ -200,10 +200,10 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     longest, with a mask: graphs of their own) here, not on the first batch of prompts of different lengths. One
     step is enough: later steps change no shape (/readyz counts what compiles after the warm-up).
 
-    When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and the node has none of some block
-    kind yet: its first replica), a first, eager pass records one call of each block kind (optim/aot.py): one step at the largest batch, prompts of
-    equal and of different lengths; the code is compiled from them and saved (``saved``), and the calls after run
-    it, as the next replicas will."""
+    When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and nothing recorded for blocks
+    like these on the node yet: its first replica), a first, eager pass records one call of each block kind
+    (optim/aot.py): one step at the largest batch, prompts of equal and of different lengths; the code is compiled
+    from them and saved (``saved``), and the calls after run it, as the next replicas will."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
