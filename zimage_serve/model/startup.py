@@ -202,8 +202,8 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
 
     When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and nothing recorded for blocks
     like these on the node yet: its first replica), a first, eager pass records one call of each block kind
-    (optim/aot.py): one step at the largest batch, prompts of equal and of different lengths; the code is compiled
-    from them and saved (``saved``), and the calls after run it, as the next replicas will."""
+    (optim/aot.py): one step at the largest batch, prompts of equal and of different lengths; the code compiled
+    out of them is saved (``saved``), and the calls after run it, as the next replicas will."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
