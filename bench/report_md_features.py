@@ -308,7 +308,8 @@ warm-up. Ours / base: {ratios}. The base ({w['base']['revision']}) compiles the 
 regional path, from the compile cache on a warm node; ours saves their compiled code on the node's first replica
 (the "record" and "save compiled" calls: an eager pass recording one call of each block kind, then
 `aot_compile`) and every replica runs it, later ones loading it at their start (model/optim/aot.py). Its graphs
-count what Dynamo traced: the `aot_compile`s and the VAE decoder's norms. Process s: from the replica's process start
+count what Dynamo traced: the `aot_compile`s and the VAE decoder's norms; "of it compiling" is torch.compile's own
+count of seconds, which leaves the `aot_compile`s out (they are the "save compiled" call). Process s: from the replica's process start
 to the end of its warm-up (imports, load, speed-ups, warm-up), the best run's.
 
 | revision | replica | process s | warm-up s (runs) | of it compiling | graphs | per call (batch, caption tokens) s | requests after it: compiled |
