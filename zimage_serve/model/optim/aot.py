@@ -35,7 +35,6 @@ import os
 import sys
 import time
 import uuid
-import weakref
 from itertools import chain
 from pathlib import Path
 
@@ -47,7 +46,6 @@ log = logging.getLogger("zimage_serve")
 FORMAT = 2  # bumped when what a directory holds changes
 GUARD_MISS = "GuardManager check failed"  # how a loaded function refuses a call (torch/_dynamo/aot_compile.py)
 INDEX = "index.json"  # what the recording made: {variant: "saved" or why not}
-_structures: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def blocks(transformer: nn.Module) -> list[nn.Module]:
@@ -57,24 +55,28 @@ def blocks(transformer: nn.Module) -> list[nn.Module]:
 
 
 def _structure(block: nn.Module) -> str:
-    """A short hash of a block's structure: its modules' names and types, its tensors' names, shapes and dtypes
-    (computed once per block)."""
-    cached = _structures.get(block)
-    if cached is None:
-        parts = [(name, f"{type(m).__module__}.{type(m).__qualname__}") for name, m in block.named_modules()]
-        parts += [(name, tuple(t.shape), str(t.dtype))
-                  for name, t in chain(block.named_parameters(), block.named_buffers())]
-        cached = _structures[block] = hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
-    return cached
+    """A short hash of a block's structure: its modules' names and types, its tensors' names, shapes and dtypes."""
+    parts = [(name, f"{type(m).__module__}.{type(m).__qualname__}") for name, m in block.named_modules()]
+    parts += [(name, tuple(t.shape), str(t.dtype)) for name, t in chain(block.named_parameters(), block.named_buffers())]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
+
+
+def _names(block: nn.Module) -> tuple[str, str]:
+    """The names of a block's two variants: (with a caption mask, without)."""
+    kind, structure = "mod" if getattr(block, "modulation", False) else "nomod", _structure(block)
+    return f"{kind}_mask-{structure}", f"{kind}_nomask-{structure}"
+
+
+def _pick(names: tuple[str, str], args: tuple) -> str | None:
+    """Which of a block's variants (:func:`_names`) a call with ``args`` needs; None for arguments no artefact takes
+    (fewer than x, mask and RoPE)."""
+    return None if len(args) < 3 else names[0] if args[1] is not None else names[1]
 
 
 def variant(block: nn.Module, args: tuple) -> str | None:
     """Which compiled graph a block call needs: modulated or not, with a caption mask or without, and the block's
-    structure; None for a call whose arguments no artefact takes (fewer than x, mask and RoPE)."""
-    if len(args) < 3:
-        return None
-    return (("mod" if getattr(block, "modulation", False) else "nomod")
-            + ("_mask" if args[1] is not None else "_nomask") + "-" + _structure(block))
+    structure; None for a call whose arguments no artefact takes."""
+    return _pick(_names(block), args)
 
 
 def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batched: bool = True) -> str:
@@ -162,12 +164,12 @@ class Recorder:
     replays): compiled blocks don't guard on their hooks, so code compiled inside would keep recording after it."""
 
     def __init__(self, transformer: nn.Module):
-        self._blocks = blocks(transformer)
+        self._names = {block: _names(block) for block in blocks(transformer)}
         self.examples: dict[str, tuple[nn.Module, tuple]] = {}
         self._hooks: list = []
 
     def _record(self, block: nn.Module, args: tuple) -> None:
-        name = variant(block, args)
+        name = _pick(self._names[block], args)
         if name is None:
             return
         held = self.examples.get(name)
@@ -175,7 +177,7 @@ class Recorder:
             self.examples[name] = (block, tuple(_copy(a) for a in args))
 
     def __enter__(self) -> "Recorder":
-        for block in self._blocks:
+        for block in self._names:
             self._hooks.append(block.register_forward_pre_hook(lambda m, args: self._record(m, args)))
         return self
 
@@ -276,7 +278,7 @@ def needs_recording(directory: Path, transformer: nn.Module) -> bool:
     except (OSError, ValueError):
         return True
     recorded = {name.rsplit("-", 1)[-1] for name in index}
-    return (any(_structure(b) not in recorded for b in blocks(transformer))
+    return (any(structure not in recorded for structure in {_structure(b) for b in blocks(transformer)})
             or any(state == "saved" and not (directory / f"{name}.bin").exists() for name, state in index.items()))
 
 
@@ -287,16 +289,16 @@ class AotForward:
     calls that fit it."""
 
     def __init__(self, block: nn.Module, shared: dict):
-        # shared: {"loaded": {variant: fn}, "compiled": fn, "missed": {variant: calls}}
-        self._block, self._shared = block, shared
+        # shared: {"loaded": {variant: (fn, check, run)}, "compiled": fn, "missed": {variant: calls}}
+        self._block, self._shared, self._names = block, shared, _names(block)
 
     def __call__(self, *args, **kwargs):
         shared, block = self._shared, self._block
-        name = None if kwargs else variant(block, args)
-        fn = shared["loaded"].get(name)
-        if fn is not None:
-            check, run = getattr(fn, "guard_check", None), getattr(fn, "fn", None)
-            if check is None or run is None:  # (another torch's compiled function: its own call checks and raises)
+        name = None if kwargs else _pick(self._names, args)
+        loaded = shared["loaded"].get(name)
+        if loaded is not None:
+            fn, check, run = loaded
+            if check is None:  # (another torch's compiled function: its own call checks and raises)
                 try:
                     return fn(block, *args)
                 except RuntimeError as e:
@@ -324,6 +326,13 @@ def _why(fn, block, args) -> str:
         return "its guards"
 
 
+def _parts(fn) -> tuple:
+    """(a loaded function, its guard check, its code): the check and the code None where torch's compiled function
+    has no such parts (AotForward then calls the function, which checks and raises)."""
+    check, run = getattr(fn, "guard_check", None), getattr(fn, "fn", None)
+    return (fn, check, run) if check is not None and run is not None else (fn, None, None)
+
+
 def load(transformer: nn.Module, directory: Path, compile_mode: str | None = None) -> list[str]:
     """Run the transformer's blocks through the artefacts saved under ``directory``: the variants loaded (an empty
     list, with nothing changed, when there are none or none loads)."""
@@ -342,7 +351,7 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     if not loaded:
         return []
     forward = type(found[0]).forward
-    shared = {"loaded": loaded, "missed": {},
+    shared = {"loaded": {name: _parts(fn) for name, fn in loaded.items()}, "missed": {},
               "compiled": torch.compile(forward, fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))}
     for block in found:
         block.forward = AotForward(block, shared)
@@ -350,10 +359,15 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     return sorted(loaded)
 
 
+def _shared(transformer: nn.Module) -> dict | None:
+    """What the transformer's AotForwards share (load's ``shared``), or None when its blocks run no saved code."""
+    forward = next((getattr(b, "forward", None) for b in blocks(transformer)), None)
+    return forward._shared if isinstance(forward, AotForward) else None
+
+
 def loaded_variants(transformer: nn.Module) -> set[str]:
     """The variants the transformer's blocks run saved code of."""
-    found = blocks(transformer)[:1]
-    return set(found[0].forward._shared["loaded"]) if found and uses_artefacts(transformer) else set()
+    return set((_shared(transformer) or {}).get("loaded", ()))
 
 
 def saved_variants(directory: Path) -> set[str]:
@@ -363,10 +377,9 @@ def saved_variants(directory: Path) -> set[str]:
 
 def uses_artefacts(transformer: nn.Module) -> bool:
     """Whether the transformer's blocks run through loaded artefacts."""
-    return any(isinstance(getattr(b, "forward", None), AotForward) for b in blocks(transformer)[:1])
+    return _shared(transformer) is not None
 
 
 def calls_compiled_instead(transformer: nn.Module) -> dict:
     """{variant (None: arguments no artefact takes): calls} that ran through ``torch.compile``, not an artefact."""
-    found = blocks(transformer)[:1]
-    return dict(found[0].forward._shared["missed"]) if found and uses_artefacts(transformer) else {}
+    return dict((_shared(transformer) or {}).get("missed", {}))
