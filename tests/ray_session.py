@@ -119,7 +119,9 @@ def serve_cluster():
                     f"the test cluster did not start: {log_path.read_text()[-3000:]}"
                 time.sleep(0.1)
     cluster = json.loads(state.read_text())
-    ray.init(address=cluster["address"], logging_level="WARNING",
+    # log_to_driver off: the shared apps' replicas log to the cluster's files, not to this worker's stderr, where
+    # whichever test runs then would capture them (a CI run saw an Ingress access line in a CLI test's stderr)
+    ray.init(address=cluster["address"], logging_level="WARNING", log_to_driver=False,
              runtime_env=runtime_env())
     yield cluster["url"]
     ray.shutdown()  # this worker's connection: the cluster stays for the others
