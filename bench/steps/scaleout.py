@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import ROOT, checkpoint, http_call, save
+from ..common import ROOT, checkpoint, http_call, out_dir, save
 from .coldstart import NOT_OUR_DEPENDENCIES, _with_bytecode
 
 HIDE = f"import sys; sys.modules.update({{n: None for n in {NOT_OUR_DEPENDENCIES!r}}}); "
@@ -291,6 +291,13 @@ def _run_app(step: str, results: dict, min_replicas: int | None = None, then=Non
             save(step, **results)
     finally:
         app.close()
+        _keep_log(app.log, step)
+
+
+def _keep_log(log: Path, step: str) -> None:
+    """The app's output (Ray forwards the replicas') to $OUT/<step>.app.log, its last 4 MB: what the start did."""
+    data = log.read_bytes()
+    (out_dir() / f"{step}.app.log").write_bytes(data[-4_000_000:])
 
 
 def scaleout_cold():
