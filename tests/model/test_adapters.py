@@ -18,6 +18,16 @@ from zimage_serve.testing.lora import write_lora
 PROMPT = "a lighthouse at dusk"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One CPU thread, as under pytest-xdist on 2 cores (conftest.py): a batch's images equal the solo ones bit for
+    bit only where a matmul's split over threads doesn't follow the batch size (with 2 threads, 1 level apart)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def loras(tiny_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("loras")

@@ -74,7 +74,8 @@ def replicas(tmp_path_factory):
     (root / "first").mkdir()
     (root / "second").mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
-           "TORCHINDUCTOR_COMPILE_THREADS": "1"}  # (see test_accel.py)
+           "TORCHINDUCTOR_COMPILE_THREADS": "1",  # (see test_accel.py)
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # this process's threads (a test before may have set them)
     r = subprocess.run([sys.executable, "-c", _IN_A_PROCESS, str(root / "compile"), str(root / "first"),
                         f"{os.path.dirname(__file__)}:{os.path.dirname(os.path.dirname(os.path.dirname(__file__)))}"],
                        capture_output=True, text=True, env=env, timeout=300)
@@ -155,6 +156,12 @@ def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source,
     assert artefact_key(_transformer(tiny_source, dtype=torch.bfloat16)) != fused
     assert artefact_key(_transformer(tiny_source), compile_mode="max-autotune-no-cudagraphs") != fused
     assert artefact_key(_transformer(tiny_source), batched=False) != fused  # a batch fixed at 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # (the code guards them)
+    try:
+        assert artefact_key(_transformer(tiny_source)) != fused
+    finally:
+        torch.set_num_threads(threads)
     # (set_attention_backend sets the process's backend too: restored by monkeypatch.undo below)
     monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     other_backend = _transformer(tiny_source, fuse=False)

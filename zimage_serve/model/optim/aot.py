@@ -130,6 +130,9 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batche
              "inductor": config(inductor_config), "dynamo": config(dynamo_config),
              "size_oblivious": getattr(fx_config, "backed_size_oblivious", None), "mode": compile_mode,
              "batched": batched,
+             # torch's CPU threads: Dynamo's global-state guard checks them (Inductor's CPU kernels are made for
+             # them), so code saved with other threads would refuse every call
+             "threads": torch.get_num_threads(),
              "env": sorted((k, v) for k, v in os.environ.items()
                            if k.startswith(("TORCHINDUCTOR_", "DIFFUSERS_ATTN")) and k not in ignored_env)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
