@@ -20,7 +20,9 @@ dropped to save them (diffusers' process-wide attention backend among them; the 
 backend are guarded), and the traced source isn't guarded at all. So the key hashes the Python, torch, diffusers and
 Triton versions, the device (its name, compute capability and SM count), the dtype, the module and processor types
 in the blocks and their source files, the attention backend settings, Inductor's and Dynamo's configuration, the
-compile mode, and whether the batch is dynamic (a replica that batches, or one that never does). Anything else an
+compile mode, whether the batch is dynamic (a replica that batches, or one that never does) and torch's CPU thread
+count (which Dynamo's global-state guard, kept, checks: code saved with other threads would refuse every call; Ray
+gives a deployment's replicas the same count, its num_cpus). Anything else an
 artefact guards (shapes, strides, dtypes, devices, the block's attributes, grad mode) it checks on each call: a call
 that fails them, or one with arguments no artefact takes, runs through ``torch.compile`` instead (that call; logged
 once per variant).
