@@ -75,7 +75,8 @@ def replicas(tmp_path_factory):
     (root / "second").mkdir()
     # Inductor's cache (its kernels, built with the C++ compiler on the CPU) kept from run to run of the suite; the
     # saved code goes under ``root``, where the first replica finds none
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(os.environ["ZIMAGE_CACHE_DIR"], "compile-aot-first-replica"),
+    env = {**os.environ,
+           "TORCHINDUCTOR_CACHE_DIR": os.path.join(os.environ["ZIMAGE_CACHE_DIR"], "compile-aot-first-replica"),
            "TORCHINDUCTOR_COMPILE_THREADS": "1",  # (see test_accel.py)
            "OMP_NUM_THREADS": str(torch.get_num_threads())}  # this process's threads (a test before may have set them)
     r = subprocess.run([sys.executable, "-c", _IN_A_PROCESS, str(root / "compile"), str(root / "first"),
