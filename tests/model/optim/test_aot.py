@@ -224,6 +224,41 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
     assert applied["compile"] == "regional (repeated blocks)"  # nothing saved there: torch.compile's way
 
 
+def test_code_saved_at_a_fixed_thread_count_runs_in_a_process_at_another_count(tiny_source, tmp_path):
+    """As code for a GPU is (aot.GPU_THREADS): saved at one CPU thread count, loaded and called at it by a process
+    whose own count differs (a batch job's GPU worker of 1 CPU, a replica of 2), without a miss; the process's count
+    is left as it was. Without the fixed count, the same file's guards refuse the call (Dynamo's global state)."""
+    from zimage_serve.model.optim import aot
+
+    model = _transformer(tiny_source, fuse=False)
+    c = model.config
+    with torch.inference_mode(), aot.Recorder(model) as recorder:
+        model([torch.randn(c.in_channels, 1, 8, 8) for _ in range(2)], torch.full((2,), 0.5),
+              [torch.randn(16, c.cap_feat_dim) for _ in range(2)], return_dict=False)
+    name = next(n for n in recorder.examples if n.startswith("nomod_nomask-"))
+    block, args = recorder.examples[name]
+    with torch.inference_mode():
+        expected = block(*args)
+    own = torch.get_num_threads()
+    fixed = 1 if own > 1 else 2
+    key = aot.artefact_key(model, threads=fixed)
+    copies = tuple(aot._copy(a) for a in args)  # (strides kept; the save marks its arguments dynamic)
+    assert aot.save({name: (block, copies)}, tmp_path, threads=fixed).keys() == {name}
+    assert torch.get_num_threads() == own
+    torch.set_num_threads(own + 2)  # another process's count: the same directory, the same code
+    try:
+        assert aot.artefact_key(model, threads=fixed) == key
+        assert aot.load(model, tmp_path, threads=fixed) == [name]
+        with torch.inference_mode():
+            assert torch.allclose(block(*args), expected, atol=1e-5)
+            assert torch.get_num_threads() == own + 2
+            _, check, _ = aot._shared(model)["loaded"][name]
+            assert not check(block, *args)  # at the process's own count its guards refuse it
+        assert aot.calls_compiled_instead(model) == {}
+    finally:
+        torch.set_num_threads(own)
+
+
 def _engine(tiny_source, directory):
     """The tiny engine on the CPU, its blocks eager, told to save and load its blocks' code in ``directory``."""
     from zimage_serve.model.engine import Engine

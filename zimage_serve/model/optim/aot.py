@@ -20,12 +20,16 @@ dropped to save them (diffusers' process-wide attention backend among them; the 
 backend are guarded), and the traced source isn't guarded at all. So the key hashes the Python, torch, diffusers and
 Triton versions, the device (its name, compute capability and SM count), the dtype, the module and processor types
 in the blocks and their source files, the attention backend settings, Inductor's and Dynamo's configuration, the
-compile mode, whether the batch is dynamic (a replica that batches, or one that never does) and torch's CPU thread
-count (which Dynamo's global-state guard, kept, checks: code saved with other threads would refuse every call; Ray
-gives a deployment's replicas the same count, its num_cpus). Anything else an
-artefact guards (shapes, strides, dtypes, devices, the block's attributes, grad mode) it checks on each call: a call
+compile mode, whether the batch is dynamic (a replica that batches, or one that never does) and, on the CPU, torch's
+CPU thread count. Anything else an artefact guards (shapes, strides, dtypes, devices, the block's attributes, grad mode) it checks on each call: a call
 that fails them, or one with arguments no artefact takes, runs through ``torch.compile`` instead (that call; logged
 once per variant).
+
+Threads: Dynamo's global-state guard (kept) checks torch's CPU thread count, so code saved at one count refuses every
+call made at another. Inductor's CPU kernels are made for the count: on the CPU the key names the process's count
+(replicas of other counts save their own). Code for a GPU has no CPU kernels: it is saved, and called, at one fixed
+count (:data:`GPU_THREADS`, set for the call and restored: well under a microsecond), so every process on the node
+shares it whatever its own count (a serving replica's is its num_cpus, a batch job's GPU worker's 1).
 """
 
 from __future__ import annotations
@@ -48,12 +52,39 @@ log = logging.getLogger("zimage_serve")
 FORMAT = 2  # bumped when what a directory holds changes
 GUARD_MISS = "GuardManager check failed"  # how a loaded function refuses a call (torch/_dynamo/aot_compile.py)
 INDEX = "index.json"  # what the recording made: {variant: "saved" or why not}
+GPU_THREADS = 1  # torch's CPU threads while code for a GPU is saved and called (see the module's docstring)
 
 
 def blocks(transformer: nn.Module) -> list[nn.Module]:
     """The transformer's repeated blocks, wherever they sit (a streamed one inside its StreamedBlock)."""
     kinds = set(getattr(transformer, "_repeated_blocks", ()))
     return [m for m in transformer.modules() if type(m).__name__ in kinds]
+
+
+def call_threads(module: nn.Module, threads: int | None = None) -> int | None:
+    """The CPU thread count the code of a transformer's blocks (or of a block) is saved and called at: ``threads``
+    when given, :data:`GPU_THREADS` for blocks on a GPU, else None: the process's own, whatever it is at the call
+    (the CPU's kernels are made for it)."""
+    if threads is not None:
+        return threads
+    return GPU_THREADS if next((blocks(module) or [module])[0].parameters()).device.type == "cuda" else None
+
+
+class _Threads:
+    """torch's CPU thread count set to ``count`` within (None: left as it is), then restored."""
+
+    def __init__(self, count: int | None):
+        self._count, self._before = count, None
+
+    def __enter__(self) -> None:
+        if self._count is not None and torch.get_num_threads() != self._count:
+            self._before = torch.get_num_threads()
+            torch.set_num_threads(self._count)
+
+    def __exit__(self, *exc) -> None:
+        if self._before is not None:
+            torch.set_num_threads(self._before)
+            self._before = None
 
 
 def _structure(block: nn.Module) -> str:
@@ -81,9 +112,11 @@ def variant(block: nn.Module, args: tuple) -> str | None:
     return _pick(_names(block), args)
 
 
-def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batched: bool = True) -> str:
+def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batched: bool = True,
+                 threads: int | None = None) -> str:
     """The name of the directory whose artefacts this transformer may load: a hash of everything the artefacts
-    assume and don't guard (see the module's docstring). ``batched``: the replica runs batches of more than one."""
+    assume and don't guard (see the module's docstring). ``batched``: the replica runs batches of more than one;
+    ``threads``: the CPU threads the code is saved and called at (:func:`call_threads`)."""
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry  # (the process-wide backend)
     from torch._dynamo import config as dynamo_config  # (their configuration: part of what the code assumes)
     from torch._inductor import config as inductor_config
@@ -132,9 +165,8 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batche
              "inductor": config(inductor_config), "dynamo": config(dynamo_config),
              "size_oblivious": getattr(fx_config, "backed_size_oblivious", None), "mode": compile_mode,
              "batched": batched,
-             # torch's CPU threads: Dynamo's global-state guard checks them (Inductor's CPU kernels are made for
-             # them), so code saved with other threads would refuse every call
-             "threads": torch.get_num_threads(),
+             # the CPU threads the code is saved and called at (Dynamo's global-state guard checks them)
+             "threads": call_threads(transformer, threads) or torch.get_num_threads(),
              "env": sorted((k, v) for k, v in os.environ.items()
                            if k.startswith(("TORCHINDUCTOR_", "DIFFUSERS_ATTN")) and k not in ignored_env)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -210,11 +242,13 @@ def _mark_dynamic(args: tuple) -> None:
         torch._dynamo.mark_dynamic(args[3], 0)
 
 
-def save(examples: dict, directory: Path, compile_mode: str | None = None) -> dict[str, float]:
+def save(examples: dict, directory: Path, compile_mode: str | None = None, threads: int | None = None
+         ) -> dict[str, float]:
     """Compile each recorded variant ahead of time and write it under ``directory`` (atomically, beside anything
     another replica wrote), then the index of what was recorded; {variant: seconds}. A variant that fails to compile
     or save is logged, and the index says why, so that no later replica records and compiles it again.
-    ``examples`` (a Recorder's) is emptied as it goes: its copies of the arguments are freed one by one."""
+    ``examples`` (a Recorder's) is emptied as it goes: its copies of the arguments are freed one by one.
+    ``threads``: the CPU threads to save the code at (:func:`call_threads`; as :func:`load` is told)."""
     from torch._inductor import list_mode_options  # (see _guard_filter)
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -230,7 +264,7 @@ def save(examples: dict, directory: Path, compile_mode: str | None = None) -> di
         try:
             if fn is None:  # one for every variant (a second torch.compile of the forward saves guards it can't)
                 fn = torch.compile(type(block).forward, fullgraph=True, options=options)
-            with torch.inference_mode():  # inference tensors, as served (their dispatch keys are guarded)
+            with torch.inference_mode(), _Threads(call_threads(block, threads)):  # inference tensors, as served
                 args = tuple(a if not isinstance(a, torch.Tensor) or a.is_inference() else _copy(a) for a in args)
                 _mark_dynamic(args)
                 compiled = fn.aot_compile(((block, *args), {}))
@@ -294,7 +328,8 @@ class AotForward:
     calls that fit it."""
 
     def __init__(self, block: nn.Module, shared: dict):
-        # shared: {"loaded": {variant: (fn, check, run)}, "compiled": fn, "missed": {variant: calls}}
+        # shared: {"loaded": {variant: (fn, check, run)}, "compiled": fn, "missed": {variant: calls},
+        #          "threads": the CPU threads to call the loaded code at (None: the process's)}
         self._block, self._shared, self._names = block, shared, _names(block)
 
     def __call__(self, *args, **kwargs):
@@ -303,17 +338,18 @@ class AotForward:
         loaded = shared["loaded"].get(name)
         if loaded is not None:
             fn, check, run = loaded
-            if check is None:  # (another torch's compiled function: its own call checks and raises)
-                try:
-                    return fn(block, *args)
-                except RuntimeError as e:
-                    if not str(e).startswith(GUARD_MISS):
-                        raise
-                    why = str(e)[len(GUARD_MISS):]
-            elif check(block, *args):  # the guards, then the code: no exception to raise on a miss
-                return run(block, *args)
-            else:
-                why = "its guards" if name in shared["missed"] else _why(fn, block, args)
+            with _Threads(shared["threads"]):  # (the count the code was saved at: its guards check it)
+                if check is None:  # (another torch's compiled function: its own call checks and raises)
+                    try:
+                        return fn(block, *args)
+                    except RuntimeError as e:
+                        if not str(e).startswith(GUARD_MISS):
+                            raise
+                        why = str(e)[len(GUARD_MISS):]
+                elif check(block, *args):  # the guards, then the code: no exception to raise on a miss
+                    return run(block, *args)
+                else:
+                    why = "its guards" if name in shared["missed"] else _why(fn, block, args)
             if name not in shared["missed"]:
                 log.warning("the saved compiled %s blocks don't fit this call (%s); it compiles instead",
                             name, why.strip(" ,:")[:300])
@@ -338,16 +374,19 @@ def _parts(fn) -> tuple:
     return (fn, check, run) if check is not None and run is not None else (fn, None, None)
 
 
-def load(transformer: nn.Module, directory: Path, compile_mode: str | None = None) -> list[str]:
+def load(transformer: nn.Module, directory: Path, compile_mode: str | None = None, threads: int | None = None
+         ) -> list[str]:
     """Run the transformer's blocks through the artefacts saved under ``directory``: the variants loaded (an empty
-    list, with nothing changed, when there are none or none loads)."""
+    list, with nothing changed, when there are none or none loads). ``threads``: the CPU threads the code was saved
+    at (:func:`call_threads`), which each call sets."""
     found = blocks(transformer)
     if any("forward" in vars(b) and not isinstance(vars(b)["forward"], AotForward) for b in found):
         return []  # a hook that replaced the forward (accelerate's offload): leave it
     loaded = {}
     for path in sorted(directory.glob("*.bin")) if directory.is_dir() else ():
         try:
-            with torch.inference_mode(), open(path, "rb") as f:  # guards rebuilt with the serving thread's state
+            with torch.inference_mode(), _Threads(call_threads(transformer, threads)), open(path, "rb") as f:
+                # (its guards rebuilt with the serving thread's state)
                 loaded[path.stem] = torch.compiler.load_compiled_function(
                     f, f_globals=sys.modules[type(found[0]).__module__].__dict__)
         except Exception as e:
@@ -357,6 +396,7 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
         return []
     forward = type(found[0]).forward
     shared = {"loaded": {name: _parts(fn) for name, fn in loaded.items()}, "missed": {},
+              "threads": call_threads(transformer, threads),
               "compiled": torch.compile(forward, fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))}
     for block in found:
         block.forward = AotForward(block, shared)
