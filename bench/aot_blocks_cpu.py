@@ -10,7 +10,7 @@ same block calls (batch 1 and 2, caption lengths 16, 80 and mixed); each reports
 compile (or load) to the end of the first pass, a second pass's milliseconds, the graphs Dynamo traced and the
 largest difference from eager.
 
-What the artefacts drop, and a loader has to check itself (aot.artefact_key does): the global guards (the
+What the artefacts drop, and a loader has to check itself (aot_key.artefact_key does): the global guards (the
 attention backend, the processor's type), the traced source (diffusers' and fusion.py's), and they must be loaded
 under ``torch.inference_mode()``. Untested on a GPU (Triton kernels, CUDA graphs).
 

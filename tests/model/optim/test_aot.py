@@ -151,7 +151,8 @@ def _transformer(tiny_source, fuse=True, dtype=torch.float32):
 def test_the_key_and_the_variants_change_with_what_the_code_assumes(tiny_source, monkeypatch, tmp_path):
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    from zimage_serve.model.optim.aot import artefact_key, variant
+    from zimage_serve.model.optim.aot import variant
+    from zimage_serve.model.optim.aot_key import artefact_key
 
     fused = artefact_key(_transformer(tiny_source))
     assert artefact_key(_transformer(tiny_source)) == fused  # another process's same model: the same directory
@@ -229,6 +230,7 @@ def test_code_saved_at_a_fixed_thread_count_runs_in_a_process_at_another_count(t
     whose own count differs (a batch job's GPU worker of 1 CPU, a replica of 2), without a miss; the process's count
     is left as it was. Without the fixed count, the same file's guards refuse the call (Dynamo's global state)."""
     from zimage_serve.model.optim import aot
+    from zimage_serve.model.optim.aot_key import artefact_key
 
     model = _transformer(tiny_source, fuse=False)
     c = model.config
@@ -241,13 +243,13 @@ def test_code_saved_at_a_fixed_thread_count_runs_in_a_process_at_another_count(t
         expected = block(*args)
     own = torch.get_num_threads()
     fixed = 1 if own > 1 else 2
-    key = aot.artefact_key(model, threads=fixed)
+    key = artefact_key(model, threads=fixed)
     copies = tuple(aot._copy(a) for a in args)  # (strides kept; the save marks its arguments dynamic)
     assert aot.save({name: (block, copies)}, tmp_path, threads=fixed).keys() == {name}
     assert torch.get_num_threads() == own
     torch.set_num_threads(own + 2)  # another process's count: the same directory, the same code
     try:
-        assert aot.artefact_key(model, threads=fixed) == key
+        assert artefact_key(model, threads=fixed) == key
         assert aot.load(model, tmp_path, threads=fixed) == [name]
         with torch.inference_mode():
             assert torch.allclose(block(*args), expected, atol=1e-5)

@@ -138,8 +138,8 @@ def accelerate_controlnet(controlnet, *, compile: bool = True, fuse: bool = True
 def artefacts_dir(transformer, cache_dir: str | None = None, compile_mode: str | None = None,
                   batched: bool = True) -> Path:
     """Where the compiled code of ``transformer``'s blocks is saved and loaded (aot.py): under the compile cache,
-    in a directory named by what the code assumes (aot.artefact_key; ``batched``: batches of more than one)."""
-    from .aot import artefact_key  # only when compiling with artefacts
+    in a directory named by what the code assumes (aot_key.artefact_key; ``batched``: batches of more than one)."""
+    from .aot_key import artefact_key  # only when compiling with artefacts
 
     return (Path(cache_dir or environment().cache_dir / "compile") / "aot"
             / artefact_key(transformer, compile_mode, batched))
