@@ -225,14 +225,17 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
     assert applied["compile"] == "regional (repeated blocks)"  # nothing saved there: torch.compile's way
 
 
-def test_code_saved_at_a_fixed_thread_count_runs_in_a_process_at_another_count(tiny_source, tmp_path):
-    """As code for a GPU is (aot.GPU_THREADS): saved at one CPU thread count, loaded and called at it by a process
-    whose own count differs (a batch job's GPU worker of 1 CPU, a replica of 2), without a miss; the process's count
-    is left as it was. Without the fixed count, the same file's guards refuse the call (Dynamo's global state)."""
+def test_code_called_at_the_count_it_was_saved_at_runs_in_a_process_at_another_count(replicas, tiny_source):
+    """As code for a GPU is called (aot_key.GPU_THREADS): at the CPU thread count it was saved at (here the first
+    replica's), by a process whose own count differs (a batch job's GPU worker of 1 CPU, a replica of 2), without
+    a miss; the process's count is left as it was. At the process's own count the same code's guards refuse the
+    call (Dynamo's global state). The directory's key names the fixed count, not the process's."""
     from zimage_serve.model.optim import aot
     from zimage_serve.model.optim.aot_key import artefact_key
 
-    model = _transformer(tiny_source, fuse=False)
+    first, _, root = replicas
+    saved_dir = root / "compile" / "aot" / os.path.basename(first["dir"])
+    model = _transformer(tiny_source, fuse=False)  # (as the replicas' CPU engines)
     c = model.config
     with torch.inference_mode(), aot.Recorder(model) as recorder:
         model([torch.randn(c.in_channels, 1, 8, 8) for _ in range(2)], torch.full((2,), 0.5),
@@ -241,24 +244,20 @@ def test_code_saved_at_a_fixed_thread_count_runs_in_a_process_at_another_count(t
     block, args = recorder.examples[name]
     with torch.inference_mode():
         expected = block(*args)
-    own = torch.get_num_threads()
-    fixed = 1 if own > 1 else 2
-    key = artefact_key(model, threads=fixed)
-    copies = tuple(aot._copy(a) for a in args)  # (strides kept; the save marks its arguments dynamic)
-    assert aot.save({name: (block, copies)}, tmp_path, threads=fixed).keys() == {name}
-    assert torch.get_num_threads() == own
-    torch.set_num_threads(own + 2)  # another process's count: the same directory, the same code
+    saved_at = torch.get_num_threads()  # (the first replica's: its process was given this one's)
+    key = artefact_key(model, threads=saved_at)
+    torch.set_num_threads(saved_at + 2)  # another process's count: the same directory, the same code
     try:
-        assert artefact_key(model, threads=fixed) == key
-        assert aot.load(model, tmp_path, threads=fixed) == [name]
+        assert artefact_key(model, threads=saved_at) == key and artefact_key(model) != key
+        assert aot.load(model, saved_dir, threads=saved_at) == first["saved"]
         with torch.inference_mode():
             assert torch.allclose(block(*args), expected, atol=1e-5)
-            assert torch.get_num_threads() == own + 2
+            assert torch.get_num_threads() == saved_at + 2
             _, check, _ = aot._shared(model)["loaded"][name]
             assert not check(block, *args)  # at the process's own count its guards refuse it
         assert aot.calls_compiled_instead(model) == {}
     finally:
-        torch.set_num_threads(own)
+        torch.set_num_threads(saved_at)
 
 
 def _engine(tiny_source, directory):
