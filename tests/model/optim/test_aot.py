@@ -61,6 +61,8 @@ _IN_A_PROCESS = """
 import json, logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 sys.path[:0] = sys.argv[3].split(":")  # this module's directory and tests/ (conftest)
+import torch
+torch._dynamo.config.enable_aot_compile = False  # as before torch 2.13 (the device's 2.11): the save turns it on
 from test_aot import start_replica
 print(json.dumps(start_replica(sys.argv[1], sys.argv[2])))
 """

@@ -147,7 +147,10 @@ def save(examples: dict, directory: Path, compile_mode: str | None = None, threa
         t0 = time.perf_counter()
         try:
             if fn is None:  # one for every variant (a second torch.compile of the forward saves guards it can't)
-                fn = torch.compile(type(block).forward, fullgraph=True, options=options)
+                # (torch before 2.13 gives the compiled function its aot_compile only with this flag on, its default
+                # off; 2.13's default is on)
+                with torch._dynamo.config.patch(enable_aot_compile=True):
+                    fn = torch.compile(type(block).forward, fullgraph=True, options=options)
             with torch.inference_mode(), Threads(call_threads(block, threads)):  # inference tensors, as served
                 args = tuple(a if not isinstance(a, torch.Tensor) or a.is_inference() else _copy(a) for a in args)
                 _mark_dynamic(args)

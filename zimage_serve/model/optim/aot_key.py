@@ -104,7 +104,9 @@ def artefact_key(transformer: nn.Module, compile_mode: str | None = None, batche
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    where = {"debug_dir_root"}  # (paths under the working directory: where, not what)
+    # paths under the working directory (where, not what); whether torch.compile offers aot_compile at all (off by
+    # default before torch 2.13: the save turns it on)
+    where = {"debug_dir_root", "enable_aot_compile"}
     config = lambda c: hashlib.sha256(json.dumps(_stable({k: v for k, v in c.save_config_portable().items()
                                                           if k not in where})).encode()).hexdigest()
     ignored_env = {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_COMPILE_THREADS"}  # (where and how fast, not what)
