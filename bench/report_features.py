@@ -96,7 +96,9 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
             "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
                        "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
-            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x}), **checked}
+            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x}),
+            "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in {x["_run"] for x in (cold, warm, zero)
+                                                                                  if "_run" in x}}, **checked}
 
 
 def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
