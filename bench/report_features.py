@@ -98,7 +98,27 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
                        "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
             "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x}),
             "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in {x["_run"] for x in (cold, warm, zero)
-                                                                                  if "_run" in x}}, **checked}
+                                                                                  if "_run" in x}},
+            "history": scaleout_history(), **checked}
+
+
+def scaleout_history() -> list[dict]:
+    """Every GPU run of the scaleout steps, oldest first: its GPU, what its code did with the blocks' saved compiled
+    code (from the cold start's warm-up calls) and its headline figures, to read each change against."""
+    from bench.report import _run_number
+
+    rows = []
+    for run in sorted((p for p in RESULTS.glob("run*") if (p / "scaleout.json").exists()), key=_run_number):
+        read = lambda name: json.loads((run / name).read_text()) if (run / name).exists() else {}
+        cold, warm, zero = read("scaleout_cold.json"), read("scaleout.json"), read("scaleout_zero.json")
+        calls = str(((cold.get("start") or {}).get("details") or {}).get("warmup_calls", ""))
+        saved = ((cold.get("start") or {}).get("details") or {}).get("warmup_saved_compiled_blocks")
+        code = "saved and loaded" if saved else "none saved" if "save compiled" in calls else "not in the code yet"
+        rows.append({"run": run.name, "gpu": recorded(run)["gpu"]["value"], "saved_code": code,
+                     "replica_ready_s": warm.get("replica_ready_s"), "app_ready_warm_s": warm.get("app_ready_s"),
+                     "app_ready_cold_s": cold.get("app_ready_s"),
+                     "first_request_from_zero_s": zero.get("first_request_from_zero_s")})
+    return rows
 
 
 def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:

@@ -353,6 +353,14 @@ read to the GPU as safetensors does and as model/prefetch.py does, alone and bes
     if gpu:
         where = ", ".join(f"{run}: {gpu.get('gpus', {}).get(run, 'GPU not recorded')}" for run in gpu["runs"])
         out += f"\nOn the GPU machine ({where}; the keys in latest.json's `scaleout`; None: not measured):\n\n" + _scaleout_rows(gpu)
+        if len(gpu.get("history", [])) > 1:
+            out += ("\nEvery GPU run of these steps (the blocks' saved compiled code: saved by the cold start and "
+                    "loaded by the later ones, none saved, or not in the code yet):\n\n"
+                    "| run | GPU | saved code | replacement ready | app ready warm / cold | first request from zero |\n"
+                    "|---|---|---|---|---|---|\n")
+            out += "".join(f"| {h['run']} | {h['gpu']} | {h['saved_code']} | {h['replica_ready_s']} | "
+                           f"{h['app_ready_warm_s']} / {h['app_ready_cold_s']} | {h['first_request_from_zero_s']} |\n"
+                           for h in gpu["history"])
         r = gpu.get("reader_check")
         if r:
             out += f"""
