@@ -351,7 +351,7 @@ light load, and `scaleout_zero` with `min_replicas: 0`. Each start's stages are 
 read to the GPU as safetensors does and as model/prefetch.py does, alone and beside the imports."""
     out = "\n## Scale-out and scale from zero (issue 23)\n\n" + how + "\n"
     if gpu:
-        where = ", ".join(f"{run}: {gpu.get('gpus', {}).get(run, 'GPU not recorded')}" for run in gpu["runs"])
+        where = ", ".join(f"{run}: {gpu.get('gpus', {}).get(run) or 'GPU not recorded'}" for run in gpu["runs"])
         out += f"\nOn the GPU machine ({where}; the keys in latest.json's `scaleout`; None: not measured):\n\n" + _scaleout_rows(gpu)
         if len(gpu.get("history", [])) > 1:
             out += ("\nEvery GPU run of these steps (the blocks' saved compiled code: saved by the cold start and "

@@ -168,13 +168,14 @@ def _save_compiled_blocks(engine, record) -> dict | None:
     import torch  # (see start_engine)
 
     from .optim import aot  # (see warm_up)
+    from .optim.aot_key import call_threads
 
     transformer, directory, saved = engine.pipe.transformer, engine.artefacts_dir, None
     if aot.needs_recording(directory, transformer):
         failed = None
         try:
             # at the CPU threads the loads will call it at (aot_key.call_threads: decided by the transformer)
-            saved = aot.save(record(), directory, engine.compile_mode, threads=aot.call_threads(transformer))
+            saved = aot.save(record(), directory, engine.compile_mode, threads=call_threads(transformer))
         except torch.AcceleratorError:  # the GPU itself failed: no replica can go on from here
             raise
         except Exception as e:  # (out of memory on a card with little room, most likely): an optimization, not a

@@ -250,6 +250,7 @@ def test_code_called_at_the_count_it_was_saved_at_runs_in_a_process_at_another_c
     key = artefact_key(model, threads=saved_at)
     torch.set_num_threads(saved_at + 2)  # another process's count: the same directory, the same code
     try:
+        assert key == os.path.basename(first["dir"])  # the first replica's directory, whatever this count
         assert artefact_key(model, threads=saved_at) == key and artefact_key(model) != key
         assert aot.load(model, saved_dir, threads=saved_at) == first["saved"]
         with torch.inference_mode():

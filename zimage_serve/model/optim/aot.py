@@ -132,7 +132,7 @@ def save(examples: dict, directory: Path, compile_mode: str | None = None, threa
     another replica wrote), then the index of what was recorded; {variant: seconds}. A variant that fails to compile
     or save is logged, and the index says why, so that no later replica records and compiles it again.
     ``examples`` (a Recorder's) is emptied as it goes: its copies of the arguments are freed one by one.
-    ``threads``: the CPU threads to save the code at (:func:`call_threads`; as :func:`load` is told)."""
+    ``threads``: the CPU threads to save the code at (:func:`call_threads`; as :func:`load` decides them)."""
     from torch._inductor import list_mode_options  # (see _guard_filter)
 
     directory.mkdir(parents=True, exist_ok=True)
