@@ -87,6 +87,7 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
     stages (model/startup.py) beside its figure; the weights reader checked against diffusers (``reader``, the
     reader_check step). A step not run gives None."""
     cold, warm, zero = cold or {}, warm or {}, zero or {}
+    runs = sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})
     checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
         if reader else {}
     return {"app_ready_cold_s": cold.get("app_ready_s"), "app_ready_warm_s": warm.get("app_ready_s"),
@@ -96,9 +97,7 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
             "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
                        "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
-            "runs": sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x}),
-            "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in {x["_run"] for x in (cold, warm, zero)
-                                                                                  if "_run" in x}},
+            "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},
             "history": scaleout_history(), **checked}
 
 

@@ -269,10 +269,10 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
     found = blocks(transformer)
     if any("forward" in vars(b) and not isinstance(vars(b)["forward"], AotForward) for b in found):
         return []  # a hook that replaced the forward (accelerate's offload): leave it
-    loaded = {}
+    loaded, threads = {}, call_threads(transformer, threads)
     for path in sorted(directory.glob("*.bin")) if directory.is_dir() else ():
         try:
-            with torch.inference_mode(), Threads(call_threads(transformer, threads)), open(path, "rb") as f:
+            with torch.inference_mode(), Threads(threads), open(path, "rb") as f:
                 # (its guards rebuilt with the serving thread's state)
                 loaded[path.stem] = torch.compiler.load_compiled_function(
                     f, f_globals=sys.modules[type(found[0]).__module__].__dict__)
@@ -283,7 +283,7 @@ def load(transformer: nn.Module, directory: Path, compile_mode: str | None = Non
         return []
     forward = type(found[0]).forward
     shared = {"loaded": {name: _parts(fn) for name, fn in loaded.items()}, "missed": {},
-              "threads": call_threads(transformer, threads),
+              "threads": threads,
               "compiled": torch.compile(forward, fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))}
     for block in found:
         block.forward = AotForward(block, shared)
