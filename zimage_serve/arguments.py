@@ -80,6 +80,27 @@ QUIET = (
 # (progress.py; the variables are set before the worker imports anything, tqdm included)
 RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging",
                    "env_vars": dict(QUIET_ENV)}
+# the variable through which Ray tells a worker its setup hook (ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR; a
+# worker inherits it from the raylet, as under a Ray job's supervisor): see ray_init_options
+_SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+
+
+def ray_init_options() -> dict:
+    """``ray.init``'s ``runtime_env`` for ``zimage-serve serve``: its workers run setup_worker_logging first and
+    draw no library progress bars. Where no RAY_ADDRESS names a cluster to join, Ray starts one here, whose workers
+    inherit this process's environment: the hook (and QUIET_ENV) are set in it, as Ray itself hands a hook to a
+    worker, and no runtime_env is given: one makes each worker's start (Serve's controller, proxy, the app's build,
+    every replica) wait on Ray's runtime-env agent, ~1.5 s of the app's start on 2 cores (bench/app_start.sh).
+    tests/serving/test_serve_cli.py pins that the workers run the hook. A cluster joined gets RAY_RUNTIME_ENV (as
+    does one started with `ray start` on this machine, which ray.init joins: its workers don't run the hook)."""
+    import os
+
+    if environment().ray_address:
+        return {"runtime_env": RAY_RUNTIME_ENV}
+    for name, value in RAY_RUNTIME_ENV["env_vars"].items():
+        os.environ.setdefault(name, value)
+    os.environ[_SETUP_HOOK_VARIABLE] = RAY_RUNTIME_ENV["worker_process_setup_hook"]
+    return {}
 
 
 class _Quiet(logging.Filter):

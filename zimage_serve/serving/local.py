@@ -25,8 +25,9 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
-from ..arguments import RAY_RUNTIME_ENV
+from ..arguments import ray_init_options
 from ..core.errors import ZImageError
+from ..model.startup import process_age_s
 from ..settings import AppConfig
 
 log = logging.getLogger("zimage_serve")
@@ -119,7 +120,7 @@ def _wait_running(names: list[str], stop: threading.Event) -> bool:
             return False
         if all(s == ApplicationStatus.RUNNING for s in statuses.values()):
             return True
-        stop.wait(0.5)
+        stop.wait(0.2)
     return False
 
 
@@ -152,21 +153,28 @@ def serve_main(args) -> int:
                                getattr(args, "webhook_allow", None))
     http = config.http_options
     _port_free(http.host, http.port)
+    started = {"Python and imports": process_age_s() or 0.0}  # the start's stages, seconds (logged once up)
+    t = time.monotonic()
     # every Ray worker (Serve's controller, proxy and replicas) sets up our logging first (arguments.py)
-    ray.init(logging_level=logging.WARNING, include_dashboard=False, runtime_env=RAY_RUNTIME_ENV)
+    ray.init(logging_level=logging.WARNING, include_dashboard=False, **ray_init_options())
+    started["Ray"] = time.monotonic() - t
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
     client = None
     try:
         # what `serve run FILE` does: start Serve with the file's options, then deploy its applications
+        t = time.monotonic()
         client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=config.proxy_location,
                                        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
                                        global_logging_config=config.logging_config)
+        started["Serve"] = time.monotonic() - t
+        t = time.monotonic()
         client.deploy_apps(config, _blocking=False)
-        t0 = time.monotonic()
         if _wait_running([a.name for a in config.applications], stop):
-            log.info("deployed in %.1fs", time.monotonic() - t0)
+            started["the application (its replicas' starts: /readyz)"] = time.monotonic() - t
+            log.info("up %.1fs after the command started: %s", sum(started.values()),
+                     ", ".join(f"{stage} {s:.1f}s" for stage, s in started.items()))
             print(examples(http.host, http.port), flush=True)
             stop.wait()
         print("zimage-serve: shutting down (finishing in-flight requests)", flush=True)
