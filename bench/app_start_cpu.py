@@ -9,7 +9,8 @@ processes are what differs here, not the model's load (minutes, not a benchmark 
                                                      # (report.py reads it)
 
 Each start is a fresh local Ray (no RAY_ADDRESS), stopped with SIGINT before the next; the stages are the
-command's own "up ... after the command started" line (serving/local.py) and the generator's /readyz ``start``.
+command's own "up ... after the command started" line (serving/local.py) and the generator's /readyz ``start``;
+``stop_s``: SIGTERM to the command's exit (ours drains its replicas gracefully; ``serve run`` exits at once).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
-    ready, readyz = None, None
+    ready, readyz, result = None, None, None
     try:
         while time.monotonic() - t0 < 300 and proc.poll() is None:
             try:
@@ -69,20 +70,23 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
         if ready is None:
             raise RuntimeError(f"{kind} of {repo} never became ready:\n" + log.read_text()[-3000:])
         stages = None
-        if kind == "zimage-serve":  # its own line, a moment after /readyz (the app's status polled)
+        if kind == "zimage-serve":  # its banner, a moment after /readyz (the app's status polled); ours says the stages
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (m := _STAGES.search(log.read_text())):
+            while time.monotonic() < deadline and " is up at " not in log.read_text():
                 time.sleep(0.1)
-            if m:
+            if m := _STAGES.search(log.read_text()):
                 stages = {name: float(s[:-1]) for name, s in (part.rsplit(" ", 1) for part in m.group(2).split(", "))}
-        return {"ready_s": round(ready, 2), "stages_s": stages, "generator_start": readyz.get("start")}
+        result = {"ready_s": round(ready, 2), "stages_s": stages, "generator_start": readyz.get("start")}
     finally:
-        proc.send_signal(signal.SIGINT)
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # (`serve run` waits on a SIGINT; both end on SIGTERM, ours gracefully)
         try:
-            proc.wait(timeout=90)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # SIGTERM to the command's exit: ours drains every replica (none busy here), `serve run` just exits
+    return {**result, "stop_s": round(time.monotonic() - t_stop, 2)}
 
 
 def main() -> int:
@@ -107,7 +111,8 @@ def main() -> int:
                 result[key]["runs"].append(start(kind, repo.resolve(), Path(tmp)))
                 print(key, json.dumps(result[key]["runs"][-1]), flush=True)
     for key, _, _ in kinds:
-        result[key]["median_ready_s"] = round(statistics.median(r["ready_s"] for r in result[key]["runs"]), 2)
+        for figure in ("ready_s", "stop_s"):
+            result[key][f"median_{figure}"] = round(statistics.median(r[figure] for r in result[key]["runs"]), 2)
     for key in ("base", "serve_run"):
         if key in result:
             result[f"ours_to_{key}"] = round(result["ours"]["median_ready_s"] / result[key]["median_ready_s"], 3)

@@ -333,6 +333,9 @@ def main() -> None:
     warm = RESULTS / "cpu" / "warm_start.json"
     if warm.exists():  # bench/warm_start_cpu.py: a warm replica's compiled warm-up on the CPU, against a base revision
         summary["warm_start_cpu"] = json.loads(warm.read_text())
+    app = RESULTS / "cpu" / "app_start.json"
+    if app.exists():  # bench/app_start_cpu.py: the whole app's start on the CPU, against a base revision and serve run
+        summary["app_start_cpu"] = json.loads(app.read_text())
     aot = RESULTS / "cpu" / "aot_blocks.json"
     if aot.exists():  # bench/aot_blocks_cpu.py: an experiment (blocks' compiled code loaded without Dynamo)
         summary["aot_blocks_cpu"] = json.loads(aot.read_text())
@@ -345,7 +348,7 @@ def main() -> None:
         + (render_cards(summary) if "cards" in summary else "")
         + (render_streaming(summary["streaming"]) if "streaming" in summary else "")
         + render_scaleout(summary.get("scaleout"), summary.get("scaleout_cpu_smoke"), summary.get("warm_start_cpu"),
-                         summary.get("aot_blocks_cpu"))
+                         summary.get("aot_blocks_cpu"), summary.get("app_start_cpu"))
         + "".join(render_other(o, summary) for o in summary["other_devices"].values()))
     print(json.dumps(summary, indent=2))
 

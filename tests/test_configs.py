@@ -7,7 +7,7 @@ import yaml
 
 from zimage_serve.app import build_app
 from zimage_serve.serving.builder import resolved_config
-from zimage_serve.settings import AppConfig
+from zimage_serve.settings import DRAIN_POLL_S, AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,10 @@ def test_serve_config_args_build_the_app_with_one_gpu_per_generator():
         assert scaling.target_ongoing_requests == options["autoscaling"]["target_ongoing_requests"]
     assert generator.max_ongoing_requests == gen["max_ongoing_requests"]
     assert generator._deployment_config.max_queued_requests == gen["max_queued_requests"]
+    # a stopping replica checks for its last requests every DRAIN_POLL_S, not Serve's 2 s (the least a stop takes)
+    assert {d.name: d._deployment_config.graceful_shutdown_wait_loop_s for d in (ingress, encoder, generator, jobs)} \
+        == dict.fromkeys(("Ingress", "PromptEncoder", "Generator", "Jobs"), DRAIN_POLL_S)
+    assert generator._deployment_config.graceful_shutdown_timeout_s == gen["graceful_shutdown_timeout_s"]
 
 
 def test_encode_on_gpu_deploys_no_prompt_encoder():

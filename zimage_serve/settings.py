@@ -34,6 +34,10 @@ from .core.errors import ZImageError
 from .core.webhook_checks import parse_allow
 
 TINY_SERVED_NAME = "z-image-tiny-random"  # what /v1/models calls the embedded random-weight checkpoint
+# Every deployment's graceful_shutdown_wait_loop_s: how often a stopping replica checks that its requests are done
+# (Serve's default, 2 s, is also the least a stop takes, and an app stops its deployments in turn). A request routed
+# to it after its last check is refused and the router retries it on another replica (Serve's quiesce).
+DRAIN_POLL_S = 0.2
 
 
 class _Strict(BaseModel):

@@ -16,7 +16,7 @@ import time
 from ray import serve
 
 from . import metrics
-from ..settings import AppConfig
+from ..settings import DRAIN_POLL_S, AppConfig
 from .embedding_cache import EmbeddingCache
 from ..core.errors import NotReady, ZImageError
 from ..core.request import GenerationRequest
@@ -31,7 +31,8 @@ def deployment_options(config: AppConfig) -> dict:
                 health_check_period_s=enc.health_check_period_s, autoscaling_config=enc.autoscaling.to_serve())
 
 
-@serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.deployment(name="PromptEncoder", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64,
+                  graceful_shutdown_wait_loop_s=DRAIN_POLL_S)
 class PromptEncoderDeployment:
     def __init__(self, config: dict):
         self.config = AppConfig.model_validate(config)

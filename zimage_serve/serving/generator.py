@@ -22,7 +22,7 @@ from ..core.bounds import Bounds, parse_size
 from ..core.control import INPAINT_NEEDS_2X
 from ..core.errors import AdapterError, InvalidInput, NeedsEmbeddings, NotReady, Overloaded, ZImageError
 from ..core.request import GenerationRequest
-from ..settings import AppConfig
+from ..settings import DRAIN_POLL_S, AppConfig
 from . import metrics
 from .batcher import GpuBatcher
 from .step_events import StepEvents, Wanted, while_running
@@ -35,7 +35,7 @@ def deployment_options(config: AppConfig) -> dict:
     gen = config.generator
     return dict(ray_actor_options={"num_cpus": gen.num_cpus, "num_gpus": gen.num_gpus},
                 max_ongoing_requests=gen.max_ongoing_requests, max_queued_requests=gen.max_queued_requests,
-                graceful_shutdown_timeout_s=gen.graceful_shutdown_timeout_s,
+                graceful_shutdown_timeout_s=gen.graceful_shutdown_timeout_s, graceful_shutdown_wait_loop_s=DRAIN_POLL_S,
                 health_check_period_s=gen.health_check_period_s, autoscaling_config=gen.autoscaling.to_serve())
 
 

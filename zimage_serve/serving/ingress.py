@@ -18,7 +18,7 @@ from ray.serve.schema import ReplicaState
 
 from ..core.errors import Overloaded, QueueFull, ZImageError
 from ..core.request import GenerationRequest
-from ..settings import AppConfig, api_keys
+from ..settings import DRAIN_POLL_S, AppConfig, api_keys
 from .http import create_api
 from .service import ImageService
 
@@ -186,7 +186,8 @@ class JobsClient:
         return self._handle.options(stream=True).events.remote(job_id)
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+                  graceful_shutdown_wait_loop_s=DRAIN_POLL_S)
 @serve.ingress()
 class IngressDeployment:
     def __init__(self, encoder: DeploymentHandle | None, generator: DeploymentHandle, config: dict,

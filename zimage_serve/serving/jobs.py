@@ -36,7 +36,7 @@ from ..core.formats import image_format
 from ..core.request import GenerationRequest
 from ..jobs.store import TERMINAL, JobStore
 from ..jobs.webhooks import WebhookSender, check_secret, check_url, parse_allow
-from ..settings import AppConfig, webhook_secret
+from ..settings import DRAIN_POLL_S, AppConfig, webhook_secret
 from .http import api_error
 from .ingress import image_service
 from .service import ImageService
@@ -333,7 +333,8 @@ def _status_event(record: dict) -> dict:
     return {"type": "job.status", "id": record["id"], "status": record["status"], "progress": record["progress"]}
 
 
-@serve.deployment(name="Jobs", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.deployment(name="Jobs", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+                  graceful_shutdown_wait_loop_s=DRAIN_POLL_S)
 class JobsDeployment(JobRunner):
     """The job store's replica (one: it owns its store): a JobRunner whose jobs go through handles to the encoders
     and generators as the ingress's requests do; its methods are the runner's."""
