@@ -124,6 +124,11 @@ def serve_cluster():
     ray.init(address=cluster["address"], logging_level="WARNING", log_to_driver=False,
              runtime_env=runtime_env())
     yield cluster["url"]
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is not None:  # this worker's Serve handles: their routers' threads push metrics until shut down, and
+        client.shutdown_cached_handles()  # a push after ray.shutdown() started a Ray of its own in the exiting worker
     ray.shutdown()  # this worker's connection: the cluster stays for the others
 
 

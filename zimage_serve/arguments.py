@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -93,8 +94,6 @@ def ray_init_options() -> dict:
     every replica) wait on Ray's runtime-env agent, ~1.5 s of the app's start on 2 cores (bench/app_start.sh).
     tests/serving/test_serve_cli.py pins that the workers run the hook. A cluster joined gets RAY_RUNTIME_ENV (as
     does one started with `ray start` on this machine, which ray.init joins: its workers don't run the hook)."""
-    import os
-
     if environment().ray_address:
         return {"runtime_env": RAY_RUNTIME_ENV}
     for name, value in RAY_RUNTIME_ENV["env_vars"].items():

@@ -108,7 +108,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot_and_stops_its_image(app_
     def info():
         return httpx.get(f"{app_url}/readyz", timeout=30).json()
 
-    batches = len(info()["batches"])
+    batches = info()["batches_run"]
     body = {"prompt": "a slow one", "size": "256x256", "num_inference_steps": 50, "seed": 1, "stream": True,
             "progress_events": True}
     with httpx.stream("POST", f"{app_url}/v1/images/generations", json=body, timeout=120) as r:
@@ -125,5 +125,5 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot_and_stops_its_image(app_
     r = httpx.post(f"{app_url}/v1/images/generations", json={"prompt": "next", "size": "64x64", "seed": 2}, timeout=120)
     assert r.status_code == 200
     # the left image stopped at its next step: its batch was never finished (the next request's was)
-    assert len(info()["batches"]) == batches + 1, "the image whose client left ran to its end"
+    assert info()["batches_run"] == batches + 1, "the image whose client left ran to its end"
     assert time.time() - started < 20

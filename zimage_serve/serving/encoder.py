@@ -39,7 +39,7 @@ class PromptEncoderDeployment:
         opts = self.config.encoder
         self.cache = EmbeddingCache(opts.cache_size, int(opts.cache_gib * 2**30))
         self.inflight: dict[tuple, asyncio.Future] = {}
-        self.stats = {"hits": 0, "misses": 0, "batches": [], "pid": os.getpid()}
+        self.stats = {"hits": 0, "misses": 0, "batches": [], "batches_run": 0, "pid": os.getpid()}
         self.source = self.reason = None
         self._encode_batch.set_max_batch_size(opts.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
@@ -108,10 +108,11 @@ class PromptEncoderDeployment:
         metrics.observe_batch("encode", len(prompts))
         self.stats["batches"].append(len(prompts))
         del self.stats["batches"][:-1000]
+        self.stats["batches_run"] += 1
         return [e.float().clone() for e in embeds]
 
     async def info(self) -> dict:
-        """Counters for tests and operators: cache hits/misses, recent batch sizes."""
+        """Counters for tests and operators: cache hits/misses, the last 1000 batches' sizes and how many ran."""
         if self.source is None:
             return {"ready": False, "reason": self.reason, **self.stats}
         return {"ready": True, "model": self.source.spec, "revision": self.source.revision, **self.stats,

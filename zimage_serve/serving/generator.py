@@ -48,7 +48,7 @@ class Generator:
         self.start = StartClock()
         self.config = AppConfig.model_validate(config)
         opts = self.config.generator
-        self.engine, self.reason, self.batches = None, None, []
+        self.engine, self.reason, self.batches, self.batches_run = None, None, [], 0
         self.controlnet = None  # the ControlNet served (model.controlnet.ControlNetSource), once loading found it
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
         self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
@@ -175,6 +175,7 @@ class Generator:
                 "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
+                "batches_run": self.batches_run,  # (batches: the last 200 sizes)
                 "prompts_encoded": self.prompts_encoded,
                 "compiles_since_ready": compiled_graphs() - self.graphs_when_ready,
                 **self._adapters_info(), **self._controlnet_info(), **self._start_info()}
@@ -322,6 +323,7 @@ class Generator:
     def _record_batch(self, result, size: int) -> None:
         self.batches.append(size)
         del self.batches[:-1000]
+        self.batches_run += 1
         metrics.observe_stage("denoise", result.seconds["denoise"])
         metrics.observe_stage("decode", result.seconds["decode"])
         metrics.observe_batch("generate", size)

@@ -27,7 +27,6 @@ from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
 from ..arguments import ray_init_options
 from ..core.errors import ZImageError
-from ..model.startup import process_age_s
 from ..settings import AppConfig
 
 log = logging.getLogger("zimage_serve")
@@ -153,6 +152,8 @@ def serve_main(args) -> int:
                                getattr(args, "webhook_allow", None))
     http = config.http_options
     _port_free(http.host, http.port)
+    from ..model.startup import process_age_s  # (no torch) where the model layer times a start
+
     started = {"Python and imports": process_age_s() or 0.0}  # the start's stages, seconds (logged once up)
     t = time.monotonic()
     # every Ray worker (Serve's controller, proxy and replicas) sets up our logging first (arguments.py)
