@@ -8,9 +8,11 @@ processes are what differs here, not the model's load (minutes, not a benchmark 
                                                      # against another revision too: bench/results/cpu/app_start.json
                                                      # (report.py reads it)
 
-Each start is a fresh local Ray (no RAY_ADDRESS), stopped with SIGINT before the next; the stages are the
-command's own "up ... after the command started" line (serving/local.py) and the generator's /readyz ``start``;
-``stop_s``: SIGTERM to the command's exit (ours drains its replicas gracefully; ``serve run`` exits at once).
+Each start is a fresh local Ray (no RAY_ADDRESS), stopped with SIGTERM before the next; the stages are the
+command's own "up ... after the command started" line (serving/local.py: ``up_s`` and ``stages_s``) and the
+generator's /readyz ``start``; ``stop_s``: SIGTERM to the command's exit. Ours drains its replicas gracefully on
+SIGTERM; ``serve run`` exits through Ray's SIGTERM handler without shutting Serve down (it does on Ctrl-C, which it
+waits on here): the stops don't compare like for like.
 """
 
 from __future__ import annotations
@@ -69,14 +71,15 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
             time.sleep(0.05)
         if ready is None:
             raise RuntimeError(f"{kind} of {repo} never became ready:\n" + log.read_text()[-3000:])
-        stages = None
+        stages, up = None, None
         if kind == "zimage-serve":  # its banner, a moment after /readyz (the app's status polled); ours says the stages
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and " is up at " not in log.read_text():
                 time.sleep(0.1)
             if m := _STAGES.search(log.read_text()):
+                up = float(m.group(1))
                 stages = {name: float(s[:-1]) for name, s in (part.rsplit(" ", 1) for part in m.group(2).split(", "))}
-        result = {"ready_s": round(ready, 2), "stages_s": stages, "generator_start": readyz.get("start")}
+        result = {"ready_s": round(ready, 2), "up_s": up, "stages_s": stages, "generator_start": readyz.get("start")}
     finally:
         t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # (`serve run` waits on a SIGINT; both end on SIGTERM, ours gracefully)

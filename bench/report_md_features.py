@@ -339,34 +339,39 @@ type) and don't check the traced source: the engine's loader keys their director
 
 def _app_start_cpu(a: dict) -> str:
     """bench/app_start_cpu.py's comparison: the whole app's start to /readyz 200 on the CPU, ours against a base
-    revision and Ray Serve's `serve run` of the same application."""
+    revision (when it ran with --base) and Ray Serve's `serve run` of the same application."""
+    import statistics
+
     names = {"base": "`zimage-serve serve`, base", "ours": "`zimage-serve serve`, ours", "serve_run": "`serve run`, ours"}
     rows = ""
     for key in ("base", "ours", "serve_run"):
         if key not in a:
             continue
         r = a[key]
-        gen = [run["generator_start"]["total_s"] for run in r["runs"]]
-        stages = [run["stages_s"] for run in r["runs"] if run.get("stages_s")]
-        mid = sorted(stages, key=lambda st: sum(st.values()))[len(stages) // 2] if stages else None
+        gen = [run["generator_start"]["total_s"] for run in r["runs"] if run.get("generator_start")]
+        lines = [run for run in r["runs"] if run.get("stages_s")]  # ours: its "up ..." line
+        mid = sorted(lines, key=lambda run: run["up_s"] or 0)[len(lines) // 2] if lines else None
+        said = (f"up {mid['up_s']}s: " + ", ".join(f"{k} {v}s" for k, v in mid["stages_s"].items())) if mid else ""
         rows += (f"| {names[key]} | {r['revision']} | **{r['median_ready_s']}** | "
-                 + ", ".join(str(run["ready_s"]) for run in r["runs"]) + f" | {sorted(gen)[len(gen) // 2]} | "
-                 + f"{r.get('median_stop_s')} | "
-                 + (", ".join(f"{k} {v}" for k, v in mid.items()) if mid else "") + " |\n")
+                 + ", ".join(str(run["ready_s"]) for run in r["runs"])
+                 + f" | {round(statistics.median(gen), 2) if gen else None} | {r.get('median_stop_s')} | {said} |\n")
     against = {"ours_to_base": "the base", "ours_to_serve_run": "`serve run`"}
     ratios = "; ".join(f"ours / {against[k]} **{a[k]}**" for k in against if k in a)
+    base = ("The base starts Ray with a runtime_env (the workers' logging hook), so every worker's start (Serve's "
+            "controller and proxy, the app's build, each replica) waits on Ray's runtime-env agent; ours hands the "
+            "hook to a Ray it starts through the environment (serving/local.py's ray_init_options). "
+            if "base" in a else "")
+    drain = ("ours drains each replica, which the base's replicas checked for their last requests every 2 s (Serve's "
+             "default, also the least a stop took, one deployment after another) and ours every 0.2 s "
+             "(settings.DRAIN_POLL_S)" if "base" in a else "ours drains each replica (settings.DRAIN_POLL_S)")
     return f"""
 The whole app's start on this CPU machine ({a['machine']}, {a['date']}; `{a['command']}`): seconds from the command
 to /readyz 200, the tiny checkpoint, each kind started in turn ({len(a['ours']['runs'])} times, a fresh local Ray each).
-What differs here is Ray's and Serve's start and the replicas' processes, not the model's load. The base starts
-Ray with a runtime_env (the workers' logging hook), so every worker's start (Serve's controller and proxy, the app's
-build, each replica) waits on Ray's runtime-env agent; ours hands the hook to a Ray it starts through the
-environment (arguments.ray_init_options). Stop: SIGTERM to the command's exit; ours drains each replica, which
-the base's replicas checked for their last requests every 2 s (Serve's default, also the least a stop took, one
-deployment after another) and ours every 0.2 s (settings.DRAIN_POLL_S); `serve run` exits without draining.
-Medians; {ratios}.
+What differs here is Ray's and Serve's start and the replicas' processes, not the model's load. {base}Stop: SIGTERM
+to the command's exit; {drain}; `serve run` exits on SIGTERM without shutting Serve down, so the stops don't
+compare like for like. Medians; {ratios}.
 
-| command | revision | ready s (median) | each start | the generator's own start (median) | stop s (median) | our command's stages (the median start) |
+| command | revision | ready s (median) | each start | the generator's own start (median) | stop s (median) | our command's "up" line (the median one) |
 |---|---|---|---|---|---|---|
 {rows}"""
 
@@ -374,8 +379,8 @@ Medians; {ratios}.
 def render_scaleout(gpu: dict | None, cpu: dict | None, warm_cpu: dict | None = None,
                     aot_cpu: dict | None = None, app_cpu: dict | None = None) -> str:
     """The scale-out section (issue 23, bench/steps/scaleout.py): the GPU's figures once measured, the same steps
-    on a CPU machine with the tiny checkpoint, and bench/warm_start_cpu.py's comparison of a warm replica's
-    warm-up."""
+    on a CPU machine with the tiny checkpoint, bench/app_start_cpu.py's comparison of the whole app's start,
+    bench/warm_start_cpu.py's of a warm replica's warm-up and bench/aot_blocks_cpu.py's experiment."""
     how = """The steps (`bench/steps/scaleout.py`) start the production app as a user does (`zimage-serve serve --config` on
 serve_config.yaml, full-size random weights, the jobs API off, only our dependencies importable and bytecode kept,
 as in our image): `scaleout_cold` on a cold node (empty compile and weights caches, `ZIMAGE_WEIGHTS_CACHE=1`, the

@@ -124,11 +124,12 @@ def serve_cluster():
     ray.init(address=cluster["address"], logging_level="WARNING", log_to_driver=False,
              runtime_env=runtime_env())
     yield cluster["url"]
-    from ray.serve.context import _get_global_client
+    from ray.serve import context
 
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is not None:  # this worker's Serve handles: their routers' threads push metrics until shut down, and
-        client.shutdown_cached_handles()  # a push after ray.shutdown() started a Ray of its own in the exiting worker
+    if context._cached_client_from_current_session():  # (a worker that made no handle has none: nothing to look up)
+        # this worker's Serve handles: their routers' threads push metrics until shut down, and a push after
+        # ray.shutdown() started a Ray of its own in the exiting worker
+        context._global_client.shutdown_cached_handles()
     ray.shutdown()  # this worker's connection: the cluster stays for the others
 
 

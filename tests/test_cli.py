@@ -1,8 +1,6 @@
 """The CLI: one real process as a user runs it (generate, and one refused argument), the rest in-process
 through ``zimage_serve.cli.main`` (each new process re-imports torch and diffusers: seconds a case)."""
 
-import os
-
 import pytest
 from PIL import Image
 
@@ -153,20 +151,3 @@ def test_a_bad_lora_gives_one_line_and_exit_2(capsys, tmp_path, lora, message):
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
     assert not (tmp_path / "o.png").exists()
 
-
-def test_ray_workers_get_the_logging_hook_through_the_environment_of_a_cluster_started_here(monkeypatch):
-    """A Ray that `zimage-serve serve` starts inherits the hook from its environment (no runtime_env, whose agent
-    each worker's start waits on; test_serve_cli.py shows the workers run it); a cluster joined gets the
-    runtime_env."""
-    from zimage_serve.arguments import RAY_RUNTIME_ENV, ray_init_options
-
-    for name in ("__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR", *RAY_RUNTIME_ENV["env_vars"]):
-        monkeypatch.setenv(name, "")  # (so that the test's end restores them as they were)
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert ray_init_options() == {"runtime_env": RAY_RUNTIME_ENV}
-    assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in os.environ
-    monkeypatch.delenv("RAY_ADDRESS")
-    assert ray_init_options() == {}
-    assert os.environ["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"] == "zimage_serve.arguments.setup_worker_logging"
-    assert {name: os.environ[name] for name in RAY_RUNTIME_ENV["env_vars"]} == RAY_RUNTIME_ENV["env_vars"]

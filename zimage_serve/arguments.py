@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -64,7 +63,7 @@ def parse_adapters(specs: list[str], param: str = "--adapter") -> dict:
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Well-understood noise of the libraries, dropped in every process of ours (the command's and, through
-# RAY_RUNTIME_ENV, each Ray worker it starts): (logger, a fragment of the message). Warnings and below only:
+# setup_worker_logging, each Ray worker it starts): (logger, a fragment of the message). Warnings and below only:
 # an error always shows.
 QUIET = (
     # diffusers warns on every ModelMixin.to(dtype), also when no module must stay in float32 (an empty
@@ -73,35 +72,17 @@ QUIET = (
     # Serve's controller warns, at each deploy and each shutdown, for every deployment with a fixed number of
     # replicas (our Ingress): it deregisters autoscaling state that it never registered (autoscaling_state.py)
     ("ray.serve", "Cannot deregister autoscaling state for deployment"),
+    # a stopping replica with requests still in flight says so at every check, every DRAIN_POLL_S (settings.py)
+    ("ray.serve", "Waiting for an additional"),
     # the batch job turns Ray Data's progress bars off on purpose (its own bar counts images); Ray Data says so
     ("ray.data._internal.progress", "Progress bars disabled."),
 )
 # Ray workers of the jobs our commands start (``zimage-serve serve``, the batch job) run setup_worker_logging first,
 # and start with no library progress bars: a worker's stderr is a log, where a bar is a line of carriage returns
-# (progress.py; the variables are set before the worker imports anything, tqdm included)
+# (progress.py; the variables are set before the worker imports anything, tqdm included). The batch job passes it
+# to ray.init; ``zimage-serve serve`` hands it to a Ray it starts through the environment (serving/local.py)
 RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging",
                    "env_vars": dict(QUIET_ENV)}
-# the variable through which Ray tells a worker its setup hook (ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR; a
-# worker inherits it from the raylet, as under a Ray job's supervisor): see ray_init_options
-_SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
-
-
-def ray_init_options() -> dict:
-    """``ray.init``'s ``runtime_env`` for ``zimage-serve serve``: its workers run setup_worker_logging first and
-    draw no library progress bars. Where no RAY_ADDRESS names a cluster to join, Ray starts one here, whose workers
-    inherit this process's environment: the hook (and QUIET_ENV) are set in it, as Ray itself hands a hook to a
-    worker, and no runtime_env is given: one makes each worker's start (Serve's controller, proxy, the app's build,
-    every replica) wait on Ray's runtime-env agent, ~1.5 s of the app's start on 2 cores (bench/app_start.sh).
-    tests/serving/test_serve_cli.py pins that the workers run the hook. A cluster joined gets RAY_RUNTIME_ENV (as
-    does one started with `ray start` on this machine, which ray.init joins: its workers don't run the hook)."""
-    if environment().ray_address:
-        return {"runtime_env": RAY_RUNTIME_ENV}
-    for name, value in RAY_RUNTIME_ENV["env_vars"].items():
-        os.environ.setdefault(name, value)
-    os.environ[_SETUP_HOOK_VARIABLE] = RAY_RUNTIME_ENV["worker_process_setup_hook"]
-    return {}
-
-
 class _Quiet(logging.Filter):
     def __init__(self, fragment: str):
         super().__init__()
@@ -127,11 +108,11 @@ def setup_logging() -> None:
 
 
 def setup_worker_logging() -> None:
-    """Each Ray worker of our jobs (RAY_RUNTIME_ENV): our own ``zimage_serve`` log at INFO on stderr (Ray shows
+    """Each Ray worker of our jobs (RAY_RUNTIME_ENV's hook): our own ``zimage_serve`` log at INFO on stderr (Ray shows
     it prefixed by the worker, as it shows Serve's own log; without a handler only warnings would show, bare),
     the noise in QUIET dropped, and no library progress bars (a worker's stderr is a log, where a bar is a line
     of carriage returns; RAY_RUNTIME_ENV's variables already say so, unless a job's own runtime_env overrides
-    them)."""
+    them; it sets them here too, for a worker that inherited the hook alone)."""
     quiet_library_bars()
     log = logging.getLogger("zimage_serve")
     if not log.handlers:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator, TextIO
 
 # Set (unless the user set them) where stderr is not a terminal, and in every Ray worker of our jobs
-# (arguments.RAY_RUNTIME_ENV): tqdm's own default for every bar a library makes without an explicit disable=
+# (arguments.RAY_RUNTIME_ENV, setup_worker_logging): tqdm's own default for every bar a library makes without an explicit disable=
 # (ModelScope's download bars have no switch of their own; diffusers' loading bars, in a process where diffusers
 # is not imported yet), and huggingface_hub's (and so transformers') switch, read as they are imported.
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

@@ -16,7 +16,6 @@ being ignored. Imports only ``core``.
 | ZIMAGE_MODEL | the CLI's default ``--model`` |
 | ZIMAGE_WEBHOOK_SECRET | the Standard Webhooks secret (``whsec_...``) that signs jobs' webhooks when a job gives none (over ``jobs.webhook_secret``: a secret kept out of the app's config) |
 | PYTORCH_CUDA_ALLOC_CONF | PyTorch's own; unset, GPU processes use ``expandable_segments:True`` (model/machine.py) |
-| RAY_ADDRESS | Ray's own: a cluster for ``zimage-serve serve`` to join instead of starting one (arguments.ray_init_options) |
 """
 
 from __future__ import annotations
@@ -246,7 +245,6 @@ class Environment:
     model: str | None
     cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
     webhook_secret: str | None
-    ray_address: str | None  # Ray's RAY_ADDRESS: a cluster for ray.init to join
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:
@@ -283,7 +281,6 @@ def environment() -> Environment:
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
-        ray_address=os.environ.get("RAY_ADDRESS") or None,
     )
 
 

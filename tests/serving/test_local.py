@@ -114,3 +114,22 @@ def test_serve_config_file_options_reach_serve(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_workers_get_the_logging_hook_through_the_environment_of_a_ray_started_here(monkeypatch):
+    """A Ray that `zimage-serve serve` starts inherits the hook from its environment (no runtime_env, whose agent
+    each worker's start waits on; test_serve_cli.py shows the workers run it); a cluster joined gets the
+    runtime_env. In this process, not marked ray: nothing starts Ray."""
+    from zimage_serve.arguments import RAY_RUNTIME_ENV
+    from zimage_serve.serving.local import ray_init_options
+
+    for name in ("__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR", *RAY_RUNTIME_ENV["env_vars"]):
+        monkeypatch.setenv(name, "")  # (so that the test's end restores them as they were)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_init_options() == {"runtime_env": RAY_RUNTIME_ENV}
+    assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in os.environ
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # (Ray's word for a Ray of its own, whatever else runs here)
+    assert ray_init_options() == {}
+    assert os.environ["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"] == "zimage_serve.arguments.setup_worker_logging"
+    assert {name: os.environ[name] for name in RAY_RUNTIME_ENV["env_vars"]} == RAY_RUNTIME_ENV["env_vars"]

@@ -10,6 +10,7 @@ where its GPUs are known.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -25,7 +26,7 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
-from ..arguments import ray_init_options
+from ..arguments import RAY_RUNTIME_ENV
 from ..core.errors import ZImageError
 from ..settings import AppConfig
 
@@ -123,6 +124,33 @@ def _wait_running(names: list[str], stop: threading.Event) -> bool:
     return False
 
 
+# the variable through which Ray hands a worker its setup hook (ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR, which
+# Ray's worker reads as it starts, before it runs anything: ray/_private/workers/default_worker.py)
+_SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+
+
+def ray_init_options() -> dict:
+    """``ray.init``'s options for ``zimage-serve serve``: every Ray worker runs arguments.setup_worker_logging first
+    and draws no library progress bars (RAY_RUNTIME_ENV). Where ray.init will start a Ray here (no RAY_ADDRESS, no
+    ``ray start`` cluster on this machine: Ray's own lookup), its workers inherit this process's environment: the
+    hook and QUIET_ENV are set in it, as Ray hands a hook to a worker, and no runtime_env is given; one makes every
+    worker's start (Serve's controller and proxy, the app's build, each replica) wait on Ray's runtime-env agent:
+    2.0 s of the app's start on 2 cores (bench/app_start_cpu.py). Ray's spilling workers run the hook too. A cluster
+    joined gets RAY_RUNTIME_ENV. tests/serving/test_serve_cli.py pins that the workers run the hook."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address  # how ray.init finds a cluster to join
+
+        joins = canonicalize_bootstrap_address(None) is not None
+    except Exception:  # (a Ray without it, an address it can't parse) the way that works anywhere
+        joins = True
+    if joins:
+        return {"runtime_env": RAY_RUNTIME_ENV}
+    for name, value in RAY_RUNTIME_ENV["env_vars"].items():
+        os.environ.setdefault(name, value)
+    os.environ[_SETUP_HOOK_VARIABLE] = RAY_RUNTIME_ENV["worker_process_setup_hook"]
+    return {}
+
+
 def shutdown_serve(client, timeout_s: float = 30.0) -> None:
     """``serve.shutdown()`` (the controller drains and stops every replica, then itself) without its error line.
     serve.shutdown() waits on the controller's graceful_shutdown task until the controller kills itself; that
@@ -152,9 +180,10 @@ def serve_main(args) -> int:
                                getattr(args, "webhook_allow", None))
     http = config.http_options
     _port_free(http.host, http.port)
-    from ..model.startup import process_age_s  # (no torch) where the model layer times a start
+    from ..model.startup import process_age_s  # (no torch) the model layer's start clock: in the command only
 
-    started = {"Python and imports": process_age_s() or 0.0}  # the start's stages, seconds (logged once up)
+    age = process_age_s()  # (None where /proc can't be read)
+    started = {"Python and imports": age} if age is not None else {}  # the start's stages, seconds (logged once up)
     t = time.monotonic()
     # every Ray worker (Serve's controller, proxy and replicas) sets up our logging first (arguments.py)
     ray.init(logging_level=logging.WARNING, include_dashboard=False, **ray_init_options())
@@ -173,7 +202,7 @@ def serve_main(args) -> int:
         t = time.monotonic()
         client.deploy_apps(config, _blocking=False)
         if _wait_running([a.name for a in config.applications], stop):
-            started["the application (its replicas' starts: /readyz)"] = time.monotonic() - t
+            started["the application (its build, its replicas' starts)"] = time.monotonic() - t
             log.info("up %.1fs after the command started: %s", sum(started.values()),
                      ", ".join(f"{stage} {s:.1f}s" for stage, s in started.items()))
             print(examples(http.host, http.port), flush=True)
