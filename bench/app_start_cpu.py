@@ -35,6 +35,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 _STAGES = re.compile(r"up ([0-9.]+)s after the command started: (.*)$", re.M)
+_STAGE = re.compile(r"(.+?) ([0-9.]+)s(?:, |$)")  # one stage of the line: its name, its seconds
 
 
 def _port() -> int:
@@ -78,7 +79,7 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
                 time.sleep(0.1)
             if m := _STAGES.search(log.read_text()):
                 up = float(m.group(1))
-                stages = {name: float(s[:-1]) for name, s in (part.rsplit(" ", 1) for part in m.group(2).split(", "))}
+                stages = {name: float(s) for name, s in _STAGE.findall(m.group(2))}
         result = {"ready_s": round(ready, 2), "up_s": up, "stages_s": stages, "generator_start": readyz.get("start")}
     finally:
         t_stop = time.monotonic()

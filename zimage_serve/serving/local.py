@@ -202,7 +202,7 @@ def serve_main(args) -> int:
         t = time.monotonic()
         client.deploy_apps(config, _blocking=False)
         if _wait_running([a.name for a in config.applications], stop):
-            started["the application (its build, its replicas' starts)"] = time.monotonic() - t
+            started["the application (its build and its replicas' starts)"] = time.monotonic() - t
             log.info("up %.1fs after the command started: %s", sum(started.values()),
                      ", ".join(f"{stage} {s:.1f}s" for stage, s in started.items()))
             print(examples(http.host, http.port), flush=True)
