@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -34,8 +33,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-_STAGES = re.compile(r"up ([0-9.]+)s after the command started: (.*)$", re.M)
-_STAGE = re.compile(r"(.+?) ([0-9.]+)s(?:, |$)")  # one stage of the line: its name, its seconds
+sys.path.insert(0, str(ROOT))
+from bench.common import command_stages  # noqa: E402 (the "up" line's parser, shared with the scaleout steps)
 
 
 def _port() -> int:
@@ -72,15 +71,14 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
             time.sleep(0.05)
         if ready is None:
             raise RuntimeError(f"{kind} of {repo} never became ready:\n" + log.read_text()[-3000:])
-        stages, up = None, None
+        said = None
         if kind == "zimage-serve":  # its banner, a moment after /readyz (the app's status polled); ours says the stages
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and " is up at " not in log.read_text():
                 time.sleep(0.1)
-            if m := _STAGES.search(log.read_text()):
-                up = float(m.group(1))
-                stages = {name: float(s) for name, s in _STAGE.findall(m.group(2))}
-        result = {"ready_s": round(ready, 2), "up_s": up, "stages_s": stages, "generator_start": readyz.get("start")}
+            said = command_stages(log.read_text())
+        result = {"ready_s": round(ready, 2), **(said or {"up_s": None, "stages_s": None}),
+                  "generator_start": readyz.get("start")}
     finally:
         t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # (`serve run` waits on a SIGINT; both end on SIGTERM, ours gracefully)

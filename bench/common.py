@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -72,6 +73,21 @@ def save(step: str, **results) -> None:
     results["step"] = step
     (out_dir() / f"{step}.json").write_text(json.dumps(results, indent=2))
     print("RESULT", json.dumps(results), flush=True)
+
+
+_UP = re.compile(r"up ([0-9.]+)s after the command started: (.*)$", re.M)
+_STAGE = re.compile(r"(.+?) ([0-9.]+)s(?:, |$)")  # one stage of the line: its name, its seconds
+
+
+def command_stages(log: str) -> dict | None:
+    """``zimage-serve serve``'s own account of its start (serving/local.py's "up ...s after the command started:
+    Python and imports ...s, Ray ...s, Serve ...s, the application ...s" line, the last in ``log``):
+    {"up_s", "stages_s": {stage: seconds}}, or None where the log has none (a revision without it)."""
+    lines = _UP.findall(log)
+    if not lines:
+        return None
+    up, stages = lines[-1]
+    return {"up_s": float(up), "stages_s": {name: float(s) for name, s in _STAGE.findall(stages)}}
 
 
 def build() -> None:

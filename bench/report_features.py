@@ -97,6 +97,9 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
             "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
                        "replacement": warm.get("new_replica_start"), "from_zero": zero.get("started_replica")},
+            # `zimage-serve serve`'s own account of the app's start (its "up" line) and its stop after Ctrl-C
+            "command_start": {"cold": cold.get("command_start"), "warm": warm.get("command_start")},
+            "stop_s": {"cold": cold.get("stop_s"), "warm": warm.get("stop_s")},
             "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},
             "history": scaleout_history(), **checked}
 

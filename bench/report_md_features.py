@@ -275,10 +275,14 @@ where the GPU's step is longer and the previews' share smaller; the jobs API's o
 def _scaleout_rows(x: dict) -> str:
     stages = lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
     st = x["stages"]
+    cmd, stop = x.get("command_start") or {}, x.get("stop_s") or {}  # (not recorded by the runs before them: None)
+    said = lambda c: f"{c['up_s']}: " + ", ".join(f"{k} {v}" for k, v in c["stages_s"].items()) if c else None
     return f"""| | seconds |
 |---|---|
 | app start to /readyz 200, cold node / warm node (`app_ready_cold_s` / `app_ready_warm_s`; target warm <= 30) | {x['app_ready_cold_s']} / {x['app_ready_warm_s']} |
 | the generator's own start, cold / warm | {(st['cold_start'] or {}).get('total_s')}: {stages(st['cold_start'])} / {(st['warm_start'] or {}).get('total_s')}: {stages(st['warm_start'])} |
+| the command's own account of the start (its "up" line), cold / warm | {said(cmd.get('cold'))} / {said(cmd.get('warm'))} |
+| Ctrl-C to the command's exit, cold / warm | {stop.get('cold')} / {stop.get('warm')} |
 | a generator replica SIGKILLed under light load: the replacement ready (`replica_ready_s`; target: serving <= 10 after its process starts) / the first image after the kill | {x['replica_ready_s']} / {x['first_image_after_kill_s']} ({x['lost']} of {x['requests']} requests lost) |
 | the replacement's own start | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} |
 | `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`; target <= 20) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |

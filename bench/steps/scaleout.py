@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import ROOT, checkpoint, http_call, out_dir, save
+from ..common import ROOT, checkpoint, command_stages, http_call, out_dir, save
 from .coldstart import NOT_OUR_DEPENDENCIES, _with_bytecode
 
 HIDE = f"import sys; sys.modules.update({{n: None for n in {NOT_OUR_DEPENDENCIES!r}}}); "
@@ -126,16 +126,21 @@ class _App:
     def readyz(self) -> dict:
         return _get("/readyz")[1]
 
-    def close(self) -> None:
+    def close(self) -> float | None:
+        """Ctrl-C, as a user stops it; the seconds to its exit (None: it had exited, or was killed after 90 s)."""
         import signal
 
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process.poll() is not None:
+            return None
+        t0 = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+        return round(time.monotonic() - t0, 2)
 
 
 def _get(path: str) -> tuple[int, dict]:
@@ -286,12 +291,18 @@ def _run_app(step: str, results: dict, min_replicas: int | None = None, then=Non
     try:
         results.update(app_ready_s=round(app.ready_s, 2), start=app.readyz().get("start"))
         save(step, **results)
+        deadline = time.monotonic() + 30  # its "up" line: a moment after /readyz (the app's status polled)
+        while time.monotonic() < deadline and " is up at " not in app.log.read_text(errors="replace"):
+            time.sleep(0.1)
         if then is not None:
             results.update(then(app))
             save(step, **results)
     finally:
-        app.close()
+        stop_s = app.close()
         _keep_log(app.log, step)
+    # the command's own account of its start (Python, Ray, Serve, the application) and its stop after Ctrl-C
+    results.update(command_start=command_stages(app.log.read_text(errors="replace")), stop_s=stop_s)
+    save(step, **results)
 
 
 def _keep_log(log: Path, step: str) -> None:
