@@ -363,7 +363,7 @@ def _app_start_cpu(a: dict) -> str:
     ratios = "; ".join(f"ours / {against[k]} **{a[k]}**" for k in against if k in a)
     base = ("The base starts Ray with a runtime_env (the workers' logging hook), so every worker's start (Serve's "
             "controller and proxy, the app's build, each replica) waits on Ray's runtime-env agent; ours hands the "
-            "hook to a Ray it starts through the environment (serving/local.py's ray_init_options). "
+            "hook to a Ray it starts through the environment (arguments.ray_init_options). "
             if "base" in a else "")
     drain = ("ours drains each replica, which the base's replicas checked for their last requests every 2 s (Serve's "
              "default, also the least a stop took, one deployment after another) and ours every 0.2 s "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -79,10 +80,37 @@ QUIET = (
 )
 # Ray workers of the jobs our commands start (``zimage-serve serve``, the batch job) run setup_worker_logging first,
 # and start with no library progress bars: a worker's stderr is a log, where a bar is a line of carriage returns
-# (progress.py; the variables are set before the worker imports anything, tqdm included). The batch job passes it
-# to ray.init; ``zimage-serve serve`` hands it to a Ray it starts through the environment (serving/local.py)
+# (progress.py; the variables are set before the worker imports anything, tqdm included). Our commands pass it to
+# ray.init for a cluster they join, or name the hook to a Ray they start through the environment (ray_init_options)
 RAY_RUNTIME_ENV = {"worker_process_setup_hook": "zimage_serve.arguments.setup_worker_logging",
                    "env_vars": dict(QUIET_ENV)}
+# the variable through which Ray hands a worker its setup hook (ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR, which
+# Ray's worker reads as it starts, before it runs anything: ray/_private/workers/default_worker.py)
+_SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+
+
+def ray_init_options() -> dict:
+    """``ray.init``'s options for our commands (``zimage-serve serve``, the batch job): every Ray worker runs
+    setup_worker_logging first, which also turns the library progress bars off (RAY_RUNTIME_ENV). Where ray.init
+    will start a Ray here (no RAY_ADDRESS, no ``ray start`` cluster on this machine: Ray's own lookup), its workers
+    inherit this process's environment: the hook is named in it, as Ray hands a hook to a worker (the command
+    itself keeps its bars), and no runtime_env is given; one makes every worker's start (Serve's controller and
+    proxy, the app's build, each replica; the batch job's actors) wait on Ray's runtime-env agent: 2.0 s of the
+    app's start on 2 cores (bench/app_start_cpu.py). Ray's spilling workers run the hook too. A cluster joined gets
+    RAY_RUNTIME_ENV. tests/serving/test_serve_cli.py pins that the workers run the hook."""
+    try:
+        # how ray.init finds a cluster to join (Ray: imported by the commands that start it, only)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        joins = canonicalize_bootstrap_address(None) is not None
+    except Exception:  # (a Ray without it, an address it can't parse) the way that works anywhere
+        joins = True
+    if joins:
+        return {"runtime_env": RAY_RUNTIME_ENV}
+    os.environ[_SETUP_HOOK_VARIABLE] = RAY_RUNTIME_ENV["worker_process_setup_hook"]
+    return {}
+
+
 class _Quiet(logging.Filter):
     def __init__(self, fragment: str):
         super().__init__()

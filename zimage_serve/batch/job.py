@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..arguments import RAY_RUNTIME_ENV, add_adapter_argument, add_model_arguments, integer, parse_adapters
+from ..arguments import add_adapter_argument, add_model_arguments, integer, parse_adapters, ray_init_options
 from ..core.bounds import Bounds
 from ..core.control import INPAINT_NEEDS_2X
 from ..core.errors import ZImageError
@@ -131,7 +131,7 @@ def run(args) -> int:
     from ..model.sources import resolve
 
     # every Ray worker (the stages' actors) sets up our logging first (arguments.py)
-    ray.init(logging_level=logging.WARNING, ignore_reinit_error=True, runtime_env=RAY_RUNTIME_ENV)
+    ray.init(logging_level=logging.WARNING, ignore_reinit_error=True, **ray_init_options())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False

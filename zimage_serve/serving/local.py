@@ -10,7 +10,6 @@ where its GPUs are known.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -26,7 +25,7 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.config import gRPCOptions
 from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
-from ..arguments import RAY_RUNTIME_ENV
+from ..arguments import ray_init_options
 from ..core.errors import ZImageError
 from ..settings import AppConfig
 
@@ -122,33 +121,6 @@ def _wait_running(names: list[str], stop: threading.Event) -> bool:
             return True
         stop.wait(0.2)
     return False
-
-
-# the variable through which Ray hands a worker its setup hook (ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR, which
-# Ray's worker reads as it starts, before it runs anything: ray/_private/workers/default_worker.py)
-_SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
-
-
-def ray_init_options() -> dict:
-    """``ray.init``'s options for ``zimage-serve serve``: every Ray worker runs arguments.setup_worker_logging first
-    and draws no library progress bars (RAY_RUNTIME_ENV). Where ray.init will start a Ray here (no RAY_ADDRESS, no
-    ``ray start`` cluster on this machine: Ray's own lookup), its workers inherit this process's environment: the
-    hook and QUIET_ENV are set in it, as Ray hands a hook to a worker, and no runtime_env is given; one makes every
-    worker's start (Serve's controller and proxy, the app's build, each replica) wait on Ray's runtime-env agent:
-    2.0 s of the app's start on 2 cores (bench/app_start_cpu.py). Ray's spilling workers run the hook too. A cluster
-    joined gets RAY_RUNTIME_ENV. tests/serving/test_serve_cli.py pins that the workers run the hook."""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address  # how ray.init finds a cluster to join
-
-        joins = canonicalize_bootstrap_address(None) is not None
-    except Exception:  # (a Ray without it, an address it can't parse) the way that works anywhere
-        joins = True
-    if joins:
-        return {"runtime_env": RAY_RUNTIME_ENV}
-    for name, value in RAY_RUNTIME_ENV["env_vars"].items():
-        os.environ.setdefault(name, value)
-    os.environ[_SETUP_HOOK_VARIABLE] = RAY_RUNTIME_ENV["worker_process_setup_hook"]
-    return {}
 
 
 def shutdown_serve(client, timeout_s: float = 30.0) -> None:
