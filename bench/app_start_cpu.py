@@ -34,7 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import command_stages  # noqa: E402 (the "up" line's parser, shared with the scaleout steps)
+from bench.common import command_stages_once_up  # noqa: E402 (the "up" line's parser, shared with the scaleout steps)
 
 
 def _port() -> int:
@@ -58,7 +58,7 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
-    ready, readyz, result = None, None, None
+    ready, readyz = None, None
     try:
         while time.monotonic() - t0 < 300 and proc.poll() is None:
             try:
@@ -71,12 +71,7 @@ def start(kind: str, repo: Path, tmp: Path) -> dict:
             time.sleep(0.05)
         if ready is None:
             raise RuntimeError(f"{kind} of {repo} never became ready:\n" + log.read_text()[-3000:])
-        said = None
-        if kind == "zimage-serve":  # its banner, a moment after /readyz (the app's status polled); ours says the stages
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and " is up at " not in log.read_text():
-                time.sleep(0.1)
-            said = command_stages(log.read_text())
+        said = command_stages_once_up(log) if kind == "zimage-serve" else None  # (ours says its stages)
         result = {"ready_s": round(ready, 2), **(said or {"up_s": None, "stages_s": None}),
                   "generator_start": readyz.get("start")}
     finally:

@@ -90,6 +90,15 @@ def command_stages(log: str) -> dict | None:
     return {"up_s": float(up), "stages_s": {name: float(s) for name, s in _STAGE.findall(stages)}}
 
 
+def command_stages_once_up(log: Path, timeout_s: float = 30) -> dict | None:
+    """:func:`command_stages` of ``zimage-serve serve``'s log once its banner is there (a moment after /readyz: the
+    command polls the app's status), waiting at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and " is up at " not in log.read_text(errors="replace"):
+        time.sleep(0.1)
+    return command_stages(log.read_text(errors="replace"))
+
+
 def build() -> None:
     """The full-size checkpoint with random weights, written on the GPU unless it is there already."""
     from zimage_serve.testing.checkpoint import write_checkpoint

@@ -354,7 +354,7 @@ def _app_start_cpu(a: dict) -> str:
         r = a[key]
         gen = [run["generator_start"]["total_s"] for run in r["runs"] if run.get("generator_start")]
         lines = [run for run in r["runs"] if run.get("stages_s")]  # ours: its "up ..." line
-        mid = sorted(lines, key=lambda run: run["up_s"] or 0)[len(lines) // 2] if lines else None
+        mid = sorted(lines, key=lambda run: run["up_s"])[len(lines) // 2] if lines else None
         said = (f"up {mid['up_s']}s: " + ", ".join(f"{k} {v}s" for k, v in mid["stages_s"].items())) if mid else ""
         rows += (f"| {names[key]} | {r['revision']} | **{r['median_ready_s']}** | "
                  + ", ".join(str(run["ready_s"]) for run in r["runs"])

@@ -150,4 +150,3 @@ def test_a_bad_lora_gives_one_line_and_exit_2(capsys, tmp_path, lora, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("zimage-serve"), err
     assert not (tmp_path / "o.png").exists()
-

@@ -95,8 +95,8 @@ def ray_init_options() -> dict:
     will start a Ray here (no RAY_ADDRESS, no ``ray start`` cluster on this machine: Ray's own lookup), its workers
     inherit this process's environment: the hook is named in it, as Ray hands a hook to a worker (the command
     itself keeps its bars), and no runtime_env is given; one makes every worker's start (Serve's controller and
-    proxy, the app's build, each replica; the batch job's actors) wait on Ray's runtime-env agent: 2.0 s of the
-    app's start on 2 cores (bench/app_start_cpu.py). Ray's spilling workers run the hook too. A cluster joined gets
+    proxy, the app's build, each replica; the batch job's actors) wait on Ray's runtime-env agent: 1.2-2.0 s of
+    the app's start on 2 cores (medians of two runs of bench/app_start_cpu.py). Ray's spilling workers run the hook too. A cluster joined gets
     RAY_RUNTIME_ENV. tests/serving/test_serve_cli.py pins that the workers run the hook."""
     try:
         # how ray.init finds a cluster to join (Ray: imported by the commands that start it, only)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import ROOT, checkpoint, command_stages, http_call, out_dir, save
+from ..common import ROOT, checkpoint, command_stages_once_up, http_call, out_dir, save
 from .coldstart import NOT_OUR_DEPENDENCIES, _with_bytecode
 
 HIDE = f"import sys; sys.modules.update({{n: None for n in {NOT_OUR_DEPENDENCIES!r}}}); "
@@ -291,17 +291,14 @@ def _run_app(step: str, results: dict, min_replicas: int | None = None, then=Non
     try:
         results.update(app_ready_s=round(app.ready_s, 2), start=app.readyz().get("start"))
         save(step, **results)
-        deadline = time.monotonic() + 30  # its "up" line: a moment after /readyz (the app's status polled)
-        while time.monotonic() < deadline and " is up at " not in app.log.read_text(errors="replace"):
-            time.sleep(0.1)
+        command_start = command_stages_once_up(app.log)  # the command's own account of its start
         if then is not None:
             results.update(then(app))
             save(step, **results)
     finally:
         stop_s = app.close()
         _keep_log(app.log, step)
-    # the command's own account of its start (Python, Ray, Serve, the application) and its stop after Ctrl-C
-    results.update(command_start=command_stages(app.log.read_text(errors="replace")), stop_s=stop_s)
+    results.update(command_start=command_start, stop_s=stop_s)  # (and its stop after Ctrl-C)
     save(step, **results)
 
 

@@ -117,9 +117,9 @@ def test_serve_config_file_options_reach_serve(tmp_path):
 
 
 def test_ray_workers_get_the_logging_hook_through_the_environment_of_a_ray_started_here(monkeypatch):
-    """A Ray that `zimage-serve serve` (or the batch job) starts inherits the hook from its environment (no runtime_env, whose agent
-    each worker's start waits on; test_serve_cli.py shows the workers run it); a cluster joined gets the
-    runtime_env. In this process, not marked ray: nothing starts Ray."""
+    """A Ray that `zimage-serve serve` (or the batch job) starts inherits the hook from its environment (no
+    runtime_env, whose agent each worker's start waits on; test_serve_cli.py shows the workers run it); a cluster
+    joined gets the runtime_env. In this process, not marked ray: nothing starts Ray."""
     from zimage_serve.arguments import RAY_RUNTIME_ENV, ray_init_options
 
     for name in ("__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR", *RAY_RUNTIME_ENV["env_vars"]):
