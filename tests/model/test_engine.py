@@ -145,3 +145,48 @@ def test_the_warm_up_runs_each_batch_size_prompt_length_and_a_batch_of_mixed_len
     warm = warm_up(engine, 64, 64, (1, 3), caption_tokens=(16, 80))
     assert [c[:2] for c in warm.calls] == [(1, 16), (1, 80), (3, 16), (3, 80), (3, "16/80/16")]
     assert warm.compile_s == 0  # (nothing compiles on this plan)
+
+
+def test_a_start_may_leave_the_text_encoder_to_add_once_serving(tiny_source, engine):
+    """start_engine(text_encoder_later=True): the plan keeps the text encoder where the engine runs, and the start
+    leaves it out (a replica adds it once ready: serving/generator.py); added, it encodes as one loaded with the
+    rest. Where the plan encodes on the CPU encoders there is nothing to add."""
+    from zimage_serve.model.startup import StartClock, add_text_encoder, start_engine
+
+    clock = StartClock()
+    started = start_engine("tiny", Workload(64, 64, 1), clock, encode_on="gpu", text_encoder_later=True)
+    assert started.text_encoder_later and started.engine.encoder is None
+    assert "load_text_encoder_s" not in clock.details and "load_vae_s" in clock.details
+    with pytest.raises(RuntimeError, match="without a text encoder"):
+        started.engine.encode(["a cat"])
+    assert add_text_encoder(started.engine) > 0
+    ours, reference = started.engine.encode(["a lighthouse"])[0], engine.encode(["a lighthouse"])[0]
+    assert ours.dtype == reference.dtype and torch.equal(ours, reference)
+    assert add_text_encoder(started.engine) == 0.0  # (added once)
+
+    on_cpu = start_engine("tiny", Workload(64, 64, 1), StartClock(), encode_on="cpu", text_encoder_later=True)
+    assert not on_cpu.text_encoder_later and on_cpu.engine.encoder is None
+
+
+def test_the_text_encoder_added_in_the_background_says_how_it_went(tiny_source):
+    """add_text_encoder_in_background (a replica, once ready): told "ready" and the seconds, or why it failed (an
+    offload plan's text encoder is loaded with the rest)."""
+    import queue
+
+    from zimage_serve.model.startup import add_text_encoder, add_text_encoder_in_background
+
+    told = queue.Queue()
+    resident = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1)),
+                           with_text_encoder=False)
+    add_text_encoder_in_background(resident, lambda *a: told.put(a))
+    state, seconds = told.get(timeout=60)
+    assert state == "ready" and seconds > 0 and resident.encoder is not None
+
+    plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy="offload")
+    offload = Engine.load(tiny_source, plan, device="cpu", dtype="float32", with_text_encoder=False)
+    with pytest.raises(ValueError, match="loaded with the rest"):
+        add_text_encoder(offload)
+    add_text_encoder_in_background(offload, lambda *a: told.put(a))
+    assert told.get(timeout=60) == ("failed: ValueError: the offload plan's text encoder is loaded with the rest "
+                                    "(Engine.load)", None)
+    assert offload.encoder is None

@@ -87,6 +87,7 @@ class Engine:
         self.max_batch = plan.workload.batch  # the batch the plan budgeted memory for
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
+        self.speedup_seconds: dict = {}  # each transformer speed-up's seconds at the load (optim/accel.accelerate)
         self.artefacts_dir = None  # where the blocks' compiled code is saved and loaded (compile_artifacts)
         self.compile_mode: str | None = None
         self.compiled_decoder = False
@@ -124,6 +125,7 @@ class Engine:
                 engine._accelerate(speedups, lora)
             elif lora is not None:
                 engine._install_slots(lora)
+        clock.details.update({f"speedups_{k}_s": v for k, v in engine.speedup_seconds.items()})
         return engine
 
     def _place(self, speedups: dict, lora, fuse: bool):
@@ -164,7 +166,7 @@ class Engine:
         install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
         batched = self.max_batch > 1  # (the blocks' saved compiled code is dynamic in the batch, or not)
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, batched=batched,
-                                                        **speedups)}
+                                                        seconds=self.speedup_seconds, **speedups)}
         if "compile_artifacts" in self.speedups:  # the blocks' compiled code saved per node (optim/aot.py)
             self.compile_mode = speedups.get("compile_mode")
             self.artefacts_dir = Path(self.speedups["compile_artifacts"])

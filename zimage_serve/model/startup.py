@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,19 +98,23 @@ class Started:
     adapters: dict  # {name: the adapter's weights, read and checked (adapters.AdapterWeights)}
     adapter_errors: dict  # {name: why it can't be served}
     controlnet: object | None  # controlnet.ControlNetSource
+    text_encoder_later: bool = False  # the plan encodes on this GPU, and the encoder is for the caller to add (later)
 
 
 def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = None, policy: str = "auto",
                  encode_on: str = "cpu", device: str | None = None, fp8: bool | str = False,
                  adapters: dict[str, str] | None = None, adapters_held: int | None = None,
-                 controlnet: str | None = None, speedups: dict | None = None, checked=None) -> Started:
+                 controlnet: str | None = None, speedups: dict | None = None, checked=None,
+                 text_encoder_later: bool = False) -> Started:
     """A GPU worker's engine (a generator replica's, a batch job actor's), stage by stage on ``clock``: ``model``
     resolved (``gpu``: whether ``auto`` may be the hub model; default: whether this process has a GPU), its
     ``adapters`` ({name: source}) read and checked, room kept for ``adapters_held`` of them (default: all) in the
     plan for ``workload``, the transformer's weights read in threads while diffusers and transformers are imported,
     then loaded with ``speedups`` (Engine.load's). The text encoder is loaded where the plan encodes on the GPU.
     ``checked(adapters, adapter_errors, controlnet)``, when given, is told of those as soon as they are checked
-    (before the plan and the load, which may still fail: a replica reports them either way)."""
+    (before the plan and the load, which may still fail: a replica reports them either way). ``text_encoder_later``:
+    a text encoder the plan keeps resident is left out of the start, for the caller to add once it serves
+    (:func:`add_text_encoder`; ``Started.text_encoder_later`` says whether there is one to add)."""
     with clock.stage("imports"):  # torch (and the model layer's light modules)
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
@@ -142,9 +147,46 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     with clock.stage("imports"):
         from .engine import Engine  # diffusers and transformers
 
-    engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu", speedups=speedups, lora=spec,
-                         controlnet=cn, transformer=transformer, clock=clock)
-    return Started(engine, weights, errors, cn)
+    later = text_encoder_later and plan.encode_on == "gpu" and plan.text_encoder in ("gpu", "cpu")
+    engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu" and not later, speedups=speedups,
+                         lora=spec, controlnet=cn, transformer=transformer, clock=clock)
+    return Started(engine, weights, errors, cn, later)
+
+
+def add_text_encoder(engine) -> float:
+    """Load the text encoder of an engine started without it (``start_engine(text_encoder_later=True)``) where the
+    plan keeps it ("gpu" or "cpu": an offload plan's hooks are made with the others at the load), and start encoding
+    with it; the seconds it took. Safe beside batches: they use the encoder only through ``Engine.encode``, and it is
+    set once loaded."""
+    from .encoding import PromptEncoder  # (see start_engine)
+    from .loader import load_text_encoder
+
+    if engine.plan.text_encoder not in ("gpu", "cpu"):
+        raise ValueError(f"the {engine.plan.kind} plan's text encoder is loaded with the rest (Engine.load)")
+    if engine.encoder is not None:
+        return 0.0
+    t0 = time.perf_counter()
+    model, tokenizer = load_text_encoder(engine.source, engine.device if engine.plan.text_encoder == "gpu" else "cpu",
+                                         engine.loaded.dtype)
+    engine.loaded.text_model, engine.loaded.tokenizer = model, tokenizer
+    engine.encoder = PromptEncoder(model, tokenizer)
+    return time.perf_counter() - t0
+
+
+def add_text_encoder_in_background(engine, done) -> None:
+    """:func:`add_text_encoder` in a thread of its own (a replica that serves meanwhile); ``done(state, seconds)``
+    is told "ready" and its seconds, or "failed: why" and None (out of memory beside a batch, a bad file)."""
+    def add():
+        try:
+            seconds = add_text_encoder(engine)
+        except Exception as e:  # noqa: BLE001 (the caller's prompts are encoded elsewhere: slower, not broken)
+            log.warning("the text encoder was not loaded (%s: %s)", type(e).__name__, e)
+            done(f"failed: {type(e).__name__}: {str(e)[:300]}", None)
+            return
+        log.info("text encoder loaded in %.1fs, after the start", seconds)
+        done("ready", seconds)
+
+    threading.Thread(target=add, name="text-encoder", daemon=True).start()
 
 
 @dataclass

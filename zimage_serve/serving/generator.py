@@ -51,6 +51,7 @@ class Generator:
         self.engine, self.reason, self.batches, self.batches_run = None, None, [], 0
         self.controlnet = None  # the ControlNet served (model.controlnet.ControlNetSource), once loading found it
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
+        self.text_encoder: str | None = None  # "loading", "ready" or "failed: why" when added after the start
         self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         # LoRA adapters: {name: file} of those that passed their checks at start, {name: reason} of the others
@@ -72,7 +73,7 @@ class Generator:
     def _load(self) -> None:
         """Load as the config says, stage by stage (model/startup.py; /readyz and the metrics report them)."""
         from ..model.planner import Workload  # in the replica: importing the deployment loads no torch
-        from ..model.startup import compiled_graphs, start_engine, warm_up
+        from ..model.startup import add_text_encoder_in_background, compiled_graphs, start_engine, warm_up
 
         opts = self.config.generator
         t0 = time.perf_counter()
@@ -84,7 +85,9 @@ class Generator:
                                device=None if opts.device == "auto" else opts.device, fp8=opts.fp8,
                                adapters={n: a.source for n, a in self.config.adapters.items()},
                                adapters_held=opts.max_adapters_per_replica, controlnet=self.config.controlnet,
-                               speedups=speedups, checked=self._checked)
+                               speedups=speedups, checked=self._checked,
+                               # encode_on auto: the CPU encoders encode every prompt until the GPU's encoder is added
+                               text_encoder_later=opts.encode_on == "auto")
         engine = started.engine
         engine.set_progress(False)
         if opts.vae_tiling:
@@ -102,6 +105,14 @@ class Generator:
         metrics.set_start(self.start.finish().report())
         log.info("Generator ready in %.1fs: %s; start stages (s): %s", self.load_seconds, engine.source.label,
                  self.start.report()["stages_s"])
+        if started.text_encoder_later:  # meanwhile Generator.encode and generate refuse prompts without embeddings
+            self.text_encoder = "loading"  # (NeedsEmbeddings): the ingress has them encoded on the CPU encoders
+            add_text_encoder_in_background(engine, self._text_encoder_added)
+
+    def _text_encoder_added(self, state: str, seconds: float | None) -> None:
+        self.text_encoder = state  # "ready": a lone prompt is encoded here again; failed: on the CPU encoders
+        if seconds is not None:
+            self.start.details["text_encoder_after_ready_s"] = round(seconds, 2)
 
     def _checked(self, adapters: dict, errors: dict, controlnet) -> None:
         """What the start found of the configured adapters and ControlNet (reported even when the load then fails)."""
@@ -177,6 +188,7 @@ class Generator:
                 "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
                 "batches_run": self.batches_run,  # (batches: the last 200 sizes)
                 "prompts_encoded": self.prompts_encoded,
+                **({"text_encoder": self.text_encoder} if self.text_encoder else {}),  # (added after the start)
                 "compiles_since_ready": compiled_graphs() - self.graphs_when_ready,
                 **self._adapters_info(), **self._controlnet_info(), **self._start_info()}
 
@@ -212,7 +224,7 @@ class Generator:
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if self.engine.encoder is None:
-            raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
+            raise NeedsEmbeddings(self._no_text_encoder())
         if self.engine.plan.text_encoder not in ("gpu", "cpu"):  # moved in and out with the transformer
             return None
         from ..model.engine import OutOfMemory  # in the replica, with torch
@@ -225,6 +237,11 @@ class Generator:
             raise Overloaded("out of GPU memory encoding the prompt; retry later") from None
         metrics.observe_stage("text_encode", time.perf_counter() - t0)
         return embeds[0], (embeds[1] if len(embeds) > 1 else None)
+
+    def _no_text_encoder(self) -> str:
+        if self.text_encoder == "loading":
+            return "this generator replica's text encoder is still loading"
+        return f"this generator replica's {self.engine.plan.kind} plan holds no text encoder"
 
     def _encode_alone(self, texts: list[str]) -> list:
         with self._gpu:
@@ -239,7 +256,7 @@ class Generator:
         if self.engine is None:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if encoded is None and self.engine.encoder is None:  # refused before batching: no other request fails with it
-            raise NeedsEmbeddings(f"this generator replica's {self.engine.plan.kind} plan holds no text encoder")
+            raise NeedsEmbeddings(self._no_text_encoder())
         if request.control_image is not None:
             self._check_control(request)
         start = time.time()

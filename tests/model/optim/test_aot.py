@@ -223,8 +223,11 @@ def test_a_call_the_code_does_not_fit_and_a_file_that_does_not_load_fall_back_to
     model = _transformer(tiny_source, fuse=False)
     assert aot.load(model, broken) == [] and not aot.uses_artefacts(model)
     assert "could not load the compiled mod_mask blocks" in caplog.text
-    applied = accelerate(model, compile=True, fuse=False, compile_artifacts=True, cache_dir=str(tmp_path / "c"))
+    seconds = {}
+    applied = accelerate(model, compile=True, fuse=False, compile_artifacts=True, cache_dir=str(tmp_path / "c"),
+                         seconds=seconds)
     assert applied["compile"] == "regional (repeated blocks)"  # nothing saved there: torch.compile's way
+    assert sorted(seconds) == ["compile", "compile_setup"] and all(s >= 0 for s in seconds.values())
 
 
 def test_code_called_at_the_count_it_was_saved_at_runs_in_a_process_at_another_count(replicas, tiny_source):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -148,7 +149,7 @@ def artefacts_dir(transformer, cache_dir: str | None = None, compile_mode: str |
 def accelerate(transformer, *, compile: bool = True, attention_backend: str | None = None, fp8: bool = False,
                fuse: bool = True, compile_mode: str | None = None, cache_dir: str | None = None,
                cuda_graphs: bool = False, compile_artifacts: bool = False, batched: bool = True,
-               before_quantize=None) -> dict:
+               before_quantize=None, seconds: dict | None = None) -> dict:
     """Apply the speed-ups in place; returns what was applied (for logs and /readyz).
 
     ``before_quantize(transformer)``, when given, runs after fusing and before FP8, compiling and CUDA graphs
@@ -157,21 +158,34 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
     batches of more than one), not ``torch.compile``'s trace.
 
     ``fuse`` and ``cuda_graphs`` need a resident transformer (all weights on the GPU, no offload hooks).
-    ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile."""
-    applied = {}
+    ``cache_dir`` defaults to ZIMAGE_CACHE_DIR/compile. ``seconds``, when given, gets each step's seconds (fuse,
+    slots, fp8, compile setup, compile: wrapping or loading the saved code, cuda_graphs): a replica's start details."""
+    applied, seconds = {}, seconds if seconds is not None else {}
+    t = time.perf_counter()
+
+    def took(step: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        seconds[step] = now - t
+        t = now
+
     if fuse:
         from .fusion import fuse_projections  # only when fusing
 
         applied["fused_blocks"] = fuse_projections(transformer)
+        took("fuse")
     if before_quantize is not None:
         before_quantize(transformer)
+        took("slots")
     if attention_backend:
         transformer.set_attention_backend(attention_backend)
         applied["attention_backend"] = attention_backend
     if fp8:
         applied["fp8_linear_layers"] = quantize_fp8(transformer)
+        took("fp8")
     if compile:
         compile_setup(cache_dir)
+        took("compile_setup")
         loaded = []
         if compile_artifacts:
             from .aot import load  # (see artefacts_dir)
@@ -183,9 +197,11 @@ def accelerate(transformer, *, compile: bool = True, attention_backend: str | No
             transformer.compile_repeated_blocks(fullgraph=True, **({"mode": compile_mode} if compile_mode else {}))
         applied["compile"] = (f"regional (repeated blocks){', ' + compile_mode if compile_mode else ''}"
                               + (f", saved code of {len(loaded)} block kinds loaded" if loaded else ""))
+        took("compile")
     if cuda_graphs:
         from .graphs import use_cuda_graphs  # only for CUDA graphs
 
         applied["cuda_graph_blocks"] = use_cuda_graphs(transformer)
+        took("cuda_graphs")
     log.info("transformer speed-ups: %s", applied or "none")
     return applied
