@@ -157,6 +157,7 @@ def test_a_start_may_leave_the_text_encoder_to_add_once_serving(tiny_source, eng
     started = start_engine("tiny", Workload(64, 64, 1), clock, encode_on="gpu", text_encoder_later=True)
     assert started.text_encoder_later and started.engine.encoder is None
     assert "load_text_encoder_s" not in clock.details and "load_vae_s" in clock.details
+    assert {"imports_torch_s", "imports_diffusers_s"} <= set(clock.details)  # (where the imports went)
     with pytest.raises(RuntimeError, match="without a text encoder"):
         started.engine.encode(["a cat"])
     assert add_text_encoder(started.engine) > 0

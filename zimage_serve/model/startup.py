@@ -115,10 +115,12 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     (before the plan and the load, which may still fail: a replica reports them either way). ``text_encoder_later``:
     a text encoder the plan keeps resident is left out of the start, for the caller to add once it serves
     (:func:`add_text_encoder`; ``Started.text_encoder_later`` says whether there is one to add)."""
+    t = time.perf_counter()
     with clock.stage("imports"):  # torch (and the model layer's light modules)
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
         from .sources import resolve
+    clock.details["imports_torch_s"] = time.perf_counter() - t
 
     prepare_allocator()  # before this process's first CUDA allocation
     with clock.stage("resolve"):
@@ -144,8 +146,10 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
                                      fp8=fp8,  # FP8 weights where the plan says
                                      partial_ok=spec is None)  # LoRA slots need every block resident
         transformer = start_reading(source, plan)  # in threads, from now: beside the imports below
+    t = time.perf_counter()
     with clock.stage("imports"):
         from .engine import Engine  # diffusers and transformers
+    clock.details["imports_diffusers_s"] = time.perf_counter() - t  # (beside the transformer's reads)
 
     later = text_encoder_later and plan.encode_on == "gpu" and plan.text_encoder in ("gpu", "cpu")
     engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu" and not later, speedups=speedups,
