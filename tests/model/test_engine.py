@@ -40,6 +40,8 @@ def test_max_batch_splits(engine):
     emb = engine.encode(["a cat"])[0]
     result = engine.generate([job(emb, seed=s, width=64, height=64) for s in range(6)])
     assert result.batch_sizes == [4, 2] and len(result.images) == 6
+    latents_only = engine.generate([job(emb, seed=s, width=64, height=64) for s in range(2)], decode=False)
+    assert latents_only.images == [None, None] and latents_only.batch_sizes == [2]
 
 
 def test_guidance_with_negative_prompt_equals_stock(engine, stock_pipe):
@@ -142,8 +144,13 @@ def test_the_warm_up_runs_each_batch_size_prompt_length_and_a_batch_of_mixed_len
 
     engine = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 3)))
     engine.set_progress(False)
+    vae, decoded = engine.pipe.vae, []
+    decode = vae.decode
+    vae.decode = lambda latents, **kw: decoded.append(latents.shape) or decode(latents, **kw)
     warm = warm_up(engine, 64, 64, (1, 3), caption_tokens=(16, 80))
     assert [c[:2] for c in warm.calls] == [(1, 16), (1, 80), (3, 16), (3, 80), (3, "16/80/16")]
+    assert len(decoded) == 1  # the first call's image only: the VAE decodes one at a time, whatever the batch
+    vae.decode = decode
     assert warm.compile_s == 0  # (nothing compiles on this plan)
 
 

@@ -314,9 +314,11 @@ class Engine:
         return [t.to(self.device, self.loaded.dtype, non_blocking=True) for t in tensors]
 
     @torch.inference_mode()
-    def generate(self, jobs: list[Job]) -> Result:
+    def generate(self, jobs: list[Job], decode: bool = True) -> Result:
         """Images for ``jobs``, in transformer batches of requests that may share one (``GenerationRequest.batch_key``),
-        at most max_batch each; one whose jobs were all cancelled stops early, its images None (model/watch.py)."""
+        at most max_batch each; one whose jobs were all cancelled stops early, its images None (model/watch.py).
+        ``decode`` False: the latents are made and not decoded, the images None (a warm-up's calls once one has
+        decoded: the VAE decodes one image at a time, whatever the batch)."""
         result = Result(images=[None] * len(jobs), seconds={"denoise": 0.0, "decode": 0.0})
         key = lambda i: jobs[i].request.batch_key
         order = sorted(range(len(jobs)), key=lambda i: repr(key(i)))
@@ -325,7 +327,7 @@ class Engine:
             for start in range(0, len(group), self.max_batch):
                 idx = group[start:start + self.max_batch]
                 try:
-                    images = self._run([jobs[i] for i in idx], result)
+                    images = self._run([jobs[i] for i in idx], result, decode)
                 except Cancelled:  # every job of this transformer batch was cancelled: no image is wanted
                     continue
                 for i, image in zip(idx, images):
@@ -340,7 +342,7 @@ class Engine:
 
         return blocks_one_by_one(self.pipe.transformer)
 
-    def _run(self, jobs: list[Job], result: Result) -> list:
+    def _run(self, jobs: list[Job], result: Result, decode: bool = True) -> list:
         j0 = jobs[0].request
         if j0.control_image is not None and self.controlnet is None:
             raise ValueError("this engine was loaded without a ControlNet")
@@ -355,7 +357,7 @@ class Engine:
             latents = MODES[j0.mode](self, jobs, self._embeds([j.embeds for j in jobs]), negative)
             self._sync()
             t1 = time.perf_counter()
-            images = [self._decode(latents[i:i + 1]) for i in range(len(jobs))]
+            images = [self._decode(latents[i:i + 1]) if decode else None for i in range(len(jobs))]
         finally:
             for hook in self.loaded.hooks:
                 hook.offload()

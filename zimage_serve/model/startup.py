@@ -246,7 +246,8 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
     not on the first request whose prompt length differs; a batch of both lengths (its captions padded to the
     longest, with a mask: graphs of their own) here, not on the first batch of prompts of different lengths. One
-    step is enough: later steps change no shape (/readyz counts what compiles after the warm-up).
+    step is enough: later steps change no shape (/readyz counts what compiles after the warm-up). Only the first
+    call decodes (the VAE decodes one image at a time, whatever the batch: its compiled decoder is warm after one).
 
     When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and nothing recorded for blocks
     like these on the node yet: its first replica), a first, eager pass records one call of each block kind
@@ -290,7 +291,7 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
         saved = _save_compiled_blocks(engine, record)
         if saved is not None:
             calls.append((max(batch_sizes), "save compiled", round(time.perf_counter() - t - calls[-1][2], 2)))
-    control = None
+    control, decoded = None, False
     if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
         control = Pixels("RGB", width, height, bytes(width * height * 3))
     for n in batch_sizes:
@@ -300,7 +301,8 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
         for per_job in lengths:
             for image in (None, control) if control is not None else (None,):
                 t = time.perf_counter()
-                engine.generate(jobs(per_job, image))
+                engine.generate(jobs(per_job, image), decode=not decoded)  # (one image at a time: once is enough)
+                decoded = True
                 label = per_job[0] if len(set(per_job)) == 1 else "/".join(map(str, per_job))
                 calls.append((n, label, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
     log.info("warm-up calls (batch, caption tokens, seconds): %s", calls)
