@@ -123,10 +123,13 @@ def scaleout_history() -> list[dict]:
     return rows
 
 
-def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
+def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict | None = None,
+          minimum: dict | None = None) -> dict:
     """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
     (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
-    resident bf16 on the 24 GiB card; stock diffusers' recipes (``stock``) beside them."""
+    resident bf16 on the 24 GiB card; the partial plans from their later run (``partial``: the cards_partial step,
+    each ratio to that run's own 24 GiB card) where there is one; stock diffusers' recipes (``stock``) and the
+    smallest workable card (``minimum``: the cards_min step) beside them."""
     keys = ("plan", "weights", "blocks_resident", "blocks_streamed", "peak_mib", "denoise_s", "e2e_s",
             "ratio_to_resident", "denoise_ratio_to_resident", "budget_used", "plan_peak_gib", "peak_allocated_gib",
             "peak_reserved_gib", "warmup_s", "speedups", "describe", "error")
@@ -141,7 +144,12 @@ def cards(run: dict, expandable: dict | None, stock: dict | None) -> dict:
                 r["ratio_to_resident"] = round(r["e2e_s"] / base["e2e_s"], 3)
                 r["denoise_ratio_to_resident"] = round(r["denoise_s"] / base["denoise_s"], 3)
                 r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3)
-            out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator") if k in r}
+            if partial and gib != "24" and gib in partial.get(key, {}) and not partial[key][gib].get("error"):
+                r = {**partial[key][gib], "run": partial["_run"], "base_e2e_s": partial["cards"]["24"]["e2e_s"]}
+            out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator", "base_e2e_s") if k in r}
+    if minimum:
+        out["minimum"] = {k: v for k, v in minimum.items() if not k.startswith("_") and k != "step"}
+        out["minimum_run"] = minimum["_run"]
     if stock:
         out["stock"] = {k: v for k, v in stock.items() if not k.startswith("_")}
         out["stock_run"] = stock["_run"]

@@ -190,7 +190,9 @@ def render_cards(summary: dict) -> str:
         split = f", {r['blocks_resident']} resident / {r['blocks_streamed']} streamed" if r.get("blocks_streamed") else ""
         t = target.get((key, gib))
         verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
-        note = f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("run") else ""
+        note = (f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("first_run_error")
+                else f" {r['run']} (`cards_partial`), against its own 24 GiB card's {r['base_e2e_s']} s" if r.get("run")
+                else "")
         return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
                 f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "
                 f"{r['denoise_ratio_to_resident']}) |{note} |")
@@ -235,12 +237,41 @@ the ~166 ms step: an estimate from a block's copy, ~7 ms, and compute, ~3 ms, no
 lent to the session that made the change; `python3 bench/run.py build cards`). FP8 weights halve what streams, and make
 the 12 GiB card fully resident, faster than bf16 resident on the large card (FP8 matmuls).
 
-Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
+{_minimum(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
 
 | card | recipe | e2e |
 |---|---|---|
 {stock_rows}
+"""
+
+
+def _minimum(meta: dict) -> str:
+    """The smallest workable card (the cards_min step), bf16 and FP8."""
+    if "minimum" not in meta:
+        return ""
+
+    def card(r: dict) -> str:
+        if not r:
+            return ""
+        if r.get("error"):
+            return f"{r['card_gib']} GiB: {r['error'].strip().splitlines()[-1][:160]}"
+        return (f"{r['card_gib']} GiB: {r['plan']} {r['weights']}, {r.get('blocks_resident')} resident / "
+                f"{r.get('blocks_streamed')} streamed, peak {r['peak_mib']} MiB, e2e {r['e2e_s']} s")
+
+    rows = "\n".join(f"| {'bf16' if fp8 == 'off' else 'FP8 (`fp8: auto`)'} | {r.get('planner_smallest_free_gib')} GiB | "
+                     f"{card(r.get('at_minimum', {}))} | {card(r.get('below', {}))} |"
+                     for fp8, r in meta["minimum"].items())
+    return f"""
+The smallest workable card ({meta['minimum_run']}, `python3 bench/run.py build cards_min`): the planner's minimum free
+memory for 1024², batch 4 (its error at 1 MiB names it), then a card just above it (the minimum plus the CUDA
+context's 0.5 GiB, rounded up to 0.25 GiB) and one 0.75 GiB below that, each in a fresh process as above: the first
+must serve, the second must refuse at the start with the planner's error, never run out of memory.
+
+| weights | planner's minimum | card just above it | card 0.75 GiB below |
+|---|---|---|---|
+{rows}
+
 """
 
 
