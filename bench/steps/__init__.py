@@ -48,6 +48,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
                                                         "alloc_conf": "expandable_segments:True"}),
     "reader_check": ("bench.steps.scaleout", "reader_check", {}),
     "cards_min": ("bench.steps.cards", "cards_min", {}),
+    "cards_min_bf16": ("bench.steps.cards", "cards_min", {"weights": ("off",)}),
     # the partial plans again (their streaming changed), with the 24 GiB base: the resident ones are unchanged
     "cards_partial": ("bench.steps.cards", "cards", {"bf16_cards": (24, 12, 8), "fp8_cards": (8,),
                                                      "name": "cards_partial"}),

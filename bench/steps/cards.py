@@ -208,11 +208,12 @@ def cards_stock():
     print("CARDS_STOCK", json.dumps(results), flush=True)
 
 
-def cards_min():
+def cards_min(weights=("off", "auto")):
     """The smallest workable card, bf16 and FP8: the planner's minimum (its PlanError at 1 MiB says it), then a card
     just above it (rounded up to 0.25 GiB, with the CUDA context's 0.5 GiB) and one 0.75 GiB below, each in a fresh
     process as ``cards`` runs them: the first must serve without running out of memory, the second must refuse with
-    that PlanError, never an OOM."""
+    that PlanError, never an OOM. ``weights``: the ``fp8`` settings to run (FP8 never streams: at its minimum the
+    plan is bf16's)."""
     import math
 
     from zimage_serve.core.errors import PlanError
@@ -226,7 +227,7 @@ def cards_min():
     sizes = sizes_of(resolve(str(checkpoint())))
     workload = Workload(size(), size(), _production_generator()["max_batch_size"])
     results: dict = {}
-    for fp8 in ("off", "auto"):
+    for fp8 in weights:
         try:
             make_plan(sizes, 2**20, workload, encode_on="cpu", fp8={"off": False}.get(fp8, fp8))
             smallest = None

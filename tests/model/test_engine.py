@@ -69,6 +69,22 @@ def test_every_plan_kind_loads_and_generates_the_same_image(tiny_source, stock_p
         assert engine.loaded.hooks
 
 
+def test_a_streamed_plan_with_the_speedups_runs_its_transformer_eagerly(tiny_source, stock_pipe):
+    """The sequential plan (diffusers' group offloading) asked to compile: its hooks onload each block in code that
+    torch.compile must not trace (the warm-up failed on a 4 GiB card, bench run60), so the transformer stays eager
+    and the image is stock's."""
+    import dataclasses
+
+    plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy="sequential")
+    engine = Engine.load(tiny_source, dataclasses.replace(plan, vae_tiling=True), device="cpu", dtype="float32")
+    engine.set_progress(False)
+    engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": True, "compile_artifacts": True})
+    assert "compile" not in engine.speedups and "fused_blocks" not in engine.speedups
+    emb = engine.encode(["a cat"])[0]
+    image = engine.generate([job(emb, seed=11, width=64, height=64)]).images[0]
+    assert max_pixel_diff(image, stock_image(stock_pipe, "a cat", 11, 64, 64)) <= 1
+
+
 def test_without_text_encoder_needs_embeddings(tiny_source):
     plan = make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1))
     engine = Engine.load(tiny_source, plan, with_text_encoder=False)

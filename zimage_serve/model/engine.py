@@ -37,8 +37,6 @@ log = logging.getLogger("zimage_serve")
 # CUDA graphs keep their captured inputs and outputs (up to 1 GiB) and a memory pool for the blocks'
 # activations apart from the rest: a plan needs this much headroom, plus its activations, to use them.
 GRAPH_HEADROOM_GIB = 1.0
-
-
 OutOfMemory = torch.OutOfMemoryError  # what a generate call raises when the GPU runs out of memory
 
 
@@ -157,6 +155,9 @@ class Engine:
             speedups.update(fuse=False, fp8=False, cuda_graphs=False)
         if plan.transformer not in ("gpu", "partial", "cpu"):  # the blocks' saved compiled code replaces their
             speedups["compile_artifacts"] = False  # forward, as the offload plans' hooks do
+        compile_vae = speedups.get("compile")
+        if plan.transformer == "stream":  # torch.compile can't trace group offloading's onloading (bench run60: a
+            speedups["compile"] = False  # 4 GiB card's warm-up failed): the streamed transformer runs eagerly
         headroom = (plan.budget_gib or 0) - plan.peak_gib
         if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
@@ -177,7 +178,7 @@ class Engine:
         if self.slots is not None:
             self.speedups["lora_slots"] = (f"{len(self.slots.layers)} layers, rank {self.slots.rank}"
                                            + (", folded" if self.slots.folded else ""))
-        if speedups.get("compile") and not plan.vae_tiling:
+        if compile_vae and not plan.vae_tiling:
             self.speedups.update(accelerate_vae(self.pipe.vae, cache_dir=speedups.get("cache_dir")))
             self.compiled_decoder = True
 
@@ -317,8 +318,7 @@ class Engine:
     def generate(self, jobs: list[Job], decode: bool = True) -> Result:
         """Images for ``jobs``, in transformer batches of requests that may share one (``GenerationRequest.batch_key``),
         at most max_batch each; one whose jobs were all cancelled stops early, its images None (model/watch.py).
-        ``decode`` False: the latents are made and not decoded, the images None (a warm-up's calls once one has
-        decoded: the VAE decodes one image at a time, whatever the batch)."""
+        ``decode`` False: the images None, not decoded (the warm-up's calls after its first: see startup.warm_up)."""
         result = Result(images=[None] * len(jobs), seconds={"denoise": 0.0, "decode": 0.0})
         key = lambda i: jobs[i].request.batch_key
         order = sorted(range(len(jobs)), key=lambda i: repr(key(i)))
