@@ -324,7 +324,7 @@ def main() -> None:
         summary["streaming"] = streaming(steps["streaming"])
     if "scaleout" in steps:  # measured on the GPU machine
         summary["scaleout"] = scaleout(steps.get("scaleout_cold"), steps["scaleout"], steps.get("scaleout_zero"),
-                                       steps.get("reader_check"))
+                                       steps.get("reader_check"), steps.get("startup_profile"))
     smoke = RESULTS / "cpu" / "scaleout.json"
     if smoke.exists():  # the same steps on a CPU machine with the tiny checkpoint: the code paths, not the GPU's times
         run = json.loads(smoke.read_text())

@@ -81,11 +81,13 @@ def streaming(s: dict) -> dict:
             "step": {k: v for k, v in s.items() if not k.startswith("_")}}
 
 
-def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: dict | None = None) -> dict:
+def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: dict | None = None,
+             profile: dict | None = None) -> dict:
     """Issue 23's keys from the scaleout_cold, scaleout and scaleout_zero steps (bench/steps/scaleout.py): the app's
     start on a cold and a warm node, a killed replica's replacement, the first request from zero; each start's
     stages (model/startup.py) beside its figure; the weights reader checked against diffusers (``reader``, the
-    reader_check step). A step not run gives None."""
+    reader_check step) and where a replica's imports go (``profile``, the startup_profile step). A step not run
+    gives None."""
     cold, warm, zero = cold or {}, warm or {}, zero or {}
     runs = sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})
     checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
@@ -101,7 +103,17 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             "command_start": {"cold": cold.get("command_start"), "warm": warm.get("command_start")},
             "stop_s": {"cold": cold.get("stop_s"), "warm": warm.get("stop_s")},
             "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},
-            "history": scaleout_history(), **checked}
+            "history": scaleout_history(), **checked, **({"startup_profile": _profile(profile)} if profile else {})}
+
+
+def _profile(p: dict) -> dict:
+    """The startup_profile step, shortened: the imports' total and the modules that take longest (with what they
+    import, and by their own time), and each way of reading the transformer's weights to the GPU."""
+    it = p["importtime"]
+    return {"run": p["_run"], "importtime_total_s": it["total_s"], "by_cumulative": it["by_cumulative_depth_le_3"][:12],
+            "by_self": it["by_self"][:8],
+            "reads": {v: p[v] for v in ("imports_alone", "safetensors", "reader8", "reader16", "reader8_with_imports")
+                      if v in p}}
 
 
 def scaleout_history() -> list[dict]:

@@ -228,14 +228,18 @@ FP8 weights as the memory plan (`generator.fp8: auto`):
 The 16 GiB card's resident plan (estimated peak 14.23 GiB) ran out of memory in its warm-up in {meta['run']} with
 PyTorch's default allocator; with expandable segments it served at 0.95 s ({c16_run(summary)}). GPU processes now set
 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` unless the user set it (`model/machine.py`); the other cards ran
-with the default allocator. In these runs the partial plans streamed their last main blocks through two GPU
-buffers (`model/optim/streamer.py`) while the resident blocks computed; at 8 GiB in bf16, 22 of 30 blocks stream and
-the copies (7.4 GiB a step) are not hidden: 1.624x, just over the 1.6 target. With two buffers only the next two
-streamed blocks can be copied ahead, so behind the run of resident blocks the copy engine idled (roughly 20-30 ms of
-the ~166 ms step: an estimate from a block's copy, ~7 ms, and compute, ~3 ms, not a measurement). The streamed blocks are now spread among the resident ones
-(`streamed_positions`) and the first two are prefetched for the next call: **not yet re-measured** (no device was
-lent to the session that made the change; `python3 bench/run.py build cards`). FP8 weights halve what streams, and make
-the 12 GiB card fully resident, faster than bf16 resident on the large card (FP8 matmuls).
+with the default allocator. The partial plans stream some main blocks through two GPU buffers
+(`model/optim/streamer.py`) while the resident blocks compute. In {meta['run']} they streamed the last blocks, one after
+another, and the copy engine idled behind the run of resident blocks; they now stream blocks spread among the
+resident ones (`streamed_positions`), the first two prefetched for the next call. Measured again with that
+(the rows marked `cards_partial`; `python3 bench/run.py build cards_partial cards_min`, 2026-12-06, an H100: the
+ratios are each run's own): the 12 GiB card went from 1.222x to **1.019x**, FP8 at 8 GiB from 0.847x to 0.769x, and
+bf16 at 8 GiB stayed at **1.624x**: there 22 of 30 blocks stream, 7.41 GiB a step, and a step took 0.163 s against
+the resident 0.095 s: the copies alone at 0.163 s a step are 7.41 GiB / 0.163 s = 49 GB/s, PCIe 5.0 x16's practical
+rate. The copies are hidden behind compute as far as they can be; the step is the copy, so only fewer streamed
+bytes make it faster (FP8 weights: 0.769x; or a smaller batch envelope than serve_config's 4, which leaves room for
+more resident blocks). FP8 weights halve what streams, and make the 12 GiB card fully resident, faster than bf16
+resident on the large card (FP8 matmuls).
 
 {_minimum(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
@@ -255,10 +259,20 @@ def _minimum(meta: dict) -> str:
         if not r:
             return ""
         if r.get("error"):
-            return f"{r['card_gib']} GiB: {r['error'].strip().splitlines()[-1][:160]}"
+            first = r["error"].strip().splitlines()[0]
+            if first.startswith("PlanError"):
+                return f"{r['card_gib']} GiB: refused at the start: {first[:160]}"
+            return f"{r['card_gib']} GiB: {r.get('plan')} {r.get('weights')} **failed**: {first[:160]}"
         return (f"{r['card_gib']} GiB: {r['plan']} {r['weights']}, {r.get('blocks_resident')} resident / "
                 f"{r.get('blocks_streamed')} streamed, peak {r['peak_mib']} MiB, e2e {r['e2e_s']} s")
 
+    compiled_stream = f"""
+In {meta['minimum_run']} the card just above the minimum failed its warm-up: its plan streams every block with
+diffusers' group offloading (`sequential`), and the engine compiled that transformer too, whose hooks torch.compile
+can't trace. The engine now runs a streamed plan's transformer eagerly (`Engine._accelerate`; tested on the CPU,
+tests/model/test_engine.py); **not re-measured on a GPU** (the session's device time ran out):
+`python3 bench/run.py build cards_min_bf16`.
+"""
     rows = "\n".join(f"| {'bf16' if fp8 == 'off' else 'FP8 (`fp8: auto`)'} | {r.get('planner_smallest_free_gib')} GiB | "
                      f"{card(r.get('at_minimum', {}))} | {card(r.get('below', {}))} |"
                      for fp8, r in meta["minimum"].items())
@@ -266,12 +280,13 @@ def _minimum(meta: dict) -> str:
 The smallest workable card ({meta['minimum_run']}, `python3 bench/run.py build cards_min`): the planner's minimum free
 memory for 1024², batch 4 (its error at 1 MiB names it), then a card just above it (the minimum plus the CUDA
 context's 0.5 GiB, rounded up to 0.25 GiB) and one 0.75 GiB below that, each in a fresh process as above: the first
-must serve, the second must refuse at the start with the planner's error, never run out of memory.
+must serve, the second must refuse at the start with the planner's error, never run out of memory. FP8 weights
+never stream, so at the minimum the FP8 setting plans bf16 streaming too.
 
 | weights | planner's minimum | card just above it | card 0.75 GiB below |
 |---|---|---|---|
 {rows}
-
+{compiled_stream if "torch.compiler.disable" in rows else ""}
 """
 
 
@@ -308,6 +323,7 @@ def _scaleout_rows(x: dict) -> str:
     st = x["stages"]
     cmd, stop = x.get("command_start") or {}, x.get("stop_s") or {}  # (not recorded by the runs before them: None)
     said = lambda c: f"{c['up_s']}: " + ", ".join(f"{k} {v}" for k, v in c["stages_s"].items()) if c else None
+    constructed = lambda start: round(start["total_s"] - start["stages_s"].get("process", 0), 2) if start else None
     return f"""| | seconds |
 |---|---|
 | app start to /readyz 200, cold node / warm node (`app_ready_cold_s` / `app_ready_warm_s`; target warm <= 30) | {x['app_ready_cold_s']} / {x['app_ready_warm_s']} |
@@ -315,9 +331,9 @@ def _scaleout_rows(x: dict) -> str:
 | the command's own account of the start (its "up" line), cold / warm | {said(cmd.get('cold'))} / {said(cmd.get('warm'))} |
 | Ctrl-C to the command's exit, cold / warm | {stop.get('cold')} / {stop.get('warm')} |
 | a generator replica SIGKILLed under light load: the replacement ready (`replica_ready_s`; target: serving <= 10 after its process starts) / the first image after the kill | {x['replica_ready_s']} / {x['first_image_after_kill_s']} ({x['lost']} of {x['requests']} requests lost) |
-| the replacement's own start | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} |
+| the replacement's own start (process: the age of the worker process Ray gave it, which may have waited in Ray's pool of idle workers) / from its constructor | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} / {constructed(st['replacement'])} |
 | `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`; target <= 20) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |
-| the replica it started | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} |
+| the replica it started / from its constructor | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} / {constructed(st['from_zero'])} |
 """
 
 
@@ -435,6 +451,32 @@ read to the GPU as safetensors does and as model/prefetch.py does, alone and bes
             out += "".join(f"| {h['run']} | {h['gpu']} | {h['saved_code']} | {h['replica_ready_s']} | "
                            f"{h['app_ready_warm_s']} / {h['app_ready_cold_s']} | {h['first_request_from_zero_s']} |\n"
                            for h in gpu["history"])
+        rep = gpu["stages"].get("replacement")
+        if rep and rep["stages_s"].get("process", 0) > rep["total_s"] / 2:  # a worker that waited in Ray's pool
+            st = rep["stages_s"]
+            out += f"""
+Reading the replacement's start: its worker process was {st['process']} s old when its constructor ran: Ray handed
+the replica a worker it had started earlier and kept idle, so "process" is that worker's age, not a stage of this
+start. From its constructor it was ready in {round(rep['total_s'] - st['process'], 2)} s (imports {st['imports']},
+load {st['load']}, speed-ups {st['speedups']}, warm-up {st['warmup']}), {gpu['replica_ready_s']} s after the kill (Serve
+notices a dead replica by its health check, every 2 s, then asks Ray for a new one), and it served the first image
+{gpu['first_image_after_kill_s']} s after the kill. The text encoder, added after it was ready, took
+{rep['details'].get('text_encoder_after_ready_s')} s more, in the background.
+"""
+        prof = gpu.get("startup_profile")
+        if prof:
+            reads = prof["reads"]
+            row = lambda name: f"{name} {reads[name]['seconds']} s ({reads[name]['gib_per_s']} GiB/s)" if name in reads else ""
+            out += f"""
+Where a replica's imports go ({prof['run']}, `startup_profile`: `python -X importtime` of what a replica imports, in a
+fresh process, bytecode kept): {prof['importtime_total_s']} s in all; with what they import, """ + ", ".join(
+                f"`{name}` {cum}" for _, cum, _, name in prof["by_cumulative"][:8]) + "; by their own time, " + ", ".join(
+                f"`{name}` {own}" for own, _, _, name in prof["by_self"][:6]) + f""". The transformer's weights to the GPU,
+each way in a fresh process: {row('safetensors')} as safetensors reads them, {row('reader8')} with model/prefetch.py's 8
+threads, {row('reader16')} with 16; diffusers' and transformers' imports alone {reads.get('imports_alone', {}).get('imports_s')} s,
+beside the 8 threads' reads {reads.get('reader8_with_imports', {}).get('imports_s')} s (the reads then ending at
+{reads.get('reader8_with_imports', {}).get('seconds')} s).
+"""
         r = gpu.get("reader_check")
         if r:
             out += f"""
