@@ -286,7 +286,8 @@ never stream, so at the minimum the FP8 setting plans bf16 streaming too.
 | weights | planner's minimum | card just above it | card 0.75 GiB below |
 |---|---|---|---|
 {rows}
-{compiled_stream if "torch.compiler.disable" in rows else ""}
+{compiled_stream if any("torch.compiler.disable" in (r.get("at_minimum") or {}).get("error", "")
+                         for r in meta["minimum"].values()) else ""}
 """
 
 

@@ -79,7 +79,7 @@ def test_a_streamed_plan_with_the_speedups_runs_its_transformer_eagerly(tiny_sou
     engine = Engine.load(tiny_source, dataclasses.replace(plan, vae_tiling=True), device="cpu", dtype="float32")
     engine.set_progress(False)
     engine._accelerate({"compile": True, "fuse": True, "cuda_graphs": True, "compile_artifacts": True})
-    assert "compile" not in engine.speedups and "fused_blocks" not in engine.speedups
+    assert "compile" not in engine.speedups
     emb = engine.encode(["a cat"])[0]
     image = engine.generate([job(emb, seed=11, width=64, height=64)]).images[0]
     assert max_pixel_diff(image, stock_image(stock_pipe, "a cat", 11, 64, 64)) <= 1
@@ -192,25 +192,37 @@ def test_a_start_may_leave_the_text_encoder_to_add_once_serving(tiny_source, eng
     assert not on_cpu.text_encoder_later and on_cpu.engine.encoder is None
 
 
-def test_the_text_encoder_added_in_the_background_says_how_it_went(tiny_source):
-    """add_text_encoder_in_background (a replica, once ready): told "ready" and the seconds, or why it failed (an
-    offload plan's text encoder is loaded with the rest)."""
+def test_the_text_encoder_added_beside_batches_waits_for_their_lock_and_says_how_it_went(tiny_source, engine):
+    """add_text_encoder_in_background (a replica, once ready): the model's skeleton is built while the batches'
+    lock is held (from_pretrained sets process-wide state: torch's default dtype, torch.linspace), so a batch in
+    flight holds it up; its weights then read outside the lock, it encodes as the one from_pretrained loads. Told
+    "ready" and the seconds, or why it failed (an offload plan's text encoder is loaded with the rest)."""
     import queue
+    import threading
 
     from zimage_serve.model.startup import add_text_encoder, add_text_encoder_in_background
 
-    told = queue.Queue()
+    told, batch = queue.Queue(), threading.Lock()
     resident = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1)),
                            with_text_encoder=False)
-    add_text_encoder_in_background(resident, lambda *a: told.put(a))
+    with batch:  # a batch in flight
+        add_text_encoder_in_background(resident, lambda *a: told.put(a), beside=batch)
+        with pytest.raises(queue.Empty):
+            told.get(timeout=1)
+        assert resident.encoder is None
     state, seconds = told.get(timeout=60)
-    assert state == "ready" and seconds > 0 and resident.encoder is not None
+    assert state == "ready" and seconds > 0
+    prompts = ["a lighthouse", "a red door in the rain, oil painting"]
+    for ours, reference in zip(resident.encode(prompts), engine.encode(prompts)):
+        assert ours.dtype == reference.dtype and torch.equal(ours, reference)
+    theirs = engine.encoder.model.state_dict()
+    assert {k: v.dtype for k, v in resident.encoder.model.state_dict().items()} == {k: v.dtype for k, v in theirs.items()}
 
     plan = make_plan(sizes_of(tiny_source), 80 * GiB, Workload(64, 64, 1), policy="offload")
     offload = Engine.load(tiny_source, plan, device="cpu", dtype="float32", with_text_encoder=False)
     with pytest.raises(ValueError, match="loaded with the rest"):
         add_text_encoder(offload)
-    add_text_encoder_in_background(offload, lambda *a: told.put(a))
+    add_text_encoder_in_background(offload, lambda *a: told.put(a), beside=batch)
     assert told.get(timeout=60) == ("failed: ValueError: the offload plan's text encoder is loaded with the rest "
                                     "(Engine.load)", None)
     assert offload.encoder is None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.errors import ZImageError
+from ..core.errors import ModelSourceError, ZImageError
 from . import weights_cache
 from .optim.lean_vae import lean_decoder, lean_encoder
 from .planner import Plan
@@ -47,10 +47,15 @@ def _target(placement: str, device: torch.device) -> str | torch.device:
     return device if placement == "gpu" else "cpu"
 
 
-def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dtype):
+def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dtype, beside=None):
     """Qwen3 text encoder without its last decoder layer and final norm: only hidden_states[-2] is used.
 
-    The last layer's weights are never read. Returns (model, tokenizer).
+    The last layer's weights are never read. Returns (model, tokenizer). ``beside``: a lock that keeps the GPU's
+    batches out, for a load that runs while they do (a replica adds its text encoder once it serves):
+    ``from_pretrained`` sets process-wide state while it builds the model (torch's default dtype, a patched
+    ``torch.linspace``), which a batch beside it would see (a recompile, another sigma schedule). Then only the
+    model's skeleton is built under the lock, on the meta device (milliseconds), and its weights are read outside it
+    (model/prefetch.py's threads, nothing process-wide).
     """
     # transformers and diffusers only where a model is loaded: importing this module (the planner's CLI) stays light
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -61,6 +66,9 @@ def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dt
     config.num_hidden_layers -= 1
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[: config.num_hidden_layers]
+    tokenizer = AutoTokenizer.from_pretrained(source.path / "tokenizer", trust_remote_code=False)
+    if beside is not None:
+        return _text_encoder_beside(path, config, torch.device(device), dtype, beside), tokenizer
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the skipped last layer's weights are "unexpected" by design
     try:
@@ -70,8 +78,31 @@ def load_text_encoder(source: ModelSource, device: torch.device, dtype: torch.dt
         hf_logging.set_verbosity(level)
     model.norm = torch.nn.Identity()
     model.eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(source.path / "tokenizer", trust_remote_code=False)
     return model, tokenizer
+
+
+def _text_encoder_beside(path, config, device: torch.device, dtype: torch.dtype, lock):
+    """:func:`load_text_encoder`'s model with its skeleton built under ``lock`` and its weights read outside it: the
+    same parameters ``from_pretrained`` gives (a checkpoint saved from the causal LM drops its "model." prefix and
+    its head), the rotary embedding's buffers made on ``device`` as its constructor makes them."""
+    from transformers import AutoModel  # (see load_text_encoder)
+
+    with lock, torch.device("meta"):
+        model = AutoModel.from_config(config, dtype=dtype)
+    wanted = set(model.state_dict())
+    read = WeightReader(weight_files(path), device, dtype).result()
+    strip = lambda name: name[len("model."):] if name.startswith("model.") and name not in wanted else name
+    tensors = {strip(k): v for k, v in read.items() if strip(k) in wanted}
+    missing = sorted(wanted - set(tensors) - {k for k in wanted if k.startswith("norm.")})
+    if missing:
+        raise ModelSourceError(f"the text encoder's weights in {path} lack {missing[:3]}")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    model.rotary_emb = type(model.rotary_emb)(model.config).to(device)  # (its buffers computed in float32)
+    model.norm = torch.nn.Identity()
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # (a model whose constructor makes other buffers than the rotary embedding's)
+        raise ModelSourceError(f"the text encoder of {path} has tensors this loader doesn't make: {left[:3]}")
+    return model.eval().requires_grad_(False)
 
 
 @contextmanager

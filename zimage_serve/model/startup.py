@@ -157,11 +157,11 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     return Started(engine, weights, errors, cn, later)
 
 
-def add_text_encoder(engine) -> float:
+def add_text_encoder(engine, beside=None) -> float:
     """Load the text encoder of an engine started without it (``start_engine(text_encoder_later=True)``) where the
     plan keeps it ("gpu" or "cpu": an offload plan's hooks are made with the others at the load), and start encoding
-    with it; the seconds it took. Safe beside batches: they use the encoder only through ``Engine.encode``, and it is
-    set once loaded."""
+    with it; the seconds it took. Beside batches, ``beside`` is the lock they hold (loader.load_text_encoder's): they
+    use the encoder only through ``Engine.encode``, and it is set once loaded."""
     from .encoding import PromptEncoder  # (see start_engine)
     from .loader import load_text_encoder
 
@@ -171,19 +171,21 @@ def add_text_encoder(engine) -> float:
         return 0.0
     t0 = time.perf_counter()
     model, tokenizer = load_text_encoder(engine.source, engine.device if engine.plan.text_encoder == "gpu" else "cpu",
-                                         engine.loaded.dtype)
+                                         engine.loaded.dtype, beside)
     engine.loaded.text_model, engine.loaded.tokenizer = model, tokenizer
     engine.encoder = PromptEncoder(model, tokenizer)
     return time.perf_counter() - t0
 
 
-def add_text_encoder_in_background(engine, done) -> None:
-    """:func:`add_text_encoder` in a thread of its own (a replica that serves meanwhile); ``done(state, seconds)``
-    is told "ready" and its seconds, or "failed: why" and None (out of memory beside a batch, a bad file)."""
+def add_text_encoder_in_background(engine, done, beside) -> None:
+    """:func:`add_text_encoder` in a thread of its own, beside the batches that hold ``beside`` (a replica that serves
+    meanwhile); ``done(state, seconds)`` is told "ready" and its seconds, or "failed: why" and None (out of memory
+    beside a batch, a bad file)."""
+
     def add():
         try:
-            seconds = add_text_encoder(engine)
-        except Exception as e:  # noqa: BLE001 (the caller's prompts are encoded elsewhere: slower, not broken)
+            seconds = add_text_encoder(engine, beside)
+        except BaseException as e:  # noqa: BLE001 (the caller's prompts are encoded elsewhere: slower, not broken)
             log.warning("the text encoder was not loaded (%s: %s)", type(e).__name__, e)
             done(f"failed: {type(e).__name__}: {str(e)[:300]}", None)
             return

@@ -107,12 +107,12 @@ class Generator:
                  self.start.report()["stages_s"])
         if started.text_encoder_later:  # meanwhile Generator.encode and generate refuse prompts without embeddings
             self.text_encoder = "loading"  # (NeedsEmbeddings): the ingress has them encoded on the CPU encoders
-            add_text_encoder_in_background(engine, self._text_encoder_added)
+            add_text_encoder_in_background(engine, self._text_encoder_added, beside=self._gpu)
 
     def _text_encoder_added(self, state: str, seconds: float | None) -> None:
         self.text_encoder = state  # "ready": a lone prompt is encoded here again; failed: on the CPU encoders
-        if seconds is not None:
-            self.start.details["text_encoder_after_ready_s"] = round(seconds, 2)
+        if seconds is not None:  # (a new dict: the event loop's thread may be reading the old one)
+            self.start.details = {**self.start.details, "text_encoder_after_ready_s": round(seconds, 2)}
 
     def _checked(self, adapters: dict, errors: dict, controlnet) -> None:
         """What the start found of the configured adapters and ControlNet (reported even when the load then fails)."""
@@ -241,6 +241,8 @@ class Generator:
     def _no_text_encoder(self) -> str:
         if self.text_encoder == "loading":
             return "this generator replica's text encoder is still loading"
+        if self.text_encoder:  # failed
+            return f"this generator replica's text encoder {self.text_encoder}"
         return f"this generator replica's {self.engine.plan.kind} plan holds no text encoder"
 
     def _encode_alone(self, texts: list[str]) -> list:
