@@ -28,6 +28,14 @@ def test_reads_every_tensor_as_safetensors_does(mixed):
         assert got[name].dtype == expected.dtype and torch.equal(got[name], expected), name
 
 
+def test_reads_only_the_tensors_it_is_told_to_keep(mixed):
+    files, tensors = mixed
+    reader = WeightReader(files, "cpu", keep=lambda name: name in ("w", "mask"))
+    got = reader.result()
+    assert set(got) == {"w", "mask"} and torch.equal(got["w"], tensors["w"])
+    assert reader.bytes == tensors["w"].nbytes + tensors["mask"].nbytes  # the others never read
+
+
 def test_converts_floating_tensors_only(mixed):
     files, tensors = mixed
     got = WeightReader(files, "cpu", torch.bfloat16).result()

@@ -90,9 +90,9 @@ def _text_encoder_beside(path, config, device: torch.device, dtype: torch.dtype,
     with lock, torch.device("meta"):
         model = AutoModel.from_config(config, dtype=dtype)
     wanted = set(model.state_dict())
-    read = WeightReader(weight_files(path), device, dtype).result()
     strip = lambda name: name[len("model."):] if name.startswith("model.") and name not in wanted else name
-    tensors = {strip(k): v for k, v in read.items() if strip(k) in wanted}
+    read = WeightReader(weight_files(path), device, dtype, keep=lambda name: strip(name) in wanted).result()
+    tensors = {strip(k): v for k, v in read.items()}  # (the last layer's weights never read)
     missing = sorted(wanted - set(tensors) - {k for k in wanted if k.startswith("norm.")})
     if missing:
         raise ModelSourceError(f"the text encoder's weights in {path} lack {missing[:3]}")

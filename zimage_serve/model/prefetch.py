@@ -66,13 +66,14 @@ class Unsupported(Exception):
 
 
 class WeightReader:
-    """Reads every tensor of ``files`` onto ``device`` (as ``dtype`` where given: floating tensors only) in
-    ``threads`` threads, started at once; :meth:`result` waits for them and returns {name: tensor}."""
+    """Reads every tensor of ``files`` (``keep``, when given: those whose names it keeps) onto ``device`` (as
+    ``dtype`` where given: floating tensors only) in ``threads`` threads, started at once; :meth:`result` waits for
+    them and returns {name: tensor}."""
 
     def __init__(self, files: list[Path], device: torch.device | str, dtype: torch.dtype | None = None,
-                 threads: int = 8):
+                 threads: int = 8, keep=None):
         self.device, self.dtype = torch.device(device), dtype
-        entries = [e for f in files for e in _entries(Path(f))]
+        entries = [e for f in files for e in _entries(Path(f)) if keep is None or keep(e.name)]
         entries.sort(key=lambda e: e.end - e.start, reverse=True)  # the largest first: the threads finish together
         self.bytes = sum(e.end - e.start for e in entries)
         self._todo, self._lock = entries, threading.Lock()
