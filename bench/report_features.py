@@ -112,8 +112,7 @@ def _profile(p: dict) -> dict:
     it = p["importtime"]
     return {"run": p["_run"], "importtime_total_s": it["total_s"], "by_cumulative": it["by_cumulative_depth_le_3"][:12],
             "by_self": it["by_self"][:8],
-            "reads": {v: p[v] for v in ("imports_alone", "safetensors", "reader8", "reader16", "reader8_with_imports")
-                      if v in p}}
+            "reads": {k: v for k, v in p.items() if k not in ("importtime", "step") and not k.startswith("_")}}
 
 
 def scaleout_history() -> list[dict]:

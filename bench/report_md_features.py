@@ -319,12 +319,17 @@ where the GPU's step is longer and the previews' share smaller; the jobs API's o
 """
 
 
+def _from_constructor(start: dict | None) -> float | None:
+    """A start's seconds from its worker's constructor: without "process" (from the process's start, which for a worker
+    Ray kept idle in its pool is that worker's age)."""
+    return round(start["total_s"] - start["stages_s"].get("process", 0), 2) if start else None
+
+
 def _scaleout_rows(x: dict) -> str:
     stages = lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
     st = x["stages"]
     cmd, stop = x.get("command_start") or {}, x.get("stop_s") or {}  # (not recorded by the runs before them: None)
     said = lambda c: f"{c['up_s']}: " + ", ".join(f"{k} {v}" for k, v in c["stages_s"].items()) if c else None
-    constructed = lambda start: round(start["total_s"] - start["stages_s"].get("process", 0), 2) if start else None
     return f"""| | seconds |
 |---|---|
 | app start to /readyz 200, cold node / warm node (`app_ready_cold_s` / `app_ready_warm_s`; target warm <= 30) | {x['app_ready_cold_s']} / {x['app_ready_warm_s']} |
@@ -332,9 +337,9 @@ def _scaleout_rows(x: dict) -> str:
 | the command's own account of the start (its "up" line), cold / warm | {said(cmd.get('cold'))} / {said(cmd.get('warm'))} |
 | Ctrl-C to the command's exit, cold / warm | {stop.get('cold')} / {stop.get('warm')} |
 | a generator replica SIGKILLed under light load: the replacement ready (`replica_ready_s`; target: serving <= 10 after its process starts) / the first image after the kill | {x['replica_ready_s']} / {x['first_image_after_kill_s']} ({x['lost']} of {x['requests']} requests lost) |
-| the replacement's own start (process: the age of the worker process Ray gave it, which may have waited in Ray's pool of idle workers) / from its constructor | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} / {constructed(st['replacement'])} |
+| the replacement's own start (process: the age of the worker process Ray gave it, which may have waited in Ray's pool of idle workers) / from its constructor | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} / {_from_constructor(st['replacement'])} |
 | `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`; target <= 20) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |
-| the replica it started / from its constructor | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} / {constructed(st['from_zero'])} |
+| the replica it started / from its constructor | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} / {_from_constructor(st['from_zero'])} |
 """
 
 
@@ -458,7 +463,7 @@ read to the GPU as safetensors does and as model/prefetch.py does, alone and bes
             out += f"""
 Reading the replacement's start: its worker process was {st['process']} s old when its constructor ran: Ray handed
 the replica a worker it had started earlier and kept idle, so "process" is that worker's age, not a stage of this
-start. From its constructor it was ready in {round(rep['total_s'] - st['process'], 2)} s (imports {st['imports']},
+start. From its constructor it was ready in {_from_constructor(rep)} s (imports {st['imports']},
 load {st['load']}, speed-ups {st['speedups']}, warm-up {st['warmup']}), {gpu['replica_ready_s']} s after the kill (Serve
 notices a dead replica by its health check, every 2 s, then asks Ray for a new one), and it served the first image
 {gpu['first_image_after_kill_s']} s after the kill. The text encoder, added after it was ready, took

@@ -85,7 +85,6 @@ class Engine:
         self.max_batch = plan.workload.batch  # the batch the plan budgeted memory for
         self.encoder = PromptEncoder(loaded.text_model, loaded.tokenizer) if loaded.text_model is not None else None
         self.speedups: dict = {}
-        self.speedup_seconds: dict = {}  # each transformer speed-up's seconds at the load (optim/accel.accelerate)
         self.artefacts_dir = None  # where the blocks' compiled code is saved and loaded (compile_artifacts)
         self.compile_mode: str | None = None
         self.compiled_decoder = False
@@ -120,10 +119,11 @@ class Engine:
                 engine._place(speedups, lora, fuse=requested and speedups.get("fuse", True))
                 lora = None  # (made by the placement)
             if requested and engine.device.type == "cuda":
-                engine._accelerate(speedups, lora)
+                seconds = {}  # each speed-up's (optim/accel.accelerate)
+                engine._accelerate(speedups, lora, seconds)
+                clock.details.update({f"speedups_{k}_s": v for k, v in seconds.items()})
             elif lora is not None:
                 engine._install_slots(lora)
-        clock.details.update({f"speedups_{k}_s": v for k, v in engine.speedup_seconds.items()})
         return engine
 
     def _place(self, speedups: dict, lora, fuse: bool):
@@ -143,7 +143,7 @@ class Engine:
         if self.streamer is not None:
             speedups["cuda_graphs"] = False  # the streamed blocks' weights change under them
 
-    def _accelerate(self, speedups: dict, lora=None) -> None:
+    def _accelerate(self, speedups: dict, lora=None, seconds: dict | None = None) -> None:
         """The speed-ups this plan allows: fusing, FP8 and CUDA graphs need a resident transformer; graphs need
         headroom over the plan's peak. With ``compile``, the VAE decoder's GroupNorm+SiLU pairs are compiled too
         (the same activation peak as eager, bench run36), unless it decodes in tiles."""
@@ -167,7 +167,7 @@ class Engine:
         install = (lambda transformer: self._install_slots(lora, fold=fold)) if lora is not None else None
         batched = self.max_batch > 1  # (the blocks' saved compiled code is dynamic in the batch, or not)
         self.speedups = {**self.placement, **accelerate(self.pipe.transformer, before_quantize=install, batched=batched,
-                                                        seconds=self.speedup_seconds, **speedups)}
+                                                        seconds=seconds, **speedups)}
         if "compile_artifacts" in self.speedups:  # the blocks' compiled code saved per node (optim/aot.py)
             self.compile_mode = speedups.get("compile_mode")
             self.artefacts_dir = Path(self.speedups["compile_artifacts"])

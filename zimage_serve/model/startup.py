@@ -54,13 +54,17 @@ class StartClock:
         self.finished_at: float | None = None
 
     @contextmanager
-    def stage(self, name: str):
-        """Time the block as (part of) stage ``name``: a stage entered twice adds up."""
+    def stage(self, name: str, detail: str | None = None):
+        """Time the block as (part of) stage ``name``: a stage entered twice adds up; ``detail``: its seconds in
+        the details too, under that name."""
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            self.stages[name] = self.stages.get(name, 0.0) + seconds
+            if detail is not None:
+                self.details[detail] = seconds
 
     def finish(self) -> "StartClock":
         self.finished_at = time.time()
@@ -115,12 +119,10 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     (before the plan and the load, which may still fail: a replica reports them either way). ``text_encoder_later``:
     a text encoder the plan keeps resident is left out of the start, for the caller to add once it serves
     (:func:`add_text_encoder`; ``Started.text_encoder_later`` says whether there is one to add)."""
-    t = time.perf_counter()
-    with clock.stage("imports"):  # torch (and the model layer's light modules)
+    with clock.stage("imports", "imports_torch_s"):  # torch (and the model layer's light modules)
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
         from .sources import resolve
-    clock.details["imports_torch_s"] = time.perf_counter() - t
 
     prepare_allocator()  # before this process's first CUDA allocation
     with clock.stage("resolve"):
@@ -146,10 +148,8 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
                                      fp8=fp8,  # FP8 weights where the plan says
                                      partial_ok=spec is None)  # LoRA slots need every block resident
         transformer = start_reading(source, plan)  # in threads, from now: beside the imports below
-    t = time.perf_counter()
-    with clock.stage("imports"):
+    with clock.stage("imports", "imports_diffusers_s"):  # (beside the transformer's reads)
         from .engine import Engine  # diffusers and transformers
-    clock.details["imports_diffusers_s"] = time.perf_counter() - t  # (beside the transformer's reads)
 
     later = text_encoder_later and plan.encode_on == "gpu" and plan.text_encoder in ("gpu", "cpu")
     engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu" and not later, speedups=speedups,
