@@ -109,10 +109,13 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
 def _profile(p: dict) -> dict:
     """The startup_profile step, shortened: the imports' total and the modules that take longest (with what they
     import, and by their own time), and each way of reading the transformer's weights to the GPU."""
-    it = p["importtime"]
+    it, remembered = p["importtime"], p.get("importtime_remembered")  # (the second: runs after 2026-12-06)
     return {"run": p["_run"], "importtime_total_s": it["total_s"], "by_cumulative": it["by_cumulative_depth_le_3"][:12],
             "by_self": it["by_self"][:8],
-            "reads": {k: v for k, v in p.items() if k not in ("importtime", "step") and not k.startswith("_")}}
+            **({"importtime_remembered_total_s": remembered["total_s"], "by_self_remembered": remembered["by_self"][:8]}
+               if remembered else {}),
+            "reads": {k: v for k, v in p.items()
+                      if not k.startswith(("importtime", "_")) and k != "step"}}
 
 
 def scaleout_history() -> list[dict]:
@@ -143,7 +146,7 @@ def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict 
     smallest workable card (``minimum``: the cards_min step) beside them."""
     keys = ("plan", "weights", "blocks_resident", "blocks_streamed", "peak_mib", "denoise_s", "e2e_s",
             "ratio_to_resident", "denoise_ratio_to_resident", "budget_used", "plan_peak_gib", "peak_allocated_gib",
-            "peak_reserved_gib", "warmup_s", "speedups", "describe", "error")
+            "peak_reserved_gib", "warmup_s", "speedups", "describe", "error", "envelope")
     base = run["cards"]["24"]
     out = {"run": run["_run"], "environment": recorded(RESULTS / run["_run"]), "cards": {}, "cards_fp8": {}}
     for key in ("cards", "cards_fp8"):

@@ -186,7 +186,7 @@ def render_cards(summary: dict) -> str:
 
     def row(key, gib, r):
         if r.get("error"):
-            return f"| {gib} GiB | {r.get('plan')} {r.get('weights')} | | | | | {r['error'].splitlines()[0]} |"
+            return f"| {gib} GiB | {r.get('plan')} {r.get('weights')} | | | | | | {r['error'].splitlines()[0]} |"
         split = f", {r['blocks_resident']} resident / {r['blocks_streamed']} streamed" if r.get("blocks_streamed") else ""
         t = target.get((key, gib))
         verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
@@ -195,7 +195,7 @@ def render_cards(summary: dict) -> str:
                 else "")
         return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
                 f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "
-                f"{r['denoise_ratio_to_resident']}) |{note} |")
+                f"{r['denoise_ratio_to_resident']}) | {_envelope(r.get('envelope'))} |{note} |")
 
     rows = "\n".join(row("cards", g, r) for g, r in summary["cards"].items())
     rows8 = "\n".join(row("cards_fp8", g, r) for g, r in c8.items())
@@ -215,14 +215,14 @@ median of the last 5; the prompt's embeddings are made on the CPU beforehand (th
 encoders), so e2e is denoise + decode + PNG. `peak` is what nvidia-smi showed for the process (its CUDA context
 included), and the share of the card it used.
 
-| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
-|---|---|---|---|---|---|---|
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: 4 images in one batch |  |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 FP8 weights as the memory plan (`generator.fp8: auto`):
 
-| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB |  |
-|---|---|---|---|---|---|---|
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: 4 images in one batch |  |
+|---|---|---|---|---|---|---|---|
 {rows8}
 
 The 16 GiB card's resident plan (estimated peak 14.23 GiB) ran out of memory in its warm-up in {meta['run']} with
@@ -250,6 +250,17 @@ one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
 """
 
 
+def _envelope(e: dict | None) -> str:
+    """The plan's envelope (serve_config's max_batch_size at its plan_size, in one batch): its seconds and peak, its
+    error, or that the run measured none (the runs before 2026-12-06)."""
+    if not e:
+        return "not measured"
+    if e.get("error"):
+        return f"**failed**: {e['error'][:80]}"
+    return (f"{e['seconds']} s ({round(e['seconds'] / e['batch'], 3)} s an image), peak {e['peak_allocated_gib']} GiB "
+            f"allocated, {e['peak_mib']} MiB")
+
+
 def _minimum(meta: dict) -> str:
     """The smallest workable card (the cards_min step), bf16 and FP8."""
     if "minimum" not in meta:
@@ -264,7 +275,8 @@ def _minimum(meta: dict) -> str:
                 return f"{r['card_gib']} GiB: refused at the start: {first[:160]}"
             return f"{r['card_gib']} GiB: {r.get('plan')} {r.get('weights')} **failed**: {first[:160]}"
         return (f"{r['card_gib']} GiB: {r['plan']} {r['weights']}, {r.get('blocks_resident')} resident / "
-                f"{r.get('blocks_streamed')} streamed, peak {r['peak_mib']} MiB, e2e {r['e2e_s']} s")
+                f"{r.get('blocks_streamed')} streamed, peak {r['peak_mib']} MiB, e2e {r['e2e_s']} s; the envelope: "
+                f"{_envelope(r.get('envelope'))}")
 
     compiled_stream = f"""
 In {meta['minimum_run']} the card just above the minimum failed its warm-up: its plan streams every block with
@@ -469,6 +481,11 @@ notices a dead replica by its health check, every 2 s, then asks Ray for a new o
 {gpu['first_image_after_kill_s']} s after the kill. The text encoder, added after it was ready, took
 {rep['details'].get('text_encoder_after_ready_s')} s more, in the background.
 """
+            if "warmup_after_ready_s" in rep["details"]:
+                out += f"""Its warm-up ran its first call before it was ready and the others after, beside requests
+({rep['details']['warmup_after_ready_s']} s; its blocks ran saved compiled code, so those calls only capture CUDA graphs
+for their shapes): {rep['details'].get('warmup_calls')}.
+"""
         prof = gpu.get("startup_profile")
         if prof:
             reads = prof["reads"]
@@ -477,7 +494,11 @@ notices a dead replica by its health check, every 2 s, then asks Ray for a new o
 Where a replica's imports go ({prof['run']}, `startup_profile`: `python -X importtime` of what a replica imports, in a
 fresh process, bytecode kept): {prof['importtime_total_s']} s in all; with what they import, """ + ", ".join(
                 f"`{name}` {cum}" for _, cum, _, name in prof["by_cumulative"][:8]) + "; by their own time, " + ", ".join(
-                f"`{name}` {own}" for own, _, _, name in prof["by_self"][:6]) + f""". The transformer's weights to the GPU,
+                f"`{name}` {own}" for own, _, _, name in prof["by_self"][:6]) + (
+                f""". With the installed packages' import names read from the node's cache, as a replica imports them
+(model/package_map.py): {prof['importtime_remembered_total_s']} s in all; by their own time, """ + ", ".join(
+                f"`{name}` {own}" for own, _, _, name in prof["by_self_remembered"][:6])
+                if "importtime_remembered_total_s" in prof else "") + f""". The transformer's weights to the GPU,
 each way in a fresh process: {row('safetensors')} as safetensors reads them, {row('reader8')} with model/prefetch.py's 8
 threads, {row('reader16')} with 16; diffusers' and transformers' imports alone {reads.get('imports_alone', {}).get('imports_s')} s,
 beside the 8 threads' reads {reads.get('reader8_with_imports', {}).get('imports_s')} s (the reads then ending at

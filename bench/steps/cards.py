@@ -87,14 +87,42 @@ def one(gib: float, fp8: str) -> dict:
         out.update(denoise_s=round(statistics.median(denoise[1:]), 3), e2e_s=round(statistics.median(e2e[1:]), 3),
                    peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                    peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2))
+        out["envelope"] = _envelope(engine, embeds, side, g["max_batch_size"], peak)
     except torch.OutOfMemoryError as e:
         out["error"] = "CUDA OOM: " + str(e).splitlines()[0][:200]
     except Exception as e:  # noqa: BLE001 (the figure says what failed)
         out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     stop.set()
     time.sleep(0.3)
-    out["peak_mib"] = peak["mib"]
+    out["peak_mib"] = peak.get("before_envelope_mib", peak["mib"])
     return out
+
+
+def _envelope(engine, embeds, side: int, batch: int, peak: dict) -> dict:
+    """The plan's envelope itself: one batch of ``batch`` images at ``side``² (serve_config's max_batch_size at its
+    plan_size), which the plan must serve without running out of memory: its seconds and peaks (``peak``: the
+    nvidia-smi watcher's, restarted for it), or the error."""
+    import torch
+
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Job
+
+    peak["before_envelope_mib"], peak["mib"] = peak["mib"], 0
+    torch.cuda.reset_peak_memory_stats()
+    jobs = [Job(GenerationRequest(PROMPT, seed=i, width=side, height=side), embeds) for i in range(batch)]
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    try:
+        result = engine.generate(jobs)
+    except torch.OutOfMemoryError as e:
+        return {"batch": batch, "error": "CUDA OOM: " + str(e).splitlines()[0][:200]}
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    time.sleep(0.5)  # (the watcher's next look)
+    return {"batch": batch, "images": len(result.images), "seconds": round(seconds, 2),
+            "denoise_s": round(result.seconds["denoise"], 2),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2), "peak_mib": peak["mib"]}
 
 
 def _embeds() -> None:

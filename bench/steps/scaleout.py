@@ -21,13 +21,17 @@ SERVED_IMPORTS = ("import torch; import zimage_serve.serving.generator, zimage_s
 READ_VARIANTS = ("imports_alone", "safetensors", "reader8", "reader16", "reader8_with_imports")
 
 
-def _importtime() -> dict:
+REMEMBERED = "from zimage_serve.model.startup import remember_installed_packages; remember_installed_packages(); "
+
+
+def _importtime(remembered: bool = False) -> dict:
     """``python -X importtime`` of what a replica imports (bytecode kept, only our dependencies): the modules that
-    take longest, by their own time and with what they import."""
+    take longest, by their own time and with what they import. ``remembered``: as a replica imports them, the
+    installed packages' import names read from the node's cache (model/package_map.py)."""
     env = _with_bytecode(os.environ)
-    for _ in range(2):  # the first writes the bytecode
-        r = subprocess.run([sys.executable, "-X", "importtime", "-c", HIDE + SERVED_IMPORTS], env=env,
-                           capture_output=True, text=True)
+    for _ in range(2):  # the first writes the bytecode (and the node's package map)
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", HIDE + (REMEMBERED if remembered else "")
+                            + SERVED_IMPORTS], env=env, capture_output=True, text=True)
     rows = []
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -41,7 +45,7 @@ def _importtime() -> dict:
 def startup_profile():
     """Where a replica's start goes: imports by module, and reading the transformer's weights to the GPU (as
     safetensors does, and with model/prefetch.py's threads, alone and beside the imports), each in a fresh process."""
-    results = {"importtime": _importtime()}
+    results = {"importtime": _importtime(), "importtime_remembered": _importtime(remembered=True)}
     save("startup_profile", **results)
     for variant in READ_VARIANTS:
         env = dict(_with_bytecode(os.environ), BENCH_READ=variant)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger("zimage_serve")
 
@@ -120,6 +120,7 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     a text encoder the plan keeps resident is left out of the start, for the caller to add once it serves
     (:func:`add_text_encoder`; ``Started.text_encoder_later`` says whether there is one to add)."""
     with clock.stage("imports", "imports_torch_s"):  # torch (and the model layer's light modules)
+        remember_installed_packages()  # before diffusers and transformers are imported: their scans of installed packages
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
         from .sources import resolve
@@ -195,6 +196,14 @@ def add_text_encoder_in_background(engine, done, beside) -> None:
     threading.Thread(target=add, name="text-encoder", daemon=True).start()
 
 
+def remember_installed_packages() -> None:
+    """The installed packages' import names from the node's cache (package_map.py), for this process's imports."""
+    from ..settings import environment
+    from .package_map import remember_package_map as remember
+
+    remember(environment().cache_dir / "imports")
+
+
 @dataclass
 class WarmUp:
     """What :func:`warm_up` did: its seconds, each call's (batch, caption tokens, seconds[, "controlnet"]), and how
@@ -205,6 +214,7 @@ class WarmUp:
     compile_s: float
     cuda_graph_capture_s: float
     saved: dict | None = None  # {block kind: seconds}: the blocks' compiled code this warm-up saved (the node's first replica)
+    rest: list = field(default_factory=list)  # the calls left for after the start (warm_up's ``later``): functions
 
 
 def _save_compiled_blocks(engine, record) -> dict | None:
@@ -243,7 +253,8 @@ def _save_compiled_blocks(engine, record) -> dict | None:
     return saved
 
 
-def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, caption_tokens=(16, 80)) -> WarmUp:
+def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, caption_tokens=(16, 80),
+            later: bool = False) -> WarmUp:
     """Run ``engine`` once per batch size and prompt length (compiles, autotunes, captures CUDA graphs), with its
     ControlNet too when one is served. Two prompt lengths make torch.compile build its dynamic-shape kernels here,
     not on the first request whose prompt length differs; a batch of both lengths (its captions padded to the
@@ -254,7 +265,12 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     When the engine's blocks' compiled code is to be saved (``compile_artifacts``, and nothing recorded for blocks
     like these on the node yet: its first replica), a first, eager pass records one call of each block kind
     (optim/aot.py): one step at the largest batch, prompts of equal and of different lengths; the code compiled
-    out of them is saved (``saved``), and the calls after run it, as the next replicas will."""
+    out of them is saved (``saved``), and the calls after run it, as the next replicas will.
+
+    ``later``: when the blocks run saved compiled code (nothing is left to compile but the VAE, which the first call
+    compiles), only the first call runs here, and the others are left in ``WarmUp.rest`` for a replica to run once it
+    serves (:func:`finish_warm_up_in_background`): they only capture CUDA graphs for their shapes, as a request of a
+    new shape does."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
@@ -293,20 +309,54 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
         saved = _save_compiled_blocks(engine, record)
         if saved is not None:
             calls.append((max(batch_sizes), "save compiled", round(time.perf_counter() - t - calls[-1][2], 2)))
-    control, decoded = None, False
+    control = None
     if engine.controlnet is not None:  # the ControlNet's path too (its blocks compile on their first call)
         control = Pixels("RGB", width, height, bytes(width * height * 3))
+    todo = []  # (batch size, each job's caption tokens, control image or None)
     for n in batch_sizes:
         lengths = [(tokens,) * n for tokens in caption_tokens]  # each job's caption tokens
         if n > 1 and len(set(caption_tokens)) > 1:  # prompts of different lengths in one batch
             lengths.append(tuple(caption_tokens[i % len(caption_tokens)] for i in range(n)))
-        for per_job in lengths:
-            for image in (None, control) if control is not None else (None,):
-                t = time.perf_counter()
-                engine.generate(jobs(per_job, image), decode=not decoded)  # (one image at a time: once is enough)
-                decoded = True
-                label = per_job[0] if len(set(per_job)) == 1 else "/".join(map(str, per_job))
-                calls.append((n, label, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
-    log.info("warm-up calls (batch, caption tokens, seconds): %s", calls)
+        todo += [(n, per_job, image) for per_job in lengths
+                 for image in ((None, control) if control is not None else (None,))]
+
+    def call(n, per_job, image, decode=False) -> None:
+        t = time.perf_counter()
+        engine.generate(jobs(per_job, image), decode=decode)  # (the VAE decodes one image at a time: once is enough)
+        label = per_job[0] if len(set(per_job)) == 1 else "/".join(map(str, per_job))
+        calls.append((n, label, round(time.perf_counter() - t, 2)) + (("controlnet",) if image else ()))
+
+    from .optim import aot  # (see _save_compiled_blocks)
+
+    call(*todo[0], decode=True)
+    rest = [lambda c=c: call(*c) for c in todo[1:]]
+    if not (later and aot.uses_artefacts(engine.pipe.transformer)):
+        for run in rest:
+            run()
+        rest = []
+    log.info("warm-up calls (batch, caption tokens, seconds): %s%s", calls,
+             f"; {len(rest)} more after the start" if rest else "")
     return WarmUp(time.perf_counter() - t0, calls, compile_seconds() - compiled,
-                  capture_seconds(engine.pipe.transformer) - captured, saved)
+                  capture_seconds(engine.pipe.transformer) - captured, saved, rest)
+
+
+def finish_warm_up_in_background(warm: WarmUp, beside, done) -> None:
+    """The calls :func:`warm_up` left for after the start (``warm.rest``), in a thread, each holding ``beside`` (the
+    lock a replica's batches hold: a request waits at most one call); then ``done(seconds, calls)``, with the
+    seconds they took and every call's (batch, caption tokens, seconds), or ``done(None, why)`` when one failed
+    (the replica serves on: a request of that shape captures its graphs itself)."""
+
+    def finish():
+        t = time.perf_counter()
+        try:
+            for run in warm.rest:
+                with beside:
+                    run()
+        except BaseException as e:  # noqa: BLE001 (an optimization: the requests' shapes warm as they come)
+            log.warning("the warm-up's last calls failed (%s: %s)", type(e).__name__, e)
+            done(None, f"{type(e).__name__}: {str(e)[:300]}")
+            return
+        log.info("warm-up finished after the start in %.1fs: %s", time.perf_counter() - t, warm.calls)
+        done(time.perf_counter() - t, list(warm.calls))
+
+    threading.Thread(target=finish, name="warm-up", daemon=True).start()

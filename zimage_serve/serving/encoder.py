@@ -51,6 +51,9 @@ class PromptEncoderDeployment:
 
     def _load(self) -> None:
         # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
+        from ..model.startup import remember_installed_packages
+
+        remember_installed_packages()
         import torch
 
         from ..model.encoding import PromptEncoder, cpu_encoder_dtype

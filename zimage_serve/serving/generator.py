@@ -52,6 +52,7 @@ class Generator:
         self.controlnet = None  # the ControlNet served (model.controlnet.ControlNetSource), once loading found it
         self.prompts_encoded = 0  # texts this replica's own text encoder encoded (plans that encode on the GPU)
         self.text_encoder: str | None = None  # "loading", "ready" or "failed: why" when added after the start
+        self.warm_up: str | None = None  # "finishing", "done" or "failed: why" when it finishes after the start
         self._gpu = threading.Lock()  # a batch (_denoise) or a lone prompt (encode): one at a time on the GPU
         self._batcher = GpuBatcher(self._generate_batch, opts.max_batch_size, opts.batch_wait_timeout_s)
         # LoRA adapters: {name: file} of those that passed their checks at start, {name: reason} of the others
@@ -73,7 +74,7 @@ class Generator:
     def _load(self) -> None:
         """Load as the config says, stage by stage (model/startup.py; /readyz and the metrics report them)."""
         from ..model.planner import Workload  # in the replica: importing the deployment loads no torch
-        from ..model.startup import add_text_encoder_in_background, compiled_graphs, start_engine, warm_up
+        from ..model.startup import compiled_graphs, finish_warm_up_in_background, start_engine, warm_up
 
         opts = self.config.generator
         t0 = time.perf_counter()
@@ -92,9 +93,11 @@ class Generator:
         engine.set_progress(False)
         if opts.vae_tiling:
             engine.enable_vae_tiling()
+        warm = None
         if opts.warmup and engine.device.type == "cuda":
-            with self.start.stage("warmup"):
-                warm = warm_up(engine, workload.width, workload.height, sorted({1, min(2, opts.max_batch_size)}))
+            with self.start.stage("warmup"):  # its first call; the others after the start where nothing compiles
+                warm = warm_up(engine, workload.width, workload.height, sorted({1, min(2, opts.max_batch_size)}),
+                               later=True)
             self.start.details.update(warmup_compile_s=warm.compile_s, warmup_cuda_graph_capture_s=warm.cuda_graph_capture_s,
                                       warmup_calls=str(warm.calls))
             if warm.saved:  # the first replica on this node: the blocks' compiled code, for the next ones
@@ -107,7 +110,27 @@ class Generator:
                  self.start.report()["stages_s"])
         if started.text_encoder_later:  # meanwhile Generator.encode and generate refuse prompts without embeddings
             self.text_encoder = "loading"  # (NeedsEmbeddings): the ingress has them encoded on the CPU encoders
-            add_text_encoder_in_background(engine, self._text_encoder_added, beside=self._gpu)
+        self._text_encoder_later = started.text_encoder_later
+        if warm is not None and warm.rest:  # then the text encoder, if it is to be added
+            self.warm_up = "finishing"
+            finish_warm_up_in_background(warm, self._gpu, self._warmed_up)
+        else:
+            self._add_text_encoder()
+
+    def _warmed_up(self, seconds: float | None, calls) -> None:
+        """The warm-up's last calls are done (``calls``: all of them), or failed (``calls``: why). Whatever they
+        compiled counts in /readyz's compiles_since_ready (they are meant to compile nothing: warm_up's ``later``)."""
+        self.warm_up = "done" if seconds is not None else f"failed: {calls}"
+        if seconds is not None:  # (a new dict: the event loop's thread may be reading the old one)
+            self.start.details = {**self.start.details, "warmup_after_ready_s": round(seconds, 2),
+                                  "warmup_calls": str(calls)}
+        self._add_text_encoder()
+
+    def _add_text_encoder(self) -> None:
+        from ..model.startup import add_text_encoder_in_background
+
+        if self._text_encoder_later:
+            add_text_encoder_in_background(self.engine, self._text_encoder_added, beside=self._gpu)
 
     def _text_encoder_added(self, state: str, seconds: float | None) -> None:
         self.text_encoder = state  # "ready": a lone prompt is encoded here again; failed: on the CPU encoders
@@ -189,6 +212,7 @@ class Generator:
                 "batches_run": self.batches_run,  # (batches: the last 200 sizes)
                 "prompts_encoded": self.prompts_encoded,
                 **({"text_encoder": self.text_encoder} if self.text_encoder else {}),  # (added after the start)
+                **({"warm_up": self.warm_up} if self.warm_up else {}),  # (finished after the start)
                 "compiles_since_ready": compiled_graphs() - self.graphs_when_ready,
                 **self._adapters_info(), **self._controlnet_info(), **self._start_info()}
 

@@ -312,3 +312,40 @@ def test_a_save_that_runs_out_of_memory_leaves_the_replica_warming_up_and_servin
     assert "the blocks' compiled code was not saved (OutOfMemoryError: CUDA out of memory" in caplog.text
     assert not aot.uses_artefacts(engine.pipe.transformer) and aot.needs_recording(tmp_path / "aot",
                                                                                     engine.pipe.transformer)
+
+
+def test_a_replica_on_saved_code_serves_after_the_warm_ups_first_call_and_finishes_it_beside_batches(
+        replicas, tiny_source, tmp_path):
+    """warm_up(later=True) on saved code: one call, then the others in a thread, each holding the batches' lock,
+    compiling nothing; done is told their seconds and every call."""
+    import shutil
+    import threading
+
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.startup import compiled_graphs, finish_warm_up_in_background, warm_up
+
+    first, _, root = replicas
+    directory = tmp_path / "aot"
+    engine = _engine(tiny_source, directory)
+    shutil.copytree(root / "compile" / "aot" / os.path.basename(first["dir"]), directory)
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40), later=True)
+    assert [c[:2] for c in warm.calls] == [(1, 16)] and len(warm.rest) == 4
+    graphs, lock, finished = compiled_graphs(), threading.Lock(), threading.Event()
+    told = []
+    lock.acquire()  # a batch holds the GPU
+    finish_warm_up_in_background(warm, lock, lambda seconds, calls: told.append((seconds, calls)) or finished.set())
+    assert not finished.wait(1.0) and len(warm.calls) == 1  # it waits for the batch
+    lock.release()
+    assert finished.wait(60)
+    seconds, calls = told[0]
+    assert seconds > 0 and [c[:2] for c in calls] == [(1, 16), (1, 40), (2, 16), (2, 40), (2, "16/40")]
+    assert compiled_graphs() == graphs and aot.calls_compiled_instead(engine.pipe.transformer) == {}
+
+
+def test_a_warm_up_with_blocks_to_compile_runs_every_call_before_the_start_ends(tiny_source, tmp_path):
+    """Without saved code (a node's first replica failed to save it), later=True changes nothing: the calls compile."""
+    from zimage_serve.model.startup import warm_up
+
+    engine = _engine(tiny_source, None)
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40), later=True)
+    assert len(warm.calls) == 5 and warm.rest == []
