@@ -193,20 +193,20 @@ def test_a_start_may_leave_the_text_encoder_to_add_once_serving(tiny_source, eng
 
 
 def test_the_text_encoder_added_beside_batches_waits_for_their_lock_and_says_how_it_went(tiny_source, engine):
-    """add_text_encoder_in_background (a replica, once ready): the model's skeleton is built while the batches'
+    """finish_start_in_background(text_encoder=True) (a replica, once ready): the model's skeleton is built while the batches'
     lock is held (from_pretrained sets process-wide state: torch's default dtype, torch.linspace), so a batch in
     flight holds it up; its weights then read outside the lock, it encodes as the one from_pretrained loads. Told
     "ready" and the seconds, or why it failed (an offload plan's text encoder is loaded with the rest)."""
     import queue
     import threading
 
-    from zimage_serve.model.startup import add_text_encoder, add_text_encoder_in_background
+    from zimage_serve.model.startup import add_text_encoder, finish_start_in_background
 
     told, batch = queue.Queue(), threading.Lock()
     resident = Engine.load(tiny_source, make_plan(sizes_of(tiny_source), None, Workload(64, 64, 1)),
                            with_text_encoder=False)
     with batch:  # a batch in flight
-        add_text_encoder_in_background(resident, lambda *a: told.put(a), beside=batch)
+        finish_start_in_background(resident, batch, text_encoder=True, added=lambda *a: told.put(a))
         with pytest.raises(queue.Empty):
             told.get(timeout=1)
         assert resident.encoder is None
@@ -222,7 +222,7 @@ def test_the_text_encoder_added_beside_batches_waits_for_their_lock_and_says_how
     offload = Engine.load(tiny_source, plan, device="cpu", dtype="float32", with_text_encoder=False)
     with pytest.raises(ValueError, match="loaded with the rest"):
         add_text_encoder(offload)
-    add_text_encoder_in_background(offload, lambda *a: told.put(a), beside=batch)
+    finish_start_in_background(offload, batch, text_encoder=True, added=lambda *a: told.put(a))
     assert told.get(timeout=60) == ("failed: ValueError: the offload plan's text encoder is loaded with the rest "
                                     "(Engine.load)", None)
     assert offload.encoder is None

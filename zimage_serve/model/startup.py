@@ -178,27 +178,9 @@ def add_text_encoder(engine, beside=None) -> float:
     return time.perf_counter() - t0
 
 
-def add_text_encoder_in_background(engine, done, beside) -> None:
-    """:func:`add_text_encoder` in a thread of its own, beside the batches that hold ``beside`` (a replica that serves
-    meanwhile); ``done(state, seconds)`` is told "ready" and its seconds, or "failed: why" and None (out of memory
-    beside a batch, a bad file)."""
-
-    def add():
-        try:
-            seconds = add_text_encoder(engine, beside)
-        except BaseException as e:  # noqa: BLE001 (the caller's prompts are encoded elsewhere: slower, not broken)
-            log.warning("the text encoder was not loaded (%s: %s)", type(e).__name__, e)
-            done(f"failed: {type(e).__name__}: {str(e)[:300]}", None)
-            return
-        log.info("text encoder loaded in %.1fs, after the start", seconds)
-        done("ready", seconds)
-
-    threading.Thread(target=add, name="text-encoder", daemon=True).start()
-
-
 def remember_installed_packages() -> None:
     """The installed packages' import names from the node's cache (package_map.py), for this process's imports."""
-    from ..settings import environment
+    from ..settings import environment  # (this module's imports stay light: see start_engine)
     from .package_map import remember_package_map as remember
 
     remember(environment().cache_dir / "imports")
@@ -340,13 +322,19 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
                   capture_seconds(engine.pipe.transformer) - captured, saved, rest)
 
 
-def finish_warm_up_in_background(warm: WarmUp, beside, done) -> None:
-    """The calls :func:`warm_up` left for after the start (``warm.rest``), in a thread, each holding ``beside`` (the
-    lock a replica's batches hold: a request waits at most one call); then ``done(seconds, calls)``, with the
-    seconds they took and every call's (batch, caption tokens, seconds), or ``done(None, why)`` when one failed
-    (the replica serves on: a request of that shape captures its graphs itself)."""
+def finish_start_in_background(engine, beside, warm: WarmUp | None = None, warmed=None, text_encoder: bool = False,
+                                added=None) -> None:
+    """What a replica's start left for after it serves, in a thread of its own, beside the batches that hold
+    ``beside`` (its lock: a request waits at most one warm-up call, or the text encoder's skeleton):
 
-    def finish():
+    - the warm-up's last calls (``warm.rest``, :func:`warm_up`'s ``later``), each holding ``beside``; then
+      ``warmed(seconds, calls)``, with every call's (batch, caption tokens, seconds), or ``warmed(None, why)`` (the
+      replica serves on: a request of that shape captures its graphs itself);
+    - then the text encoder (``text_encoder``: start_engine's ``text_encoder_later``, :func:`add_text_encoder`);
+      ``added("ready", seconds)``, or ``added("failed: why", None)`` (out of memory beside a batch, a bad file: the
+      prompts are encoded elsewhere, slower, not broken)."""
+
+    def finish_warm_up():
         t = time.perf_counter()
         try:
             for run in warm.rest:
@@ -354,9 +342,23 @@ def finish_warm_up_in_background(warm: WarmUp, beside, done) -> None:
                     run()
         except BaseException as e:  # noqa: BLE001 (an optimization: the requests' shapes warm as they come)
             log.warning("the warm-up's last calls failed (%s: %s)", type(e).__name__, e)
-            done(None, f"{type(e).__name__}: {str(e)[:300]}")
-            return
+            return warmed(None, f"{type(e).__name__}: {str(e)[:300]}")
         log.info("warm-up finished after the start in %.1fs: %s", time.perf_counter() - t, warm.calls)
-        done(time.perf_counter() - t, list(warm.calls))
+        warmed(time.perf_counter() - t, list(warm.calls))
 
-    threading.Thread(target=finish, name="warm-up", daemon=True).start()
+    def add():
+        try:
+            seconds = add_text_encoder(engine, beside)
+        except BaseException as e:  # noqa: BLE001 (see the docstring)
+            log.warning("the text encoder was not loaded (%s: %s)", type(e).__name__, e)
+            return added(f"failed: {type(e).__name__}: {str(e)[:300]}", None)
+        log.info("text encoder loaded in %.1fs, after the start", seconds)
+        added("ready", seconds)
+
+    def finish():
+        if warm is not None and warm.rest:
+            finish_warm_up()
+        if text_encoder:
+            add()
+
+    threading.Thread(target=finish, name="after-the-start", daemon=True).start()

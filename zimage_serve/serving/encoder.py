@@ -53,8 +53,8 @@ class PromptEncoderDeployment:
         # imported here, in the replica: importing the deployment (the driver, the controller) loads no torch
         from ..model.startup import remember_installed_packages
 
-        remember_installed_packages()
-        import torch
+        remember_installed_packages()  # before transformers is imported
+        import torch  # (see above)
 
         from ..model.encoding import PromptEncoder, cpu_encoder_dtype
         from ..model.loader import load_text_encoder

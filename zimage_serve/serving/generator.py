@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 
@@ -25,6 +24,7 @@ from ..core.request import GenerationRequest
 from ..settings import DRAIN_POLL_S, AppConfig
 from . import metrics
 from .batcher import GpuBatcher
+from .replica_report import replica_report
 from .step_events import StepEvents, Wanted, while_running
 
 log = logging.getLogger("zimage_serve")
@@ -74,7 +74,7 @@ class Generator:
     def _load(self) -> None:
         """Load as the config says, stage by stage (model/startup.py; /readyz and the metrics report them)."""
         from ..model.planner import Workload  # in the replica: importing the deployment loads no torch
-        from ..model.startup import compiled_graphs, finish_warm_up_in_background, start_engine, warm_up
+        from ..model.startup import compiled_graphs, finish_start_in_background, start_engine, warm_up
 
         opts = self.config.generator
         t0 = time.perf_counter()
@@ -110,12 +110,11 @@ class Generator:
                  self.start.report()["stages_s"])
         if started.text_encoder_later:  # meanwhile Generator.encode and generate refuse prompts without embeddings
             self.text_encoder = "loading"  # (NeedsEmbeddings): the ingress has them encoded on the CPU encoders
-        self._text_encoder_later = started.text_encoder_later
-        if warm is not None and warm.rest:  # then the text encoder, if it is to be added
+        if warm is not None and warm.rest:
             self.warm_up = "finishing"
-            finish_warm_up_in_background(warm, self._gpu, self._warmed_up)
-        else:
-            self._add_text_encoder()
+        if self.text_encoder or self.warm_up:  # the warm-up's last calls, then the text encoder, beside batches
+            finish_start_in_background(engine, self._gpu, warm, self._warmed_up, started.text_encoder_later,
+                                       self._text_encoder_added)
 
     def _warmed_up(self, seconds: float | None, calls) -> None:
         """The warm-up's last calls are done (``calls``: all of them), or failed (``calls``: why). Whatever they
@@ -124,13 +123,6 @@ class Generator:
         if seconds is not None:  # (a new dict: the event loop's thread may be reading the old one)
             self.start.details = {**self.start.details, "warmup_after_ready_s": round(seconds, 2),
                                   "warmup_calls": str(calls)}
-        self._add_text_encoder()
-
-    def _add_text_encoder(self) -> None:
-        from ..model.startup import add_text_encoder_in_background
-
-        if self._text_encoder_later:
-            add_text_encoder_in_background(self.engine, self._text_encoder_added, beside=self._gpu)
 
     def _text_encoder_added(self, state: str, seconds: float | None) -> None:
         self.text_encoder = state  # "ready": a lone prompt is encoded here again; failed: on the CPU encoders
@@ -199,45 +191,8 @@ class Generator:
             self.engine.check_device()
 
     async def info(self) -> dict:
-        """Readiness, the plan in force, and where this replica runs."""
-        if self.engine is None:
-            return {"ready": False, "reason": self.reason, **self._adapters_info(), **self._start_info()}
-        from ..model.startup import compiled_graphs  # (loaded by _load already; the deployment's import loads none)
-
-        e = self.engine
-        return {"ready": True, "model": e.source.spec, "revision": e.source.revision,
-                "random_weights": e.source.random_weights, "plan": e.plan.to_dict(), "pid": os.getpid(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": e.gpu_info(),
-                "load_seconds": round(self.load_seconds, 2), "speedups": e.speedups, "batches": self.batches[-200:],
-                "batches_run": self.batches_run,  # (batches: the last 200 sizes)
-                "prompts_encoded": self.prompts_encoded,
-                **({"text_encoder": self.text_encoder} if self.text_encoder else {}),  # (added after the start)
-                **({"warm_up": self.warm_up} if self.warm_up else {}),  # (finished after the start)
-                "compiles_since_ready": compiled_graphs() - self.graphs_when_ready,
-                **self._adapters_info(), **self._controlnet_info(), **self._start_info()}
-
-    def _start_info(self) -> dict:
-        """This replica's start, stage by stage (those done, when it failed)."""
-        return {"start": self.start.report()}
-
-    def _controlnet_info(self) -> dict:
-        cn = self.engine.controlnet
-        if cn is None:
-            return {}
-        return {"controlnet": {"source": self.config.controlnet, "placement": self.engine.plan.controlnet,
-                               "control_layers": len(cn.config.control_layers_places),
-                               "version": "2.x (with inpaint)" if self.controlnet.inpaint else "1.0"}}
-
-    def _adapters_info(self) -> dict:
-        if not self.config.adapters:
-            return {}
-        held = set(self.engine.adapters) if self.engine is not None else set()
-        adapters = {name: {"status": "failed", "reason": self.adapter_errors[name]} if name in self.adapter_errors
-                    else {"status": "ready", "held": name in held, "file": self.adapter_files.get(name)}
-                    for name in self.config.adapters}
-        for name, spec in self.config.adapters.items():
-            adapters[name].update(source=spec.source, scale=spec.scale)
-        return {"adapters": adapters, "adapter_stats": dict(self.adapter_stats)}
+        """Readiness, the plan in force, and where this replica runs (replica_report.py)."""
+        return replica_report(self)
 
     async def encode(self, request: GenerationRequest) -> tuple | None:
         """(embeds, negative embeds or None) of the request's texts, encoded on this replica's GPU, as the

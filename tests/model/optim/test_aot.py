@@ -322,7 +322,7 @@ def test_a_replica_on_saved_code_serves_after_the_warm_ups_first_call_and_finish
     import threading
 
     from zimage_serve.model.optim import aot
-    from zimage_serve.model.startup import compiled_graphs, finish_warm_up_in_background, warm_up
+    from zimage_serve.model.startup import compiled_graphs, finish_start_in_background, warm_up
 
     first, _, root = replicas
     directory = tmp_path / "aot"
@@ -333,7 +333,7 @@ def test_a_replica_on_saved_code_serves_after_the_warm_ups_first_call_and_finish
     graphs, lock, finished = compiled_graphs(), threading.Lock(), threading.Event()
     told = []
     lock.acquire()  # a batch holds the GPU
-    finish_warm_up_in_background(warm, lock, lambda seconds, calls: told.append((seconds, calls)) or finished.set())
+    finish_start_in_background(engine, lock, warm, lambda seconds, calls: told.append((seconds, calls)) or finished.set())
     assert not finished.wait(1.0) and len(warm.calls) == 1  # it waits for the batch
     lock.release()
     assert finished.wait(60)
