@@ -215,13 +215,13 @@ median of the last 5; the prompt's embeddings are made on the CPU beforehand (th
 encoders), so e2e is denoise + decode + PNG. `peak` is what nvidia-smi showed for the process (its CUDA context
 included), and the share of the card it used.
 
-| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: 4 images in one batch |  |
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: its batch at 1024² |  |
 |---|---|---|---|---|---|---|---|
 {rows}
 
 FP8 weights as the memory plan (`generator.fp8: auto`):
 
-| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: 4 images in one batch |  |
+| card | plan | peak | denoise s | e2e s | e2e / resident bf16 on 24 GiB | the envelope: its batch at 1024² |  |
 |---|---|---|---|---|---|---|---|
 {rows8}
 
@@ -257,8 +257,8 @@ def _envelope(e: dict | None) -> str:
         return "not measured"
     if e.get("error"):
         return f"**failed**: {e['error'][:80]}"
-    return (f"{e['seconds']} s ({round(e['seconds'] / e['batch'], 3)} s an image), peak {e['peak_allocated_gib']} GiB "
-            f"allocated, {e['peak_mib']} MiB")
+    return (f"{e['batch']} images: {e['seconds']} s ({round(e['seconds'] / e['batch'], 3)} s an image), peak "
+            f"{e['peak_allocated_gib']} GiB allocated, {e['peak_mib']} MiB")
 
 
 def _minimum(meta: dict) -> str:

@@ -161,12 +161,12 @@ def _request(args) -> GenerationRequest:
 
 
 def _generate(args) -> int:
+    from .model.startup import remember_installed_packages  # (no torch: see below)
+
+    remember_installed_packages()  # before diffusers and transformers are imported (the tiny model's writing too)
     request = _request(args)
     # any model but `auto` is checked before torch is imported: a bad --model is one line in a second, not six
     source = resolve(args.model) if args.model != "auto" else None
-    from .model.startup import remember_installed_packages  # (no torch: see below)
-
-    remember_installed_packages()  # before diffusers and transformers are imported
     from .model.engine import Engine, Job, gpu_free_bytes, plan_for_this_machine  # torch: only when generating
     from .model.machine import prepare_allocator  # (with torch)
 

@@ -84,3 +84,13 @@ def test_diffusers_and_transformers_use_the_remembered_map(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [["from-the-node-file"], ["from-the-node-file"]]
+
+
+def test_imported_again_after_remembering_it_still_works_the_map_out(fresh, tmp_path):
+    import importlib
+
+    package_map.remember_package_map(tmp_path)
+    again = importlib.reload(package_map)
+    assert again._computed is importlib.metadata.packages_distributions.__wrapped__
+    again._memo = None
+    assert again.package_map(None) == again._computed()  # (no recursion through the patch)

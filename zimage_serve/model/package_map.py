@@ -25,8 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-_computed = importlib.metadata.packages_distributions  # the standard library's own
+# the standard library's own (not our memo, should this module be imported again after remember_package_map)
+_computed = getattr(importlib.metadata.packages_distributions, "__wrapped__", importlib.metadata.packages_distributions)
 _memo: dict[str, list[str]] | None = None
+KEEP_FILES = 16  # the node's newest answers kept (each Ray session may put a directory of its own on sys.path)
 
 
 def _key() -> str:
@@ -36,8 +38,11 @@ def _key() -> str:
     for entry in sys.path:
         try:
             names = sorted(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info", ".pth")))
-        except OSError:  # not a directory (a zip), or gone
-            names = None
+        except OSError:  # not a directory: a zip (its time, then), or gone
+            try:
+                names = os.stat(entry).st_mtime_ns
+            except OSError:
+                names = None
         parts.append((entry, names))
     return hashlib.sha256(repr((sys.version, parts)).encode()).hexdigest()[:16]
 
@@ -53,18 +58,30 @@ def _read(path: Path) -> dict[str, list[str]] | None:
 
 
 def _write(path: Path, data: dict[str, list[str]]) -> None:
+    """``data`` to ``path`` whole or not at all (whoever else writes it meanwhile), readable by the node's other
+    users; the directory's oldest answers beyond :data:`KEEP_FILES` removed."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            tmp = f.name
             json.dump(data, f)
-        os.replace(f.name, path)  # whole or not at all, whoever else writes it meanwhile
-    except OSError:
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        tmp = None
+        for old in sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_FILES:]:
+            old.unlink(missing_ok=True)
+    except (OSError, ValueError, TypeError):
         pass
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def package_map(directory: Path | None) -> dict[str, list[str]]:
     """``packages_distributions()``'s answer: this process's memo, else ``directory``'s file for this environment,
-    else worked out (and written there). A fresh copy each time (callers may change theirs)."""
+    else worked out (and written there). A fresh copy each time (callers may change theirs). The memo is the
+    process's: once made, ``directory`` is not looked at again (None: no file read or written for it)."""
     global _memo
     if _memo is None:
         path = directory / f"{_key()}.json" if directory is not None else None
@@ -79,4 +96,8 @@ def package_map(directory: Path | None) -> dict[str, list[str]]:
 def remember_package_map(directory: Path | None) -> None:
     """From now on, ``importlib.metadata.packages_distributions()`` answers from :func:`package_map` (the node's
     file in ``directory``, None: this process's memo only). Call it before diffusers or transformers is imported."""
-    importlib.metadata.packages_distributions = lambda: package_map(directory)
+    def packages_distributions() -> dict[str, list[str]]:
+        return package_map(directory)
+
+    packages_distributions.__wrapped__ = _computed
+    importlib.metadata.packages_distributions = packages_distributions

@@ -249,10 +249,10 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
     (optim/aot.py): one step at the largest batch, prompts of equal and of different lengths; the code compiled
     out of them is saved (``saved``), and the calls after run it, as the next replicas will.
 
-    ``later``: when the blocks run saved compiled code (nothing is left to compile but the VAE, which the first call
-    compiles), only the first call runs here, and the others are left in ``WarmUp.rest`` for a replica to run once it
-    serves (:func:`finish_warm_up_in_background`): they only capture CUDA graphs for their shapes, as a request of a
-    new shape does."""
+    ``later``: when every block variant runs saved compiled code and no ControlNet is served (nothing is left to
+    compile but the VAE, which the first call compiles), only the first call runs here, and the others are left in
+    ``WarmUp.rest`` for a replica to run once it serves (:func:`finish_start_in_background`): they only capture CUDA
+    graphs for their shapes, as a request of a new shape does. Otherwise every call runs here."""
     import torch  # (see start_engine)
 
     from ..core.pixels import Pixels
@@ -310,9 +310,10 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
 
     from .optim import aot  # (see _save_compiled_blocks)
 
-    call(*todo[0], decode=True)
+    if todo:
+        call(*todo[0], decode=True)
     rest = [lambda c=c: call(*c) for c in todo[1:]]
-    if not (later and aot.uses_artefacts(engine.pipe.transformer)):
+    if not (later and engine.controlnet is None and aot.runs_saved_code_only(engine.pipe.transformer)):
         for run in rest:
             run()
         rest = []
@@ -322,8 +323,12 @@ def warm_up(engine, width: int, height: int, batch_sizes=(1,), steps: int = 1, c
                   capture_seconds(engine.pipe.transformer) - captured, saved, rest)
 
 
-def finish_start_in_background(engine, beside, warm: WarmUp | None = None, warmed=None, text_encoder: bool = False,
-                                added=None) -> None:
+def _ignore(*_) -> None:
+    pass
+
+
+def finish_start_in_background(engine, beside, warm: WarmUp | None = None, warmed=_ignore, text_encoder: bool = False,
+                                added=_ignore) -> None:
     """What a replica's start left for after it serves, in a thread of its own, beside the batches that hold
     ``beside`` (its lock: a request waits at most one warm-up call, or the text encoder's skeleton):
 
@@ -332,7 +337,8 @@ def finish_start_in_background(engine, beside, warm: WarmUp | None = None, warme
       replica serves on: a request of that shape captures its graphs itself);
     - then the text encoder (``text_encoder``: start_engine's ``text_encoder_later``, :func:`add_text_encoder`);
       ``added("ready", seconds)``, or ``added("failed: why", None)`` (out of memory beside a batch, a bad file: the
-      prompts are encoded elsewhere, slower, not broken)."""
+      prompts are encoded elsewhere, slower, not broken). It comes after the warm-up's calls: until it is added, the
+      CPU encoders encode this replica's prompts."""
 
     def finish_warm_up():
         t = time.perf_counter()
@@ -342,6 +348,8 @@ def finish_start_in_background(engine, beside, warm: WarmUp | None = None, warme
                     run()
         except BaseException as e:  # noqa: BLE001 (an optimization: the requests' shapes warm as they come)
             log.warning("the warm-up's last calls failed (%s: %s)", type(e).__name__, e)
+            with beside:
+                engine.free_memory()  # (what an out-of-memory left cached, before the text encoder's load)
             return warmed(None, f"{type(e).__name__}: {str(e)[:300]}")
         log.info("warm-up finished after the start in %.1fs: %s", time.perf_counter() - t, warm.calls)
         warmed(time.perf_counter() - t, list(warm.calls))

@@ -349,3 +349,25 @@ def test_a_warm_up_with_blocks_to_compile_runs_every_call_before_the_start_ends(
     engine = _engine(tiny_source, None)
     warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40), later=True)
     assert len(warm.calls) == 5 and warm.rest == []
+
+
+def test_a_replica_missing_a_saved_variant_runs_every_warm_up_call_before_the_start_ends(replicas, tiny_source,
+                                                                                         tmp_path):
+    """One variant's code not saved (its save failed): that variant compiles in the warm-up, so nothing is left for
+    after the start."""
+    import shutil
+
+    from zimage_serve.model.optim import aot
+    from zimage_serve.model.startup import warm_up
+
+    first, _, root = replicas
+    directory = tmp_path / "aot"
+    shutil.copytree(root / "compile" / "aot" / os.path.basename(first["dir"]), directory)
+    missing = next(name for name in first["saved"] if name.startswith("nomod_mask"))
+    (directory / f"{missing}.bin").unlink()
+    index = json.loads((directory / "index.json").read_text())
+    (directory / "index.json").write_text(json.dumps({**index, missing: "not saved: out of memory"}))
+    engine = _engine(tiny_source, directory)
+    warm = warm_up(engine, 64, 64, (1, 2), caption_tokens=(16, 40), later=True)
+    assert missing not in aot.loaded_variants(engine.pipe.transformer) and aot.uses_artefacts(engine.pipe.transformer)
+    assert len(warm.calls) == 5 and warm.rest == []

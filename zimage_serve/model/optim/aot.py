@@ -307,6 +307,13 @@ def saved_variants(directory: Path) -> set[str]:
     return {p.stem for p in directory.glob("*.bin")} if directory.is_dir() else set()
 
 
+def runs_saved_code_only(transformer: nn.Module) -> bool:
+    """Whether every variant the transformer's blocks can call (with and without a caption mask, of each block kind)
+    runs loaded saved code: nothing of them is left to compile, but a call its guards refuse."""
+    needed = {name for block in blocks(transformer) for name in _names(block)}
+    return bool(needed) and needed <= loaded_variants(transformer)
+
+
 def uses_artefacts(transformer: nn.Module) -> bool:
     """Whether the transformer's blocks run through loaded artefacts."""
     return _shared(transformer) is not None
