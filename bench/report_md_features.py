@@ -232,14 +232,25 @@ with the default allocator. The partial plans stream some main blocks through tw
 (`model/optim/streamer.py`) while the resident blocks compute. In {meta['run']} they streamed the last blocks, one after
 another, and the copy engine idled behind the run of resident blocks; they now stream blocks spread among the
 resident ones (`streamed_positions`), the first two prefetched for the next call. Measured again with that
-(the rows marked `cards_partial`; `python3 bench/run.py build cards_partial cards_min`, 2026-12-06, an H100: the
-ratios are each run's own): the 12 GiB card went from 1.222x to **1.019x**, FP8 at 8 GiB from 0.847x to 0.769x, and
-bf16 at 8 GiB stayed at **1.624x**: there 22 of 30 blocks stream, 7.41 GiB a step, and a step took 0.163 s against
-the resident 0.095 s: the copies alone at 0.163 s a step are 7.41 GiB / 0.163 s = 49 GB/s, PCIe 5.0 x16's practical
-rate. The copies are hidden behind compute as far as they can be; the step is the copy, so only fewer streamed
-bytes make it faster (FP8 weights: 0.769x; or a smaller batch envelope than serve_config's 4, which leaves room for
-more resident blocks). FP8 weights halve what streams, and make the 12 GiB card fully resident, faster than bf16
-resident on the large card (FP8 matmuls).
+(the rows marked `cards_partial`, each ratio against its own run's 24 GiB card): run60 (`python3 bench/run.py
+build cards_partial cards_min`, 2026-12-06, an H100) took the 12 GiB card from 1.222x to 1.019x and FP8 at 8 GiB
+from 0.847x to 0.769x, and left bf16 at 8 GiB at **1.624x**; run63 (`python3 bench/run.py cards_partial`, 2026-12-06,
+another H100 host, the code unchanged there) measured 1.012x, 0.762x and **1.477x**. At 8 GiB bf16, 22 of 30 blocks
+stream, 7.41 GiB a step, and the step is the copy: 0.163 s a step in run60 (49 GB/s) and 0.154 s in run63 (52 GB/s,
+its resident step 0.0955 s): PCIe 5.0 x16's practical rate, which differs from host to host, decides whether the
+1.6x target is met (run63: met; run60: not). Only fewer streamed bytes make it faster (FP8 weights: 0.76x).
+
+The envelope column (run63 and run62, `_envelope` in bench/steps/cards.py): serve_config's largest batch, 4 images at
+1024² in one batch, run twice and the second timed, as a request at the plan's envelope would be. On the bf16 plans
+its peak is that of one image (the VAE decodes one image at a time, and its peak bounds the transformer's at batch
+4), and at batch 4 the 8 GiB partial plan is as fast an image as resident (0.815 s against 0.81: four images' compute
+hides the copies). **Two plans ran out of memory at their envelope**: FP8 partial at 8 GiB (21 resident blocks, est.
+peak 7.42 of 7.49 GiB; it failed to allocate 656 MiB, one [4 x ~4200 tokens, 20480] bf16 tensor: the fused w1/w3
+output) and the 4 GiB card's sequential plan (est. 3.44 of 3.49 GiB, eager: 328 MiB, a [4 x ~4200, 10240] tensor).
+Their batch of one served (the timings above). A replica that meets this retries the batch one image at a time
+(serving/generator.py's out-of-memory fallback, tested with injected failures, not measured here); but these two plans do not
+yet keep the issue's "never out of memory at plan_size": their activation estimate (14 hidden-sized tensors a token)
+is short for FP8 plans and for the eager streamed plan at batch 4 (not changed yet: it needs a measured figure).
 
 {_minimum(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
