@@ -173,6 +173,12 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def text_encoder_stays(self) -> bool:
+        """Whether the text encoder stays where it is loaded (the GPU or the CPU), not moved in and out with the
+        transformer (an offload plan's)."""
+        return self.text_encoder in ("gpu", "cpu")
+
     def describe(self) -> str:
         w = self.workload
         memory = (f"  memory        est. peak {self.peak_gib:.2f} GiB = weights {self.weights_on_gpu_gib:.2f} + activations "

@@ -152,7 +152,7 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     with clock.stage("imports", "imports_diffusers_s"):  # (beside the transformer's reads)
         from .engine import Engine  # diffusers and transformers
 
-    later = text_encoder_later and plan.encode_on == "gpu" and plan.text_encoder in ("gpu", "cpu")
+    later = text_encoder_later and plan.encode_on == "gpu" and plan.text_encoder_stays
     engine = Engine.load(source, plan, with_text_encoder=plan.encode_on == "gpu" and not later, speedups=speedups,
                          lora=spec, controlnet=cn, transformer=transformer, clock=clock)
     return Started(engine, weights, errors, cn, later)
@@ -166,7 +166,7 @@ def add_text_encoder(engine, beside=None) -> float:
     from .encoding import PromptEncoder  # (see start_engine)
     from .loader import load_text_encoder
 
-    if engine.plan.text_encoder not in ("gpu", "cpu"):
+    if not engine.plan.text_encoder_stays:
         raise ValueError(f"the {engine.plan.kind} plan's text encoder is loaded with the rest (Engine.load)")
     if engine.encoder is not None:
         return 0.0

@@ -204,7 +204,7 @@ class Generator:
             raise NotReady(f"the model is not loaded: {self.reason}")
         if self.engine.encoder is None:
             raise NeedsEmbeddings(self._no_text_encoder())
-        if self.engine.plan.text_encoder not in ("gpu", "cpu"):  # moved in and out with the transformer
+        if not self.engine.plan.text_encoder_stays:  # moved in and out with the transformer
             return None
         from ..model.engine import OutOfMemory  # in the replica, with torch
 
