@@ -140,7 +140,8 @@ def setup_worker_logging() -> None:
     it prefixed by the worker, as it shows Serve's own log; without a handler only warnings would show, bare),
     the noise in QUIET dropped, and no library progress bars (a worker's stderr is a log, where a bar is a line
     of carriage returns; RAY_RUNTIME_ENV's variables already say so, unless a job's own runtime_env overrides
-    them; it sets them here too, for a worker that inherited the hook alone)."""
+    them; it sets them here too, for a worker that inherited the hook alone). On a GPU node the worker then imports
+    the model layer in a thread, for a replica it may serve later (model/preload.py)."""
     quiet_library_bars()
     log = logging.getLogger("zimage_serve")
     if not log.handlers:
@@ -150,6 +151,9 @@ def setup_worker_logging() -> None:
         log.setLevel(logging.INFO)
         log.propagate = False  # a root handler that Ray or a library adds would print each line twice
     quiet_noise()
+    from .model.preload import start  # (no torch here: its thread imports it)
+
+    start()
 
 
 def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str = "zimage-serve") -> int:

@@ -245,6 +245,7 @@ class Environment:
     model: str | None
     cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
     webhook_secret: str | None
+    preload: bool  # Ray workers import the model layer as they start (model/preload.py)
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:
@@ -281,7 +282,19 @@ def environment() -> Environment:
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
+        preload=_preload(os.environ.get("ZIMAGE_PRELOAD", "auto")),
     )
+
+
+def _preload(value: str) -> bool:
+    """ZIMAGE_PRELOAD: ``1`` / ``0``, or ``auto`` (or unset): where the NVIDIA driver shows a GPU (its device files;
+    nothing initialised)."""
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def api_keys(config: "AppConfig") -> tuple[str, ...]:

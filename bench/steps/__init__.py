@@ -49,12 +49,14 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "reader_check": ("bench.steps.scaleout", "reader_check", {}),
     "cards_min": ("bench.steps.cards", "cards_min", {}),
     "cards_min_bf16": ("bench.steps.cards", "cards_min", {"weights": ("off",)}),
+    "envelopes": ("bench.steps.cards", "envelopes", {}),
     # the partial plans again (their streaming changed), with the 24 GiB base: the resident ones are unchanged
     "cards_partial": ("bench.steps.cards", "cards", {"bf16_cards": (24, 12, 8), "fp8_cards": (8,),
                                                      "name": "cards_partial"}),
     "startup_profile": ("bench.steps.scaleout", "startup_profile", {}),
     "scaleout_cold": ("bench.steps.scaleout", "scaleout_cold", {}),
     "scaleout": ("bench.steps.scaleout", "scaleout", {}),
+    "scaleout_no_preload": ("bench.steps.scaleout", "scaleout_no_preload", {}),
     "scaleout_zero": ("bench.steps.scaleout", "scaleout_zero", {}),
     "_read_weights": ("bench.steps.scaleout", "read_weights", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)

@@ -276,3 +276,72 @@ def cards_min(weights=("off", "auto")):
     print("CARDS_MIN", json.dumps({k: (v.get("planner_smallest_free_gib"), v.get("at_minimum", {}).get("e2e_s"),
                                        v.get("at_minimum", {}).get("error"), v.get("below", {}).get("error"))
                                    for k, v in results.items()}), flush=True)
+
+
+# the cards whose plans ran out of memory at their envelope (run62, run63), and those next to them, unconstrained
+ENVELOPE_CARDS = ((16, "off"), (12, "off"), (8, "off"), (12, "auto"), (8, "auto"), (4, "off"))
+CONTEXT_GIB = 0.51  # what the CUDA context takes of an emulated card (free_gib_seen in run63: card - 0.51)
+
+
+def peaks(gib: float, fp8: str) -> dict:
+    """In this (fresh) process, on the whole GPU: the plan the engine makes on a ``gib`` GiB card, loaded and warmed
+    as ``one`` does, then one batch of 1, 2 and 4 images at plan_size (each twice: the first captures its graphs),
+    each batch's peak allocated memory against the plan's estimate. Unconstrained, a batch that would not fit the
+    card still runs: its peak says by how much the estimate falls short."""
+    import torch
+
+    from zimage_serve.core.request import GenerationRequest
+    from zimage_serve.model.engine import Engine, Job
+    from zimage_serve.model.planner import Workload, make_plan
+    from zimage_serve.model.sizes import sizes_of
+    from zimage_serve.model.sources import resolve
+    from zimage_serve.model.startup import warm_up
+
+    from ..common import compile_cache
+    from .edits import _production_generator
+
+    side, g, GiB = size(), _production_generator(), 2**30
+    source = resolve(str(checkpoint()))
+    plan = make_plan(sizes_of(source), int((gib - CONTEXT_GIB) * GiB), Workload(side, side, g["max_batch_size"]),
+                     "auto", "cpu", fp8={"off": False}.get(fp8, fp8))
+    out = {"card_gib": gib, "fp8": fp8, "plan": plan.kind, "weights": plan.weights,
+           "blocks_resident": plan.blocks_resident, "plan_peak_gib": plan.peak_gib,
+           "plan_weights_gib": plan.weights_on_gpu_gib, "plan_activations_gib": plan.activations_gib,
+           "budget_gib": plan.budget_gib}
+    try:
+        engine = Engine.load(source, plan, with_text_encoder=False, speedups={
+            "compile": True, "fuse": True, "cuda_graphs": True, "cache_dir": compile_cache()})
+        engine.set_progress(False)
+        warm_up(engine, side, side, sorted({1, min(2, g["max_batch_size"])}))
+        out["speedups"] = engine.speedups
+        embeds = torch.load(str(Path("/tmp/cards-embeds.pt")))
+        torch.cuda.synchronize()
+        out["allocated_after_warmup_gib"] = round(torch.cuda.memory_allocated() / GiB, 3)
+        for batch in (1, 2, 4):
+            jobs = [Job(GenerationRequest(PROMPT, seed=i, width=side, height=side), embeds) for i in range(batch)]
+            engine.generate(jobs)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            engine.generate(jobs)
+            torch.cuda.synchronize()
+            out[f"batch{batch}_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
+    except Exception as e:  # noqa: BLE001 (the figure says what failed)
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    return out
+
+
+def envelopes(cards_=ENVELOPE_CARDS):
+    """Issue 22's "never out of memory at plan_size": each card's plan (``ENVELOPE_CARDS``) run on the whole GPU,
+    in a fresh process each, with its peaks at batch 1, 2 and 4 against the plan's estimate (``peaks``)."""
+    _embeds()
+    results: dict = {}
+    for gib, fp8 in cards_:
+        code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import peaks; "
+                f"print('CARD ' + json.dumps(peaks({gib}, {fp8!r})))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420)
+        lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
+        results[f"{gib}_{fp8}"] = json.loads(lines[-1][5:]) if lines else {"error": (r.stderr or r.stdout)[-600:]}
+        save("envelopes", **results)
+    print("ENVELOPES", json.dumps({k: (v.get("plan"), v.get("weights"), v.get("plan_peak_gib"),
+                                       v.get("batch4_peak_allocated_gib"), v.get("error"))
+                                   for k, v in results.items()}), flush=True)

@@ -232,6 +232,7 @@ def _replaced_under_load(app: _App) -> dict:
     while len(done) < 3:
         time.sleep(0.05)
     before_kill = app.readyz()  # (the old replica's compiles after its warm-up, its requests served)
+    workers = _ray_workers()
     t_kill = time.monotonic()
     os.kill(old["pid"], signal.SIGKILL)
     ready_s = None
@@ -250,10 +251,31 @@ def _replaced_under_load(app: _App) -> dict:
     new = app.readyz()
     return {"replica_ready_s": None if ready_s is None else round(ready_s, 2),
             "first_image_after_kill_s": round(first[0] - t_kill, 2) if first else None,
+            "ray_workers_before_kill": workers,
             "requests": len(done), "lost": sum(s != 200 for _, s in done), "killed_pid": old["pid"],
             "new_pid": new.get("pid"), "new_replica_start": new.get("start"),
             # torch.compile graphs made after the warm-up (requests that waited for a compile): 0 expected
             "compiles_since_ready": [before_kill.get("compiles_since_ready"), new.get("compiles_since_ready")]}
+
+
+def _ray_workers() -> dict:
+    """This machine's Ray worker processes: how many, how many have torch loaded (a preload's or a replica's), and
+    their resident memory (MiB), all and those with torch."""
+    count = with_torch = rss = rss_torch = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"default_worker.py" not in cmdline:
+                continue
+            torch_loaded = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+            kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        count, rss = count + 1, rss + kib
+        if torch_loaded:
+            with_torch, rss_torch = with_torch + 1, rss_torch + kib
+    return {"workers": count, "with_torch": with_torch, "rss_mib": rss // 1024, "rss_with_torch_mib": rss_torch // 1024}
 
 
 def _from_zero(app: _App) -> dict:
@@ -261,8 +283,9 @@ def _from_zero(app: _App) -> dict:
     info = app.readyz()
     time.sleep(3)  # nothing may have started a replica meanwhile
     still = app.readyz()
+    workers = _ray_workers()
     status, seconds = _generate(f"{PROMPT_LOAD} from zero {time.time()}")
-    return {"first_request_from_zero_s": round(seconds, 2), "status": status,
+    return {"first_request_from_zero_s": round(seconds, 2), "status": status, "ray_workers_before": workers,
             "replicas_before": [info.get("replicas"), still.get("replicas")],
             "started_replica": (after := app.readyz()).get("start"),
             "compiles_since_ready": after.get("compiles_since_ready")}
@@ -285,13 +308,13 @@ def _cache() -> Path:
     return Path(os.environ.get("ZIMAGE_CACHE_DIR", "/tmp/zimage-cache")) / "scaleout"
 
 
-def _run_app(step: str, results: dict, min_replicas: int | None = None, then=None) -> None:
-    """Start the app (serve_config.yaml, or with ``min_replicas``), record its start, run ``then(app)`` (its results
-    merged), stop it; ``step``'s results are saved after each part."""
+def _run_app(step: str, results: dict, min_replicas: int | None = None, then=None, env: dict | None = None) -> None:
+    """Start the app (serve_config.yaml, or with ``min_replicas``; ``env`` added to its environment), record its
+    start, run ``then(app)`` (its results merged), stop it; ``step``'s results are saved after each part."""
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="scaleout-"))
-    app = _App(_config(tmp, min_replicas), _environment(tmp))
+    app = _App(_config(tmp, min_replicas), {**_environment(tmp), **(env or {})})
     try:
         results.update(app_ready_s=round(app.ready_s, 2), start=app.readyz().get("start"))
         save(step, **results)
@@ -326,6 +349,13 @@ def scaleout():
     """The production app started on a warm node (what scaleout_cold left), then its generator replica SIGKILLed
     under light load: seconds until the replacement serves; nothing may be lost."""
     _run_app("scaleout", {"caches_warm": (_cache() / "weights").is_dir()}, then=_replaced_under_load)
+
+
+def scaleout_no_preload():
+    """scaleout with ZIMAGE_PRELOAD=0 (Ray's idle workers import nothing ahead: model/preload.py), the baseline of
+    the preload in the same run."""
+    _run_app("scaleout_no_preload", {"caches_warm": (_cache() / "weights").is_dir(), "preload": "off"},
+             then=_replaced_under_load, env={"ZIMAGE_PRELOAD": "0"})
 
 
 def scaleout_zero():

@@ -6,7 +6,7 @@ Stages, in order, each the wall-clock seconds it took (they add up to the start'
 | stage | what |
 |---|---|
 | process | from this process's start to the worker's constructor: Ray's worker, Python, the deployment's imports |
-| imports | torch, then diffusers and transformers (the transformer's weights are being read meanwhile) |
+| imports | torch, then diffusers and transformers (the transformer's weights are being read meanwhile); on a worker that preloaded them (preload.py), what was left of its preload |
 | resolve | finding the checkpoint, downloading it on a node that has none |
 | plan | adapters and ControlNet checked, the GPU measured, the staging plan made |
 | load | what was left of reading the weights once the imports were done, the other components, the weights cache written (a cold node) |
@@ -120,7 +120,9 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
     a text encoder the plan keeps resident is left out of the start, for the caller to add once it serves
     (:func:`add_text_encoder`; ``Started.text_encoder_later`` says whether there is one to add)."""
     with clock.stage("imports", "imports_torch_s"):  # torch (and the model layer's light modules)
-        remember_installed_packages()  # before diffusers and transformers are imported: their scans of installed packages
+        # after this worker's preload (its imports are then done), before diffusers and transformers are imported:
+        # their scans of installed packages
+        clock.details.update(remember_installed_packages())
         from .loader import start_reading  # this module loads no torch: the GPU worker does, here
         from .machine import gpu_free_bytes, plan_for_this_machine, prepare_allocator
         from .sources import resolve
@@ -178,12 +180,16 @@ def add_text_encoder(engine, beside=None) -> float:
     return time.perf_counter() - t0
 
 
-def remember_installed_packages() -> None:
-    """The installed packages' import names from the node's cache (package_map.py), for this process's imports."""
+def remember_installed_packages(wait: bool = True) -> dict:
+    """The installed packages' import names from the node's cache (package_map.py), for this process's imports;
+    first (``wait``) the end of this worker's preload, if one started (preload.py: its details, for a start's)."""
     from ..settings import environment  # (this module's imports stay light: see start_engine)
     from .package_map import remember_package_map as remember
+    from .preload import wait as wait_for_preload
 
+    preloaded = wait_for_preload() if wait else {}
     remember(environment().cache_dir / "imports")
+    return preloaded
 
 
 @dataclass
