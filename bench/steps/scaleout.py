@@ -265,7 +265,7 @@ def _ray_workers() -> dict:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"default_worker.py" not in cmdline:
+            if not cmdline.startswith(b"ray::"):  # (Ray names its workers' processes so: ray::IDLE, ray::ServeReplica...)
                 continue
             torch_loaded = "libtorch" in Path(f"/proc/{pid}/maps").read_text()
             kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
