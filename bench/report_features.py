@@ -82,12 +82,13 @@ def streaming(s: dict) -> dict:
 
 
 def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: dict | None = None,
-             profile: dict | None = None) -> dict:
+             profile: dict | None = None, no_preload: dict | None = None) -> dict:
     """Issue 23's keys from the scaleout_cold, scaleout and scaleout_zero steps (bench/steps/scaleout.py): the app's
     start on a cold and a warm node, a killed replica's replacement, the first request from zero; each start's
     stages (model/startup.py) beside its figure; the weights reader checked against diffusers (``reader``, the
-    reader_check step) and where a replica's imports go (``profile``, the startup_profile step). A step not run
-    gives None."""
+    reader_check step) and where a replica's imports go (``profile``, the startup_profile step); the replacement
+    with Ray's idle workers importing nothing ahead (``no_preload``, the scaleout_no_preload step: model/preload.py's
+    baseline, in the same run). A step not run gives None."""
     cold, warm, zero = cold or {}, warm or {}, zero or {}
     runs = sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})
     checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
@@ -102,6 +103,13 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             # `zimage-serve serve`'s own account of the app's start (its "up" line) and its stop after Ctrl-C
             "command_start": {"cold": cold.get("command_start"), "warm": warm.get("command_start")},
             "stop_s": {"cold": cold.get("stop_s"), "warm": warm.get("stop_s")},
+            "ray_workers_before_kill": warm.get("ray_workers_before_kill"),
+            **({"without_preload": {"run": no_preload["_run"], "replica_ready_s": no_preload.get("replica_ready_s"),
+                                    "first_image_after_kill_s": no_preload.get("first_image_after_kill_s"),
+                                    "lost": no_preload.get("lost"), "requests": no_preload.get("requests"),
+                                    "replacement": no_preload.get("new_replica_start"),
+                                    "ray_workers_before_kill": no_preload.get("ray_workers_before_kill")}}
+               if no_preload else {}),
             "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},
             "history": scaleout_history(), **checked, **({"startup_profile": _profile(profile)} if profile else {})}
 
@@ -138,12 +146,13 @@ def scaleout_history() -> list[dict]:
 
 
 def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict | None = None,
-          minimum: dict | None = None) -> dict:
+          minimum: dict | None = None, envelopes: dict | None = None) -> dict:
     """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
     (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
     resident bf16 on the 24 GiB card; the partial plans from their later run (``partial``: the cards_partial step,
     each ratio to that run's own 24 GiB card) where there is one; stock diffusers' recipes (``stock``) and the
-    smallest workable card (``minimum``: the cards_min step) beside them."""
+    smallest workable card (``minimum``: the cards_min step) beside them; each plan's peaks at batch 1, 2 and 4 on
+    the whole GPU against its estimate (``envelopes``: the envelopes step)."""
     keys = ("plan", "weights", "blocks_resident", "blocks_streamed", "peak_mib", "denoise_s", "e2e_s",
             "ratio_to_resident", "denoise_ratio_to_resident", "budget_used", "plan_peak_gib", "peak_allocated_gib",
             "peak_reserved_gib", "warmup_s", "speedups", "describe", "error", "envelope")
@@ -164,6 +173,9 @@ def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict 
     if minimum:
         out["minimum"] = {k: v for k, v in minimum.items() if not k.startswith("_") and k != "step"}
         out["minimum_run"] = minimum["_run"]
+    if envelopes:
+        out["envelopes"] = {k: v for k, v in envelopes.items() if not k.startswith("_") and k != "step"}
+        out["envelopes_run"] = envelopes["_run"]
     if stock:
         out["stock"] = {k: v for k, v in stock.items() if not k.startswith("_")}
         out["stock_run"] = stock["_run"]

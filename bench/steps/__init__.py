@@ -57,6 +57,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "scaleout_cold": ("bench.steps.scaleout", "scaleout_cold", {}),
     "scaleout": ("bench.steps.scaleout", "scaleout", {}),
     "scaleout_no_preload": ("bench.steps.scaleout", "scaleout_no_preload", {}),
+    "preload_check": ("bench.steps.scaleout", "preload_check", {}),
     "scaleout_zero": ("bench.steps.scaleout", "scaleout_zero", {}),
     "_read_weights": ("bench.steps.scaleout", "read_weights", {}),
     # internal: the coldstart step runs it in a fresh process (bench/run.py _first_image)

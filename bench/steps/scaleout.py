@@ -394,3 +394,37 @@ def reader_check():
                    devices=sorted({str(v.device) for v in a.values()}), dtypes=sorted({str(v.dtype) for v in a.values()}),
                    equal=not differ and set(a) == set(b))
     save("reader_check", **results)
+
+
+_CUDA_AFTER = """
+import json, os, sys
+if sys.argv[1] == "preload":  # what a Ray worker's hook does (model/preload.py), the whole of it
+    from zimage_serve.model import preload
+    assert preload.start(), "the preload did not start"
+    waited = preload.wait()
+elif sys.argv[1] == "cuda_first":  # the control: CUDA initialised before Ray would place the replica
+    import torch
+    torch._C._cuda_getDeviceCount()
+    waited = {}
+else:
+    waited = {}
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # what Ray sets as it places a replica (here: no GPU)
+import torch
+print("RESULT " + json.dumps({"devices_seen": torch._C._cuda_getDeviceCount(), **waited}))
+"""
+
+
+def preload_check():
+    """That a preload initialises no CUDA (Ray sets CUDA_VISIBLE_DEVICES only when it places a replica, and CUDA
+    reads it once): in a fresh process each, the preload, then CUDA_VISIBLE_DEVICES set to none and the devices
+    CUDA sees counted (0: nothing read it before); with no preload, and with CUDA initialised first (the control:
+    the count it gives when something did)."""
+    out = {}
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    for case in ("preload", "none", "cuda_first"):
+        r = subprocess.run([sys.executable, "-c", _CUDA_AFTER, case], capture_output=True, text=True, timeout=300,
+                           env={**env, "ZIMAGE_PRELOAD": "1"})
+        lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+        out[case] = json.loads(lines[-1][7:]) if lines else {"error": (r.stderr or r.stdout)[-600:]}
+    save("preload_check", **out)
+    print("PRELOAD_CHECK", json.dumps(out), flush=True)
