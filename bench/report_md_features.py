@@ -252,7 +252,7 @@ Their batch of one served (the timings above). A replica that meets this retries
 yet keep the issue's "never out of memory at plan_size": their activation estimate (14 hidden-sized tensors a token)
 is short for FP8 plans and for the eager streamed plan at batch 4 (not changed yet: it needs a measured figure).
 
-{_minimum(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
+{_minimum(meta)}{_envelopes(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
 
 | card | recipe | e2e |
@@ -270,6 +270,28 @@ def _envelope(e: dict | None) -> str:
         return f"**failed**: {e['error'][:80]}"
     return (f"{e['batch']} images: {e['seconds']} s ({round(e['seconds'] / e['batch'], 3)} s an image), peak "
             f"{e['peak_allocated_gib']} GiB allocated, {e['peak_mib']} MiB")
+
+
+def _envelopes(meta: dict) -> str:
+    """The envelopes step: each card's plan on the whole GPU, its peaks at batch 1, 2 and 4 against its estimate."""
+    runs = meta.get("envelopes")
+    if not runs:
+        return ""
+    rows = "".join(
+        f"| {r.get('card_gib')} GiB | {r.get('plan')} {r.get('weights')} | {r.get('plan_peak_gib')} = weights "
+        f"{r.get('plan_weights_gib')} + activations {r.get('plan_activations_gib')} + reserve | "
+        f"{r.get('allocated_after_warmup_gib')} | {r.get('batch1_peak_allocated_gib')} / "
+        f"{r.get('batch2_peak_allocated_gib')} / {r.get('batch4_peak_allocated_gib')} | {r.get('error') or ''} |\n"
+        for r in runs.values())
+    return f"""Each plan's peaks ({meta['envelopes_run']}, `python3 bench/run.py build envelopes`): the plan the engine makes
+on each card, loaded on the whole GPU (so a batch that would not fit the card still runs and shows by how much its
+estimate falls short), warmed as a replica warms, then batches of 1, 2 and 4 images at 1024², each run twice and the
+second measured (GiB allocated):
+
+| card | plan | its estimated peak | after the warm-up | peak at batch 1 / 2 / 4 | error |
+|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def _minimum(meta: dict) -> str:
@@ -363,6 +385,21 @@ def _scaleout_rows(x: dict) -> str:
 | the replacement's own start (process: the age of the worker process Ray gave it, which may have waited in Ray's pool of idle workers) / from its constructor | {(st['replacement'] or {}).get('total_s')}: {stages(st['replacement'])} / {_from_constructor(st['replacement'])} |
 | `min_replicas: 0`: the app ready with no generator / the first request (`first_request_from_zero_s`; target <= 20) | {x['app_ready_scaled_to_zero_s']} / {x['first_request_from_zero_s']} |
 | the replica it started / from its constructor | {(st['from_zero'] or {}).get('total_s')}: {stages(st['from_zero'])} / {_from_constructor(st['from_zero'])} |
+""" + _without_preload(x)
+
+
+def _without_preload(x: dict) -> str:
+    """The rows of the scaleout_no_preload step (ZIMAGE_PRELOAD=0, the same run), and Ray's workers before each kill."""
+    base = x.get("without_preload")
+    if not base:
+        return ""
+    stages = lambda start: ", ".join(f"{k} {v}" for k, v in (start or {}).get("stages_s", {}).items())
+    workers = lambda w: (f"{w['workers']} workers, {w['with_torch']} with torch loaded; {w['rss_mib']} MiB resident, "
+                         f"{w['rss_with_torch_mib']} of it theirs") if w else None
+    rep = base["replacement"] or {}
+    return f"""| the same, Ray's idle workers importing nothing ahead (`ZIMAGE_PRELOAD=0`, step `scaleout_no_preload`, {base['run']}): the replacement ready / the first image after the kill | {base['replica_ready_s']} / {base['first_image_after_kill_s']} ({base['lost']} of {base['requests']} requests lost) |
+| its own start / from its constructor | {rep.get('total_s')}: {stages(rep)} / {_from_constructor(rep) if rep else None} |
+| Ray's worker processes before the kill, with the preload / without | {workers(x.get('ray_workers_before_kill'))} / {workers(base.get('ray_workers_before_kill'))} |
 """
 
 
