@@ -286,15 +286,15 @@ def environment() -> Environment:
     )
 
 
-def _preload(value: str) -> bool:
-    """ZIMAGE_PRELOAD: ``1`` / ``0``, or ``auto`` (or unset): where the NVIDIA driver shows a GPU (its device files;
-    nothing initialised)."""
+def _preload(value: str, devices: Path = Path("/dev")) -> bool:
+    """ZIMAGE_PRELOAD: ``1`` / ``0``, or ``auto`` (or unset): where the NVIDIA driver shows one GPU (its device files;
+    nothing initialised; model/preload.py says why one)."""
     value = value.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    return any(Path("/dev").glob("nvidia[0-9]*"))
+    return len(list(devices.glob("nvidia[0-9]*"))) == 1
 
 
 def api_keys(config: "AppConfig") -> tuple[str, ...]:

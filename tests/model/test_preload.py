@@ -11,14 +11,21 @@ import sys
 
 import pytest
 
-# torch.cuda's functions that would initialise CUDA or read CUDA_VISIBLE_DEVICES, recorded when called
+# the functions that would initialise CUDA (and so fix the devices it sees) recorded when called, each with whether
+# torch then asks NVML instead of CUDA (PYTORCH_NVML_BASED_CUDA_CHECK: is_available and device_count only)
 _WATCH_CUDA = """
+import os
 import torch
 called = []
-for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "get_device_properties",
-             "get_device_capability", "get_device_name", "mem_get_info", "set_device", "synchronize"):
-    original = getattr(torch.cuda, name)
-    setattr(torch.cuda, name, lambda *a, _name=name, _original=original, **k: (called.append(_name), _original(*a, **k))[1])
+watched = [(torch.cuda, name) for name in ("is_available", "device_count", "init", "_lazy_init", "current_device",
+           "get_device_properties", "get_device_capability", "get_device_name", "mem_get_info", "set_device",
+           "synchronize")] + [(torch.accelerator, name) for name in ("is_available", "device_count", "current_device_index")]
+for module, name in watched:
+    original = getattr(module, name)
+    def spy(*a, _name=f"{module.__name__}.{name}", _original=original, **k):
+        called.append([_name, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"])
+        return _original(*a, **k)
+    setattr(module, name, spy)
 """
 
 _PRELOAD = _WATCH_CUDA + """
@@ -28,6 +35,7 @@ from zimage_serve.model.startup import remember_installed_packages
 started, again = preload.start(), preload.start()
 details = remember_installed_packages()  # what a worker's start does first
 print("RESULT " + json.dumps({"started": started, "again": again, "details": details, "cuda_calls": called,
+                              "nvml_after": "PYTORCH_NVML_BASED_CUDA_CHECK" in os.environ,
                               "cuda_initialized": torch.cuda.is_initialized(),
                               "imported": [m in sys.modules for m in ("diffusers", "transformers", "peft",
                                   "diffusers.models.transformers.transformer_z_image", "zimage_serve.model.engine")]}))
@@ -46,7 +54,12 @@ def test_a_preload_imports_what_a_replica_imports_once_with_no_cuda_call_and_the
     out = _run(_PRELOAD, ZIMAGE_PRELOAD="1", ZIMAGE_CACHE_DIR=str(tmp_path))
     assert out["started"] is True and out["again"] is False  # once per process
     assert out["imported"] == [True] * 5
-    assert out["cuda_calls"] == [] and out["cuda_initialized"] is False
+    # diffusers asks whether a GPU is there, which NVML answers during a preload; nothing else is asked
+    assert out["cuda_calls"] and {name for name, _ in out["cuda_calls"]} <= {"torch.accelerator.is_available",
+                                                                            "torch.cuda.is_available",
+                                                                            "torch.cuda.device_count"}
+    assert all(nvml for _, nvml in out["cuda_calls"]), out["cuda_calls"]
+    assert out["cuda_initialized"] is False and out["nvml_after"] is False  # (the flag set for the imports only)
     details = out["details"]
     assert set(details) == {"preload_s", "preload_waited_s"}, details  # no preload_error
     assert details["preload_s"] > 0 and 0 <= details["preload_waited_s"] <= details["preload_s"] + 0.05
@@ -67,13 +80,14 @@ def test_the_setting_turns_it_on_or_off(value, expected, monkeypatch):
     assert environment().preload is expected
 
 
-def test_auto_preloads_where_the_nvidia_driver_shows_a_gpu(monkeypatch):
-    from pathlib import Path
+@pytest.mark.parametrize("gpus, expected", [(0, False), (1, True), (2, False)])
+def test_auto_preloads_where_the_nvidia_driver_shows_one_gpu(gpus, expected, tmp_path):
+    from zimage_serve.settings import _preload
 
-    from zimage_serve.settings import environment
-
-    monkeypatch.delenv("ZIMAGE_PRELOAD", raising=False)
-    assert environment().preload is any(Path("/dev").glob("nvidia[0-9]*"))  # (this machine: none, so off)
+    for i in range(gpus):
+        (tmp_path / f"nvidia{i}").touch()
+    (tmp_path / "nvidiactl").touch()  # (the driver's control file: not a GPU)
+    assert _preload("auto", tmp_path) is expected and _preload("1", tmp_path) is True
 
 
 _RAY_WORKER = """

@@ -31,14 +31,24 @@ H2D_BYTES_PER_S = 25e9
 _WIDE_LINEAR = re.compile(r"\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.(w1|w2|w3))\.weight$")
 _LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 ENCODE_CHOICES = ("auto", "cpu", "gpu")
-RESERVE_BYTES = int(0.75 * GiB)  # allocator fragmentation, cuBLAS workspaces, CUDA graphs
+# What a plan's process holds on the GPU beyond its peak of allocated tensors: the allocator's fragmentation and the
+# libraries' own memory (cuBLAS and cuDNN workspaces, loaded kernels). Measured as nvidia-smi's peak, less the CUDA
+# context, less torch's peak allocated: 0.72-0.79 GiB on the compiled plans at batch 1 to 4 (run63: the partial bf16
+# plans at 8 and 12 GiB, the FP8 one at 8 GiB at batch 1), more than 0.88 GiB for the FP8 one at batch 4 (it ran out
+# of memory there with 0.75 kept); 1.46 GiB on the eager streamed plan at batch 1 (run62, 4 GiB card: group
+# offloading's copies on their own stream hold their blocks until the stream is done with them).
+RESERVE_BYTES = int(1.0 * GiB)
+STREAM_RESERVE_BYTES = int(1.5 * GiB)
 # VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
 # (BENCHMARKS.md): the lean decoder (lean_vae.py) 1.76 GiB -> 1900 B/px with 5% margin; tiled decode
 # 0.6 GiB (one 512² tile plus the whole image's blending) -> 2600 B per pixel of a tile.
 VAE_BYTES_PER_PIXEL_BF16 = 1900
 VAE_TILE_BYTES_PER_PIXEL_BF16 = 2600
 VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
-TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference
+TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference (compiled)
+# eager (the streamed plan, not compiled): its batch of 4 at 1024² peaked at 2.79 GiB allocated against 2.70 estimated
+# with 14 (weights 0.84 + activations 1.86; bench run65, envelopes); 16 holds it with 0.17 GiB to spare
+EAGER_ACT_FACTOR = 16
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
 _CONTROL_BLOCK = re.compile(r"^((?:control_layers|control_noise_refiner)\.\d+)\.")
 _TE_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
@@ -182,7 +192,7 @@ class Plan:
     def describe(self) -> str:
         w = self.workload
         memory = (f"  memory        est. peak {self.peak_gib:.2f} GiB = weights {self.weights_on_gpu_gib:.2f} + activations "
-                  f"{self.activations_gib:.2f} + reserve {RESERVE_BYTES / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
+                  f"{self.activations_gib:.2f} + reserve {reserve_bytes(self.kind) / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
                   if self.budget_gib is not None else "  memory        no GPU: everything runs on the CPU in float32")
         transformer = self.transformer + (" (wide Linear weights in FP8)" if self.weights == "fp8" else "")
         if self.kind == "partial":
@@ -253,8 +263,14 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
     streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
     if cn:  # the ControlNet runs the transformer's embedders and refiners outside its forward, where group
         return  # offloading loads them: not streamed (a PlanError names the smallest plan that is)
+    act_eager = act_t * EAGER_ACT_FACTOR // TRANSFORMER_ACT_FACTOR
     for tiled in (False, True):
-        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_t, act_tile if tiled else act_v), False
+        yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_eager, act_tile if tiled else act_v), False
+
+
+def reserve_bytes(kind: str) -> int:
+    """What a plan of ``kind`` keeps free beyond its estimated tensors (RESERVE_BYTES, STREAM_RESERVE_BYTES)."""
+    return STREAM_RESERVE_BYTES if kind == "sequential" else RESERVE_BYTES
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
@@ -286,7 +302,7 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
             continue
         if fp8 is True and not f8 and kind in ("resident", "partial"):  # FP8 asked for: its plans only
             continue
-        peak = weights + act + RESERVE_BYTES
+        peak = weights + act + reserve_bytes(kind)
         what = f"{kind}{' fp8' if f8 else ''} (text encoder {te}{', tiled VAE' if tiled else ''})"
         tried.append((peak, f"{what} needs {peak / GiB:.2f} GiB"
                       + (" with one main block resident" if kind == "partial" else "")))

@@ -7,11 +7,15 @@ replaces a dead one, in an idle worker. :func:`start`, called by every worker of
 hook, arguments.setup_worker_logging), imports what a replica imports in a thread of its own, so a replica that
 lands on a worker that has been idle a few seconds finds it imported.
 
-- **Where:** only where a GPU is (the NVIDIA driver's device files; ``ZIMAGE_PRELOAD``: ``auto``, the default, or
-  ``1`` / ``0``). It costs each idle worker there the imported modules' memory (about 1 GiB) and a few seconds of
-  one core at its start.
-- **No CUDA:** the imports initialise no CUDA (tests/model/test_preload.py checks that no ``torch.cuda`` function is
-  called): Ray sets a replica's CUDA_VISIBLE_DEVICES when it is placed, and CUDA reads it once.
+- **Where:** on a machine with one NVIDIA GPU (the driver's device files; ``ZIMAGE_PRELOAD``: ``auto``, the default,
+  or ``1`` / ``0``). It costs each idle worker there the imported modules' memory (bench run64: 13 workers, 11 with
+  torch loaded, 17.2 GB resident against 11.7 GB without the preload) and a few seconds of one core at its start.
+- **No CUDA:** Ray sets a replica's CUDA_VISIBLE_DEVICES when it places it, and CUDA reads it once, when it is
+  initialised. diffusers' import asks whether a GPU is there; during the preload NVML answers (see ``_import``), and
+  nothing else may call CUDA (tests/model/test_preload.py; on the GPU, bench ``preload_check`` sets
+  CUDA_VISIBLE_DEVICES to none after a preload and counts the devices CUDA sees). Where more than one GPU shares the
+  node, a CUDA call slipped into an import would put every replica there on the first GPU: ``auto`` preloads only
+  where there is one; ``1`` asks for it anywhere.
 - **No race:** the worker's own heavy imports wait for the thread first (:func:`wait`, called by
   startup.remember_installed_packages: the GPU worker's start, the CPU prompt encoder's load, the CLI), so two
   threads never import the same modules at once. Those of Serve's own actors (the controller, the proxy, the
@@ -21,6 +25,7 @@ lands on a worker that has been idle a few seconds finds it imported.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -31,6 +36,13 @@ _lock = threading.Lock()
 
 def _import() -> None:
     t = time.perf_counter()
+    # diffusers asks at import whether a GPU is there (torch.accelerator.is_available, in diffusers.utils.torch_utils):
+    # by default that initialises CUDA (cudaGetDeviceCount), which then keeps the devices it saw whatever Ray sets
+    # later (bench run64's preload_check). NVML's count answers it without CUDA, reading CUDA_VISIBLE_DEVICES as it
+    # is at the call (torch's PYTORCH_NVML_BASED_CUDA_CHECK); set for the imports only, where the user had not.
+    nvml = "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
+    if nvml:
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     try:
         from .startup import remember_installed_packages  # (the node's memo first: it saves diffusers' own scan)
 
@@ -38,6 +50,9 @@ def _import() -> None:
         from . import engine  # noqa: F401 (what a replica imports: torch, diffusers, transformers, peft)
     except BaseException as e:  # noqa: BLE001 (a head start, nothing more: the replica imports it itself)
         _state["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        if nvml:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     _state["seconds"] = time.perf_counter() - t
 
 
