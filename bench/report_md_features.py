@@ -248,9 +248,17 @@ hides the copies). **Two plans ran out of memory at their envelope**: FP8 partia
 peak 7.42 of 7.49 GiB; it failed to allocate 656 MiB, one [4 x ~4200 tokens, 20480] bf16 tensor: the fused w1/w3
 output) and the 4 GiB card's sequential plan (est. 3.44 of 3.49 GiB, eager: 328 MiB, a [4 x ~4200, 10240] tensor).
 Their batch of one served (the timings above). A replica that meets this retries the batch one image at a time
-(serving/generator.py's out-of-memory fallback, tested with injected failures, not measured here); but these two plans do not
-yet keep the issue's "never out of memory at plan_size": their activation estimate (14 hidden-sized tensors a token)
-is short for FP8 plans and for the eager streamed plan at batch 4 (not changed yet: it needs a measured figure).
+(serving/generator.py's out-of-memory fallback, tested with injected failures, not measured here).
+
+Why (run65, `envelopes`, below): on the whole GPU, each of these plans' batch of 4 peaked within or near its
+estimated tensors (FP8 partial 6.61 GiB allocated against 6.67 estimated; the eager streamed plan 2.79 against 2.70),
+but a process holds more than its tensors: nvidia-smi's peak less the CUDA context less torch's peak allocated was
+0.72-0.79 GiB on the compiled plans (run63), more than the 0.75 GiB the plans kept for it at the FP8 plan's batch of
+4, and 1.46 GiB on the eager streamed plan (run62). Since then the plans keep 1.0 GiB (1.5 GiB and 16 hidden-sized
+tensors a token for the eager streamed plan; planner.py): the 8 GiB card's partial plans keep 7 bf16 blocks
+resident (8 before) and 19 FP8 ones (21), and the smallest workable card rises from 3.43 GiB free to 4.45
+(tests/model/test_planner.py holds every plan's estimate to run65's peaks). Not yet run on the GPU: the envelope
+of these plans after the change (`python3 bench/run.py build cards_8 cards_min_bf16`).
 
 {_minimum(meta)}{_envelopes(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
@@ -286,7 +294,8 @@ def _envelopes(meta: dict) -> str:
     return f"""Each plan's peaks ({meta['envelopes_run']}, `python3 bench/run.py build envelopes`): the plan the engine makes
 on each card, loaded on the whole GPU (so a batch that would not fit the card still runs and shows by how much its
 estimate falls short), warmed as a replica warms, then batches of 1, 2 and 4 images at 1024², each run twice and the
-second measured (GiB allocated):
+second measured (GiB allocated; the plans as the planner made them then, with a 0.75 GiB reserve; the 12 GiB FP8
+plan runs CUDA graphs, which add about 1.1 GiB at batch 4 inside the headroom the engine keeps for them):
 
 | card | plan | its estimated peak | after the warm-up | peak at batch 1 / 2 / 4 | error |
 |---|---|---|---|---|---|
