@@ -55,6 +55,7 @@ STEPS: dict[str, tuple[str, str, dict]] = {
                                                      "name": "cards_partial"}),
     # the 8 GiB partial plans after the planner kept more room (run65's measurements): their envelope must fit
     "cards_8": ("bench.steps.cards", "cards", {"bf16_cards": (8,), "fp8_cards": (8,), "name": "cards_8"}),
+    "cards_8_fp8": ("bench.steps.cards", "cards", {"bf16_cards": (), "fp8_cards": (8,), "name": "cards_8_fp8"}),
     "startup_profile": ("bench.steps.scaleout", "startup_profile", {}),
     "scaleout_cold": ("bench.steps.scaleout", "scaleout_cold", {}),
     "scaleout": ("bench.steps.scaleout", "scaleout", {}),
