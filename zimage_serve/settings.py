@@ -282,8 +282,13 @@ def environment() -> Environment:
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
-        preload=_preload(os.environ.get("ZIMAGE_PRELOAD", "auto")),
+        preload=preload_wanted(),
     )
+
+
+def preload_wanted() -> bool:
+    """ZIMAGE_PRELOAD alone (a Ray worker's setup hook asks, where the rest of the environment may not read)."""
+    return _preload(os.environ.get("ZIMAGE_PRELOAD", "auto"))
 
 
 def _preload(value: str, devices: Path = Path("/dev")) -> bool:

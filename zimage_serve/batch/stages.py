@@ -58,6 +58,10 @@ class EncodeStage:
 
     def __init__(self, model: str, threads: int = 1, dtype: str = "auto"):
         # imported here, in the actor
+        from ..model.startup import remember_installed_packages
+
+        remember_installed_packages()  # (after this worker's preload: model/preload.py) before transformers is imported
+        # imported here, in the actor, after the preload
         import torch
 
         from ..model.encoding import PromptEncoder, cpu_encoder_dtype
