@@ -538,6 +538,11 @@ notices a dead replica by its health check, every 2 s, then asks Ray for a new o
 {gpu['first_image_after_kill_s']} s after the kill. The text encoder, added after it was ready, took
 {rep['details'].get('text_encoder_after_ready_s')} s more, in the background.
 """
+            if "preload_s" in rep["details"]:
+                out += f"""Its worker had imported the model layer while it waited (model/preload.py, `ZIMAGE_PRELOAD`:
+{rep['details']['preload_s']} s of imports in its own thread; the replica waited {rep['details']['preload_waited_s']} s
+for the end of them). The cold node's start (`scaleout_cold`) is run62's, on an H100, from before the preload.
+"""
             if "warmup_after_ready_s" in rep["details"]:
                 out += f"""Its warm-up ran its first call before it was ready and the others after, beside requests
 ({rep['details']['warmup_after_ready_s']} s; its blocks ran saved compiled code, so those calls only capture CUDA graphs
