@@ -245,7 +245,6 @@ class Environment:
     model: str | None
     cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
     webhook_secret: str | None
-    preload: bool  # Ray workers import the model layer as they start (model/preload.py)
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:
@@ -282,12 +281,12 @@ def environment() -> Environment:
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
-        preload=preload_wanted(),
     )
 
 
 def preload_wanted() -> bool:
-    """ZIMAGE_PRELOAD alone (a Ray worker's setup hook asks, where the rest of the environment may not read)."""
+    """ZIMAGE_PRELOAD: whether Ray workers import the model layer as they start (model/preload.py). Apart from
+    :func:`environment`: a worker's setup hook asks, where the rest of the environment may not read, and only it."""
     return _preload(os.environ.get("ZIMAGE_PRELOAD", "auto"))
 
 

@@ -39,15 +39,13 @@ def one(gib: float, fp8: str) -> dict:
     import torch
 
     from zimage_serve.core.request import GenerationRequest
-    from zimage_serve.model.engine import Engine, Job, plan_for_this_machine
+    from zimage_serve.model.engine import Job, plan_for_this_machine
     from zimage_serve.model.imaging import encode_image
     from zimage_serve.model.planner import Workload
     from zimage_serve.model.sources import resolve
-    from zimage_serve.model.startup import warm_up
 
     import os
 
-    from ..common import compile_cache
     from .edits import _production_generator
 
     side, g = size(), _production_generator()
@@ -67,12 +65,8 @@ def one(gib: float, fp8: str) -> dict:
                                      fp8={"off": False}.get(fp8, fp8))
         out.update(plan=plan.kind, weights=plan.weights, blocks_resident=plan.blocks_resident,
                    blocks_streamed=plan.blocks_streamed, plan_peak_gib=plan.peak_gib, describe=plan.describe())
-        t = time.perf_counter()
-        engine = Engine.load(source, plan, with_text_encoder=False, speedups={
-            "compile": True, "fuse": True, "cuda_graphs": True, "cache_dir": compile_cache()})
-        engine.set_progress(False)
-        out["load_s"] = round(time.perf_counter() - t, 1)
-        out["warmup_s"] = round(warm_up(engine, side, side, sorted({1, min(2, g["max_batch_size"])})).seconds, 1)
+        engine, load_s, warmup_s = _warm_engine(source, plan)
+        out.update(load_s=round(load_s, 1), warmup_s=round(warmup_s, 1))
         out["speedups"] = engine.speedups
         embeds = torch.load(str(Path("/tmp/cards-embeds.pt")))
         denoise, e2e = [], []
@@ -96,6 +90,24 @@ def one(gib: float, fp8: str) -> dict:
     time.sleep(0.3)
     out["peak_mib"] = peak.get("before_envelope_mib", peak["mib"])
     return out
+
+
+def _warm_engine(source, plan):
+    """(the engine, its load's seconds, its warm-up's) for ``plan``, with serve_config's speed-ups, warmed as a
+    replica warms (batch 1 and 2 at plan_size), without its text encoder (the CPU encoders encode)."""
+    from zimage_serve.model.engine import Engine
+    from zimage_serve.model.startup import warm_up
+
+    from ..common import compile_cache
+    from .edits import _production_generator
+
+    side, batch = size(), _production_generator()["max_batch_size"]
+    t = time.perf_counter()
+    engine = Engine.load(source, plan, with_text_encoder=False, speedups={
+        "compile": True, "fuse": True, "cuda_graphs": True, "cache_dir": compile_cache()})
+    engine.set_progress(False)
+    load_s = time.perf_counter() - t
+    return engine, load_s, warm_up(engine, side, side, sorted({1, min(2, batch)})).seconds
 
 
 def _envelope(engine, embeds, side: int, batch: int, peak: dict) -> dict:
@@ -141,21 +153,31 @@ def _embeds() -> None:
         torch.save(encoder.encode([PROMPT])[0].float(), str(path))
 
 
-def _in_a_fresh_process(code: str, gib: float, env: dict | None = None, args: tuple = (), timeout: int = 420) -> dict:
-    """``python -c code *args`` on an emulated ``gib`` GiB card: the JSON it prints after "CARD ", or its error."""
+def _in_a_fresh_process(code: str, gib: float, env: dict | None = None, args: tuple = (), timeout: int = 420,
+                        emulate: bool = True) -> dict:
+    """``python -c code *args`` on an emulated ``gib`` GiB card (``emulate`` False: on the whole GPU): the JSON it
+    prints after "CARD ", or its error."""
     import os
 
-    holder = _hold(gib)
+    holder = _hold(gib) if emulate else None
     try:
         r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
     finally:
-        holder.kill()
-        holder.wait()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
     lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
     if not lines:
         return {"card_gib": gib, "error": (r.stderr or r.stdout)[-600:]}
     return json.loads(lines[-1][5:])
+
+
+def _card(function: str, gib: float, fp8: str, env: dict | None = None, emulate: bool = True) -> dict:
+    """This module's ``function(gib, fp8)`` in a fresh process (:func:`_in_a_fresh_process`): what it returned."""
+    code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import " + function + "; "
+            f"print('CARD ' + json.dumps({function}({gib}, {fp8!r})))")
+    return _in_a_fresh_process(code, gib, env, emulate=emulate)
 
 
 def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf: str | None = None):
@@ -167,9 +189,7 @@ def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf
     env = {"PYTORCH_CUDA_ALLOC_CONF": alloc_conf} if alloc_conf else {}
     for key, fp8, cards_ in (("cards", "off", bf16_cards), ("cards_fp8", "auto", fp8_cards)):
         for gib in cards_:
-            code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import one; "
-                    f"print('CARD ' + json.dumps(one({gib}, {fp8!r})))")
-            results[key][str(gib)] = _in_a_fresh_process(code, gib, env)
+            results[key][str(gib)] = _card("one", gib, fp8, env)
             save(name, **results)
     base = results["cards"].get("24", {}).get("e2e_s")
     base_denoise = results["cards"].get("24", {}).get("denoise_s")
@@ -268,9 +288,7 @@ def cards_min(weights=("off", "auto")):
             continue
         card = math.ceil((smallest + 0.5) * 4) / 4
         for key, gib in (("at_minimum", card), ("below", card - 0.75)):
-            code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import one; "
-                    f"print('CARD ' + json.dumps(one({gib}, {fp8!r})))")
-            r[key] = _in_a_fresh_process(code, gib)
+            r[key] = _card("one", gib, fp8)
             save("cards_min", **results)
     save("cards_min", **results)
     print("CARDS_MIN", json.dumps({k: (v.get("planner_smallest_free_gib"), v.get("at_minimum", {}).get("e2e_s"),
@@ -291,13 +309,11 @@ def peaks(gib: float, fp8: str) -> dict:
     import torch
 
     from zimage_serve.core.request import GenerationRequest
-    from zimage_serve.model.engine import Engine, Job
+    from zimage_serve.model.engine import Job
     from zimage_serve.model.planner import Workload, make_plan
     from zimage_serve.model.sizes import sizes_of
     from zimage_serve.model.sources import resolve
-    from zimage_serve.model.startup import warm_up
 
-    from ..common import compile_cache
     from .edits import _production_generator
 
     side, g, GiB = size(), _production_generator(), 2**30
@@ -309,10 +325,7 @@ def peaks(gib: float, fp8: str) -> dict:
            "plan_weights_gib": plan.weights_on_gpu_gib, "plan_activations_gib": plan.activations_gib,
            "budget_gib": plan.budget_gib}
     try:
-        engine = Engine.load(source, plan, with_text_encoder=False, speedups={
-            "compile": True, "fuse": True, "cuda_graphs": True, "cache_dir": compile_cache()})
-        engine.set_progress(False)
-        warm_up(engine, side, side, sorted({1, min(2, g["max_batch_size"])}))
+        engine = _warm_engine(source, plan)[0]
         out["speedups"] = engine.speedups
         embeds = torch.load(str(Path("/tmp/cards-embeds.pt")))
         torch.cuda.synchronize()
@@ -336,11 +349,7 @@ def envelopes(cards_=ENVELOPE_CARDS):
     _embeds()
     results: dict = {}
     for gib, fp8 in cards_:
-        code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import peaks; "
-                f"print('CARD ' + json.dumps(peaks({gib}, {fp8!r})))")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=420)
-        lines = [line for line in r.stdout.splitlines() if line.startswith("CARD ")]
-        results[f"{gib}_{fp8}"] = json.loads(lines[-1][5:]) if lines else {"error": (r.stderr or r.stdout)[-600:]}
+        results[f"{gib}_{fp8}"] = _card("peaks", gib, fp8, emulate=False)
         save("envelopes", **results)
     print("ENVELOPES", json.dumps({k: (v.get("plan"), v.get("weights"), v.get("plan_peak_gib"),
                                        v.get("batch4_peak_allocated_gib"), v.get("error"))

@@ -76,10 +76,10 @@ def test_without_a_preload_nothing_is_imported_ahead_and_the_start_reports_none(
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("on", True), ("0", False), ("off", False)])
 def test_the_setting_turns_it_on_or_off(value, expected, monkeypatch):
-    from zimage_serve.settings import environment
+    from zimage_serve.settings import preload_wanted
 
     monkeypatch.setenv("ZIMAGE_PRELOAD", value)
-    assert environment().preload is expected
+    assert preload_wanted() is expected
 
 
 @pytest.mark.parametrize("gpus, expected", [(0, False), (1, True), (2, False)])

@@ -57,12 +57,11 @@ class EncodeStage:
     ``dtype`` as the serving encoder's ``encoder.dtype`` (model.encoding.cpu_encoder_dtype)."""
 
     def __init__(self, model: str, threads: int = 1, dtype: str = "auto"):
-        # imported here, in the actor
+        # imported here, in the actor: after this worker's preload (model/preload.py), before transformers
         from ..model.startup import remember_installed_packages
 
-        remember_installed_packages()  # (after this worker's preload: model/preload.py) before transformers is imported
-        # imported here, in the actor, after the preload
-        import torch
+        remember_installed_packages()
+        import torch  # (see above)
 
         from ..model.encoding import PromptEncoder, cpu_encoder_dtype
         from ..model.loader import load_text_encoder

@@ -17,7 +17,7 @@ lands on a worker that has been idle a few seconds finds it imported.
   node, a CUDA call slipped into an import would put every replica there on the first GPU: ``auto`` preloads only
   where there is one; ``1`` asks for it anywhere.
 - **No race:** the worker's own heavy imports wait for the thread first (:func:`wait`, called by
-  startup.remember_installed_packages: the GPU worker's start, the CPU prompt encoder's load, the CLI), so two
+  startup.remember_installed_packages: the GPU worker's start, the CPU prompt encoders' loads, the CLI), so two
   threads never import the same modules at once. Those of Serve's own actors (the controller, the proxy, the
   ingress) share none with it but the standard library's and pydantic's, which neither imports the other's.
 """
