@@ -32,10 +32,16 @@ def _peak_mib(pid: int) -> int | None:
     return None
 
 
-def one(gib: float, fp8: str) -> dict:
-    """In this (fresh) process, on a card the parent emulates: the plan, load, warm-up, then 5 images."""
+def one(gib: float, fp8: str, extra_gib: float = 0.0) -> dict:
+    """In this (fresh) process, on a card the parent emulates: the plan, load, warm-up, then 5 images; with the
+    allocator a replica uses (model/machine.py's prepare_allocator, unless the parent set PYTORCH_CUDA_ALLOC_CONF).
+    ``extra_gib``: an experiment, the plan made for that much more memory than the card has (less reserve)."""
+    import os
     import threading
 
+    from zimage_serve.model.machine import prepare_allocator
+
+    prepare_allocator()  # before the first CUDA call, as start_engine does
     import torch
 
     from zimage_serve.core.request import GenerationRequest
@@ -44,12 +50,11 @@ def one(gib: float, fp8: str) -> dict:
     from zimage_serve.model.planner import Workload
     from zimage_serve.model.sources import resolve
 
-    import os
-
     from .edits import _production_generator
 
     side, g = size(), _production_generator()
-    out = {"card_gib": gib, "fp8": fp8, "free_gib_seen": round(torch.cuda.mem_get_info()[0] / 2**30, 2)}
+    out = {"card_gib": gib, "fp8": fp8, "free_gib_seen": round(torch.cuda.mem_get_info()[0] / 2**30, 2),
+           "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), **({"extra_gib": extra_gib} if extra_gib else {})}
     peak = {"mib": 0}
     stop = threading.Event()
 
@@ -62,7 +67,7 @@ def one(gib: float, fp8: str) -> dict:
     try:
         source = resolve(str(checkpoint()))
         plan = plan_for_this_machine(source, Workload(side, side, g["max_batch_size"]), "auto", "cpu",
-                                     fp8={"off": False}.get(fp8, fp8))
+                                     fp8={"off": False}.get(fp8, fp8), reserve_bytes=-int(extra_gib * 2**30))
         out.update(plan=plan.kind, weights=plan.weights, blocks_resident=plan.blocks_resident,
                    blocks_streamed=plan.blocks_streamed, plan_peak_gib=plan.peak_gib, describe=plan.describe())
         engine, load_s, warmup_s = _warm_engine(source, plan)
@@ -173,23 +178,27 @@ def _in_a_fresh_process(code: str, gib: float, env: dict | None = None, args: tu
     return json.loads(lines[-1][5:])
 
 
-def _card(function: str, gib: float, fp8: str, env: dict | None = None, emulate: bool = True) -> dict:
-    """This module's ``function(gib, fp8)`` in a fresh process (:func:`_in_a_fresh_process`): what it returned."""
+def _card(function: str, gib: float, fp8: str, env: dict | None = None, emulate: bool = True, **kwargs) -> dict:
+    """This module's ``function(gib, fp8, **kwargs)`` in a fresh process (:func:`_in_a_fresh_process`): what it
+    returned."""
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
     code = ("import json, sys; sys.path.insert(0, '.'); from bench.steps.cards import " + function + "; "
-            f"print('CARD ' + json.dumps({function}({gib}, {fp8!r})))")
+            f"print('CARD ' + json.dumps({function}({gib}, {fp8!r}{extra})))")
     return _in_a_fresh_process(code, gib, env, emulate=emulate)
 
 
-def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf: str | None = None):
+def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf: str | None = None,
+          extra_gib: float = 0.0):
     """Issue 22's figures: each card's plan, peak (nvidia-smi and allocated), denoise and e2e, bf16 and FP8 plans,
     and each one's ratio to resident bf16 on the 24 GiB card. ``alloc_conf``: the children's
-    PYTORCH_CUDA_ALLOC_CONF."""
+    PYTORCH_CUDA_ALLOC_CONF (unset: a replica's, expandable segments; before 2026-12-06 the default allocator).
+    ``extra_gib``: :func:`one`'s experiment."""
     _embeds()
     results: dict = {"cards": {}, "cards_fp8": {}, "alloc_conf": alloc_conf}
     env = {"PYTORCH_CUDA_ALLOC_CONF": alloc_conf} if alloc_conf else {}
     for key, fp8, cards_ in (("cards", "off", bf16_cards), ("cards_fp8", "auto", fp8_cards)):
         for gib in cards_:
-            results[key][str(gib)] = _card("one", gib, fp8, env)
+            results[key][str(gib)] = _card("one", gib, fp8, env, **({"extra_gib": extra_gib} if extra_gib else {}))
             save(name, **results)
     base = results["cards"].get("24", {}).get("e2e_s")
     base_denoise = results["cards"].get("24", {}).get("denoise_s")
