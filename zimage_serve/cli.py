@@ -179,7 +179,8 @@ def _generate(args) -> int:
     controlnet = _controlnet(args)
     if request.mode == "controlnet-inpaint" and not controlnet.inpaint:
         raise ZImageError(f"{INPAINT_NEEDS_2X}; {args.controlnet} is 1.0")
-    plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy, controlnet=controlnet)
+    plan = plan_for_this_machine(source, Workload(request.width, request.height, 1), args.policy, controlnet=controlnet,
+                                 compiled=False)  # (one image: eager)
     with stage(f"loading {source.label}"):
         engine = Engine.load(source, plan, controlnet=controlnet)  # logs the plan, once
         if request.adapter:

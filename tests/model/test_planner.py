@@ -144,3 +144,41 @@ def test_the_reserve_holds_what_each_measured_process_held_beyond_its_tensors():
     for r in measured:
         beyond = r["peak_mib"] / 1024 - (r["card_gib"] - r["free_gib_seen"]) - r["peak_allocated_gib"]
         assert 0.5 < beyond <= reserve_bytes(r["plan"]) / GiB, (r["plan"], r["card_gib"], beyond)
+
+
+def test_the_plans_measured_at_their_envelope_are_the_plans_made_now():
+    """bench run66 (cards_partial) and run67 (cards_min_bf16), 2026-12-06 on an H200, after the reserve became 1 GiB:
+    every emulated card's plan served serve_config's largest batch (4 at 1024²) within the card. The planner must
+    still make those plans at the free memory each process saw: more blocks resident than measured would be a plan
+    never run at its envelope."""
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).parents[2] / "bench/results"
+    partial = json.loads((results / "run66/cards_partial.json").read_text())
+    minimum = json.loads((results / "run67/cards_min.json").read_text())["off"]["at_minimum"]
+    runs = [*partial["cards"].values(), *partial["cards_fp8"].values(), minimum]
+    assert len(runs) == 5
+    for r in runs:
+        assert "error" not in r["envelope"] and r["envelope"]["peak_mib"] <= r["card_gib"] * 1024, r
+        plan = make_plan(Z_IMAGE_TURBO, int(r["free_gib_seen"] * GiB), Workload(1024, 1024, 4), encode_on="cpu",
+                         fp8="auto" if r["fp8"] == "auto" else False)
+        assert (plan.kind, plan.weights, plan.blocks_resident) == (r["plan"], r["weights"], r["blocks_resident"]), r
+
+
+def test_an_eager_transformer_is_planned_with_its_larger_activations():
+    """Without compile the transformer's blocks hold more live tensors (EAGER_ACT_FACTOR, measured on the streamed
+    plan): an eager plan's activations are larger, and on a tight card it keeps fewer blocks resident."""
+    from zimage_serve.model.planner import EAGER_ACT_FACTOR, TRANSFORMER_ACT_FACTOR
+
+    w = Workload(1024, 1024, 4)
+    compiled = make_plan(Z_IMAGE_TURBO, int(7.49 * GiB), w, encode_on="cpu")
+    eager = make_plan(Z_IMAGE_TURBO, int(7.49 * GiB), w, encode_on="cpu", compiled=False)
+    assert compiled.kind == eager.kind == "partial"
+    assert eager.activations_gib == pytest.approx(compiled.activations_gib * EAGER_ACT_FACTOR / TRANSFORMER_ACT_FACTOR,
+                                                  abs=0.02)  # (each rounded to 0.01)
+    assert eager.blocks_resident < compiled.blocks_resident
+    assert eager.peak_gib <= 7.49
+    # the streamed plan is eager either way
+    assert (make_plan(Z_IMAGE_TURBO, int(4.49 * GiB), w, encode_on="cpu").activations_gib
+            == make_plan(Z_IMAGE_TURBO, int(4.49 * GiB), w, encode_on="cpu", compiled=False).activations_gib)

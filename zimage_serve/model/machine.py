@@ -55,11 +55,12 @@ def fp8_plans(fp8: bool | str, on_gpu: bool) -> bool | str:
 
 def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str = "auto", encode_on: str = "auto",
                           device: str | None = None, reserve_bytes: int = 0, controlnet=None,
-                          fp8: bool | str = False, partial_ok: bool = True) -> Plan:
+                          fp8: bool | str = False, partial_ok: bool = True, compiled: bool = True) -> Plan:
     """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters), with
     the ``controlnet`` (a controlnet.ControlNetSource) when one is served, and FP8 weights as ``fp8`` allows
-    (:func:`fp8_plans`); ``partial_ok`` False where LoRA adapters are served (their slots need resident blocks)."""
+    (:func:`fp8_plans`); ``partial_ok`` False where LoRA adapters are served (their slots need resident blocks);
+    ``compiled`` False where the transformer runs eagerly (its activations are larger)."""
     free = gpu_free_bytes(device)
     return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
                      encode_on, ControlNetSizes.of(controlnet.shapes) if controlnet is not None else None,
-                     fp8_plans(fp8, free is not None), partial_ok)
+                     fp8_plans(fp8, free is not None), partial_ok, compiled)

@@ -46,7 +46,7 @@ VAE_BYTES_PER_PIXEL_BF16 = 1900
 VAE_TILE_BYTES_PER_PIXEL_BF16 = 2600
 VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
 TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference (compiled)
-# eager (the streamed plan, not compiled): its batch of 4 at 1024² peaked at 2.79 GiB allocated against 2.70 estimated
+# eager (the streamed plan, and any plan when compile is off): the streamed plan's batch of 4 at 1024² peaked at 2.79 GiB allocated against 2.70 estimated
 # with 14 (weights 0.84 + activations 1.86; bench run65, envelopes); 16 holds it with 0.17 GiB to spare
 EAGER_ACT_FACTOR = 16
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
@@ -212,17 +212,19 @@ class Plan:
 
 
 def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None = None, fp8: bool = False,
-                partial_ok: bool = True):
+                partial_ok: bool = True, compiled: bool = True):
     """(kind, placements, weights on GPU, activations, FP8) in order of speed, fastest first. A ControlNet goes
     where the transformer goes: resident beside it, offloaded with it (the two on the GPU together while
     denoising), or streamed a block at a time beside it (a partial plan keeps it resident). A partial plan's
     weights are those with one main block resident (make_plan fills the budget with more). With ``fp8``, FP8
     plans come after the bf16 resident ones (bf16 keeps images identical to stock diffusers) and before any plan
-    that would stream more."""
+    that would stream more. ``compiled`` False: the transformer runs eagerly, with more live activations
+    (EAGER_ACT_FACTOR), as the streamed plan always does."""
     C = cn.params * bpe if cn else 0
     TE, V = s.text_encoder_params * bpe, s.vae_params * bpe
     tokens = (w.width // 16) * (w.height // 16) + MAX_TEXT_TOKENS
-    act_t = w.batch * tokens * s.transformer_dim * bpe * TRANSFORMER_ACT_FACTOR
+    act_eager = w.batch * tokens * s.transformer_dim * bpe * EAGER_ACT_FACTOR
+    act_t = w.batch * tokens * s.transformer_dim * bpe * TRANSFORMER_ACT_FACTOR if compiled else act_eager
     if cn:  # the ControlNet's hints (one per control block) live through the transformer's forward
         act_t += w.batch * tokens * s.transformer_dim * bpe * cn.blocks
     act_v = w.width * w.height * VAE_BYTES_PER_PIXEL_BF16 * bpe // 2
@@ -263,7 +265,6 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
     streamed += (cn.not_in_blocks + 2 * cn.block_params) * bpe if cn else 0
     if cn:  # the ControlNet runs the transformer's embedders and refiners outside its forward, where group
         return  # offloading loads them: not streamed (a PlanError names the smallest plan that is)
-    act_eager = act_t * EAGER_ACT_FACTOR // TRANSFORMER_ACT_FACTOR
     for tiled in (False, True):
         yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_eager, act_tile if tiled else act_v), False
 
@@ -275,12 +276,13 @@ def reserve_bytes(kind: str) -> int:
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
               policy: str = "auto", encode_on: str = "auto", controlnet: ControlNetSizes | None = None,
-              fp8: bool | str = False, partial_ok: bool = True) -> Plan:
+              fp8: bool | str = False, partial_ok: bool = True, compiled: bool = True) -> Plan:
     """Pick the fastest staging that fits ``free_bytes`` of GPU memory (None: no GPU, run on CPU), with the
     ``controlnet`` where it goes (as the transformer) when one is served. ``fp8``: False, bf16 weights only;
     ``"auto"``, FP8 weights where bf16 ones don't fit resident (the caller says the GPU has FP8 matmuls); True,
     FP8 weights in every plan that keeps the transformer on the GPU. ``partial_ok`` False: no partial plans (LoRA
-    adapters need every block resident). A ControlNet is never streamed.
+    adapters need every block resident). ``compiled``: whether the transformer will be compiled (eager
+    activations are larger). A ControlNet is never streamed.
 
     Raises PlanError, with the numbers, when the policy asked for can't fit.
     """
@@ -297,7 +299,7 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
                     controlnet_gib=round(controlnet.params * 4 / GiB, 2) if controlnet else 0.0)
     tried = []
     for kind, (tr, vae, te, enc, tiled), weights, act, f8 in _candidates(sizes, workload, 2, controlnet, bool(fp8),
-                                                                         partial_ok):
+                                                                         partial_ok, compiled):
         if policy not in ("auto", kind) or (encode_on != "auto" and enc != encode_on):
             continue
         if fp8 is True and not f8 and kind in ("resident", "partial"):  # FP8 asked for: its plans only

@@ -149,7 +149,8 @@ def start_engine(model: str, workload, clock: StartClock, *, gpu: bool | None = 
             checked(weights, errors, cn)
         plan = plan_for_this_machine(source, workload, policy, encode_on, device, reserve_bytes=reserve, controlnet=cn,
                                      fp8=fp8,  # FP8 weights where the plan says
-                                     partial_ok=spec is None)  # LoRA slots need every block resident
+                                     partial_ok=spec is None,  # LoRA slots need every block resident
+                                     compiled=bool((speedups or {}).get("compile")))
         transformer = start_reading(source, plan)  # in threads, from now: beside the imports below
     with clock.stage("imports", "imports_diffusers_s"):  # (beside the transformer's reads)
         from .engine import Engine  # diffusers and transformers
