@@ -306,7 +306,8 @@ def main() -> None:
                              for name, suffix in (("bf16", ""), ("fp8", "_fp8"))}  # before batcher.GpuBatcher
     own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24", "cards", "cards_expandable",
            "cards_stock", "streaming", "scaleout_cold", "scaleout", "scaleout_zero",
-           "startup_profile", "reader_check", "cards_min", "cards_partial", "envelopes", "scaleout_no_preload")  # steps with sections of their own
+           "startup_profile", "reader_check", "cards_min", "cards_partial", "envelopes", "scaleout_no_preload",
+           "preload_check")  # steps with sections of their own
     summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
@@ -325,7 +326,7 @@ def main() -> None:
     if "scaleout" in steps:  # measured on the GPU machine
         summary["scaleout"] = scaleout(steps.get("scaleout_cold"), steps["scaleout"], steps.get("scaleout_zero"),
                                        steps.get("reader_check"), steps.get("startup_profile"),
-                                       steps.get("scaleout_no_preload"))
+                                       steps.get("scaleout_no_preload"), steps.get("preload_check"))
     smoke = RESULTS / "cpu" / "scaleout.json"
     if smoke.exists():  # the same steps on a CPU machine with the tiny checkpoint: the code paths, not the GPU's times
         run = json.loads(smoke.read_text())

@@ -82,13 +82,14 @@ def streaming(s: dict) -> dict:
 
 
 def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: dict | None = None,
-             profile: dict | None = None, no_preload: dict | None = None) -> dict:
+             profile: dict | None = None, no_preload: dict | None = None, preload_check: dict | None = None) -> dict:
     """Issue 23's keys from the scaleout_cold, scaleout and scaleout_zero steps (bench/steps/scaleout.py): the app's
     start on a cold and a warm node, a killed replica's replacement, the first request from zero; each start's
     stages (model/startup.py) beside its figure; the weights reader checked against diffusers (``reader``, the
     reader_check step) and where a replica's imports go (``profile``, the startup_profile step); the replacement
     with Ray's idle workers importing nothing ahead (``no_preload``, the scaleout_no_preload step: model/preload.py's
-    baseline, in the same run). A step not run gives None."""
+    baseline, in the same run); whether a preload initialises CUDA (``preload_check``, the preload_check step). A step
+    not run gives None."""
     cold, warm, zero = cold or {}, warm or {}, zero or {}
     runs = sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})
     checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
@@ -110,6 +111,8 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
                                     "replacement": no_preload.get("new_replica_start"),
                                     "ray_workers_before_kill": no_preload.get("ray_workers_before_kill")}}
                if no_preload else {}),
+            **({"preload_check": {k: v for k, v in preload_check.items() if k != "_run"} | {"run": preload_check["_run"]}}
+               if preload_check else {}),
             "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},
             "history": scaleout_history(), **checked, **({"startup_profile": _profile(profile)} if profile else {})}
 

@@ -409,7 +409,18 @@ def _without_preload(x: dict) -> str:
     return f"""| the same, Ray's idle workers importing nothing ahead (`ZIMAGE_PRELOAD=0`, step `scaleout_no_preload`, {base['run']}): the replacement ready / the first image after the kill | {base['replica_ready_s']} / {base['first_image_after_kill_s']} ({base['lost']} of {base['requests']} requests lost) |
 | its own start / from its constructor | {rep.get('total_s')}: {stages(rep)} / {_from_constructor(rep) if rep else None} |
 | Ray's worker processes before the kill, with the preload / without | {workers(x.get('ray_workers_before_kill'))} / {workers(base.get('ray_workers_before_kill'))} |
-"""
+""" + _preload_check(x.get("preload_check"))
+
+
+def _preload_check(c: dict | None) -> str:
+    """The preload_check step's row: the GPUs a worker's CUDA sees once CUDA_VISIBLE_DEVICES is set to none after a
+    preload (0: the preload initialised no CUDA), against no preload and against CUDA initialised first."""
+    if not c:
+        return ""
+    seen = lambda k: (c.get(k) or {}).get("devices_seen")
+    return (f"| a preload initialises no CUDA (step `preload_check`, {c['run']}): the GPUs seen after "
+            f"CUDA_VISIBLE_DEVICES is set to none, after a preload / no preload / CUDA initialised first (the control) "
+            f"| {seen('preload')} / {seen('none')} / {seen('cuda_first')} |\n")
 
 
 def _warm_start_cpu(w: dict) -> str:
