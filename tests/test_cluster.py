@@ -104,3 +104,17 @@ def test_launcher_yaml_validates_against_rays_schema():
     jsonschema.validate(doc, schema)
     gpu = doc["available_node_types"]["gpu_generator"]
     assert gpu["min_workers"] < gpu["max_workers"]
+
+
+def test_the_image_names_our_setup_hook_to_every_ray_worker():
+    """RayService deploys the app through Serve's REST API, with no runtime_env hook: the image names the hook in the
+    variable Ray's workers read it from (as `zimage-serve serve` does for a Ray it starts), so every worker of a
+    KubeRay pod or launcher VM runs it (the preload of idle workers among what it does)."""
+    import ray._private.ray_constants as ray_constants
+
+    from zimage_serve.arguments import _SETUP_HOOK_VARIABLE, RAY_RUNTIME_ENV
+
+    assert _SETUP_HOOK_VARIABLE == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    env = [line.split(None, 1)[1] for line in (ROOT / "cluster/Dockerfile").read_text().splitlines()
+           if line.startswith("ENV ")]
+    assert f"{_SETUP_HOOK_VARIABLE}={RAY_RUNTIME_ENV['worker_process_setup_hook']}" in env
