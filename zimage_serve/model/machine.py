@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import PlanError
 from ..settings import environment
-from .planner import ControlNetSizes, Plan, Workload, make_plan
+from .planner import FIXED_SEGMENTS_EXTRA_BYTES, ControlNetSizes, Plan, Workload, make_plan
 from .sizes import sizes_of
 from .sources import ModelSource
 
@@ -25,6 +25,13 @@ def prepare_allocator() -> None:
     the package sets it."""
     if environment().cuda_alloc_conf is None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
+
+
+def fixed_segments_extra_bytes() -> int:
+    """What a plan keeps free beyond planner.reserve_bytes here: nothing with expandable segments (the allocator GPU
+    processes use unless the user set PYTORCH_CUDA_ALLOC_CONF), FIXED_SEGMENTS_EXTRA_BYTES with another setting."""
+    conf = (environment().cuda_alloc_conf or EXPANDABLE_SEGMENTS).replace(" ", "").lower()
+    return 0 if EXPANDABLE_SEGMENTS.lower() in conf else FIXED_SEGMENTS_EXTRA_BYTES
 
 
 def gpu_free_bytes(device: str | None = None) -> int | None:
@@ -59,8 +66,10 @@ def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str =
     """The plan for this GPU's free memory, less ``reserve_bytes`` kept for something else (LoRA adapters), with
     the ``controlnet`` (a controlnet.ControlNetSource) when one is served, and FP8 weights as ``fp8`` allows
     (:func:`fp8_plans`); ``partial_ok`` False where LoRA adapters are served (their slots need resident blocks);
-    ``compiled`` False where the transformer runs eagerly (its activations are larger)."""
+    ``compiled`` False where the transformer runs eagerly (its activations are larger). An allocator without
+    expandable segments keeps :func:`fixed_segments_extra_bytes` more free."""
     free = gpu_free_bytes(device)
+    reserve_bytes += fixed_segments_extra_bytes()
     return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
                      encode_on, ControlNetSizes.of(controlnet.shapes) if controlnet is not None else None,
                      fp8_plans(fp8, free is not None), partial_ok, compiled)

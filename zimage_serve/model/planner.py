@@ -32,13 +32,17 @@ _WIDE_LINEAR = re.compile(r"\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forwar
 _LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 ENCODE_CHOICES = ("auto", "cpu", "gpu")
 # What a plan's process holds on the GPU beyond its peak of allocated tensors: the allocator's fragmentation and the
-# libraries' own memory (cuBLAS and cuDNN workspaces, loaded kernels). Measured as nvidia-smi's peak, less the CUDA
-# context, less torch's peak allocated: 0.72-0.79 GiB on the compiled plans at batch 1 to 4 (run63: the partial bf16
-# plans at 8 and 12 GiB, the FP8 one at 8 GiB at batch 1), more than 0.88 GiB for the FP8 one at batch 4 (it ran out
-# of memory there with 0.75 kept); 1.46 GiB on the eager streamed plan at batch 1 (run62, 4 GiB card: group
-# offloading's copies on their own stream hold their blocks until the stream is done with them).
-RESERVE_BYTES = int(1.0 * GiB)
+# libraries' own memory (cuBLAS and cuDNN workspaces, loaded kernels), with PyTorch's expandable segments (what GPU
+# processes use: machine.prepare_allocator). Measured as nvidia-smi's peak, less the CUDA context, less torch's peak
+# allocated, on 8 GiB cards at batch 4 (bench run68, H100): 0.36 GiB on the partial bf16 plan, 0.61 on the partial
+# FP8 one; each reserve keeps about 0.4 GiB over that. The eager streamed plan held 1.46 GiB with the default allocator
+# (run62: group offloading's copies on their own stream hold their blocks until the stream is done with them).
+RESERVE_BYTES = int(0.75 * GiB)
+FP8_RESERVE_BYTES = int(1.0 * GiB)
 STREAM_RESERVE_BYTES = int(1.5 * GiB)
+# more with an allocator of fixed segments (a PYTORCH_CUDA_ALLOC_CONF without expandable segments): the same plans held
+# 0.36-0.43 GiB more beyond their tensors with the default allocator (run66 against run68), and 0.79 on a 12 GiB card
+FIXED_SEGMENTS_EXTRA_BYTES = int(0.5 * GiB)
 # VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
 # (BENCHMARKS.md): the lean decoder (lean_vae.py) 1.76 GiB -> 1900 B/px with 5% margin; tiled decode
 # 0.6 GiB (one 512² tile plus the whole image's blending) -> 2600 B per pixel of a tile.
@@ -192,7 +196,7 @@ class Plan:
     def describe(self) -> str:
         w = self.workload
         memory = (f"  memory        est. peak {self.peak_gib:.2f} GiB = weights {self.weights_on_gpu_gib:.2f} + activations "
-                  f"{self.activations_gib:.2f} + reserve {reserve_bytes(self.kind) / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
+                  f"{self.activations_gib:.2f} + reserve {reserve_bytes(self.kind, self.weights) / GiB:.2f}; budget {self.budget_gib:.2f} GiB free"
                   if self.budget_gib is not None else "  memory        no GPU: everything runs on the CPU in float32")
         transformer = self.transformer + (" (wide Linear weights in FP8)" if self.weights == "fp8" else "")
         if self.kind == "partial":
@@ -269,9 +273,13 @@ def _candidates(s: ModelSizes, w: Workload, bpe: int, cn: ControlNetSizes | None
         yield "sequential", ("stream", "gpu", "cpu", "cpu", tiled), streamed + V, max(act_eager, act_tile if tiled else act_v), False
 
 
-def reserve_bytes(kind: str) -> int:
-    """What a plan of ``kind`` keeps free beyond its estimated tensors (RESERVE_BYTES, STREAM_RESERVE_BYTES)."""
-    return STREAM_RESERVE_BYTES if kind == "sequential" else RESERVE_BYTES
+def reserve_bytes(kind: str, weights: str = "bf16") -> int:
+    """What a plan of ``kind`` with ``weights`` keeps free beyond its estimated tensors, with expandable segments
+    (RESERVE_BYTES, FP8_RESERVE_BYTES, STREAM_RESERVE_BYTES; machine.plan_for_this_machine keeps more for another
+    allocator)."""
+    if kind == "sequential":
+        return STREAM_RESERVE_BYTES
+    return FP8_RESERVE_BYTES if weights == "fp8" else RESERVE_BYTES
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
@@ -304,7 +312,7 @@ def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Wo
             continue
         if fp8 is True and not f8 and kind in ("resident", "partial"):  # FP8 asked for: its plans only
             continue
-        peak = weights + act + reserve_bytes(kind)
+        peak = weights + act + reserve_bytes(kind, "fp8" if f8 else "bf16")
         what = f"{kind}{' fp8' if f8 else ''} (text encoder {te}{', tiled VAE' if tiled else ''})"
         tried.append((peak, f"{what} needs {peak / GiB:.2f} GiB"
                       + (" with one main block resident" if kind == "partial" else "")))
