@@ -307,7 +307,7 @@ def main() -> None:
     own = ("edits", "lora", "lora_http", "controlnet", "controlnet_card_24", "cards", "cards_expandable",
            "cards_stock", "streaming", "scaleout_cold", "scaleout", "scaleout_zero",
            "startup_profile", "reader_check", "cards_min", "cards_partial", "envelopes", "scaleout_no_preload",
-           "preload_check")  # steps with sections of their own
+           "preload_check", "cards_8_tight")  # steps with sections of their own
     summary = summarize({k: v for k, v in steps.items() if k not in own})
     if "edits" in steps:
         summary["edits"] = edits(steps["edits"], json.loads((RESULTS / "run41" / "edits.json").read_text()))
@@ -318,7 +318,8 @@ def main() -> None:
         summary["controlnet"] = controlnet(steps["controlnet"], steps.get("controlnet_card_24"))
     if "cards" in steps:
         figures = cards(steps["cards"], steps.get("cards_expandable"), steps.get("cards_stock"),
-                        steps.get("cards_partial"), steps.get("cards_min"), steps.get("envelopes"))
+                        steps.get("cards_partial"), steps.get("cards_min"), steps.get("envelopes"),
+                        steps.get("cards_8_tight"))
         summary["cards"], summary["cards_fp8"] = figures["cards"], figures["cards_fp8"]
         summary["cards_run"] = {k: v for k, v in figures.items() if k not in ("cards", "cards_fp8")}
     if "streaming" in steps:

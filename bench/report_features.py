@@ -149,13 +149,15 @@ def scaleout_history() -> list[dict]:
 
 
 def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict | None = None,
-          minimum: dict | None = None, envelopes: dict | None = None) -> dict:
+          minimum: dict | None = None, envelopes: dict | None = None, tight: dict | None = None) -> dict:
     """Issue 22's keys: each card's figures (the cards step), the 16 GiB card from its rerun with expandable segments
     (``expandable``: the allocator the GPU processes now use) where the first run ran out of memory, each ratio to
     resident bf16 on the 24 GiB card; the partial plans from their later run (``partial``: the cards_partial step,
     each ratio to that run's own 24 GiB card) where there is one; stock diffusers' recipes (``stock``) and the
     smallest workable card (``minimum``: the cards_min step) beside them; each plan's peaks at batch 1, 2 and 4 on
-    the whole GPU against its estimate (``envelopes``: the envelopes step)."""
+    the whole GPU against its estimate (``envelopes``: the envelopes step). ``tight``: the cards_8_tight step, whose
+    bf16 8 GiB plan (8 blocks, with expandable segments) is the one the planner makes since its reserves were
+    measured there: that card's figures."""
     keys = ("plan", "weights", "blocks_resident", "blocks_streamed", "peak_mib", "denoise_s", "e2e_s",
             "ratio_to_resident", "denoise_ratio_to_resident", "budget_used", "plan_peak_gib", "peak_allocated_gib",
             "peak_reserved_gib", "warmup_s", "speedups", "describe", "error", "envelope")
@@ -172,7 +174,11 @@ def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict 
                 r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3)
             if partial and gib != "24" and gib in partial.get(key, {}) and not partial[key][gib].get("error"):
                 r = {**partial[key][gib], "run": partial["_run"], "base_e2e_s": partial["cards"]["24"]["e2e_s"]}
-            out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator", "base_e2e_s") if k in r}
+            if tight and key == "cards" and gib == "8" and not tight[key][gib].get("error"):
+                r = {**tight[key][gib], "run": tight["_run"], "base_e2e_s": tight["cards"]["24"]["e2e_s"],
+                     "step": "cards_8_tight"}
+            out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator", "base_e2e_s", "step",
+                                               "extra_gib") if k in r}
     if minimum:
         out["minimum"] = {k: v for k, v in minimum.items() if not k.startswith("_") and k != "step"}
         out["minimum_run"] = minimum["_run"]

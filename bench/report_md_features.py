@@ -191,7 +191,8 @@ def render_cards(summary: dict) -> str:
         t = target.get((key, gib))
         verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
         note = (f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("first_run_error")
-                else f" {r['run']} (`cards_partial`), against its own 24 GiB card's {r['base_e2e_s']} s" if r.get("run")
+                else f" {r['run']} (`{r.get('step', 'cards_partial')}`{', ' + str(r['allocator']) if r.get('allocator') else ''}), "
+                     f"against its own 24 GiB card's {r['base_e2e_s']} s" if r.get("run")
                 else "")
         return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
                 f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "
@@ -254,11 +255,25 @@ Why (run65, `envelopes`, below): on the whole GPU, each of these plans' batch of
 estimated tensors (FP8 partial 6.61 GiB allocated against 6.67 estimated; the eager streamed plan 2.79 against 2.70),
 but a process holds more than its tensors: nvidia-smi's peak less the CUDA context less torch's peak allocated was
 0.72-0.79 GiB on the compiled plans (run63), more than the 0.75 GiB the plans kept for it at the FP8 plan's batch of
-4, and 1.46 GiB on the eager streamed plan (run62). Since then the plans keep 1.0 GiB (1.5 GiB and 16 hidden-sized
-tensors a token for the eager streamed plan; planner.py): the 8 GiB card's partial plans keep 7 bf16 blocks
-resident (8 before) and 19 FP8 ones (21), and the smallest workable card rises from 3.43 GiB free to 4.45
-(tests/model/test_planner.py holds every plan's estimate to run65's peaks). Not yet run on the GPU: the envelope
-of these plans after the change (`python3 bench/run.py build cards_8 cards_min_bf16`).
+4, and 1.46 GiB on the eager streamed plan (run62). The plans then kept 1.0 GiB (1.5 GiB and 16 hidden-sized tensors
+a token for the eager streamed plan), and run66 (`python3 bench/run.py build cards_partial`, 2026-12-06, an H200) ran
+every envelope within its card: 12 GiB 310 MiB under it, 8 GiB bf16 (7 blocks) 434 MiB, 8 GiB FP8 (19 blocks) 234
+MiB; and run67 (`python3 bench/run.py build preload_check cards_min_bf16`, the same H200) the smallest card, 5.0 GiB,
+50 MiB under it. But with 7 blocks the 8 GiB bf16 card took **1.604x** there, just over its target.
+
+Those runs, like every one before, ran the cards with PyTorch's default allocator, while a replica, the batch job and
+the CLI use expandable segments (`model/machine.py`); the bench's children now do as they do. run68 (`python3
+bench/run.py build cards_8_tight`, 2026-12-06, an H100: the 8 GiB plans made for 0.35 GiB more than the card had,
+one more bf16 block and two more FP8 ones, each ratio against the same run's 24 GiB card) measured what a process holds
+beyond its tensors with expandable segments: **0.36 GiB** on the partial bf16 plan at its envelope (0.72 with the
+default allocator in run66) and 0.61 GiB on the FP8 one (1.0 in run66); both envelopes served, 470 and 284 MiB under
+the card; the bf16 plan with 8 blocks took **1.531x**. The planner's reserves are now those measurements with about
+0.4 GiB over them (planner.py): 0.75 GiB for bf16 plans, 1.0 for FP8 ones, 1.5 for the streamed plan, and 0.5 GiB
+more where PYTORCH_CUDA_ALLOC_CONF is set without expandable segments. The 8 GiB card's bf16 plan is then run68's (8
+blocks, the row above), its FP8 plan run66's (19 blocks), the 12 GiB card's 19 blocks as in run66, and the smallest
+card stays 4.45 GiB free (tests/model/test_planner.py holds every plan to a measured envelope and every reserve to
+what the runs held beyond their tensors). Not run: the streamed plan's envelope with expandable segments (its 1.5 GiB
+were measured with the default allocator, 1.65 GiB held at run67's envelope, which fit by the estimate's own margin).
 
 {_minimum(meta)}{_envelopes(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):
