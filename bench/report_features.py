@@ -174,7 +174,8 @@ def cards(run: dict, expandable: dict | None, stock: dict | None, partial: dict 
                 r["budget_used"] = round(r["peak_mib"] / 1024 / r["card_gib"], 3)
             if partial and gib != "24" and gib in partial.get(key, {}) and not partial[key][gib].get("error"):
                 r = {**partial[key][gib], "run": partial["_run"], "base_e2e_s": partial["cards"]["24"]["e2e_s"]}
-            if tight and key == "cards" and gib == "8" and not tight[key][gib].get("error"):
+            if (tight and key == "cards" and gib == "8" and "e2e_s" in tight["cards"].get("8", {})
+                    and "e2e_s" in tight["cards"].get("24", {})):
                 r = {**tight[key][gib], "run": tight["_run"], "base_e2e_s": tight["cards"]["24"]["e2e_s"],
                      "step": "cards_8_tight"}
             out[key][gib] = {k: r[k] for k in (*keys, "run", "first_run_error", "allocator", "base_e2e_s", "step",

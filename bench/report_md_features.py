@@ -190,9 +190,10 @@ def render_cards(summary: dict) -> str:
         split = f", {r['blocks_resident']} resident / {r['blocks_streamed']} streamed" if r.get("blocks_streamed") else ""
         t = target.get((key, gib))
         verdict = "" if t is None else f" (target {t}: {'met' if r['ratio_to_resident'] <= t else '**not met**'})"
+        how = ", ".join([f"`{r.get('step', 'cards_partial')}`", *([r["allocator"]] if r.get("allocator") else []),
+                         *([f"planned for {r['extra_gib']} GiB more than the card had"] if r.get("extra_gib") else [])])
         note = (f" {r['run']}, after {r['first_run_error'][:40]}... without expandable segments" if r.get("first_run_error")
-                else f" {r['run']} (`{r.get('step', 'cards_partial')}`{', ' + str(r['allocator']) if r.get('allocator') else ''}), "
-                     f"against its own 24 GiB card's {r['base_e2e_s']} s" if r.get("run")
+                else f" {r['run']} ({how}), against its own 24 GiB card's {r['base_e2e_s']} s" if r.get("run")
                 else "")
         return (f"| {gib} GiB | {r['plan']} {r['weights']}{split} | {r['peak_mib']} MiB ({r['budget_used']:.0%}) | "
                 f"{r['denoise_s']} | {r['e2e_s']} | **{r['ratio_to_resident']}**{verdict} (denoise "

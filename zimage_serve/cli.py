@@ -24,10 +24,12 @@ from .core.formats import format_of_path
 from .core.control import CANNY_HIGH, CANNY_LOW, INPAINT_NEEDS_2X, with_control_image
 from .core.images import read_file, with_edit_inputs
 from .core.request import DEFAULT_CONTROL_SCALE, MAX_CONTROL_SCALE, GenerationRequest
-from .model.planner import ENCODE_CHOICES, ControlNetSizes, Workload, make_plan
+from .model.planner import (ENCODE_CHOICES, EXPANDABLE_SEGMENTS, ControlNetSizes, Workload, fixed_segments_extra_bytes,
+                            make_plan)
 from .model.sizes import sizes_of
 from .model.sources import cached_hub, resolve
 from .progress import interactive, quiet_library_bars, stage
+from .settings import environment
 
 log = logging.getLogger("zimage_serve")
 
@@ -228,6 +230,8 @@ def _plan(args) -> int:
         from .model.machine import fp8_plans  # torch: this GPU's compute capability
 
         fp8 = fp8_plans(fp8, True)
+    if free is not None:  # as a GPU process of ours would plan, with the allocator it would use (machine.py)
+        free = max(0, free - fixed_segments_extra_bytes(environment().cuda_alloc_conf or EXPANDABLE_SEGMENTS))
     plan = make_plan(sizes, free, Workload(width, height, args.batch), args.policy, args.encode_on,
                      ControlNetSizes.of(cn.shapes) if cn else None, fp8)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())

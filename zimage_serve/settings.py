@@ -15,7 +15,7 @@ being ignored. Imports only ``core``.
 | ZIMAGE_WEIGHTS_CACHE | ``1``: keep the transformer converted to bf16 under ZIMAGE_CACHE_DIR/weights (model/weights_cache.py) |
 | ZIMAGE_MODEL | the CLI's default ``--model`` |
 | ZIMAGE_WEBHOOK_SECRET | the Standard Webhooks secret (``whsec_...``) that signs jobs' webhooks when a job gives none (over ``jobs.webhook_secret``: a secret kept out of the app's config) |
-| PYTORCH_CUDA_ALLOC_CONF | PyTorch's own; unset, GPU processes use ``expandable_segments:True`` (model/machine.py) |
+| PYTORCH_CUDA_ALLOC_CONF | PyTorch's own (or PYTORCH_ALLOC_CONF); unset, GPU processes use ``expandable_segments:True`` (model/machine.py); set without them, plans keep 0.5 GiB more free |
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class Environment:
     hub_domain: str
     weights_cache: bool
     model: str | None
-    cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF, as the user set it
+    cuda_alloc_conf: str | None  # PyTorch's PYTORCH_CUDA_ALLOC_CONF (or its newer name PYTORCH_ALLOC_CONF), as set
     webhook_secret: str | None
 
 
@@ -279,7 +279,7 @@ def environment() -> Environment:
         hub_domain=os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn"),
         weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
         model=os.environ.get("ZIMAGE_MODEL") or None,
-        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
+        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
     )
 

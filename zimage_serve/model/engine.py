@@ -28,15 +28,12 @@ from .encoding import PromptEncoder
 from .loader import Loaded, load
 from .modes import MODES
 from .machine import gpu_free_bytes, plan_for_this_machine  # noqa: F401 (the engine's callers plan with them)
-from .planner import Plan
+from .planner import Plan, graph_headroom_gib
 from .sources import ModelSource
 from .startup import StartClock
 from .watch import Cancelled, StepWatch, step_hooks
 
 log = logging.getLogger("zimage_serve")
-# CUDA graphs keep their captured inputs and outputs and a pool for the blocks' activations apart: a plan needs this
-# much headroom, plus its activations, to use them (1.0 while the plan's reserve was 0.25 GiB smaller: the same cards).
-GRAPH_HEADROOM_GIB = 0.75
 OutOfMemory = torch.OutOfMemoryError  # what a generate call raises when the GPU runs out of memory
 
 
@@ -159,7 +156,7 @@ class Engine:
         if plan.transformer == "stream":  # torch.compile can't trace group offloading's onloading (bench run60: a
             speedups["compile"] = False  # 4 GiB card's warm-up failed): the streamed transformer runs eagerly
         headroom = (plan.budget_gib or 0) - plan.peak_gib
-        if speedups.get("cuda_graphs") and headroom < GRAPH_HEADROOM_GIB + plan.activations_gib:
+        if speedups.get("cuda_graphs") and headroom < graph_headroom_gib(plan) + plan.activations_gib:
             log.info("no CUDA graphs: %.1f GiB of headroom over the plan's peak is too little", headroom)
             speedups["cuda_graphs"] = False
         # LoRA folded into the base matmuls where nothing moves or quantizes the layers afterwards (lora_slots.py)

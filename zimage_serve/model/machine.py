@@ -3,18 +3,19 @@ and its memory allocator's settings."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from ..core.errors import PlanError
 from ..settings import environment
-from .planner import FIXED_SEGMENTS_EXTRA_BYTES, ControlNetSizes, Plan, Workload, make_plan
+from .planner import EXPANDABLE_SEGMENTS, ControlNetSizes, Plan, Workload, fixed_segments_extra_bytes, make_plan
 from .sizes import sizes_of
 from .sources import ModelSource
 
 
-EXPANDABLE_SEGMENTS = "expandable_segments:True"
+log = logging.getLogger("zimage_serve")
 
 
 def prepare_allocator() -> None:
@@ -25,13 +26,6 @@ def prepare_allocator() -> None:
     the package sets it."""
     if environment().cuda_alloc_conf is None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
-
-
-def fixed_segments_extra_bytes() -> int:
-    """What a plan keeps free beyond planner.reserve_bytes here: nothing with expandable segments (the allocator GPU
-    processes use unless the user set PYTORCH_CUDA_ALLOC_CONF), FIXED_SEGMENTS_EXTRA_BYTES with another setting."""
-    conf = (environment().cuda_alloc_conf or EXPANDABLE_SEGMENTS).replace(" ", "").lower()
-    return 0 if EXPANDABLE_SEGMENTS.lower() in conf else FIXED_SEGMENTS_EXTRA_BYTES
 
 
 def gpu_free_bytes(device: str | None = None) -> int | None:
@@ -67,9 +61,13 @@ def plan_for_this_machine(source: ModelSource, workload: Workload, policy: str =
     the ``controlnet`` (a controlnet.ControlNetSource) when one is served, and FP8 weights as ``fp8`` allows
     (:func:`fp8_plans`); ``partial_ok`` False where LoRA adapters are served (their slots need resident blocks);
     ``compiled`` False where the transformer runs eagerly (its activations are larger). An allocator without
-    expandable segments keeps :func:`fixed_segments_extra_bytes` more free."""
+    expandable segments keeps planner.fixed_segments_extra_bytes more free."""
     free = gpu_free_bytes(device)
-    reserve_bytes += fixed_segments_extra_bytes()
+    extra = fixed_segments_extra_bytes(environment().cuda_alloc_conf)  # (prepare_allocator's, in our GPU processes)
+    if extra and free is not None:
+        log.warning("the CUDA allocator runs without expandable segments (PYTORCH_CUDA_ALLOC_CONF=%s): the plan keeps "
+                    "%.2f GiB more free", environment().cuda_alloc_conf, extra / 2**30)
+    reserve_bytes += extra
     return make_plan(sizes_of(source), None if free is None else max(0, free - reserve_bytes), workload, policy,
                      encode_on, ControlNetSizes.of(controlnet.shapes) if controlnet is not None else None,
                      fp8_plans(fp8, free is not None), partial_ok, compiled)

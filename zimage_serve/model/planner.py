@@ -35,14 +35,21 @@ ENCODE_CHOICES = ("auto", "cpu", "gpu")
 # libraries' own memory (cuBLAS and cuDNN workspaces, loaded kernels), with PyTorch's expandable segments (what GPU
 # processes use: machine.prepare_allocator). Measured as nvidia-smi's peak, less the CUDA context, less torch's peak
 # allocated, on 8 GiB cards at batch 4 (bench run68, H100): 0.36 GiB on the partial bf16 plan, 0.61 on the partial
-# FP8 one; each reserve keeps about 0.4 GiB over that. The eager streamed plan held 1.46 GiB with the default allocator
-# (run62: group offloading's copies on their own stream hold their blocks until the stream is done with them).
+# FP8 one; each reserve keeps about 0.4 GiB over that. The eager streamed plan held 1.46 GiB at batch 1 (run62) and
+# 1.65 at its envelope (run67), both with the default allocator (group offloading's copies on their own stream hold
+# their blocks until the stream is done with them); not measured with expandable segments.
 RESERVE_BYTES = int(0.75 * GiB)
 FP8_RESERVE_BYTES = int(1.0 * GiB)
 STREAM_RESERVE_BYTES = int(1.5 * GiB)
-# more with an allocator of fixed segments (a PYTORCH_CUDA_ALLOC_CONF without expandable segments): the same plans held
-# 0.36-0.43 GiB more beyond their tensors with the default allocator (run66 against run68), and 0.79 on a 12 GiB card
+# more with an allocator of fixed segments (PyTorch's default, or a PYTORCH_CUDA_ALLOC_CONF without expandable
+# segments): the same 8 GiB plans held 0.36-0.39 GiB more beyond their tensors with it (run66, an H200, against run68,
+# an H100); the 12 GiB card held 0.79 GiB with it
 FIXED_SEGMENTS_EXTRA_BYTES = int(0.5 * GiB)
+EXPANDABLE_SEGMENTS = "expandable_segments:True"  # the allocator setting GPU processes use (machine.prepare_allocator)
+# CUDA graphs keep their captured inputs and outputs and a pool for the blocks' activations apart: a resident plan uses
+# them where its budget holds this much over its tensors, plus its activations (measured as a 0.75 GiB reserve and
+# 1.0 GiB of headroom, then 1.0 and 0.75: the same cards)
+GRAPH_SLACK_BYTES = int(1.75 * GiB)
 # VAE decode's peak activations per output pixel, one image at a time, measured on an H100 at 1024²
 # (BENCHMARKS.md): the lean decoder (lean_vae.py) 1.76 GiB -> 1900 B/px with 5% margin; tiled decode
 # 0.6 GiB (one 512² tile plus the whole image's blending) -> 2600 B per pixel of a tile.
@@ -50,8 +57,9 @@ VAE_BYTES_PER_PIXEL_BF16 = 1900
 VAE_TILE_BYTES_PER_PIXEL_BF16 = 2600
 VAE_TILE = 512  # tiled decoding works on 512x512 tiles: its activations are those of one tile
 TRANSFORMER_ACT_FACTOR = 14  # live hidden-sized tensors per token in one DiT block at inference (compiled)
-# eager (the streamed plan, and any plan when compile is off): the streamed plan's batch of 4 at 1024² peaked at 2.79 GiB allocated against 2.70 estimated
-# with 14 (weights 0.84 + activations 1.86; bench run65, envelopes); 16 holds it with 0.17 GiB to spare
+# eager (the streamed plan, and any plan when compile is off): the streamed plan's batch of 4 at 1024² peaked at
+# 2.79 GiB allocated against 2.70 estimated with 14 (weights 0.84 + activations 1.86; bench run65, envelopes); 16 holds
+# it with 0.17 GiB to spare
 EAGER_ACT_FACTOR = 16
 _BLOCK = re.compile(r"^(?:model\.)?((?:layers|noise_refiner|context_refiner)\.\d+)\.")
 _CONTROL_BLOCK = re.compile(r"^((?:control_layers|control_noise_refiner)\.\d+)\.")
@@ -280,6 +288,19 @@ def reserve_bytes(kind: str, weights: str = "bf16") -> int:
     if kind == "sequential":
         return STREAM_RESERVE_BYTES
     return FP8_RESERVE_BYTES if weights == "fp8" else RESERVE_BYTES
+
+
+def fixed_segments_extra_bytes(alloc_conf: str | None) -> int:
+    """What a plan keeps free beyond :func:`reserve_bytes` in a process whose allocator is configured by
+    ``alloc_conf`` (PYTORCH_CUDA_ALLOC_CONF's value; None: PyTorch's default, fixed segments): nothing with expandable
+    segments, FIXED_SEGMENTS_EXTRA_BYTES otherwise."""
+    return 0 if "expandable_segments:true" in (alloc_conf or "").replace(" ", "").lower() else FIXED_SEGMENTS_EXTRA_BYTES
+
+
+def graph_headroom_gib(plan: "Plan") -> float:
+    """The headroom over ``plan``'s peak (beyond its activations) that CUDA graphs need (GRAPH_SLACK_BYTES less the
+    plan's reserve)."""
+    return (GRAPH_SLACK_BYTES - reserve_bytes(plan.kind, plan.weights)) / GiB
 
 
 def make_plan(sizes: ModelSizes, free_bytes: int | None, workload: Workload = Workload(),
