@@ -269,12 +269,16 @@ one more bf16 block and two more FP8 ones, each ratio against the same run's 24 
 beyond its tensors with expandable segments: **0.36 GiB** on the partial bf16 plan at its envelope (0.72 with the
 default allocator in run66) and 0.61 GiB on the FP8 one (1.0 in run66); both envelopes served, 470 and 284 MiB under
 the card; the bf16 plan with 8 blocks took **1.531x**. The planner's reserves are now those measurements with about
-0.4 GiB over them (planner.py): 0.75 GiB for bf16 plans, 1.0 for FP8 ones, 1.5 for the streamed plan, and 0.5 GiB
-more where PYTORCH_CUDA_ALLOC_CONF is set without expandable segments. The 8 GiB card's bf16 plan is then run68's (8
-blocks, the row above), its FP8 plan run66's (19 blocks), the 12 GiB card's 19 blocks as in run66, and the smallest
-card stays 4.45 GiB free (tests/model/test_planner.py holds every plan to a measured envelope and every reserve to
-what the runs held beyond their tensors). Not run: the streamed plan's envelope with expandable segments (its 1.5 GiB
-were measured with the default allocator, 1.65 GiB held at run67's envelope, which fit by the estimate's own margin).
+0.4 GiB over them (planner.py): 0.75 GiB for bf16 plans, 1.0 for FP8 ones, and 0.5 GiB more where the allocator
+has fixed segments (PyTorch's default, or a PYTORCH_CUDA_ALLOC_CONF without expandable segments). The 8 GiB card's
+bf16 plan is then run68's (8 blocks, the row above; run69, `python3 bench/run.py build cards_min_bf16 cards_8`, an
+H100, ran it as the planner now makes it: its envelope 7722 MiB again, e2e 1.377 s, that run's 24 GiB card not run),
+its FP8 plan run66's (19 blocks), the 12 GiB card's 19 blocks as in run66. The streamed plan is the exception:
+expandable segments don't shrink what it holds beyond its tensors (run69: 1.67 GiB at its envelope, torch's
+reserved memory 1.44 GiB over its allocated, against 1.65 in run67; its 5.0 GiB card served the envelope 44 MiB under
+the card, on the estimate's own margin). Its reserve is now 2.0 GiB, so the smallest workable card is 4.95 GiB free
+(a 5.5 GiB card), 0.5 GiB more than run67 and run69 ran; not run on the GPU since. tests/model/test_planner.py holds
+every plan to a measured envelope and every reserve to what the runs held beyond their tensors.
 
 {_minimum(meta)}{_envelopes(meta)}Stock diffusers' low-VRAM recipes in the same way ({meta.get('stock_run')}, `python3 bench/run.py build cards_stock`;
 one warm-up, median of 3, `enable_sequential_cpu_offload` one timed image):

@@ -125,7 +125,7 @@ def test_below_the_smallest_plan_the_error_names_the_minimum():
     from zimage_serve.core.errors import PlanError
     from zimage_serve.model.planner import Z_IMAGE_TURBO
 
-    with pytest.raises(PlanError, match=r"The smallest needs 2\.\d\d GiB"):
+    with pytest.raises(PlanError, match=r"The smallest needs 3\.\d\d GiB"):
         make_plan(Z_IMAGE_TURBO, 2 * GiB, Workload(1024, 1024, 1))
 
 
