@@ -55,6 +55,19 @@ def test_plan_for_a_16_gib_card_fits(capsys):
     assert code == 2 and "no resident plan fits 4.00 GiB" in err and len(err.strip().splitlines()) == 1
 
 
+def test_plan_keeps_more_free_for_an_allocator_of_fixed_segments(capsys, monkeypatch):
+    """GPU processes use expandable segments unless the user set PYTORCH_CUDA_ALLOC_CONF; set without them, a plan
+    keeps 0.5 GiB more free, and `plan` says so."""
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    code, out, err = run_cli(capsys, "plan", "--vram", "8GiB")
+    assert code == 0 and "budget 8.00 GiB free" in out and "allocator" not in out, err
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    code, out, err = run_cli(capsys, "plan", "--vram", "8GiB")
+    assert code == 0 and "budget 7.50 GiB free" in out, err
+    assert "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128 has no expandable segments: 0.50 GiB more kept free" in out
+
+
 def test_plan_of_a_local_checkpoint_reads_its_headers(capsys, tiny_path):
     code, out, err = run_cli(capsys, "plan", "--model", str(tiny_path), "--vram", "8GiB", "--size", "512x512", "--json")
     assert code == 0, err

@@ -230,11 +230,16 @@ def _plan(args) -> int:
         from .model.machine import fp8_plans  # torch: this GPU's compute capability
 
         fp8 = fp8_plans(fp8, True)
-    if free is not None:  # as a GPU process of ours would plan, with the allocator it would use (machine.py)
-        free = max(0, free - fixed_segments_extra_bytes(environment().cuda_alloc_conf or EXPANDABLE_SEGMENTS))
+    conf = environment().cuda_alloc_conf
+    extra = fixed_segments_extra_bytes(conf or EXPANDABLE_SEGMENTS)  # the allocator a GPU process of ours would use
+    if free is not None:
+        free = max(0, free - extra)
     plan = make_plan(sizes, free, Workload(width, height, args.batch), args.policy, args.encode_on,
                      ControlNetSizes.of(cn.shapes) if cn else None, fp8)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.describe())
+    if extra and free is not None and not args.json:
+        print(f"  allocator     PYTORCH_CUDA_ALLOC_CONF={conf} has no expandable segments: {extra / 2**30:.2f} GiB "
+              "more kept free (the budget above is after it)")
     return 0
 
 
