@@ -94,9 +94,10 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
     runs = sorted({x["_run"] for x in (cold, warm, zero) if "_run" in x})
     checked = {"reader_check": {k: v for k, v in reader.items() if not k.startswith("_")} | {"run": reader["_run"]}} \
         if reader else {}
+    after_kill = lambda x: {k: x.get(k) for k in ("replica_ready_s", "first_image_after_kill_s", "lost", "requests",
+                                                   "ray_workers_before_kill")}  # (a scaleout step's)
     return {"app_ready_cold_s": cold.get("app_ready_s"), "app_ready_warm_s": warm.get("app_ready_s"),
-            "replica_ready_s": warm.get("replica_ready_s"), "first_image_after_kill_s": warm.get("first_image_after_kill_s"),
-            "lost": warm.get("lost"), "requests": warm.get("requests"),
+            **after_kill(warm),
             "first_request_from_zero_s": zero.get("first_request_from_zero_s"),
             "app_ready_scaled_to_zero_s": zero.get("app_ready_s"),
             "stages": {"cold_start": cold.get("start"), "warm_start": warm.get("start"),
@@ -104,13 +105,8 @@ def scaleout(cold: dict | None, warm: dict | None, zero: dict | None, reader: di
             # `zimage-serve serve`'s own account of the app's start (its "up" line) and its stop after Ctrl-C
             "command_start": {"cold": cold.get("command_start"), "warm": warm.get("command_start")},
             "stop_s": {"cold": cold.get("stop_s"), "warm": warm.get("stop_s")},
-            "ray_workers_before_kill": warm.get("ray_workers_before_kill"),
-            **({"without_preload": {"run": no_preload["_run"], "replica_ready_s": no_preload.get("replica_ready_s"),
-                                    "first_image_after_kill_s": no_preload.get("first_image_after_kill_s"),
-                                    "lost": no_preload.get("lost"), "requests": no_preload.get("requests"),
-                                    "replacement": no_preload.get("new_replica_start"),
-                                    "ray_workers_before_kill": no_preload.get("ray_workers_before_kill")}}
-               if no_preload else {}),
+            **({"without_preload": {"run": no_preload["_run"], **after_kill(no_preload),
+                                    "replacement": no_preload.get("new_replica_start")}} if no_preload else {}),
             **({"preload_check": {k: v for k, v in preload_check.items() if k != "_run"} | {"run": preload_check["_run"]}}
                if preload_check else {}),
             "runs": runs, "gpus": {run: recorded(RESULTS / run)["gpu"]["value"] for run in runs},

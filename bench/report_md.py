@@ -279,7 +279,7 @@ others are from later runs on the same machine kind. Sources per step: {src}.
   {s['cuda_graphs']['denoise_while_ours_png_s']} s with png.py). The context refiners stay eager (their capture failed inside
   cuDNN's execution-plan finalize, run14). Graphs keep their captured inputs and outputs: the bf16 replica with graphs at batch 4
   ({src['http']}) peaked at {h['replica_peak_gib']} GiB allocated against its plan's {h['plan_peak_gib']} GiB estimate (the graphs' share of
-  that was not measured apart), so Engine.load uses graphs only with 1 GiB + the plan's activations of headroom (0.75 GiB since the plan's own reserve grew by 0.25 GiB: the same cards).
+  that was not measured apart), so Engine.load uses graphs only with 1 GiB + the plan's activations of headroom, less what the plan's own reserve keeps beyond 0.75 GiB (planner.graph_headroom_gib: 1.0 GiB on bf16 plans, 0.75 on FP8 ones).
 
 - **Denoise, step by step ({src['fusion']}, one process)**: eager {d['eager_s']} s -> regional compile
   (`compile_repeated_blocks(fullgraph=True)` on the 34 repeated blocks: Inductor fuses RMSNorm, adaLN

@@ -261,6 +261,9 @@ def read_api_keys_file(path: str | os.PathLike) -> tuple[str, ...]:
         raise ZImageError(f"can't read the API keys file {path}: {e.strerror}") from None
 
 
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # a switch's spellings
+
+
 def _api_keys() -> tuple[str, ...]:
     keys = tuple(k.strip() for k in os.environ.get("ZIMAGE_API_KEYS", "").split(",") if k.strip())
     path = os.environ.get("ZIMAGE_API_KEYS_FILE")
@@ -277,7 +280,7 @@ def environment() -> Environment:
         device=os.environ.get("ZIMAGE_DEVICE") or None,
         api_keys=_api_keys(),
         hub_domain=os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn"),
-        weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in ("1", "true", "yes", "on"),
+        weights_cache=os.environ.get("ZIMAGE_WEIGHTS_CACHE", "0").strip().lower() in _YES,
         model=os.environ.get("ZIMAGE_MODEL") or None,
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF") or None,
         webhook_secret=os.environ.get("ZIMAGE_WEBHOOK_SECRET") or None,
@@ -294,9 +297,9 @@ def _preload(value: str, devices: Path = Path("/dev")) -> bool:
     """ZIMAGE_PRELOAD: ``1`` / ``0``, or ``auto`` (or unset): where the NVIDIA driver shows one GPU (its device files;
     nothing initialised; model/preload.py says why one)."""
     value = value.strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    if value in _YES:
         return True
-    if value in ("0", "false", "no", "off"):
+    if value in _NO:
         return False
     return len(list(devices.glob("nvidia[0-9]*"))) == 1
 

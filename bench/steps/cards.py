@@ -198,7 +198,7 @@ def cards(bf16_cards=CARDS, fp8_cards=FP8_CARDS, name: str = "cards", alloc_conf
     env = {"PYTORCH_CUDA_ALLOC_CONF": alloc_conf} if alloc_conf else {}
     for key, fp8, cards_ in (("cards", "off", bf16_cards), ("cards_fp8", "auto", fp8_cards)):
         for gib in cards_:
-            results[key][str(gib)] = _card("one", gib, fp8, env, **({"extra_gib": extra_gib} if extra_gib else {}))
+            results[key][str(gib)] = _card("one", gib, fp8, env, extra_gib=extra_gib)
             save(name, **results)
     base = results["cards"].get("24", {}).get("e2e_s")
     base_denoise = results["cards"].get("24", {}).get("denoise_s")
